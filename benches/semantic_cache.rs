@@ -1,0 +1,183 @@
+//! Semantic cache benchmarks: the exact-match fast path, nearest-neighbour lookup at
+//! 1k/10k/100k 384-dimensional entries, insert, and embedder throughput.
+//!
+//! `cargo bench -p palisade --bench semantic_cache`
+//!
+//! There is no Rust semantic-cache crate among the workspace's dependencies to measure in
+//! the same run; the flat index is compared with the plain iterator dot product it replaces
+//! (`naive_scan`), the baseline any hand-written cache starts from.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use palisade::semantic_cache::index::{FlatIndex, dot};
+use palisade::semantic_cache::{
+    CacheKey, EntryId, GuardConfig, HashingEmbedder, NamespacePolicy, SemanticCache, Usage,
+};
+
+const DIM: usize = 384;
+
+/// xorshift64*: deterministic unit vectors without a `rand` dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn unit_vector(&mut self) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..DIM).map(|_| self.next_f32()).collect();
+        let norm = dot(&v, &v).sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
+}
+
+fn id(n: usize) -> EntryId {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&(n as u64).to_le_bytes());
+    EntryId::from_bytes(bytes)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn exact_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let cache = SemanticCache::in_memory();
+    let key = CacheKey::new(
+        "acme",
+        "support",
+        "gpt-4o-mini",
+        "How do I reset my password?",
+    )
+    .unwrap();
+    rt.block_on(cache.insert(&key, "Settings > Security", Usage::default()))
+        .unwrap();
+    let mut group = c.benchmark_group("semantic_cache/exact_hit");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("memory", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.lookup(black_box(&key)).await.unwrap()) });
+    });
+    group.finish();
+}
+
+fn index_search(c: &mut Criterion) {
+    let mut group = c.benchmark_group("semantic_cache/index_search_384d");
+    for n in [1_000usize, 10_000, 100_000] {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+        let rows: Vec<Vec<f32>> = (0..n).map(|_| rng.unit_vector()).collect();
+        let mut index = FlatIndex::new(DIM);
+        for (i, row) in rows.iter().enumerate() {
+            index.insert(id(i), row).unwrap();
+        }
+        let query = rng.unit_vector();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("flat_index", n), &n, |b, _| {
+            b.iter(|| black_box(index.search(black_box(&query), 4, 0.0).unwrap()));
+        });
+        group.bench_with_input(BenchmarkId::new("naive_scan", n), &n, |b, _| {
+            b.iter(|| {
+                let mut best = (0usize, f32::MIN);
+                for (i, row) in rows.iter().enumerate() {
+                    let s: f32 = row.iter().zip(&query).map(|(x, y)| x * y).sum();
+                    if s > best.1 {
+                        best = (i, s);
+                    }
+                }
+                black_box(best)
+            });
+        });
+    }
+    group.finish();
+}
+
+fn semantic_lookup(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("semantic_cache/semantic_lookup");
+    group.sample_size(20);
+    for n in [1_000usize, 10_000, 100_000] {
+        let cache = SemanticCache::builder()
+            .default_policy(NamespacePolicy::default().threshold(0.0))
+            .guard(GuardConfig::default())
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..n {
+                let prompt = format!("question {i} about order {} and invoice {}", i * 7, i % 13);
+                let key = CacheKey::new("acme", "support", "m", prompt).unwrap();
+                cache
+                    .insert(&key, "answer", Usage::default())
+                    .await
+                    .unwrap();
+            }
+        });
+        let key = CacheKey::new(
+            "acme",
+            "support",
+            "m",
+            "a question about an order and an invoice",
+        )
+        .unwrap();
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("memory", n), &n, |b, _| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(cache.lookup(black_box(&key)).await.unwrap()) });
+        });
+    }
+    group.finish();
+}
+
+fn insert(c: &mut Criterion) {
+    let rt = runtime();
+    let cache = SemanticCache::in_memory();
+    let mut group = c.benchmark_group("semantic_cache/insert");
+    group.throughput(Throughput::Elements(1));
+    let mut n = 0u64;
+    group.bench_function("memory", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let key = CacheKey::new("acme", "support", "m", format!("prompt number {n}")).unwrap();
+            let cache = &cache;
+            async move {
+                black_box(
+                    cache
+                        .insert(&key, "answer", Usage::default())
+                        .await
+                        .unwrap(),
+                )
+            }
+        });
+    });
+    group.finish();
+}
+
+fn embedder(c: &mut Criterion) {
+    let embedder = HashingEmbedder::default();
+    let prompt = "How do I reset my password if I no longer have access to my email address?";
+    let mut group = c.benchmark_group("semantic_cache/embedder");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("hashing_384", |b| {
+        b.iter(|| black_box(embedder.embed_sync(black_box(prompt))))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    exact_hit,
+    index_search,
+    semantic_lookup,
+    insert,
+    embedder
+);
+criterion_main!(benches);

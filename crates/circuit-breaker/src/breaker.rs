@@ -1,0 +1,1237 @@
+//! The circuit breaker: a lock-free hot path over the packed state word and the window.
+//!
+//! # Memory ordering
+//! * The state word (state + generation + deadline) is read with `Acquire` and changed only
+//!   by `compare_exchange` with `AcqRel`. The caller whose exchange succeeds owns the
+//!   transition: it alone emits the event, updates the gauge and resets what the new state
+//!   starts from (window, consecutive failures, trip count). A caller that loses simply
+//!   re-reads the word. Acquire/Release pairs make the winner's earlier writes (for example
+//!   the trip count used for backoff) visible to whoever observes the new word.
+//! * Probe admission and probe successes are `(generation << 32) | count` words updated by
+//!   compare-and-swap (`AcqRel`): a word stamped with an older generation reads as zero, so
+//!   a new half-open period needs no reset step, and a late result of an older generation
+//!   can never change the count of the current one.
+//! * Window counters, the consecutive-failure run and the trip count are statistics and use
+//!   `Relaxed` (see [`window`](crate::window) for why a torn snapshot is harmless).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::sync::broadcast;
+
+use crate::clock::Clock;
+use crate::config::{
+    Backoff, Config, FailureMode, Quorum, SlidingWindow, SlowCallRule, TripReason,
+};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::state::{State, Word};
+use crate::store::StateStore;
+use crate::sync::Shared;
+use crate::window::{Mark, Snapshot, Window};
+
+/// How a finished call counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Counts as a success.
+    Success,
+    /// Counts as a failure.
+    Failure,
+    /// Does not count at all (for example a client error such as "invalid request"); a
+    /// half-open probe that ends ignored gives its permit back.
+    Ignored,
+}
+
+/// Decides how a call's result counts. Implemented for every
+/// `Fn(&Result<T, E>) -> Outcome`; [`DefaultClassifier`] counts `Err` as failure.
+pub trait Classifier<T, E> {
+    /// Classify one result.
+    fn classify(&self, result: &std::result::Result<T, E>) -> Outcome;
+}
+
+impl<T, E, F> Classifier<T, E> for F
+where
+    F: Fn(&std::result::Result<T, E>) -> Outcome,
+{
+    fn classify(&self, result: &std::result::Result<T, E>) -> Outcome {
+        self(result)
+    }
+}
+
+/// `Ok` is a success, `Err` a failure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultClassifier;
+
+impl<T, E> Classifier<T, E> for DefaultClassifier {
+    fn classify(&self, result: &std::result::Result<T, E>) -> Outcome {
+        if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+}
+
+/// A point-in-time view of one breaker, as returned by [`CircuitBreaker::health`] and
+/// [`Registry::health`](crate::Registry::health).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// The breaker's name.
+    pub name: String,
+    /// Its state.
+    pub state: State,
+    /// Failure percentage in the current window.
+    pub failure_rate: f64,
+    /// Slow-call percentage in the current window.
+    pub slow_rate: f64,
+    /// The window's counts.
+    pub window: Snapshot,
+    /// For a shared breaker: whether its store answered the last flush.
+    pub store_healthy: Option<bool>,
+}
+
+const EVENT_CAPACITY: usize = 1024;
+
+#[derive(Debug)]
+struct Metrics {
+    success: Counter,
+    failure: Counter,
+    ignored: Counter,
+    timeout: Counter,
+    rejected: Counter,
+    slow: Counter,
+    state: Gauge,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let n = name.to_owned();
+        let calls = |outcome: &'static str| metrics::counter!("palisade_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => outcome);
+        Self {
+            success: calls("success"),
+            failure: calls("failure"),
+            ignored: calls("ignored"),
+            timeout: calls("timeout"),
+            rejected: metrics::counter!("palisade_circuit_breaker_rejected_total", "name" => n.clone()),
+            slow: metrics::counter!("palisade_circuit_breaker_slow_calls_total", "name" => n.clone()),
+            state: metrics::gauge!("palisade_circuit_breaker_state", "name" => n),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Config,
+    pub(crate) clock: Clock,
+    /// Read by every call, written only on transitions: on a cache line of its own.
+    word: crate::window::Padded<AtomicU64>,
+    probes: AtomicU64,
+    successes: AtomicU64,
+    trips: AtomicU32,
+    consecutive: AtomicU32,
+    window: Window,
+    window_needs_clock: bool,
+    slow_nanos: u64,
+    events: broadcast::Sender<Event>,
+    observed: AtomicBool,
+    metrics: Metrics,
+    pub(crate) shared: Option<Shared>,
+}
+
+/// A circuit breaker. Cheap to clone (one `Arc`); clones share the same state.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use palisade_circuit_breaker::{CircuitBreaker, Error, State};
+///
+/// let breaker = CircuitBreaker::builder("openai")
+///     .count_window(20)
+///     .minimum_calls(5)
+///     .failure_rate_threshold(50.0)
+///     .open_wait(Duration::from_secs(10))
+///     .build()
+///     .unwrap();
+///
+/// for _ in 0..5 {
+///     let r: Result<(), Error<&str>> = breaker.call(async { Err("upstream 503") }).await;
+///     assert!(matches!(r, Err(Error::Inner(_))));
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// let r = breaker.call(async { Ok::<_, &str>(()) }).await;
+/// assert!(r.unwrap_err().is_rejected());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .field("window", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Disabled: nothing is recorded.
+    Pass,
+    /// Closed or metrics-only: recorded in the window of generation `gen`.
+    Normal { generation: u32, may_trip: bool },
+    /// A half-open probe of generation `gen`.
+    Probe { generation: u32 },
+}
+
+/// Permission to make one call, from [`CircuitBreaker::try_acquire`]. Report how the call
+/// went with [`record`](Self::record); a permit dropped without a record counts as
+/// [`Outcome::Ignored`] (a half-open probe slot is given back).
+#[must_use = "a permit must be recorded, or dropping it gives a probe slot back"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    kind: Kind,
+    started: Option<Duration>,
+    lease: Option<Box<crate::store::Lease>>,
+    done: bool,
+}
+
+impl fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit<'_> {
+    /// Whether this permit is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        matches!(self.kind, Kind::Probe { .. })
+    }
+
+    /// Record how the call went. For a shared breaker's probe the result is reported to the
+    /// store in a background task; [`CircuitBreaker::call`] awaits it instead.
+    #[inline]
+    pub fn record(mut self, outcome: Outcome) {
+        self.done = true;
+        let elapsed = self.elapsed();
+        if self.lease.is_some() {
+            self.record_leased(outcome, elapsed);
+            return;
+        }
+        self.breaker.finish(self.kind, outcome, elapsed);
+    }
+
+    #[cold]
+    fn record_leased(&mut self, outcome: Outcome, elapsed: Option<Duration>) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let breaker = self.breaker.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(
+                    async move { breaker.finish_shared_probe(lease, outcome, elapsed).await },
+                );
+            }
+            Err(_) => breaker.finish(self.kind, outcome, elapsed),
+        }
+    }
+
+    async fn record_async(mut self, outcome: Outcome) {
+        self.done = true;
+        let elapsed = self.elapsed();
+        match self.lease.take() {
+            Some(lease) => {
+                self.breaker
+                    .finish_shared_probe(lease, outcome, elapsed)
+                    .await;
+            }
+            None => self.breaker.finish(self.kind, outcome, elapsed),
+        }
+    }
+
+    fn elapsed(&self) -> Option<Duration> {
+        self.started
+            .map(|start| self.breaker.inner.clock.now().saturating_sub(start))
+    }
+}
+
+impl Drop for Permit<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.done {
+            self.abandon();
+        }
+    }
+}
+
+impl Permit<'_> {
+    #[cold]
+    fn abandon(&mut self) {
+        if let Kind::Probe { generation } = self.kind {
+            self.breaker.release_probe(generation);
+        }
+        if let Some(lease) = self.lease.take() {
+            let breaker = self.breaker.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    breaker
+                        .finish_shared_probe(lease, Outcome::Ignored, None)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+#[inline]
+fn join(generation: u32, count: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(count)
+}
+
+#[inline]
+fn split(raw: u64) -> (u32, u32) {
+    ((raw >> 32) as u32, raw as u32)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl CircuitBreaker {
+    /// A builder for a breaker called `name` (used in events, metrics and shared-state keys).
+    pub fn builder(name: impl Into<String>) -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder::new(name)
+    }
+
+    /// A breaker with `config`, the system clock and no shared state.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `config` is invalid.
+    pub fn new(name: impl Into<String>, config: Config) -> Result<Self> {
+        Self::builder(name).config(config).build()
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The breaker's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The current state (one atomic load). An `Open` breaker whose wait is over reports
+    /// `Open` until the next call moves it to `HalfOpen`.
+    pub fn state(&self) -> State {
+        self.word().state
+    }
+
+    /// The window's counts right now (O(1)).
+    pub fn snapshot(&self) -> Snapshot {
+        let now = if self.inner.window_needs_clock {
+            self.inner.clock.now_ms()
+        } else {
+            0
+        };
+        self.inner.window.snapshot(now)
+    }
+
+    /// State, rates and counts in one value.
+    pub fn health(&self) -> Health {
+        let window = self.snapshot();
+        Health {
+            name: self.inner.name.to_string(),
+            state: self.state(),
+            failure_rate: window.failure_rate(),
+            slow_rate: window.slow_rate(),
+            window,
+            store_healthy: self.inner.shared.as_ref().map(Shared::is_healthy),
+        }
+    }
+
+    /// The current run of consecutive failures.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.inner.consecutive.load(Ordering::Relaxed)
+    }
+
+    /// A receiver for this breaker's [`Event`]s. Rejection and slow-call events are
+    /// produced from the first subscription on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.observed.store(true, Ordering::Relaxed);
+        self.inner.events.subscribe()
+    }
+
+    #[inline]
+    fn word(&self) -> Word {
+        Word::unpack(self.inner.word.load(Ordering::Acquire))
+    }
+
+    /// Run `fut` through the breaker: rejected at once when open, counted when it finishes
+    /// (`Err` is a failure), cut off after the per-call timeout if one is configured.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] without running `fut`, [`Error::Timeout`], or the call's own error
+    /// as [`Error::Inner`].
+    pub fn call<F, T, E>(&self, fut: F) -> impl Future<Output = Result<T, Error<E>>>
+    where
+        F: Future<Output = std::result::Result<T, E>>,
+    {
+        // Not an `async fn` itself: the returned future is `call_classified`'s, with no extra
+        // layer holding a second copy of `fut`.
+        self.call_classified(fut, DefaultClassifier)
+    }
+
+    /// [`call`](Self::call) with a classifier that decides which results count as failures
+    /// and which are ignored.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use palisade_circuit_breaker::{CircuitBreaker, Outcome};
+    ///
+    /// let breaker = CircuitBreaker::builder("db").build().unwrap();
+    /// // A "not found" is the caller's problem, not the database's: don't count it.
+    /// let r = breaker
+    ///     .call_classified(async { Err::<(), _>("not found") }, |r: &Result<(), &str>| match r {
+    ///         Err(e) if *e == "not found" => Outcome::Ignored,
+    ///         Err(_) => Outcome::Failure,
+    ///         Ok(_) => Outcome::Success,
+    ///     })
+    ///     .await;
+    /// assert!(r.is_err());
+    /// assert_eq!(breaker.snapshot().calls, 0);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub async fn call_classified<F, T, E, C>(&self, fut: F, classifier: C) -> Result<T, Error<E>>
+    where
+        F: Future<Output = std::result::Result<T, E>>,
+        C: Classifier<T, E>,
+    {
+        let kind = self.acquire_kind::<E>()?;
+        let mut permit = self.permit(kind);
+        if self.needs_lease(kind) {
+            permit = Box::pin(self.lease(permit)).await.map_err(Error::widen)?;
+        }
+        let result = match self.inner.config.call_timeout {
+            None => fut.await,
+            Some(limit) => match self.with_timeout(limit, fut).await {
+                Ok(result) => result,
+                Err(timeout) => {
+                    if permit.lease.is_some() {
+                        Box::pin(permit.record_async(Outcome::Failure)).await;
+                    } else {
+                        permit.record(Outcome::Failure);
+                    }
+                    return Err(timeout);
+                }
+            },
+        };
+        let outcome = classifier.classify(&result);
+        if permit.lease.is_some() {
+            Box::pin(permit.record_async(outcome)).await;
+        } else {
+            permit.record(outcome);
+        }
+        result.map_err(Error::Inner)
+    }
+
+    /// [`call_classified`](Self::call_classified) with the call's future made by `make` only
+    /// once the breaker admits the call, so that a rejected call has no side effect at all
+    /// (what the tower layer needs: a service's `call` may start work before it is polled).
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub async fn call_with<M, F, T, E, C>(&self, make: M, classifier: C) -> Result<T, Error<E>>
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = std::result::Result<T, E>>,
+        C: Classifier<T, E>,
+    {
+        let kind = self.acquire_kind::<E>()?;
+        let mut permit = self.permit(kind);
+        if self.needs_lease(kind) {
+            permit = Box::pin(self.lease(permit)).await.map_err(Error::widen)?;
+        }
+        let fut = make();
+        let result = match self.inner.config.call_timeout {
+            None => fut.await,
+            Some(limit) => match self.with_timeout(limit, fut).await {
+                Ok(result) => result,
+                Err(timeout) => {
+                    if permit.lease.is_some() {
+                        Box::pin(permit.record_async(Outcome::Failure)).await;
+                    } else {
+                        permit.record(Outcome::Failure);
+                    }
+                    return Err(timeout);
+                }
+            },
+        };
+        let outcome = classifier.classify(&result);
+        if permit.lease.is_some() {
+            Box::pin(permit.record_async(outcome)).await;
+        } else {
+            permit.record(outcome);
+        }
+        result.map_err(Error::Inner)
+    }
+
+    /// Admit one call: the local decision, plus a fleet-wide lease for a shared probe (that
+    /// rare path is boxed so the common path's future stays small).
+    #[inline]
+    async fn admit(&self) -> Result<Permit<'_>> {
+        let kind = self.acquire_kind()?;
+        let permit = self.permit(kind);
+        if self.needs_lease(kind) {
+            return Box::pin(self.lease(permit)).await;
+        }
+        Ok(permit)
+    }
+
+    /// Run `fut` under the per-call timeout. The timer lives in a box: one allocation per
+    /// call when a timeout is configured, and a small future for every call.
+    async fn with_timeout<F, T, E>(
+        &self,
+        limit: Duration,
+        fut: F,
+    ) -> Result<std::result::Result<T, E>, Error<E>>
+    where
+        F: Future<Output = std::result::Result<T, E>>,
+    {
+        match Box::pin(tokio::time::timeout(limit, fut)).await {
+            Ok(result) => Ok(result),
+            Err(_) => {
+                self.inner.metrics.timeout.increment(1);
+                Err(Error::Timeout(limit))
+            }
+        }
+    }
+
+    /// [`call`](Self::call), answering with `fallback(error)` when the breaker rejects the
+    /// call, it times out or fails.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use palisade_circuit_breaker::CircuitBreaker;
+    ///
+    /// let breaker = CircuitBreaker::builder("anthropic").build().unwrap();
+    /// breaker.force_open();
+    /// let answer = breaker
+    ///     .call_with_fallback(async { Ok::<_, std::io::Error>("live answer") }, |_err| async {
+    ///         "cached answer"
+    ///     })
+    ///     .await;
+    /// assert_eq!(answer, "cached answer");
+    /// # }
+    /// ```
+    pub async fn call_with_fallback<F, T, E, FB, FF>(&self, fut: F, fallback: FB) -> T
+    where
+        F: Future<Output = std::result::Result<T, E>>,
+        FB: FnOnce(Error<E>) -> FF,
+        FF: Future<Output = T>,
+    {
+        match self.call(fut).await {
+            Ok(v) => v,
+            Err(e) => fallback(e).await,
+        }
+    }
+
+    /// Ask for permission to make one call, deciding on local state only (no store round
+    /// trip: a shared breaker's half-open probe is leased from the store only by
+    /// [`acquire`](Self::acquire) and [`call`](Self::call)).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when the call must not be made.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit<'_>> {
+        let kind = self.acquire_kind()?;
+        Ok(self.permit(kind))
+    }
+
+    /// Ask for permission to make one call; for a shared breaker in half-open this leases a
+    /// fleet-wide probe permit from the store (one round trip).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when the call must not be made.
+    pub async fn acquire(&self) -> Result<Permit<'_>> {
+        self.admit().await
+    }
+
+    #[inline]
+    fn needs_lease(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Probe { .. })
+            && self.inner.shared.as_ref().is_some_and(Shared::is_active)
+    }
+
+    /// Lease a fleet-wide probe permit for a local probe `permit`.
+    async fn lease<'a>(&'a self, mut permit: Permit<'a>) -> Result<Permit<'a>> {
+        if let Some(shared) = &self.inner.shared {
+            match shared.lease_probe(self).await {
+                crate::sync::LeaseAnswer::Granted(lease) => permit.lease = Some(Box::new(lease)),
+                crate::sync::LeaseAnswer::Denied { retry_after } => {
+                    drop(permit);
+                    return Err(self.reject(State::HalfOpen, retry_after));
+                }
+                crate::sync::LeaseAnswer::StoreDown => {
+                    match self.inner.config.shared.failure_mode {
+                        FailureMode::Local => {}
+                        FailureMode::FailOpen => {
+                            drop(permit);
+                            return Ok(self.permit(Kind::Pass));
+                        }
+                        FailureMode::FailClosed => {
+                            drop(permit);
+                            return Err(
+                                self.reject(State::Open, self.inner.config.shared.flush_interval)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(permit)
+    }
+
+    #[inline]
+    fn permit(&self, kind: Kind) -> Permit<'_> {
+        let started = if self.inner.slow_nanos != 0 && kind != Kind::Pass {
+            Some(self.inner.clock.now())
+        } else {
+            None
+        };
+        Permit {
+            breaker: self,
+            kind,
+            started,
+            lease: None,
+            done: false,
+        }
+    }
+
+    #[inline(always)]
+    fn acquire_kind<E>(&self) -> Result<Kind, Error<E>> {
+        let inner = &*self.inner;
+        if let Some(shared) = &inner.shared
+            && !shared.is_healthy()
+        {
+            match inner.config.shared.failure_mode {
+                FailureMode::Local => {}
+                FailureMode::FailOpen => {
+                    // Manual states still win over the failure mode.
+                    let w = self.word();
+                    return match w.state {
+                        State::ForcedOpen => {
+                            Err(self.reject(State::ForcedOpen, inner.config.open_wait))
+                        }
+                        State::Disabled => Ok(Kind::Pass),
+                        _ => Ok(Kind::Normal {
+                            generation: w.generation,
+                            may_trip: false,
+                        }),
+                    };
+                }
+                FailureMode::FailClosed => {
+                    return Err(self.reject(State::Open, inner.config.shared.flush_interval));
+                }
+            }
+        }
+        loop {
+            let w = self.word();
+            match w.state {
+                State::Closed => {
+                    let may_trip = inner.shared.as_ref().is_none_or(|s| !s.is_active());
+                    return Ok(Kind::Normal {
+                        generation: w.generation,
+                        may_trip,
+                    });
+                }
+                State::MetricsOnly => {
+                    return Ok(Kind::Normal {
+                        generation: w.generation,
+                        may_trip: false,
+                    });
+                }
+                State::Disabled => return Ok(Kind::Pass),
+                State::ForcedOpen => {
+                    return Err(self.reject(State::ForcedOpen, inner.config.open_wait));
+                }
+                State::Open => {
+                    let now = inner.clock.now_ms();
+                    if now < w.deadline_ms {
+                        return Err(
+                            self.reject(State::Open, Duration::from_millis(w.deadline_ms - now))
+                        );
+                    }
+                    let until = now.saturating_add(ms(inner.config.max_half_open_wait));
+                    self.transition(w, State::HalfOpen, until, None);
+                }
+                State::HalfOpen => {
+                    let now = inner.clock.now_ms();
+                    if now >= w.deadline_ms {
+                        self.trip(w, now, TripReason::HalfOpenTimeout);
+                        continue;
+                    }
+                    if self.take_probe(w.generation) {
+                        return Ok(Kind::Probe {
+                            generation: w.generation,
+                        });
+                    }
+                    let retry =
+                        Duration::from_millis(w.deadline_ms - now).min(inner.config.open_wait);
+                    return Err(self.reject(State::HalfOpen, retry));
+                }
+            }
+        }
+    }
+
+    fn take_probe(&self, generation: u32) -> bool {
+        let limit = self.inner.config.half_open_probes;
+        let mut cur = self.inner.probes.load(Ordering::Acquire);
+        loop {
+            let (g, n) = split(cur);
+            let n = if g == generation { n } else { 0 };
+            if n >= limit {
+                return false;
+            }
+            match self.inner.probes.compare_exchange_weak(
+                cur,
+                join(generation, n + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn release_probe(&self, generation: u32) {
+        let mut cur = self.inner.probes.load(Ordering::Acquire);
+        loop {
+            let (g, n) = split(cur);
+            if g != generation || n == 0 {
+                return;
+            }
+            match self.inner.probes.compare_exchange_weak(
+                cur,
+                join(generation, n - 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Count one successful probe of `generation`; the new count.
+    fn add_success(&self, generation: u32) -> u32 {
+        let mut cur = self.inner.successes.load(Ordering::Acquire);
+        loop {
+            let (g, n) = split(cur);
+            let next = if g == generation { n + 1 } else { 1 };
+            match self.inner.successes.compare_exchange_weak(
+                cur,
+                join(generation, next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    #[cold]
+    fn reject<E>(&self, state: State, retry_after: Duration) -> Error<E> {
+        self.inner.metrics.rejected.increment(1);
+        if self.inner.observed.load(Ordering::Relaxed) {
+            let _ = self.inner.events.send(Event::Rejected {
+                name: self.inner.name.clone(),
+                state,
+                retry_after,
+            });
+        }
+        Error::Rejected { state, retry_after }
+    }
+
+    #[inline]
+    fn finish(&self, kind: Kind, outcome: Outcome, elapsed: Option<Duration>) {
+        let inner = &*self.inner;
+        let slow = self.note_slow(outcome, elapsed);
+        match outcome {
+            Outcome::Success => inner.metrics.success.increment(1),
+            Outcome::Failure => inner.metrics.failure.increment(1),
+            Outcome::Ignored => inner.metrics.ignored.increment(1),
+        }
+        match kind {
+            Kind::Pass => {}
+            Kind::Normal {
+                generation,
+                may_trip,
+            } => {
+                if outcome == Outcome::Ignored {
+                    return;
+                }
+                let failure = outcome == Outcome::Failure;
+                let w = self.word();
+                if w.generation != generation {
+                    return; // a late result from before the last transition
+                }
+                // The clock is read only when the window is time-based.
+                let now = if inner.window_needs_clock {
+                    inner.clock.now_ms()
+                } else {
+                    0
+                };
+                let risen = inner.window.record(now, Mark::new(failure, slow));
+                let run = if failure {
+                    inner
+                        .consecutive
+                        .fetch_add(1, Ordering::Relaxed)
+                        .saturating_add(1)
+                } else {
+                    if inner.consecutive.load(Ordering::Relaxed) != 0 {
+                        inner.consecutive.store(0, Ordering::Relaxed);
+                    }
+                    0
+                };
+                if let Some(shared) = &inner.shared {
+                    shared.add_pending(failure, slow);
+                }
+                // A success that left the window's rates where they were cannot trip a
+                // breaker that did not trip on the previous call: skip the rule.
+                if !may_trip || w.state != State::Closed || !(risen || failure) {
+                    return;
+                }
+                if let Some(reason) = inner.config.should_trip(inner.window.snapshot(now), run) {
+                    let now = inner.clock.now_ms();
+                    self.trip(w, now, reason);
+                }
+            }
+            Kind::Probe { generation } => {
+                if outcome == Outcome::Ignored {
+                    self.release_probe(generation);
+                    return;
+                }
+                let failure = outcome == Outcome::Failure || slow;
+                let w = self.word();
+                if w.state != State::HalfOpen || w.generation != generation {
+                    return; // late: its half-open period is over
+                }
+                if failure {
+                    self.trip(w, inner.clock.now_ms(), TripReason::ProbeFailed);
+                } else if self.add_success(generation) >= inner.config.success_threshold {
+                    self.transition(w, State::Closed, 0, None);
+                }
+            }
+        }
+    }
+
+    /// Count a slow call (metrics and event); whether it was slow.
+    #[inline]
+    fn note_slow(&self, outcome: Outcome, elapsed: Option<Duration>) -> bool {
+        let Some(elapsed) = elapsed else { return false };
+        if outcome == Outcome::Ignored || (elapsed.as_nanos() as u64) < self.inner.slow_nanos {
+            return false;
+        }
+        self.inner.metrics.slow.increment(1);
+        if self.inner.observed.load(Ordering::Relaxed) {
+            let _ = self.inner.events.send(Event::SlowCall {
+                name: self.inner.name.clone(),
+                elapsed,
+            });
+        }
+        true
+    }
+
+    async fn finish_shared_probe(
+        &self,
+        lease: Box<crate::store::Lease>,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+    ) {
+        let slow = if outcome == Outcome::Ignored {
+            false
+        } else {
+            self.note_slow(outcome, elapsed)
+        };
+        let outcome = if slow && outcome == Outcome::Success {
+            Outcome::Failure
+        } else {
+            outcome
+        };
+        match outcome {
+            Outcome::Success => self.inner.metrics.success.increment(1),
+            Outcome::Failure => self.inner.metrics.failure.increment(1),
+            Outcome::Ignored => self.inner.metrics.ignored.increment(1),
+        }
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        let generation = lease.local_generation;
+        if !shared.complete_probe(self, *lease, outcome).await {
+            // The store did not answer: decide locally, as if there were no store.
+            self.finish(Kind::Probe { generation }, outcome, None);
+        } else if outcome == Outcome::Ignored {
+            self.release_probe(generation);
+        }
+    }
+
+    /// Open the breaker from `w` (closed or half-open), with the backoff of the next trip.
+    fn trip(&self, w: Word, now_ms: u64, reason: TripReason) -> bool {
+        let trips = if w.state == State::Closed {
+            1
+        } else {
+            self.inner.trips.load(Ordering::Relaxed).saturating_add(1)
+        };
+        let until = now_ms.saturating_add(ms(self.inner.config.open_wait_for(trips)));
+        if self.transition(w, State::Open, until, Some(reason)) {
+            self.inner.trips.store(trips, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Move from exactly `from` to `to`. Only the caller whose compare-and-swap succeeds
+    /// returns `true`, resets what the new state starts from and emits the event.
+    pub(crate) fn transition(
+        &self,
+        from: Word,
+        to: State,
+        deadline_ms: u64,
+        reason: Option<TripReason>,
+    ) -> bool {
+        let next = from.next(to, deadline_ms);
+        if self
+            .inner
+            .word
+            .compare_exchange(
+                from.pack(),
+                next.pack(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let inner = &*self.inner;
+        if to == State::Closed {
+            inner.window.reset();
+            inner.consecutive.store(0, Ordering::Relaxed);
+            inner.trips.store(0, Ordering::Relaxed);
+        }
+        inner.metrics.state.set(to.as_gauge());
+        if from.state != to {
+            metrics::counter!("palisade_circuit_breaker_transitions_total",
+                "name" => inner.name.to_string(), "from" => from.state.as_str(), "to" => to.as_str())
+            .increment(1);
+            match to {
+                State::Open | State::ForcedOpen => {
+                    tracing::warn!(breaker = %inner.name, from = %from.state, to = %to, ?reason, "circuit breaker opened");
+                }
+                _ => {
+                    tracing::info!(breaker = %inner.name, from = %from.state, to = %to, "circuit breaker state changed");
+                }
+            }
+            let _ = inner.events.send(Event::Transition {
+                name: inner.name.clone(),
+                from: from.state,
+                to,
+                reason,
+            });
+        }
+        true
+    }
+
+    /// Move to `to` from whatever the state is now (manual control and shared state).
+    pub(crate) fn set_state(&self, to: State, deadline_ms: u64, reason: Option<TripReason>) {
+        loop {
+            let w = self.word();
+            if self.transition(w, to, deadline_ms, reason) {
+                return;
+            }
+        }
+    }
+
+    /// Reject every call until [`close`](Self::close) or [`reset`](Self::reset). A shared
+    /// breaker passes this to the store on its next flush, so the whole fleet follows.
+    pub fn force_open(&self) {
+        self.manual(State::ForcedOpen, crate::store::ManualOp::ForceOpen);
+    }
+
+    /// Close the breaker now (keeps the backoff history).
+    pub fn close(&self) {
+        self.manual(State::Closed, crate::store::ManualOp::Close);
+    }
+
+    /// Close the breaker and forget everything: window, failure run, backoff history.
+    pub fn reset(&self) {
+        self.manual(State::Closed, crate::store::ManualOp::Reset);
+        self.inner.window.reset();
+    }
+
+    /// Let every call through without recording anything.
+    pub fn disable(&self) {
+        self.manual(State::Disabled, crate::store::ManualOp::Disable);
+    }
+
+    /// Let every call through and record it, but never trip.
+    pub fn metrics_only(&self) {
+        self.manual(State::MetricsOnly, crate::store::ManualOp::MetricsOnly);
+    }
+
+    fn manual(&self, to: State, op: crate::store::ManualOp) {
+        let trips = self.inner.trips.load(Ordering::Relaxed);
+        self.set_state(to, 0, None);
+        if op == crate::store::ManualOp::Close {
+            self.inner.trips.store(trips, Ordering::Relaxed);
+        }
+        if let Some(shared) = &self.inner.shared {
+            shared.queue_manual(op);
+        }
+    }
+
+    pub(crate) fn local_generation(&self) -> u32 {
+        self.word().generation
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.inner.events.send(event);
+    }
+}
+
+/// Builds a [`CircuitBreaker`]; every setter changes one [`Config`] field.
+#[derive(Debug)]
+pub struct CircuitBreakerBuilder {
+    name: String,
+    config: Config,
+    clock: Clock,
+    store: Option<Arc<dyn StateStore>>,
+    instance_id: Option<String>,
+}
+
+impl CircuitBreakerBuilder {
+    fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            config: Config::default(),
+            clock: Clock::system(),
+            store: None,
+            instance_id: None,
+        }
+    }
+
+    /// Replace the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The sliding window.
+    pub fn window(mut self, window: SlidingWindow) -> Self {
+        self.config.window = window;
+        self
+    }
+
+    /// A count-based window over the last `size` calls.
+    pub fn count_window(self, size: u32) -> Self {
+        self.window(SlidingWindow::Count { size })
+    }
+
+    /// A time-based window over the last `seconds` seconds.
+    pub fn time_window(self, seconds: u32) -> Self {
+        self.window(SlidingWindow::Time { seconds })
+    }
+
+    /// Calls needed in the window before a rate rule may trip.
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.config.minimum_calls = calls;
+        self
+    }
+
+    /// Failure percentage that trips the breaker.
+    pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
+        self.config.failure_rate_threshold = percent;
+        self
+    }
+
+    /// Trip after `n` failures in a row.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.config.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Calls taking at least `duration` are slow; trip at `rate_threshold` percent slow calls.
+    pub fn slow_call(mut self, duration: Duration, rate_threshold: f64) -> Self {
+        self.config.slow_call = Some(SlowCallRule {
+            duration,
+            rate_threshold,
+        });
+        self
+    }
+
+    /// How long to stay open before probing.
+    pub fn open_wait(mut self, wait: Duration) -> Self {
+        self.config.open_wait = wait;
+        self
+    }
+
+    /// Multiply the open wait by `multiplier` on each repeated trip, up to `max_wait`.
+    pub fn backoff(mut self, multiplier: f64, max_wait: Duration) -> Self {
+        self.config.backoff = Some(Backoff {
+            multiplier,
+            max_wait,
+        });
+        self
+    }
+
+    /// Probe calls admitted per half-open period.
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.config.half_open_probes = probes;
+        self
+    }
+
+    /// Successful probes needed to close.
+    pub fn success_threshold(mut self, successes: u32) -> Self {
+        self.config.success_threshold = successes;
+        self
+    }
+
+    /// Longest half-open period before opening again.
+    pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
+        self.config.max_half_open_wait = wait;
+        self
+    }
+
+    /// Per-call timeout.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.config.call_timeout = Some(timeout);
+        self
+    }
+
+    /// The clock (default: [`Clock::system`]).
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Share state with other instances through `store`. [`build`](Self::build) must then run
+    /// inside a tokio runtime: it spawns the task that flushes every
+    /// [`flush_interval`](Self::flush_interval).
+    pub fn store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// How often a shared breaker flushes to its store.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.config.shared.flush_interval = interval;
+        self
+    }
+
+    /// What a shared breaker does while its store fails.
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.config.shared.failure_mode = mode;
+        self
+    }
+
+    /// Open fleet-wide only with a quorum of failing instances.
+    pub fn quorum(mut self, quorum: Quorum) -> Self {
+        self.config.shared.quorum = Some(quorum);
+        self
+    }
+
+    /// Length of the shared time window in seconds.
+    pub fn shared_window_seconds(mut self, seconds: u32) -> Self {
+        self.config.shared.window_seconds = seconds;
+        self
+    }
+
+    /// The id this instance uses in the store (default: random).
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// Build the breaker.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the configuration is invalid, or when a store is set and no
+    /// tokio runtime is running.
+    pub fn build(self) -> Result<CircuitBreaker> {
+        self.config.validate()?;
+        if self.name.is_empty() {
+            return Err(Error::Config(
+                "a circuit breaker needs a non-empty name".into(),
+            ));
+        }
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let window = Window::new(self.config.window);
+        let slow_nanos = self.config.slow_call.map_or(0, |s| {
+            u64::try_from(s.duration.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        let runtime = if self.store.is_some() {
+            Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::Config(
+                    "a circuit breaker with a store must be built inside a tokio runtime".into(),
+                )
+            })?)
+        } else {
+            None
+        };
+        let shared = self
+            .store
+            .map(|store| Shared::new(store, self.instance_id, &self.config, &self.name));
+        let metrics = Metrics::new(&name);
+        metrics.state.set(State::Closed.as_gauge());
+        let breaker = CircuitBreaker {
+            inner: Arc::new(Inner {
+                window_needs_clock: window.needs_clock(),
+                name,
+                config: self.config,
+                clock: self.clock,
+                word: crate::window::Padded(AtomicU64::new(
+                    Word {
+                        state: State::Closed,
+                        generation: 0,
+                        deadline_ms: 0,
+                    }
+                    .pack(),
+                )),
+                probes: AtomicU64::new(0),
+                successes: AtomicU64::new(0),
+                trips: AtomicU32::new(0),
+                consecutive: AtomicU32::new(0),
+                window,
+                slow_nanos,
+                events: broadcast::channel(EVENT_CAPACITY).0,
+                observed: AtomicBool::new(false),
+                metrics,
+                shared,
+            }),
+        };
+        if let Some(runtime) = runtime {
+            crate::sync::spawn_flusher(&breaker, &runtime);
+        }
+        Ok(breaker)
+    }
+}

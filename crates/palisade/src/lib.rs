@@ -1,0 +1,43 @@
+//! Resilience for Rust services that sit in front of expensive or fragile things: LLM
+//! providers, databases and third-party APIs.
+//!
+//! `palisade` is the facade over the Palisade crates. Each crate is one cargo feature and is
+//! re-exported under a short module name; every crate works in memory on one machine and
+//! shares its state through Redis across many instances, behind the same trait.
+//!
+//! | feature | module | crate |
+//! |---|---|---|
+//! | `redis` | — | the Redis backend of every enabled crate (default) |
+//! | `tower` | — | the tower layers of every enabled crate |
+//! | `ratelimit` | [`ratelimit`] | [`palisade-ratelimit`](https://docs.rs/palisade-ratelimit): token bucket, GCRA, fixed/sliding windows, multi-window quotas, tiers, headers, 429 layer (default) |
+//! | `circuit-breaker` | [`circuit_breaker`] | [`palisade-circuit-breaker`](https://docs.rs/palisade-circuit-breaker): lock-free breaker with count/time windows, slow calls, half-open probes, registry, tower layer, state shared through Redis (default) |
+//! | `semantic-cache` | [`semantic_cache`] | [`palisade-semantic-cache`](https://docs.rs/palisade-semantic-cache): AI response cache keyed by meaning with exact fast path, lexical guard, tenant isolation, single-flight, Redis backend (default) |
+//!
+//! The crates arrive one by one; see the repository's `CHANGELOG.md` for what has landed.
+//!
+//! ```
+//! // Everything Palisade exposes hangs off this crate's modules.
+//! let _ = palisade::VERSION;
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The version of the `palisade` facade.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+// -- ratelimit --
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+#[doc(inline)]
+pub use palisade_ratelimit as ratelimit;
+
+// -- circuit-breaker --
+#[cfg(feature = "circuit-breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+#[doc(inline)]
+pub use palisade_circuit_breaker as circuit_breaker;
+
+// -- semantic-cache --
+#[cfg(feature = "semantic-cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "semantic-cache")))]
+#[doc(inline)]
+pub use palisade_semantic_cache as semantic_cache;

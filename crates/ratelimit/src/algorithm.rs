@@ -1,0 +1,574 @@
+//! The five algorithms as pure state transitions: no I/O, no clock, no locks.
+//!
+//! Time is whole microseconds since the Unix epoch. Each algorithm has a [`QuotaState`] per
+//! key and quota and three transitions: [`check`](QuotaState::check) (pure: would a request
+//! of this cost be admitted, and what would remain), [`consume`](QuotaState::consume) (apply
+//! an admitted request) and [`refund`](QuotaState::refund) (give units back). The in-memory
+//! backend runs these functions directly; the Redis backend runs a Lua transcription of the
+//! same arithmetic (integers below 2^53, which Lua's doubles hold exactly; the sliding
+//! counter's weighting is the same IEEE-754 double arithmetic in both).
+//!
+//! [`decide`] applies a whole [`Policy`]: every quota is checked first and
+//! the request is consumed from all of them only when all admit it, so a denial by one quota
+//! consumes from none.
+//!
+//! ```
+//! use palisade_ratelimit::algorithm::{decide, fresh_states};
+//! use palisade_ratelimit::{Algorithm, Policy, Quota};
+//!
+//! let policy = Policy::builder("p")
+//!     .algorithm(Algorithm::FixedWindow)
+//!     .quota("per_second", Quota::per_second(2))
+//!     .quota("per_minute", Quota::per_minute(3))
+//!     .build()?;
+//! let now = 1_700_000_000_000_000;
+//! let mut states = fresh_states(&policy, now);
+//! assert!(decide(&mut states, &policy, now, 1).0);
+//! assert!(decide(&mut states, &policy, now, 1).0);
+//! assert!(!decide(&mut states, &policy, now, 1).0); // 2 per second
+//! # Ok::<(), palisade_ratelimit::Error>(())
+//! ```
+
+use std::collections::VecDeque;
+
+use crate::quota::{Algorithm, Policy, Quota};
+
+/// Times beyond 2^53 µs (year 2255) are treated as 2^53 µs: every value the algorithms
+/// store stays exact in a double (Lua) and no arithmetic can overflow.
+pub const MAX_MICROS: u64 = 1 << 53;
+
+/// What one quota says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether this quota admits the request.
+    pub allowed: bool,
+    /// Units left after the request (when admitted) or now (when denied).
+    pub remaining: u64,
+    /// Microseconds until the quota is whole again (after the request, when admitted).
+    pub reset: u64,
+    /// When denied: microseconds until a request of the same cost would be admitted by this
+    /// quota, or `None` when it never will (the cost exceeds the quota's capacity).
+    /// Always `None` when admitted.
+    pub retry_after: Option<u64>,
+}
+
+/// The stored state of one quota for one key.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum QuotaState {
+    /// [`Algorithm::TokenBucket`]: whole tokens and the time they were counted at.
+    TokenBucket {
+        /// Tokens in the bucket.
+        tokens: u64,
+        /// Time up to which refills have been counted.
+        last: u64,
+    },
+    /// [`Algorithm::Gcra`]: the theoretical arrival time.
+    Gcra {
+        /// Theoretical arrival time of the next request.
+        tat: u64,
+    },
+    /// [`Algorithm::FixedWindow`]: the window index (`now / period`) and its count.
+    FixedWindow {
+        /// Window index.
+        window: u64,
+        /// Units admitted in that window.
+        count: u64,
+    },
+    /// [`Algorithm::SlidingWindowLog`]: admitted requests `(time, cost)`, oldest first, with
+    /// their total. At most `limit` entries (requests at the same microsecond are merged).
+    SlidingWindowLog {
+        /// `(time, cost)` of each admitted request, oldest first.
+        entries: VecDeque<(u64, u64)>,
+        /// Sum of the costs in `entries`.
+        sum: u64,
+    },
+    /// [`Algorithm::SlidingWindowCounter`]: the current window and the two latest counts.
+    SlidingWindowCounter {
+        /// Window index of `curr`.
+        window: u64,
+        /// Units admitted in window `window - 1`.
+        prev: u64,
+        /// Units admitted in window `window`.
+        curr: u64,
+    },
+}
+
+/// Fresh state for every quota of `policy` (what a never-seen key has).
+pub fn fresh_states(policy: &Policy, now: u64) -> Vec<QuotaState> {
+    policy
+        .quotas()
+        .iter()
+        .map(|q| QuotaState::new(policy.algorithm(), &q.quota, now))
+        .collect()
+}
+
+/// Check every quota; when all admit, consume `cost` from all of them. Returns whether the
+/// request was admitted and one verdict per quota (in policy order).
+///
+/// `states` must hold one state per quota, as made by [`fresh_states`]; states of another
+/// algorithm are replaced by fresh ones.
+pub fn decide(
+    states: &mut Vec<QuotaState>,
+    policy: &Policy,
+    now: u64,
+    cost: u64,
+) -> (bool, Vec<Verdict>) {
+    align(states, policy, now);
+    decide_aligned(states, policy, now, cost)
+}
+
+/// [`decide`] on states already aligned with the policy (one per quota, same algorithm).
+pub(crate) fn decide_aligned(
+    states: &mut [QuotaState],
+    policy: &Policy,
+    now: u64,
+    cost: u64,
+) -> (bool, Vec<Verdict>) {
+    let verdicts: Vec<Verdict> = policy
+        .quotas()
+        .iter()
+        .zip(states.iter())
+        .map(|(q, s)| s.check(&q.quota, now, cost))
+        .collect();
+    let allowed = verdicts.iter().all(|v| v.allowed);
+    if allowed {
+        for (q, s) in policy.quotas().iter().zip(states.iter_mut()) {
+            s.consume(&q.quota, now, cost);
+        }
+        return (true, verdicts);
+    }
+    // Nothing was consumed: quotas that would have admitted report what they still have.
+    let verdicts = policy
+        .quotas()
+        .iter()
+        .zip(states.iter())
+        .zip(verdicts)
+        .map(|((q, s), v)| {
+            if v.allowed {
+                s.check(&q.quota, now, 0)
+            } else {
+                v
+            }
+        })
+        .collect();
+    (false, verdicts)
+}
+
+/// Whether `states` holds one state per quota of `policy`, of the policy's algorithm.
+pub(crate) fn is_aligned(states: &[QuotaState], policy: &Policy) -> bool {
+    states.len() == policy.quotas().len()
+        && states.iter().all(|s| s.algorithm() == policy.algorithm())
+}
+
+/// [`decide`] without the verdicts: whether the request is admitted (and, if so, consumed
+/// from every quota). Allocates nothing; for hot paths that need no per-quota details.
+pub fn admit(states: &mut Vec<QuotaState>, policy: &Policy, now: u64, cost: u64) -> bool {
+    align(states, policy, now);
+    admit_aligned(states, policy, now, cost)
+}
+
+/// [`admit`] on states already aligned with the policy.
+pub(crate) fn admit_aligned(
+    states: &mut [QuotaState],
+    policy: &Policy,
+    now: u64,
+    cost: u64,
+) -> bool {
+    let quotas = policy.quotas();
+    if !quotas
+        .iter()
+        .zip(states.iter())
+        .all(|(q, s)| s.check(&q.quota, now, cost).allowed)
+    {
+        return false;
+    }
+    for (q, s) in quotas.iter().zip(states.iter_mut()) {
+        s.consume(&q.quota, now, cost);
+    }
+    true
+}
+
+/// What a request of cost 1 would get, consuming nothing. `remaining` is what is left now.
+pub fn peek(states: &[QuotaState], policy: &Policy, now: u64) -> (bool, Vec<Verdict>) {
+    let verdicts: Vec<Verdict> = policy
+        .quotas()
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let fresh;
+            let state = match states.get(i) {
+                Some(s) if s.algorithm() == policy.algorithm() => s,
+                _ => {
+                    fresh = QuotaState::new(policy.algorithm(), &q.quota, now);
+                    &fresh
+                }
+            };
+            let mut v = state.check(&q.quota, now, 1);
+            if v.allowed {
+                v.remaining += 1;
+            }
+            v
+        })
+        .collect();
+    (verdicts.iter().all(|v| v.allowed), verdicts)
+}
+
+/// Give `cost` units back to every quota (never beyond its capacity).
+pub fn refund(states: &mut Vec<QuotaState>, policy: &Policy, now: u64, cost: u64) {
+    align(states, policy, now);
+    refund_aligned(states, policy, now, cost);
+}
+
+/// [`refund`] on states already aligned with the policy.
+pub(crate) fn refund_aligned(states: &mut [QuotaState], policy: &Policy, now: u64, cost: u64) {
+    for (q, s) in policy.quotas().iter().zip(states.iter_mut()) {
+        s.refund(&q.quota, now, cost);
+    }
+}
+
+fn align(states: &mut Vec<QuotaState>, policy: &Policy, now: u64) {
+    let n = policy.quotas().len();
+    states.truncate(n);
+    for (i, q) in policy.quotas().iter().enumerate() {
+        match states.get(i) {
+            Some(s) if s.algorithm() == policy.algorithm() => {}
+            Some(_) => states[i] = QuotaState::new(policy.algorithm(), &q.quota, now),
+            None => states.push(QuotaState::new(policy.algorithm(), &q.quota, now)),
+        }
+    }
+}
+
+/// How long an idle key's state stays meaningful, in microseconds.
+pub(crate) fn horizon_micros(algorithm: Algorithm, q: &Quota) -> u64 {
+    let p = q.period_micros();
+    match algorithm {
+        Algorithm::TokenBucket | Algorithm::Gcra => q.burst().saturating_mul(q.interval_micros()),
+        Algorithm::FixedWindow | Algorithm::SlidingWindowLog => p,
+        Algorithm::SlidingWindowCounter => p.saturating_mul(2),
+    }
+}
+
+fn tb_refill(tokens: u64, last: u64, now: u64, burst: u64, t: u64) -> (u64, u64) {
+    if now <= last {
+        return (tokens.min(burst), last);
+    }
+    let add = (now - last) / t;
+    if tokens.saturating_add(add) >= burst {
+        (burst, now)
+    } else {
+        (tokens + add, last + add * t)
+    }
+}
+
+fn counter_window(window: u64, prev: u64, curr: u64, now: u64, p: u64) -> (u64, u64, u64, u64) {
+    // Returns (window, prev, curr, now) with time that went backwards held at the stored
+    // window's start.
+    let w = now / p;
+    if w < window {
+        return (window, prev, curr, window * p);
+    }
+    if w == window {
+        (w, prev, curr, now)
+    } else if w == window + 1 {
+        (w, curr, 0, now)
+    } else {
+        (w, 0, 0, now)
+    }
+}
+
+fn weighted(prev: u64, p: u64, elapsed: u64) -> f64 {
+    // Lua: prev * (p - elapsed) / p, evaluated left to right in doubles.
+    (prev as f64 * (p - elapsed) as f64) / p as f64
+}
+
+impl QuotaState {
+    /// The state of a key never seen before.
+    pub fn new(algorithm: Algorithm, quota: &Quota, now: u64) -> Self {
+        let now = now.min(MAX_MICROS);
+        match algorithm {
+            Algorithm::TokenBucket => Self::TokenBucket {
+                tokens: quota.burst(),
+                last: now,
+            },
+            Algorithm::Gcra => Self::Gcra { tat: 0 },
+            Algorithm::FixedWindow => Self::FixedWindow {
+                window: now / quota.period_micros(),
+                count: 0,
+            },
+            Algorithm::SlidingWindowLog => Self::SlidingWindowLog {
+                entries: VecDeque::new(),
+                sum: 0,
+            },
+            Algorithm::SlidingWindowCounter => Self::SlidingWindowCounter {
+                window: now / quota.period_micros(),
+                prev: 0,
+                curr: 0,
+            },
+        }
+    }
+
+    /// The algorithm this state belongs to.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Self::TokenBucket { .. } => Algorithm::TokenBucket,
+            Self::Gcra { .. } => Algorithm::Gcra,
+            Self::FixedWindow { .. } => Algorithm::FixedWindow,
+            Self::SlidingWindowLog { .. } => Algorithm::SlidingWindowLog,
+            Self::SlidingWindowCounter { .. } => Algorithm::SlidingWindowCounter,
+        }
+    }
+
+    /// Would a request of `cost` be admitted at `now`? Changes nothing.
+    pub fn check(&self, q: &Quota, now: u64, cost: u64) -> Verdict {
+        let now = now.min(MAX_MICROS);
+        let limit = q.limit();
+        let p = q.period_micros();
+        match self {
+            Self::TokenBucket { tokens, last } => {
+                let burst = q.burst();
+                let t = q.interval_micros();
+                let (tok, last) = tb_refill(*tokens, *last, now, burst, t);
+                if cost <= tok {
+                    let left = tok - cost;
+                    Verdict {
+                        allowed: true,
+                        remaining: left,
+                        reset: (last + (burst - left) * t).saturating_sub(now),
+                        retry_after: None,
+                    }
+                } else {
+                    Verdict {
+                        allowed: false,
+                        remaining: tok,
+                        reset: (last + (burst - tok) * t).saturating_sub(now),
+                        retry_after: (cost <= burst)
+                            .then(|| (last + (cost - tok) * t).saturating_sub(now)),
+                    }
+                }
+            }
+            Self::Gcra { tat } => {
+                let t = q.interval_micros();
+                let tau = q.burst() * t;
+                let tat0 = (*tat).max(now);
+                let new_tat = tat0.saturating_add(cost.saturating_mul(t));
+                if new_tat <= now + tau {
+                    Verdict {
+                        allowed: true,
+                        remaining: (now + tau - new_tat) / t,
+                        reset: new_tat - now,
+                        retry_after: None,
+                    }
+                } else {
+                    Verdict {
+                        allowed: false,
+                        remaining: (now + tau).saturating_sub(tat0) / t,
+                        reset: tat0 - now,
+                        retry_after: (cost <= q.burst()).then(|| new_tat - tau - now),
+                    }
+                }
+            }
+            Self::FixedWindow { window, count } => {
+                let w = now / p;
+                let (w, count) = if w <= *window {
+                    (*window, *count)
+                } else {
+                    (w, 0)
+                };
+                let reset = ((w + 1) * p).saturating_sub(now);
+                if count.saturating_add(cost) <= limit {
+                    Verdict {
+                        allowed: true,
+                        remaining: limit - count - cost,
+                        reset,
+                        retry_after: None,
+                    }
+                } else {
+                    Verdict {
+                        allowed: false,
+                        remaining: limit.saturating_sub(count),
+                        reset,
+                        retry_after: (cost <= limit).then_some(reset),
+                    }
+                }
+            }
+            Self::SlidingWindowCounter { window, prev, curr } => {
+                let (w, prev, curr, now) = counter_window(*window, *prev, *curr, now, p);
+                let elapsed = now - w * p;
+                let weight = weighted(prev, p, elapsed);
+                let allowed = weight + curr.saturating_add(cost) as f64 <= limit as f64;
+                let used = if allowed { curr + cost } else { curr };
+                let remaining = (limit as f64 - weight - used as f64).floor().max(0.0) as u64;
+                let reset = if used > 0 {
+                    (w + 2) * p - now
+                } else if prev > 0 {
+                    (w + 1) * p - now
+                } else {
+                    0
+                };
+                let retry_after = if allowed || cost > limit {
+                    None
+                } else if curr + cost <= limit {
+                    // Wait until the previous window's weight has dropped enough.
+                    let x = (p - elapsed) as f64
+                        - ((limit - curr - cost) as f64 * p as f64) / prev as f64;
+                    Some(x.ceil().max(0.0) as u64 + 1)
+                } else {
+                    // Wait for the next window, then until this window's weight drops enough.
+                    let y = p as f64 - ((limit - cost) as f64 * p as f64) / curr as f64;
+                    Some((p - elapsed) + y.ceil().max(0.0) as u64 + 1)
+                };
+                Verdict {
+                    allowed,
+                    remaining,
+                    reset,
+                    retry_after,
+                }
+            }
+            Self::SlidingWindowLog { entries, sum } => {
+                let mut live = *sum;
+                let mut first_live = 0;
+                for (ts, c) in entries {
+                    if ts.saturating_add(p) <= now {
+                        live -= c;
+                        first_live += 1;
+                    } else {
+                        break;
+                    }
+                }
+                if live.saturating_add(cost) <= limit {
+                    let reset = if cost > 0 {
+                        p
+                    } else {
+                        entries
+                            .back()
+                            .map_or(0, |(ts, _)| (ts + p).saturating_sub(now))
+                    };
+                    Verdict {
+                        allowed: true,
+                        remaining: limit - live - cost,
+                        reset,
+                        retry_after: None,
+                    }
+                } else {
+                    let reset = entries
+                        .back()
+                        .map_or(0, |(ts, _)| (ts + p).saturating_sub(now));
+                    let mut retry_after = None;
+                    if cost <= limit {
+                        let mut freed = 0;
+                        for (ts, c) in entries.iter().skip(first_live) {
+                            freed += c;
+                            if live - freed + cost <= limit {
+                                retry_after = Some((ts + p).saturating_sub(now));
+                                break;
+                            }
+                        }
+                    }
+                    Verdict {
+                        allowed: false,
+                        remaining: limit.saturating_sub(live),
+                        reset,
+                        retry_after,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply an admitted request of `cost` at `now` (call after [`check`](Self::check)
+    /// admitted it; it does not check again).
+    pub fn consume(&mut self, q: &Quota, now: u64, cost: u64) {
+        let now = now.min(MAX_MICROS);
+        let p = q.period_micros();
+        match self {
+            Self::TokenBucket { tokens, last } => {
+                let (tok, l) = tb_refill(*tokens, *last, now, q.burst(), q.interval_micros());
+                *tokens = tok.saturating_sub(cost);
+                *last = l;
+            }
+            Self::Gcra { tat } => {
+                *tat = (*tat)
+                    .max(now)
+                    .saturating_add(cost.saturating_mul(q.interval_micros()));
+            }
+            Self::FixedWindow { window, count } => {
+                let w = now / p;
+                if w > *window {
+                    *window = w;
+                    *count = 0;
+                }
+                *count = count.saturating_add(cost);
+            }
+            Self::SlidingWindowCounter { window, prev, curr } => {
+                let (w, pv, c, _) = counter_window(*window, *prev, *curr, now, p);
+                *window = w;
+                *prev = pv;
+                *curr = c.saturating_add(cost);
+            }
+            Self::SlidingWindowLog { entries, sum } => {
+                while let Some(&(ts, c)) = entries.front() {
+                    if ts.saturating_add(p) <= now {
+                        entries.pop_front();
+                        *sum -= c;
+                    } else {
+                        break;
+                    }
+                }
+                if cost == 0 {
+                    return;
+                }
+                match entries.back_mut() {
+                    Some((ts, c)) if *ts >= now => *c += cost,
+                    _ => entries.push_back((now, cost)),
+                }
+                *sum += cost;
+            }
+        }
+    }
+
+    /// Give back up to `cost` units (never beyond the quota's capacity, never below zero).
+    pub fn refund(&mut self, q: &Quota, now: u64, cost: u64) {
+        let now = now.min(MAX_MICROS);
+        let p = q.period_micros();
+        match self {
+            Self::TokenBucket { tokens, last } => {
+                let burst = q.burst();
+                let (tok, l) = tb_refill(*tokens, *last, now, burst, q.interval_micros());
+                *tokens = tok.saturating_add(cost).min(burst);
+                *last = if *tokens == burst { now.max(l) } else { l };
+            }
+            Self::Gcra { tat } => {
+                *tat = tat
+                    .saturating_sub(cost.saturating_mul(q.interval_micros()))
+                    .max(now);
+            }
+            Self::FixedWindow { window, count } => {
+                if now / p <= *window {
+                    *count = count.saturating_sub(cost);
+                }
+            }
+            Self::SlidingWindowCounter { window, prev, curr } => {
+                let (w, pv, c, _) = counter_window(*window, *prev, *curr, now, p);
+                *window = w;
+                *prev = pv;
+                *curr = c.saturating_sub(cost);
+            }
+            Self::SlidingWindowLog { entries, sum } => {
+                let mut left = cost;
+                while left > 0 {
+                    let Some((_, c)) = entries.back_mut() else {
+                        break;
+                    };
+                    let take = left.min(*c);
+                    *c -= take;
+                    *sum -= take;
+                    left -= take;
+                    if *c == 0 {
+                        entries.pop_back();
+                    }
+                }
+            }
+        }
+    }
+}

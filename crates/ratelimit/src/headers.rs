@@ -1,0 +1,196 @@
+//! HTTP response headers for a [`Decision`].
+//!
+//! * `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the
+//!   most restrictive quota is whole again), the de-facto headers most clients read.
+//! * `Retry-After` (delta-seconds) on denials, rounded **up**, so a client that waits exactly
+//!   that long is never early.
+//! * `RateLimit-Policy` and `RateLimit` from draft-ietf-httpapi-ratelimit-headers-11, one list
+//!   item per quota: `"per_minute";q=60;w=60` and `"per_minute";r=42;t=18`.
+//!
+//! ```
+//! use palisade_ratelimit::{headers, Algorithm, MemoryStore, Policy, Quota};
+//! let store = MemoryStore::new();
+//! let policy = Policy::builder("api")
+//!     .algorithm(Algorithm::FixedWindow)
+//!     .quota("per_minute", Quota::per_minute(60))
+//!     .quota("per_hour", Quota::per_hour(1000))
+//!     .build()?;
+//! let decision = store.acquire_sync("user:1", &policy, 1);
+//! let mut h = http::HeaderMap::new();
+//! headers::apply(&decision, &mut h, headers::HeaderStyle::BOTH);
+//! assert_eq!(h["ratelimit-policy"], r#""per_minute";q=60;w=60, "per_hour";q=1000;w=3600"#);
+//! assert_eq!(h["x-ratelimit-limit"], "60");
+//! assert_eq!(h["x-ratelimit-remaining"], "59");
+//! # Ok::<(), palisade_ratelimit::Error>(())
+//! ```
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::decision::Decision;
+
+/// `X-RateLimit-Limit`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`.
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `RateLimit-Policy` (IETF draft 11).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (IETF draft 11).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Which header families to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HeaderStyle {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    pub legacy: bool,
+    /// `RateLimit-Policy` and `RateLimit`.
+    pub draft: bool,
+}
+
+impl HeaderStyle {
+    /// Both families (the default).
+    pub const BOTH: Self = Self {
+        legacy: true,
+        draft: true,
+    };
+    /// Only the `X-RateLimit-*` family.
+    pub const LEGACY: Self = Self {
+        legacy: true,
+        draft: false,
+    };
+    /// Only the IETF draft's fields.
+    pub const DRAFT: Self = Self {
+        legacy: false,
+        draft: true,
+    };
+    /// No counters (a 429 still gets `Retry-After`).
+    pub const NONE: Self = Self {
+        legacy: false,
+        draft: false,
+    };
+}
+
+impl Default for HeaderStyle {
+    fn default() -> Self {
+        Self::BOTH
+    }
+}
+
+/// Whole seconds, rounded up (`1.2 s` → `2`, `0 s` → `0`).
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The `Retry-After` value for a denial (seconds, rounded up), `None` when admitted or when
+/// the request can never pass.
+pub fn retry_after(decision: &Decision) -> Option<HeaderValue> {
+    if decision.allowed {
+        return None;
+    }
+    decision
+        .retry_after
+        .map(|d| HeaderValue::from(ceil_secs(d)))
+}
+
+/// `RateLimit-Policy`: one item per quota, `"NAME";q=LIMIT;w=WINDOW_SECONDS`.
+pub fn ratelimit_policy(decision: &Decision) -> Option<HeaderValue> {
+    if decision.quotas.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = decision
+        .quotas
+        .iter()
+        .map(|q| {
+            format!(
+                "{};q={};w={}",
+                sf_string(&q.name),
+                q.limit,
+                ceil_secs(q.period)
+            )
+        })
+        .collect();
+    HeaderValue::from_str(&items.join(", ")).ok()
+}
+
+/// `RateLimit`: one item per quota, `"NAME";r=REMAINING;t=RESET_SECONDS`.
+pub fn ratelimit(decision: &Decision) -> Option<HeaderValue> {
+    if decision.quotas.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = decision
+        .quotas
+        .iter()
+        .map(|q| {
+            format!(
+                "{};r={};t={}",
+                sf_string(&q.name),
+                q.remaining,
+                ceil_secs(q.reset)
+            )
+        })
+        .collect();
+    HeaderValue::from_str(&items.join(", ")).ok()
+}
+
+/// Write the headers for `decision` into `headers` (replacing existing ones of the same
+/// names). `Retry-After` is written on every denial that can pass later.
+pub fn apply(decision: &Decision, headers: &mut HeaderMap, style: HeaderStyle) {
+    if style.legacy
+        && let Some(q) = decision.most_restrictive()
+    {
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(q.limit));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(ceil_secs(q.reset)));
+    }
+    if style.draft {
+        if let Some(v) = ratelimit_policy(decision) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        if let Some(v) = ratelimit(decision) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+    if let Some(v) = retry_after(decision) {
+        headers.insert(http::header::RETRY_AFTER, v);
+    }
+}
+
+/// A structured-field string: printable ASCII, `"` and `\` escaped, anything else as `?`.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_up() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn sf_strings_are_escaped() {
+        assert_eq!(sf_string(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(sf_string("é\n"), r#""??""#);
+    }
+}

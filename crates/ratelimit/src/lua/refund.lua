@@ -1,0 +1,7 @@
+
+-- refund: give cost units back to every quota.
+for i = 1, n do
+  local q = quota(i)
+  refund(q, load(q), cost)
+end
+return 1

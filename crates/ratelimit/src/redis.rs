@@ -1,0 +1,385 @@
+//! The Redis backend: [`RedisStore`].
+
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{RetryMethod, Script, ScriptInvocation};
+
+use crate::algorithm::Verdict;
+use crate::clock::Clock;
+use crate::decision::{Decision, DecisionSource};
+use crate::error::{Error, Result};
+use crate::quota::{Algorithm, Policy};
+
+struct Scripts {
+    acquire: Script,
+    peek: Script,
+    refund: Script,
+    reset: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    acquire: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/acquire.lua")
+    )),
+    peek: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/peek.lua")
+    )),
+    refund: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/refund.lua")
+    )),
+    reset: Script::new(include_str!("lua/reset.lua")),
+});
+
+/// The connection a [`RedisStore`] talks through. Every variant is a handle that many tasks
+/// share; scripts are sent with `EVALSHA` and loaded again after a `NOSCRIPT` (a restarted
+/// or failed-over server).
+///
+/// TLS (`rediss://`) is a property of the pool or client you build: enable the TLS feature
+/// of `redis`/`deadpool-redis` (`tls-rustls` or `tls-native-tls`) in your own `Cargo.toml`
+/// and pass the pool here.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RedisConnection {
+    /// A `deadpool_redis` pool (single node). The store takes one multiplexed connection
+    /// from it and shares it between all calls (deadpool-redis pings every connection it
+    /// hands out, which would double the round trips); after a connection error, or a call
+    /// abandoned by its caller (a timeout), the next call takes a fresh one.
+    Pool(deadpool_redis::Pool),
+    /// A `deadpool_redis` cluster pool.
+    ClusterPool(deadpool_redis::cluster::Pool),
+    /// One multiplexed connection shared by every call (pipelines concurrent calls).
+    Multiplexed(redis::aio::MultiplexedConnection),
+    /// A reconnecting multiplexed connection.
+    Manager(redis::aio::ConnectionManager),
+    /// A multiplexed Redis Cluster connection.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pool(_) => "RedisConnection::Pool",
+            Self::ClusterPool(_) => "RedisConnection::ClusterPool",
+            Self::Multiplexed(_) => "RedisConnection::Multiplexed",
+            Self::Manager(_) => "RedisConnection::Manager",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+/// Counters in Redis, shared by every instance of a service: exact across instances.
+///
+/// * **One round trip per decision**, whatever the number of quotas: each operation is one
+///   Lua script (`EVALSHA`, reloaded after `NOSCRIPT`) that checks every quota and consumes
+///   from all or none atomically.
+/// * **Server time**: scripts read Redis' `TIME`, so instances with skewed clocks agree.
+/// * **Cluster ready**: every key of one key+policy shares one hash tag,
+///   `NAMESPACE:{POLICY:KEY}:QUOTA:ALGORITHM`, with the namespace, policy, key and quota
+///   names percent-encoded (everything but `A-Z a-z 0-9 - _ . @`), so a hostile key (braces,
+///   colons, newlines, any Unicode) can neither move the hash tag nor collide with another.
+/// * **Bounded**: every key carries a TTL of its policy's idle horizon plus one second; the
+///   sliding log's sorted set is trimmed on every write and holds at most `limit` members
+///   (`O(log n)` per admitted request).
+///
+/// ```no_run
+/// use palisade_ratelimit::{RedisStore, RateLimiter, FailureMode, Policy, Quota, Algorithm};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+/// let limiter = RateLimiter::builder(RedisStore::new(pool))
+///     .failure_mode(FailureMode::FallbackToMemory)
+///     .build();
+/// let policy = Policy::single("api", Algorithm::Gcra, Quota::per_second(100))?;
+/// let decision = limiter.acquire("tenant:7", &policy, 1).await;
+/// # let _ = decision; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: RedisConnection,
+    namespace: Arc<str>,
+    clock: Option<Arc<dyn Clock>>,
+    // With a pool: one multiplexed connection taken from it and shared by every call, so a
+    // call costs one round trip (deadpool-redis pings every connection it hands out). Dropped
+    // on a connection error; the next call takes a fresh one from the pool.
+    shared: Arc<ArcSwapOption<MultiplexedConnection>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("conn", &self.conn)
+            .field("namespace", &self.namespace)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A store over a `deadpool_redis` pool, with namespace `palisade:rl`.
+    pub fn new(pool: deadpool_redis::Pool) -> Self {
+        Self::from_connection(RedisConnection::Pool(pool))
+    }
+
+    /// A store over a `deadpool_redis` Redis Cluster pool.
+    pub fn cluster(pool: deadpool_redis::cluster::Pool) -> Self {
+        Self::from_connection(RedisConnection::ClusterPool(pool))
+    }
+
+    /// A store over any [`RedisConnection`].
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        Self {
+            conn,
+            namespace: Arc::from(encode("palisade:rl").as_str()),
+            clock: None,
+            shared: Arc::new(ArcSwapOption::empty()),
+        }
+    }
+
+    /// Prefix every key with `namespace` (percent-encoded like the rest of the key), to keep
+    /// several applications apart on one Redis.
+    #[must_use]
+    pub fn with_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Arc::from(encode(namespace).as_str());
+        self
+    }
+
+    /// Use this clock instead of Redis' `TIME`. Only for tests and benches that drive time
+    /// by hand: in production every instance must use the server's clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The Redis keys used for `key` under `policy`, in script order.
+    pub fn keys_for(&self, key: &str, policy: &Policy) -> Vec<String> {
+        let mut base = String::with_capacity(self.namespace.len() + key.len() + 32);
+        base.push_str(&self.namespace);
+        base.push_str(":{");
+        encode_into(&mut base, policy.name());
+        base.push(':');
+        encode_into(&mut base, key);
+        base.push_str("}:");
+        let code = policy.algorithm().code();
+        let mut keys = Vec::with_capacity(policy.quotas().len() * 2);
+        for q in policy.quotas() {
+            let mut k = base.clone();
+            encode_into(&mut k, &q.name);
+            k.push(':');
+            k.push_str(code);
+            if policy.algorithm() == Algorithm::SlidingWindowLog {
+                keys.push(k.clone());
+                k.push_str(":m");
+            }
+            keys.push(k);
+        }
+        keys
+    }
+
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        key: &str,
+        policy: &Policy,
+        cost: u64,
+    ) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for k in self.keys_for(key, policy) {
+            inv.key(k);
+        }
+        let now = self
+            .clock
+            .as_ref()
+            .map_or(0, |c| c.now_micros().clamp(1, crate::algorithm::MAX_MICROS));
+        inv.arg(now)
+            .arg(policy.algorithm().code())
+            .arg(cost)
+            .arg(policy.quotas().len());
+        for q in policy.quotas() {
+            inv.arg(q.quota.limit())
+                .arg(q.quota.burst())
+                .arg(q.quota.period_micros())
+                .arg(q.quota.interval_micros());
+        }
+        inv
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T> {
+        let result = match &self.conn {
+            RedisConnection::Pool(pool) => {
+                let mut conn = match self.shared.load_full() {
+                    Some(conn) => MultiplexedConnection::clone(&conn),
+                    None => {
+                        let conn =
+                            deadpool_redis::Connection::take(pool.get().await.map_err(pool_error)?);
+                        self.shared.store(Some(Arc::new(conn.clone())));
+                        conn
+                    }
+                };
+                // If the caller gives up on this call (the limiter's timeout), the connection
+                // may be hung: the next call takes a fresh one.
+                let mut guard = DropSharedOnCancel {
+                    shared: &self.shared,
+                    armed: true,
+                };
+                let result = inv.invoke_async(&mut conn).await;
+                guard.armed = false;
+                if let Err(e) = &result
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+                {
+                    self.shared.store(None);
+                }
+                result
+            }
+            RedisConnection::ClusterPool(pool) => {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                inv.invoke_async(&mut conn).await
+            }
+            RedisConnection::Multiplexed(conn) => inv.invoke_async(&mut conn.clone()).await,
+            RedisConnection::Manager(conn) => inv.invoke_async(&mut conn.clone()).await,
+            RedisConnection::Cluster(conn) => inv.invoke_async(&mut conn.clone()).await,
+        };
+        result.map_err(redis_error)
+    }
+
+    async fn decision(
+        &self,
+        script: &Script,
+        key: &str,
+        policy: &Policy,
+        cost: u64,
+    ) -> Result<Decision> {
+        let reply: Vec<i64> = self.run(self.invocation(script, key, policy, cost)).await?;
+        let n = policy.quotas().len();
+        if reply.len() != 1 + 4 * n {
+            return Err(Error::Protocol(format!(
+                "script answered {} values for {n} quotas",
+                reply.len()
+            )));
+        }
+        let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
+        let verdicts: Vec<Verdict> = reply[1..]
+            .chunks_exact(4)
+            .map(|c| Verdict {
+                allowed: c[0] == 1,
+                remaining: non_negative(c[1]),
+                reset: non_negative(c[2]),
+                retry_after: if c[0] == 1 || c[3] < 0 {
+                    None
+                } else {
+                    Some(non_negative(c[3]))
+                },
+            })
+            .collect();
+        Ok(Decision::from_verdicts(
+            policy,
+            reply[0] == 1,
+            &verdicts,
+            DecisionSource::Store,
+        ))
+    }
+}
+
+struct DropSharedOnCancel<'a> {
+    shared: &'a ArcSwapOption<MultiplexedConnection>,
+    armed: bool,
+}
+
+impl Drop for DropSharedOnCancel<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.store(None);
+        }
+    }
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> Error {
+    let transient = !matches!(
+        e,
+        deadpool_redis::PoolError::Closed | deadpool_redis::PoolError::NoRuntimeSpecified
+    );
+    Error::backend(e, transient)
+}
+
+fn redis_error(e: redis::RedisError) -> Error {
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry);
+    Error::backend(e, transient)
+}
+
+/// Percent-encode everything but `A-Z a-z 0-9 - _ . @`: injective, and the result never
+/// contains `{`, `}` or `:`.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    encode_into(&mut out, s);
+    out
+}
+
+fn encode_into(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+#[async_trait]
+impl crate::store::Store for RedisStore {
+    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Result<Decision> {
+        self.decision(&SCRIPTS.acquire, key, policy, cost).await
+    }
+
+    async fn peek(&self, key: &str, policy: &Policy) -> Result<Decision> {
+        self.decision(&SCRIPTS.peek, key, policy, 1).await
+    }
+
+    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()> {
+        let _: i64 = self
+            .run(self.invocation(&SCRIPTS.refund, key, policy, cost))
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, key: &str, policy: &Policy) -> Result<()> {
+        let mut inv = SCRIPTS.reset.prepare_invoke();
+        for k in self.keys_for(key, policy) {
+            inv.key(k);
+        }
+        let _: i64 = self.run(inv).await?;
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_is_injective_and_tag_safe() {
+        let samples = [
+            "a", "a:b", "a%3Ab", "{x}", "}{", "a\nb", "é", "", ":", "%", "a b",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for s in samples {
+            let e = encode(s);
+            assert!(!e.contains(['{', '}', ':']), "{e}");
+            assert!(seen.insert(e), "collision for {s:?}");
+        }
+    }
+}

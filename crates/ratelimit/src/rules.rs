@@ -1,0 +1,782 @@
+//! Per-request rules on top of a [`RateLimiter`]: which key, which tier, which policy and
+//! what cost, with exemptions, runtime-replaceable rules and shadow mode.
+//!
+//! ```
+//! use palisade_ratelimit::rules::{ClientIp, Key, Route, Rules, RequestLimiter, RequestParts, Tier, TierResolver};
+//! use palisade_ratelimit::{Algorithm, MemoryStore, Policy, Quota, RateLimiter};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> palisade_ratelimit::Result<()> {
+//! let free_ai = Policy::builder("free-ai")
+//!     .quota("per_minute", Quota::per_minute(10))
+//!     .quota("per_hour", Quota::per_hour(60))
+//!     .build()?;
+//! let premium_ai = Policy::builder("premium-ai")
+//!     .quota("per_minute", Quota::per_minute(50))
+//!     .quota("per_hour", Quota::per_hour(300))
+//!     .build()?;
+//! let rules = Rules::builder()
+//!     .exempt("/health")?
+//!     .route(
+//!         Route::new("/ai/**")?
+//!             .cost(5)
+//!             .tier("free", free_ai.clone())
+//!             .tier("premium", premium_ai)
+//!             .unlimited_tier("admin"),
+//!     )
+//!     .key(Key::first_of([Key::user_id(), Key::client_ip(ClientIp::new())]))
+//!     .tiers(TierResolver::extension(), "free")
+//!     .build();
+//! let limiter = RequestLimiter::new(RateLimiter::new(MemoryStore::new()), rules);
+//!
+//! let mut req = http::Request::get("/ai/chat").body(()).unwrap();
+//! req.extensions_mut().insert(Tier::from("free"));
+//! req.extensions_mut().insert(palisade_ratelimit::rules::UserId::from("42"));
+//! let outcome = limiter.check(&RequestParts::from_request(&req)).await;
+//! let decision = outcome.decision().unwrap();
+//! assert!(decision.allowed);
+//! assert_eq!(decision.quotas[0].remaining, 5); // 10 per minute, cost 5
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Extensions, HeaderMap, Method, Uri};
+use ipnet::IpNet;
+
+use crate::decision::Decision;
+use crate::error::{Error, Result};
+use crate::limiter::RateLimiter;
+use crate::quota::Policy;
+
+/// A borrowed view of an HTTP request: what rules may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI (only its path is matched).
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions (where authentication middleware leaves [`UserId`] and [`Tier`]).
+    pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestParts<'a> {
+    /// View a request.
+    pub fn from_request<B>(req: &'a http::Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
+
+    /// The request path.
+    pub fn path(&self) -> &'a str {
+        self.uri.path()
+    }
+}
+
+/// The authenticated user, put into request extensions by authentication middleware.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserId(pub String);
+
+impl From<&str> for UserId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// The caller's tier (`free`, `premium`, …), put into request extensions by authentication
+/// middleware and read by [`TierResolver::extension`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tier(pub String);
+
+impl From<&str> for Tier {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// The peer's address, for servers that put it into extensions under this type.
+/// [`ClientIp`] also reads a plain [`SocketAddr`] extension; for axum's
+/// `ConnectInfo<SocketAddr>` use [`ClientIp::peer_from`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub IpAddr);
+
+type KeyFn = dyn Fn(&RequestParts<'_>) -> Option<String> + Send + Sync;
+
+/// Where the rate-limit key of a request comes from. Keys are prefixed by their kind
+/// (`user:`, `ip:`, `hdr:`, …) so that a user called `1.2.3.4` never shares a counter with
+/// that IP address.
+#[derive(Clone)]
+pub struct Key {
+    name: &'static str,
+    f: Arc<KeyFn>,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Key").field(&self.name).finish()
+    }
+}
+
+impl Key {
+    /// One counter for everybody: `global`.
+    pub fn global() -> Self {
+        Self::custom_named("global", |_| Some(String::from("global")))
+    }
+
+    /// The [`UserId`] extension: `user:ID`.
+    pub fn user_id() -> Self {
+        Self::custom_named("user_id", |r| {
+            r.extensions
+                .get::<UserId>()
+                .map(|u| format!("user:{}", u.0))
+        })
+    }
+
+    /// A header's value, such as an API key: `hdr:NAME:VALUE`. Absent or non-UTF-8
+    /// headers give no key.
+    pub fn header(name: http::HeaderName) -> Self {
+        Self::custom_named("header", move |r| {
+            let v = r.headers.get(&name)?.to_str().ok()?;
+            Some(format!("hdr:{}:{v}", name.as_str()))
+        })
+    }
+
+    /// The client's IP address resolved by `ip`: `ip:ADDRESS`.
+    pub fn client_ip(ip: ClientIp) -> Self {
+        Self::custom_named("client_ip", move |r| {
+            ip.resolve_request(r).map(|a| format!("ip:{a}"))
+        })
+    }
+
+    /// The first extractor that gives a key (for example the user id, else the IP).
+    pub fn first_of(keys: impl IntoIterator<Item = Key>) -> Self {
+        let keys: Vec<Key> = keys.into_iter().collect();
+        Self::custom_named("first_of", move |r| keys.iter().find_map(|k| k.extract(r)))
+    }
+
+    /// Any function of the request.
+    pub fn custom(f: impl Fn(&RequestParts<'_>) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self::custom_named("custom", f)
+    }
+
+    fn custom_named(
+        name: &'static str,
+        f: impl Fn(&RequestParts<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            f: Arc::new(f),
+        }
+    }
+
+    /// The key for `req`, if this extractor finds one.
+    pub fn extract(&self, req: &RequestParts<'_>) -> Option<String> {
+        (self.f)(req)
+    }
+}
+
+/// Which forwarding header a [`ClientIp`] reads behind trusted proxies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for="[2001:db8::1]:4711"`.
+    Forwarded,
+}
+
+type PeerFn = dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync;
+
+/// Resolves the client's IP address without trusting what the client can forge.
+///
+/// The TCP peer is the client unless it is one of the trusted proxies (CIDRs). Behind trusted
+/// proxies, the forwarding header is read **from the right**: each trusted proxy appended the
+/// address it saw, so the first address from the right that is not a trusted proxy is the
+/// client. Anything further left was written by the client and is ignored. An unreadable
+/// entry stops the walk at the last trusted hop.
+///
+/// ```
+/// use palisade_ratelimit::rules::ClientIp;
+/// use std::net::IpAddr;
+///
+/// let ip = ClientIp::new().trust(["10.0.0.0/8"])?;
+/// let mut h = http::HeaderMap::new();
+/// h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2".parse().unwrap());
+/// let peer: IpAddr = "10.0.0.1".parse().unwrap();
+/// // 6.6.6.6 was written by the client itself; 203.0.113.9 is who reached our proxies.
+/// assert_eq!(ip.resolve(Some(peer), &h), Some("203.0.113.9".parse().unwrap()));
+/// # Ok::<(), palisade_ratelimit::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ClientIp {
+    trusted: Vec<IpNet>,
+    header: ForwardedHeader,
+    peer: Arc<PeerFn>,
+}
+
+impl fmt::Debug for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIp")
+            .field("trusted", &self.trusted)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientIp {
+    /// No trusted proxy: the TCP peer is the client, forwarding headers are ignored. The
+    /// peer is read from a [`PeerAddr`] or [`SocketAddr`] request extension.
+    pub fn new() -> Self {
+        Self {
+            trusted: Vec::new(),
+            header: ForwardedHeader::default(),
+            peer: Arc::new(|ext: &Extensions| {
+                ext.get::<PeerAddr>()
+                    .map(|p| p.0)
+                    .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip))
+            }),
+        }
+    }
+
+    /// Trust these proxies (CIDRs such as `10.0.0.0/8` or single addresses).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an entry that is neither a CIDR nor an address.
+    pub fn trust<S: AsRef<str>>(mut self, cidrs: impl IntoIterator<Item = S>) -> Result<Self> {
+        for c in cidrs {
+            let c = c.as_ref().trim();
+            let net = c
+                .parse::<IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| Error::InvalidConfig(format!("`{c}` is not a CIDR or IP address")))?;
+            self.trusted.push(net);
+        }
+        Ok(self)
+    }
+
+    /// Read `Forwarded` instead of `X-Forwarded-For`.
+    #[must_use]
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// How to find the TCP peer in request extensions, e.g. for axum:
+    /// `.peer_from(|e| e.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))`.
+    #[must_use]
+    pub fn peer_from(
+        mut self,
+        f: impl Fn(&Extensions) -> Option<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.peer = Arc::new(f);
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address of a request (see the type's docs).
+    pub fn resolve_request(&self, req: &RequestParts<'_>) -> Option<IpAddr> {
+        self.resolve((self.peer)(req.extensions), req.headers)
+    }
+
+    /// The client address given the TCP peer and the request headers.
+    pub fn resolve(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?.to_canonical();
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let hops = match self.header {
+            ForwardedHeader::XForwardedFor => xff_hops(headers),
+            ForwardedHeader::Forwarded => forwarded_hops(headers),
+        };
+        let mut last = peer;
+        for hop in hops.iter().rev() {
+            match hop {
+                Some(ip) if !self.is_trusted(*ip) => return Some(*ip),
+                Some(ip) => last = *ip,
+                None => return Some(last),
+            }
+        }
+        Some(last)
+    }
+}
+
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    // "[2001:db8::1]" without a port.
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+fn xff_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(v) = value.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        for part in v.split(',') {
+            if !part.trim().is_empty() {
+                hops.push(parse_hop(part));
+            }
+        }
+    }
+    hops
+}
+
+fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        let Ok(v) = value.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        for element in v.split(',') {
+            let for_value = element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v)
+            });
+            if let Some(f) = for_value {
+                hops.push(parse_hop(f));
+            }
+        }
+    }
+    hops
+}
+
+type TierFn = dyn Fn(&RequestParts<'_>) -> Option<String> + Send + Sync;
+
+/// Finds the caller's tier for a request.
+#[derive(Clone)]
+pub struct TierResolver {
+    f: Arc<TierFn>,
+}
+
+impl fmt::Debug for TierResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TierResolver")
+    }
+}
+
+impl TierResolver {
+    /// The [`Tier`] request extension (set by your authentication middleware).
+    pub fn extension() -> Self {
+        Self::custom(|r| r.extensions.get::<Tier>().map(|t| t.0.clone()))
+    }
+
+    /// Any function of the request (for example a lookup of the API key's plan).
+    pub fn custom(f: impl Fn(&RequestParts<'_>) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self { f: Arc::new(f) }
+    }
+
+    /// The tier of `req`, if known.
+    pub fn resolve(&self, req: &RequestParts<'_>) -> Option<String> {
+        (self.f)(req)
+    }
+}
+
+/// A path pattern: literal segments, `*` (or `:name`, `{name}`) for exactly one segment, and
+/// a final `**` for any rest (including nothing). Empty segments are ignored, so `/a//b/`
+/// matches `/a/b`.
+///
+/// ```
+/// use palisade_ratelimit::rules::PathPattern;
+/// let p = PathPattern::parse("/v1/*/chat/**")?;
+/// assert!(p.matches("/v1/gpt/chat"));
+/// assert!(p.matches("/v1/gpt/chat/stream/x"));
+/// assert!(!p.matches("/v1/chat"));
+/// # Ok::<(), palisade_ratelimit::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathPattern {
+    raw: String,
+    segments: Vec<Segment>,
+    rest: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Segment {
+    Literal(String),
+    Any,
+}
+
+impl PathPattern {
+    /// Parse a pattern.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when it does not start with `/` or `**` is not last.
+    pub fn parse(pattern: &str) -> Result<Self> {
+        if !pattern.starts_with('/') {
+            return Err(Error::InvalidConfig(format!(
+                "path pattern `{pattern}` must start with `/`"
+            )));
+        }
+        let parts: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut rest = false;
+        for (i, p) in parts.iter().enumerate() {
+            if *p == "**" {
+                if i + 1 != parts.len() {
+                    return Err(Error::InvalidConfig(format!(
+                        "`**` must be last in `{pattern}`"
+                    )));
+                }
+                rest = true;
+            } else if *p == "*" || p.starts_with(':') || (p.starts_with('{') && p.ends_with('}')) {
+                segments.push(Segment::Any);
+            } else {
+                segments.push(Segment::Literal((*p).to_owned()));
+            }
+        }
+        Ok(Self {
+            raw: pattern.to_owned(),
+            segments,
+            rest,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (_, None) => return false,
+                (Segment::Any, Some(_)) => {}
+                (Segment::Literal(l), Some(p)) if l == p => {}
+                (Segment::Literal(_), Some(_)) => return false,
+            }
+        }
+        self.rest || parts.next().is_none()
+    }
+}
+
+/// The limit of one tier on one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// Not limited.
+    Unlimited,
+    /// Limited by this policy.
+    Policy(Policy),
+}
+
+/// A rule for the requests whose path matches a pattern.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pattern: PathPattern,
+    methods: Vec<Method>,
+    cost: u64,
+    default: Option<Limit>,
+    tiers: Vec<(String, Limit)>,
+    key: Option<Key>,
+    shadow: Option<bool>,
+}
+
+impl Route {
+    /// A route for `pattern` (see [`PathPattern`]), cost 1, every method.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad pattern.
+    pub fn new(pattern: &str) -> Result<Self> {
+        Ok(Self {
+            pattern: PathPattern::parse(pattern)?,
+            methods: Vec::new(),
+            cost: 1,
+            default: None,
+            tiers: Vec::new(),
+            key: None,
+            shadow: None,
+        })
+    }
+
+    /// Only these methods (default: all).
+    #[must_use]
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// What one request costs (default 1): expensive routes weigh more.
+    #[must_use]
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// The policy for tiers without their own.
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.default = Some(Limit::Policy(policy));
+        self
+    }
+
+    /// The policy of one tier.
+    #[must_use]
+    pub fn tier(mut self, tier: impl Into<String>, policy: Policy) -> Self {
+        self.tiers.push((tier.into(), Limit::Policy(policy)));
+        self
+    }
+
+    /// A tier that this route does not limit.
+    #[must_use]
+    pub fn unlimited_tier(mut self, tier: impl Into<String>) -> Self {
+        self.tiers.push((tier.into(), Limit::Unlimited));
+        self
+    }
+
+    /// Another key extractor for this route.
+    #[must_use]
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Shadow mode for this route only (decide and report, never block).
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    fn matches(&self, req: &RequestParts<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method))
+            && self.pattern.matches(req.path())
+    }
+
+    fn limit_for(&self, tier: &str) -> Option<&Limit> {
+        self.tiers
+            .iter()
+            .find(|(t, _)| t == tier)
+            .map(|(_, l)| l)
+            .or(self.default.as_ref())
+    }
+}
+
+/// The whole rule set: exemptions, routes (first match wins), the key extractor, the tier
+/// resolver and shadow mode. Immutable; replace it at runtime through
+/// [`RequestLimiter::replace_rules`].
+#[derive(Debug, Clone)]
+pub struct Rules {
+    exempt: Vec<PathPattern>,
+    routes: Vec<Route>,
+    key: Key,
+    tiers: Option<TierResolver>,
+    default_tier: String,
+    shadow: bool,
+}
+
+impl Rules {
+    /// Start a rule set (key: [`Key::global`], tier: `default`, enforcing).
+    pub fn builder() -> RulesBuilder {
+        RulesBuilder {
+            rules: Rules {
+                exempt: Vec::new(),
+                routes: Vec::new(),
+                key: Key::global(),
+                tiers: None,
+                default_tier: String::from("default"),
+                shadow: false,
+            },
+        }
+    }
+}
+
+/// Builds [`Rules`].
+#[derive(Debug, Clone)]
+pub struct RulesBuilder {
+    rules: Rules,
+}
+
+impl RulesBuilder {
+    /// Never limit requests whose path matches `pattern` (health checks, docs).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad pattern.
+    pub fn exempt(mut self, pattern: &str) -> Result<Self> {
+        self.rules.exempt.push(PathPattern::parse(pattern)?);
+        Ok(self)
+    }
+
+    /// Add a route (routes are tried in the order added).
+    #[must_use]
+    pub fn route(mut self, route: Route) -> Self {
+        self.rules.routes.push(route);
+        self
+    }
+
+    /// The key extractor for routes without their own.
+    #[must_use]
+    pub fn key(mut self, key: Key) -> Self {
+        self.rules.key = key;
+        self
+    }
+
+    /// How to find the caller's tier, and the tier when it finds none.
+    #[must_use]
+    pub fn tiers(mut self, resolver: TierResolver, default_tier: impl Into<String>) -> Self {
+        self.rules.tiers = Some(resolver);
+        self.rules.default_tier = default_tier.into();
+        self
+    }
+
+    /// Shadow mode for every route: decide, count and report, but never block.
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.rules.shadow = shadow;
+        self
+    }
+
+    /// The rule set.
+    pub fn build(self) -> Rules {
+        self.rules
+    }
+}
+
+/// What the rules said about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The path is exempt: nothing was counted.
+    Exempt,
+    /// No route matched: nothing was counted.
+    NoRule,
+    /// The caller's tier is unlimited on this route.
+    Unlimited {
+        /// The tier.
+        tier: String,
+    },
+    /// The request was counted.
+    Limited {
+        /// The decision.
+        decision: Decision,
+        /// The tier it was counted under.
+        tier: String,
+        /// Whether the route is in shadow mode (a denial does not block).
+        shadow: bool,
+    },
+}
+
+impl Outcome {
+    /// Whether the request must be refused (a denial outside shadow mode).
+    pub fn blocks(&self) -> bool {
+        matches!(self, Self::Limited { decision, shadow: false, .. } if !decision.allowed)
+    }
+
+    /// The decision, when the request was counted.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            Self::Limited { decision, .. } => Some(decision),
+            _ => None,
+        }
+    }
+}
+
+/// The key under which requests without a key (no user, no readable address) are counted.
+pub const ANONYMOUS_KEY: &str = "anonymous";
+
+/// A [`RateLimiter`] driven by [`Rules`] that can be replaced at runtime without locks
+/// (`arc-swap`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequestLimiter {
+    limiter: RateLimiter,
+    rules: Arc<ArcSwap<Rules>>,
+}
+
+impl RequestLimiter {
+    /// Apply `rules` with `limiter`.
+    pub fn new(limiter: RateLimiter, rules: Rules) -> Self {
+        Self {
+            limiter,
+            rules: Arc::new(ArcSwap::from_pointee(rules)),
+        }
+    }
+
+    /// The underlying limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
+    }
+
+    /// Replace the rules (quotas, routes, tiers, shadow mode) for every later request.
+    /// Counters are kept per policy name: a policy that keeps its name keeps its counts.
+    pub fn replace_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// Decide one request: exemptions first, then the first matching route, the caller's
+    /// tier, its policy, the key and the route's cost. One store call when counted.
+    pub async fn check(&self, req: &RequestParts<'_>) -> Outcome {
+        let rules = self.rules.load_full();
+        let path = req.path();
+        if rules.exempt.iter().any(|p| p.matches(path)) {
+            return Outcome::Exempt;
+        }
+        let Some(route) = rules.routes.iter().find(|r| r.matches(req)) else {
+            return Outcome::NoRule;
+        };
+        let tier = rules
+            .tiers
+            .as_ref()
+            .and_then(|t| t.resolve(req))
+            .unwrap_or_else(|| rules.default_tier.clone());
+        let policy = match route.limit_for(&tier) {
+            None | Some(Limit::Unlimited) => return Outcome::Unlimited { tier },
+            Some(Limit::Policy(p)) => p,
+        };
+        let key = route
+            .key
+            .as_ref()
+            .unwrap_or(&rules.key)
+            .extract(req)
+            .unwrap_or_else(|| String::from(ANONYMOUS_KEY));
+        let shadow = route.shadow.unwrap_or(rules.shadow);
+        let decision = self
+            .limiter
+            .acquire_labeled(&key, policy, route.cost, &tier, shadow)
+            .await;
+        if shadow && !decision.allowed {
+            tracing::info!(
+                policy = policy.name(),
+                tier,
+                key,
+                "shadow mode: request would be rate limited"
+            );
+        }
+        Outcome::Limited {
+            decision,
+            tier,
+            shadow,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The backend trait: [`Store`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::decision::Decision;
+use crate::error::Result;
+use crate::quota::Policy;
+
+/// Where counters live. A store operation is a whole decision that the backend runs
+/// atomically (in memory under one lock per key, in Redis as one Lua script call), so many
+/// instances sharing one Redis admit exactly what the policy allows.
+///
+/// The trait uses `#[async_trait]` (boxed futures) so that it is object safe: a limiter
+/// holds an `Arc<dyn Store>` and switching memory to Redis changes one constructor. One
+/// allocation per call is small next to a Redis round trip.
+///
+/// `key` is any string (user id, API key, IP address, …); stores must keep hostile keys
+/// (braces, colons, newlines, very long, any Unicode) apart from each other.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Count a request of `cost` units against every quota of `policy` for `key`. Admitted
+    /// only when every quota admits it; a denial consumes from no quota.
+    ///
+    /// # Errors
+    /// Backend failures ([`Error::Backend`](crate::Error::Backend),
+    /// [`Error::Protocol`](crate::Error::Protocol)).
+    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Result<Decision>;
+
+    /// What a request of cost 1 would get now, consuming nothing; `remaining` is what is
+    /// left now.
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn peek(&self, key: &str, policy: &Policy) -> Result<Decision>;
+
+    /// Give `cost` units back to every quota of `policy` for `key` (for example when the
+    /// guarded call was never made). Never raises a quota above its capacity.
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()>;
+
+    /// Forget everything counted for `key` under `policy`.
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn reset(&self, key: &str, policy: &Policy) -> Result<()>;
+
+    /// A short name for metrics and logs (`memory`, `redis`).
+    fn backend_name(&self) -> &'static str;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Result<Decision> {
+        (**self).acquire(key, policy, cost).await
+    }
+    async fn peek(&self, key: &str, policy: &Policy) -> Result<Decision> {
+        (**self).peek(key, policy).await
+    }
+    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()> {
+        (**self).refund(key, policy, cost).await
+    }
+    async fn reset(&self, key: &str, policy: &Policy) -> Result<()> {
+        (**self).reset(key, policy).await
+    }
+    fn backend_name(&self) -> &'static str {
+        (**self).backend_name()
+    }
+}

@@ -1,0 +1,756 @@
+//! The semantic cache: exact fast path, nearest neighbour, lexical guard, single-flight.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::clock::{Clock, SystemClock};
+use crate::embed::{Embedder, HashingEmbedder, check_vector};
+use crate::entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
+use crate::error::{BoxError, Error, Result};
+use crate::guard::{GuardConfig, PromptFeatures};
+use crate::key::{
+    CacheKey, EntryId, Namespace, Partition, ScopeId, Tag, Tenant, entry_id, normalize_prompt,
+};
+use crate::memory::MemoryStore;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
+
+/// The default similarity threshold (cosine, on unit vectors) of a namespace, chosen with
+/// the built-in [`HashingEmbedder`] and the lexical guard on the repository's labelled trap
+/// set (`tests/data/traps.tsv`): 69 % of paraphrases served, none of the 215 traps. With the
+/// `candle` MiniLM embedder use 0.85 (92 % / 0.5 %). `docs/semantic-cache.md` has the tables.
+pub const DEFAULT_THRESHOLD: f32 = 0.80;
+
+/// The default TTL of a namespace: one hour.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// The default longest prompt accepted, in bytes: 32 KiB.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 32 * 1024;
+
+/// How one namespace caches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NamespacePolicy {
+    /// How long an entry lives (default one hour).
+    pub ttl: Duration,
+    /// Lowest cosine similarity (on unit vectors, in `[-1, 1]`) served as a semantic hit;
+    /// `1.0` or more means exact matches only, and no embedding is ever computed.
+    pub threshold: f32,
+    /// Whether the lexical guard may veto semantic hits (default on).
+    pub guard: bool,
+}
+
+impl Default for NamespacePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: DEFAULT_TTL,
+            threshold: DEFAULT_THRESHOLD,
+            guard: true,
+        }
+    }
+}
+
+impl NamespacePolicy {
+    /// A policy with this TTL and the default threshold.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            ..Self::default()
+        }
+    }
+
+    /// Exact matches only, with this TTL (for values that are not prompts).
+    pub fn exact_only(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            threshold: 1.0,
+            guard: true,
+        }
+    }
+
+    /// The same policy with another threshold.
+    #[must_use]
+    pub fn threshold(mut self, threshold: f32) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.ttl.is_zero() {
+            return Err(Error::InvalidConfig(
+                "a namespace's ttl must be above zero".into(),
+            ));
+        }
+        if !self.threshold.is_finite() || self.threshold < -1.0 {
+            return Err(Error::InvalidConfig(
+                "a threshold must be a finite number >= -1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn exact_only_policy(&self) -> bool {
+        self.threshold >= 1.0
+    }
+}
+
+/// Settings of a [`SemanticCache`]; serde-friendly for TOML/JSON configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Policy of namespaces not listed in `namespaces`.
+    pub default_policy: NamespacePolicy,
+    /// Policy per namespace name.
+    pub namespaces: HashMap<String, NamespacePolicy>,
+    /// Longest prompt accepted, in bytes (default 32 KiB).
+    pub max_prompt_bytes: usize,
+    /// Which guard checks run.
+    pub guard: GuardConfig,
+    /// How many nearest neighbours are checked against the guard before giving up (default 4).
+    pub candidates: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: NamespacePolicy::default(),
+            namespaces: HashMap::new(),
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            guard: GuardConfig::default(),
+            candidates: 4,
+        }
+    }
+}
+
+/// Options of one insert.
+#[derive(Clone, Debug, Default)]
+pub struct InsertOptions {
+    /// Tags for invalidation.
+    pub tags: Vec<Tag>,
+    /// TTL instead of the namespace's.
+    pub ttl: Option<Duration>,
+}
+
+/// What a computation passed to [`SemanticCache::get_or_compute`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct Computed {
+    /// The response to cache and return.
+    pub response: Vec<u8>,
+    /// What producing it cost.
+    pub usage: Usage,
+    /// Tags for invalidation.
+    pub tags: Vec<Tag>,
+}
+
+impl Computed {
+    /// A computed response with its usage and no tags.
+    pub fn new(response: impl Into<Vec<u8>>, usage: Usage) -> Self {
+        Self {
+            response: response.into(),
+            usage,
+            tags: Vec::new(),
+        }
+    }
+
+    /// A computed serde value, stored as JSON (read it back with [`Entry::response_json`]).
+    ///
+    /// # Errors
+    /// [`Error::Serialization`] when `value` cannot be encoded.
+    pub fn json<T: Serialize>(value: &T, usage: Usage) -> Result<Self> {
+        Ok(Self::new(serde_json::to_vec(value)?, usage))
+    }
+
+    /// The same response with tags for invalidation.
+    #[must_use]
+    pub fn with_tags(mut self, tags: Vec<Tag>) -> Self {
+        self.tags = tags;
+        self
+    }
+}
+
+/// Where a [`Served`] response came from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A cache hit of this kind and similarity.
+    Cache {
+        /// Exact or semantic.
+        kind: HitKind,
+        /// Cosine similarity (1.0 for exact).
+        similarity: f32,
+    },
+    /// This call ran the computation.
+    Computed,
+    /// Another concurrent call with the same key ran the computation; this one waited.
+    Joined,
+}
+
+/// A response from [`SemanticCache::get_or_compute`].
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The entry (cached, or just inserted).
+    pub entry: Arc<Entry>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+type Flight = Arc<OnceCell<Arc<Entry>>>;
+
+struct Inner {
+    store: Arc<dyn Store>,
+    embedder: Arc<dyn Embedder>,
+    clock: Arc<dyn Clock>,
+    config: CacheConfig,
+    stats: Stats,
+    flights: Mutex<HashMap<EntryId, Flight>>,
+}
+
+/// A cache of AI responses keyed by meaning. Cheap to clone (one `Arc`); clones share
+/// entries, statistics and in-flight computations.
+///
+/// A lookup first tries the normalised prompt exactly (no embedding), then the nearest
+/// neighbours inside the key's scope (tenant, namespace, model, context) above the
+/// namespace's threshold, each checked by the lexical guard.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use palisade_semantic_cache::{CacheKey, SemanticCache, Usage};
+/// let cache = SemanticCache::in_memory();
+/// let key = CacheKey::new("acme", "support", "gpt-4o-mini", "How do I reset my password?")?;
+/// cache.insert(&key, "Open Settings > Security.", Usage::default()).await?;
+///
+/// let again = CacheKey::new("acme", "support", "gpt-4o-mini", "how do I reset my password")?;
+/// assert!(cache.lookup(&again).await?.is_hit());
+/// let other_tenant = CacheKey::new("globex", "support", "gpt-4o-mini", "How do I reset my password?")?;
+/// assert!(!cache.lookup(&other_tenant).await?.is_hit());
+/// # Ok::<(), palisade_semantic_cache::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct SemanticCache {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SemanticCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemanticCache")
+            .field("store", &self.inner.store)
+            .field("embedder", &self.inner.embedder.version())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SemanticCache`].
+#[derive(Default)]
+pub struct SemanticCacheBuilder {
+    store: Option<Arc<dyn Store>>,
+    embedder: Option<Arc<dyn Embedder>>,
+    clock: Option<Arc<dyn Clock>>,
+    config: CacheConfig,
+}
+
+impl fmt::Debug for SemanticCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemanticCacheBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SemanticCacheBuilder {
+    /// The backend (default: a [`MemoryStore`] with default bounds).
+    #[must_use]
+    pub fn store(mut self, store: impl Store + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The backend, shared.
+    #[must_use]
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The embedder (default: [`HashingEmbedder::default`]).
+    #[must_use]
+    pub fn embedder(mut self, embedder: impl Embedder + 'static) -> Self {
+        self.embedder = Some(Arc::new(embedder));
+        self
+    }
+
+    /// The embedder, shared.
+    #[must_use]
+    pub fn shared_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+
+    /// The clock (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// All settings at once.
+    #[must_use]
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The policy of one namespace.
+    #[must_use]
+    pub fn namespace(mut self, name: impl Into<String>, policy: NamespacePolicy) -> Self {
+        self.config.namespaces.insert(name.into(), policy);
+        self
+    }
+
+    /// The policy of namespaces without their own.
+    #[must_use]
+    pub fn default_policy(mut self, policy: NamespacePolicy) -> Self {
+        self.config.default_policy = policy;
+        self
+    }
+
+    /// Which guard checks run.
+    #[must_use]
+    pub fn guard(mut self, guard: GuardConfig) -> Self {
+        self.config.guard = guard;
+        self
+    }
+
+    /// Longest prompt accepted, in bytes.
+    #[must_use]
+    pub fn max_prompt_bytes(mut self, max: usize) -> Self {
+        self.config.max_prompt_bytes = max;
+        self
+    }
+
+    /// The cache.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero TTL, a non-finite threshold, zero candidates or
+    /// a zero prompt limit.
+    pub fn build(self) -> Result<SemanticCache> {
+        self.config.default_policy.check()?;
+        for policy in self.config.namespaces.values() {
+            policy.check()?;
+        }
+        if self.config.candidates == 0 || self.config.max_prompt_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "candidates and max_prompt_bytes must be above 0".into(),
+            ));
+        }
+        Ok(SemanticCache {
+            inner: Arc::new(Inner {
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                embedder: self
+                    .embedder
+                    .unwrap_or_else(|| Arc::new(HashingEmbedder::default())),
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                config: self.config,
+                stats: Stats::default(),
+                flights: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+struct Prepared<'a> {
+    key: &'a CacheKey,
+    scope: ScopeId,
+    id: EntryId,
+    normalized: String,
+    policy: &'a NamespacePolicy,
+}
+
+/// Removes a finished (or abandoned) flight from the map.
+struct FlightGuard<'a> {
+    flights: &'a Mutex<HashMap<EntryId, Flight>>,
+    id: EntryId,
+    cell: Flight,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        let ours = flights
+            .get(&self.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Two references: the map's and ours. Anyone else still waiting keeps it.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            flights.remove(&self.id);
+        }
+    }
+}
+
+impl SemanticCache {
+    /// A builder.
+    pub fn builder() -> SemanticCacheBuilder {
+        SemanticCacheBuilder::default()
+    }
+
+    /// A cache in memory with the built-in hashing embedder and default settings.
+    pub fn in_memory() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// The policy that applies to `namespace`.
+    pub fn policy(&self, namespace: &Namespace) -> &NamespacePolicy {
+        self.inner
+            .config
+            .namespaces
+            .get(namespace.as_str())
+            .unwrap_or(&self.inner.config.default_policy)
+    }
+
+    /// The embedder.
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.inner.embedder
+    }
+
+    /// The backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// A snapshot of the statistics (no I/O).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Entries and bytes held for a partition.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub async fn usage(&self, partition: &Partition) -> Result<PartitionUsage> {
+        self.inner.store.usage(partition).await
+    }
+
+    fn prepare<'a>(&'a self, key: &'a CacheKey) -> Result<Prepared<'a>> {
+        let normalized = normalize_prompt(key.prompt(), self.inner.config.max_prompt_bytes)?;
+        let scope = key.scope().id();
+        Ok(Prepared {
+            key,
+            scope,
+            id: entry_id(scope, &normalized),
+            normalized,
+            policy: self.policy(&key.partition().namespace),
+        })
+    }
+
+    /// Embed one text, timed and checked.
+    ///
+    /// # Errors
+    /// [`Error::Embedder`], or a vector error when the embedder returns a bad vector.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let started = Instant::now();
+        let vector = self.inner.embedder.embed(text).await?;
+        self.inner.stats.embedded(started.elapsed());
+        check_vector(&vector, self.inner.embedder.dimension())?;
+        Ok(vector)
+    }
+
+    /// Look a key up: exact match, then nearest neighbours checked by the guard.
+    ///
+    /// Costs one store read when the exact path hits; otherwise one embedding and one
+    /// search (unless the namespace is exact-only).
+    ///
+    /// # Errors
+    /// [`Error::EmptyPrompt`], [`Error::PromptTooLarge`], embedder and backend errors.
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    pub async fn lookup(&self, key: &CacheKey) -> Result<Lookup> {
+        let prepared = self.prepare(key)?;
+        Ok(self.lookup_prepared(&prepared).await?.0)
+    }
+
+    async fn lookup_prepared(&self, p: &Prepared<'_>) -> Result<(Lookup, Option<Vec<f32>>)> {
+        let inner = &self.inner;
+        let namespace = &p.key.partition().namespace;
+        let now = inner.clock.now_ms();
+        if let Some(entry) = inner.store.get(p.key.partition(), &p.id, now).await? {
+            inner.stats.hit(namespace, HitKind::Exact, 1.0, entry.usage);
+            tracing::debug!(kind = "exact", "cache hit");
+            return Ok((
+                Lookup::Hit(Hit {
+                    entry,
+                    kind: HitKind::Exact,
+                    similarity: 1.0,
+                }),
+                None,
+            ));
+        }
+        if p.policy.exact_only_policy() {
+            inner.stats.miss(namespace, &[]);
+            return Ok((
+                Lookup::Miss {
+                    reason: MissReason::NoMatch,
+                    best_similarity: None,
+                },
+                None,
+            ));
+        }
+        let vector = self.embed(&p.normalized).await?;
+        let found = inner
+            .store
+            .search(SearchQuery {
+                partition: p.key.partition(),
+                scope: p.scope,
+                embedder: inner.embedder.version(),
+                vector: &vector,
+                limit: inner.config.candidates,
+                min_similarity: p.policy.threshold,
+                now_ms: now,
+            })
+            .await?;
+        let best_similarity = found.first().map(|(_, s)| *s);
+        let mut vetoes = Vec::new();
+        let query_features =
+            (p.policy.guard && !found.is_empty()).then(|| PromptFeatures::extract(p.key.prompt()));
+        for (entry, similarity) in found {
+            if let Some(features) = &query_features
+                && let Some(reason) =
+                    features.veto(&PromptFeatures::extract(&entry.prompt), &inner.config.guard)
+            {
+                tracing::debug!(
+                    similarity,
+                    reason = reason.as_str(),
+                    "semantic hit vetoed by the guard"
+                );
+                vetoes.push(reason);
+                continue;
+            }
+            inner
+                .stats
+                .hit(namespace, HitKind::Semantic, similarity, entry.usage);
+            tracing::debug!(kind = "semantic", similarity, "cache hit");
+            return Ok((
+                Lookup::Hit(Hit {
+                    entry,
+                    kind: HitKind::Semantic,
+                    similarity,
+                }),
+                Some(vector),
+            ));
+        }
+        inner.stats.miss(namespace, &vetoes);
+        let reason = if vetoes.is_empty() {
+            MissReason::NoMatch
+        } else {
+            MissReason::Vetoed
+        };
+        Ok((
+            Lookup::Miss {
+                reason,
+                best_similarity,
+            },
+            Some(vector),
+        ))
+    }
+
+    /// Cache a response for `key` with the namespace's TTL and no tags.
+    ///
+    /// # Errors
+    /// Bad prompt, embedder and backend errors.
+    pub async fn insert(
+        &self,
+        key: &CacheKey,
+        response: impl Into<Vec<u8>>,
+        usage: Usage,
+    ) -> Result<Arc<Entry>> {
+        self.insert_with(key, response, usage, InsertOptions::default())
+            .await
+    }
+
+    /// Cache a response with tags and/or another TTL.
+    ///
+    /// # Errors
+    /// Bad prompt, zero TTL, embedder and backend errors.
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    pub async fn insert_with(
+        &self,
+        key: &CacheKey,
+        response: impl Into<Vec<u8>>,
+        usage: Usage,
+        options: InsertOptions,
+    ) -> Result<Arc<Entry>> {
+        let prepared = self.prepare(key)?;
+        self.insert_prepared(&prepared, response.into(), usage, options, None)
+            .await
+    }
+
+    async fn insert_prepared(
+        &self,
+        p: &Prepared<'_>,
+        response: Vec<u8>,
+        usage: Usage,
+        options: InsertOptions,
+        vector: Option<Vec<f32>>,
+    ) -> Result<Arc<Entry>> {
+        let ttl = options.ttl.unwrap_or(p.policy.ttl);
+        if ttl.is_zero() {
+            return Err(Error::InvalidConfig("ttl must be above zero".into()));
+        }
+        let vector = match vector {
+            _ if p.policy.exact_only_policy() => Vec::new(),
+            Some(v) => v,
+            None => self.embed(&p.normalized).await?,
+        };
+        let now = self.inner.clock.now_ms();
+        let entry = Arc::new(Entry {
+            id: p.id,
+            scope: p.key.scope().clone(),
+            prompt: p.key.prompt().to_owned(),
+            response,
+            usage,
+            tags: options.tags,
+            vector,
+            embedder: self.inner.embedder.version().to_owned(),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
+        });
+        self.inner.store.insert(Arc::clone(&entry), ttl).await?;
+        self.inner.stats.insert(&p.key.partition().namespace);
+        Ok(entry)
+    }
+
+    /// Serve `key` from the cache, or run `compute` once, cache its result and return it.
+    ///
+    /// Concurrent calls with the same normalised prompt in the same scope share one run of
+    /// `compute` (single-flight): the others wait and get [`Source::Joined`]. When `compute`
+    /// fails, its error is returned to its caller and a waiting caller runs its own.
+    ///
+    /// # Errors
+    /// [`Error::Provider`] with `compute`'s error, and everything [`lookup`](Self::lookup)
+    /// and [`insert`](Self::insert) return.
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    pub async fn get_or_compute<F, Fut, E>(&self, key: &CacheKey, compute: F) -> Result<Served>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Computed, E>>,
+        E: Into<BoxError>,
+    {
+        let prepared = self.prepare(key)?;
+        let (lookup, vector) = self.lookup_prepared(&prepared).await?;
+        if let Lookup::Hit(hit) = lookup {
+            return Ok(Served {
+                entry: hit.entry,
+                source: Source::Cache {
+                    kind: hit.kind,
+                    similarity: hit.similarity,
+                },
+            });
+        }
+        let cell = {
+            let mut flights = self
+                .inner
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(flights.entry(prepared.id).or_default())
+        };
+        let _guard = FlightGuard {
+            flights: &self.inner.flights,
+            id: prepared.id,
+            cell: Arc::clone(&cell),
+        };
+        let ran = AtomicBool::new(false);
+        let entry = cell
+            .get_or_try_init(|| async {
+                ran.store(true, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .compute(&prepared.key.partition().namespace);
+                let computed = compute().await.map_err(|e| Error::Provider(e.into()))?;
+                let options = InsertOptions {
+                    tags: computed.tags,
+                    ttl: None,
+                };
+                self.insert_prepared(
+                    &prepared,
+                    computed.response,
+                    computed.usage,
+                    options,
+                    vector,
+                )
+                .await
+            })
+            .await?;
+        let source = if ran.load(Ordering::Relaxed) {
+            Source::Computed
+        } else {
+            Source::Joined
+        };
+        Ok(Served {
+            entry: Arc::clone(entry),
+            source,
+        })
+    }
+
+    /// Invalidate entries.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn invalidate(&self, what: Invalidation) -> Result<u64> {
+        let removed = self.inner.store.invalidate(&what).await?;
+        metrics::counter!(crate::stats::names::INVALIDATIONS, "kind" => what.kind())
+            .increment(removed);
+        Ok(removed)
+    }
+
+    /// Invalidate every entry of `tenant` tagged `tag` (in all its namespaces).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub async fn invalidate_tag(&self, tenant: &Tenant, tag: &Tag) -> Result<u64> {
+        self.invalidate(Invalidation::Tag {
+            tenant: tenant.clone(),
+            tag: tag.clone(),
+        })
+        .await
+    }
+
+    /// Invalidate the entry `key` would hit exactly.
+    ///
+    /// # Errors
+    /// Bad prompt, [`Error::Backend`].
+    pub async fn invalidate_key(&self, key: &CacheKey) -> Result<u64> {
+        let prepared = self.prepare(key)?;
+        self.invalidate(Invalidation::Entry {
+            partition: key.partition().clone(),
+            id: prepared.id,
+        })
+        .await
+    }
+
+    /// Drop entries made by another embedder version than the current one.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub async fn invalidate_stale_embeddings(&self) -> Result<u64> {
+        self.invalidate(Invalidation::EmbedderOtherThan(
+            self.inner.embedder.version().to_owned(),
+        ))
+        .await
+    }
+}

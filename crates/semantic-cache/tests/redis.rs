@@ -1,0 +1,319 @@
+//! The conformance suite against real Redis servers (testkit), plus what only a shared
+//! backend has: two instances seeing each other's inserts and invalidations, a late
+//! instance replaying the stream, TTL in Redis, and the memory fallback when Redis dies.
+#![cfg(feature = "redis")]
+
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_semantic_cache::redis::{RedisConfig, RedisStore};
+use palisade_semantic_cache::{
+    Error, FakeClock, FallbackStore, HitKind, InsertOptions, MemoryStore, Store, Tag, Tenant, Usage,
+};
+use palisade_testkit::{RedisServer, TestRedis, test_redis};
+
+fn config(redis: &TestRedis) -> RedisConfig {
+    RedisConfig {
+        prefix: redis.prefix().as_str().trim_end_matches(':').to_owned(),
+        poll_block: Duration::from_millis(20),
+        ..RedisConfig::default()
+    }
+}
+
+async fn store(redis: &TestRedis) -> RedisStore {
+    RedisStore::connect_with(redis.pool(), config(redis))
+        .await
+        .unwrap()
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let redis = test_redis().unwrap();
+                conformance::$name(Arc::new(store(&redis).await)).await;
+            }
+        )*
+    };
+}
+
+conformance_tests!(
+    exact_hit_needs_no_embedding,
+    semantic_hit_within_threshold,
+    guard_vetoes_near_opposites,
+    exact_only_namespace_never_embeds,
+    tenants_namespaces_models_and_contexts_never_mix,
+    ttl_expires_with_the_fake_clock,
+    invalidation_by_entry_tag_namespace_and_tenant,
+    embedder_version_change_is_a_miss,
+    bad_input_is_a_typed_error,
+    usage_counts_entries_per_partition,
+    replacing_an_entry_keeps_one,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_see_each_others_inserts_and_invalidations() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::default();
+    let a = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let b = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let tag = Tag::new("user:42").unwrap();
+    let opts = InsertOptions {
+        tags: vec![tag.clone()],
+        ..InsertOptions::default()
+    };
+    a.insert_with(
+        &conformance::key("t1", "chat", "How do I reset my password?"),
+        "from a",
+        Usage::default(),
+        opts,
+    )
+    .await
+    .unwrap();
+    conformance::settle().await;
+    // B never saw the insert itself: the exact path reads Redis, the semantic path needs the stream.
+    let exact = b
+        .lookup(&conformance::key(
+            "t1",
+            "chat",
+            "how do I reset my password",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(exact.hit().unwrap().kind, HitKind::Exact);
+    let semantic = b
+        .lookup(&conformance::key(
+            "t1",
+            "chat",
+            "how can I reset my password",
+        ))
+        .await
+        .unwrap();
+    let hit = semantic.hit().expect("B learns A's vector from the stream");
+    assert_eq!(hit.kind, HitKind::Semantic);
+    assert_eq!(hit.entry.response, b"from a");
+
+    // B invalidates the tag; A stops serving it, by both paths.
+    assert_eq!(
+        b.invalidate_tag(&Tenant::new("t1").unwrap(), &tag)
+            .await
+            .unwrap(),
+        1
+    );
+    conformance::settle().await;
+    assert!(
+        !a.lookup(&conformance::key(
+            "t1",
+            "chat",
+            "How do I reset my password?"
+        ))
+        .await
+        .unwrap()
+        .is_hit()
+    );
+    assert!(
+        !a.lookup(&conformance::key(
+            "t1",
+            "chat",
+            "how can I reset my password"
+        ))
+        .await
+        .unwrap()
+        .is_hit()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_instance_replays_the_stream() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::default();
+    let a = conformance::cache(Arc::new(store(&redis).await), &clock);
+    a.insert(
+        &conformance::key("t1", "chat", "What is the refund policy?"),
+        "30 days",
+        Usage::default(),
+    )
+    .await
+    .unwrap();
+    a.insert(
+        &conformance::key("t1", "chat", "Where is the office?"),
+        "Oslo",
+        Usage::default(),
+    )
+    .await
+    .unwrap();
+    a.invalidate_key(&conformance::key("t1", "chat", "Where is the office?"))
+        .await
+        .unwrap();
+    let late = store(&redis).await;
+    assert_eq!(
+        late.local_entries(),
+        1,
+        "the insert and the later delete were both replayed"
+    );
+    let c = conformance::cache(Arc::new(late), &clock);
+    let hit = c
+        .lookup(&conformance::key("t1", "chat", "what's the refund policy"))
+        .await
+        .unwrap();
+    assert_eq!(hit.hit().unwrap().kind, HitKind::Semantic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_carry_their_ttl_in_redis() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::default();
+    let c = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let entry = c
+        .insert(
+            &conformance::key("t1", "short", "ttl check"),
+            "x",
+            Usage::default(),
+        )
+        .await
+        .unwrap();
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{}:{{t1}}:e:{}", config(&redis).prefix, entry.id.to_hex());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 5_000,
+        "the 'short' namespace has a 5 s TTL, PTTL is {pttl}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tenant_names_stay_apart() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::default();
+    let c = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let tenants = ["x", "x}", "{x", "x:e:", "x%7D", "*", "x\u{0}y"];
+    for t in tenants {
+        c.insert(
+            &conformance::key(t, "chat", "same prompt everywhere"),
+            t,
+            Usage::default(),
+        )
+        .await
+        .unwrap();
+    }
+    conformance::settle().await;
+    for t in tenants {
+        let hit = c
+            .lookup(&conformance::key(t, "chat", "same prompt everywhere"))
+            .await
+            .unwrap()
+            .hit()
+            .unwrap();
+        assert_eq!(hit.entry.response, t.as_bytes());
+    }
+    c.invalidate(palisade_semantic_cache::Invalidation::Tenant(
+        Tenant::new("x").unwrap(),
+    ))
+    .await
+    .unwrap();
+    for t in &tenants[1..] {
+        assert!(
+            c.lookup(&conformance::key(t, "chat", "same prompt everywhere"))
+                .await
+                .unwrap()
+                .is_hit(),
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_falls_back_to_memory_and_recovers() {
+    let mut server = RedisServer::start().unwrap();
+    let cfg = RedisConfig {
+        op_timeout: Duration::from_millis(300),
+        poll_block: Duration::from_millis(20),
+        ..RedisConfig::default()
+    };
+    let redis_store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
+    let clock = FakeClock::default();
+    let plain = conformance::cache(Arc::new(redis_store.clone()), &clock);
+    let fallback = conformance::cache(
+        Arc::new(FallbackStore::new(redis_store, MemoryStore::default())),
+        &clock,
+    );
+    fallback
+        .insert(
+            &conformance::key("t1", "chat", "before the outage"),
+            "x",
+            Usage::default(),
+        )
+        .await
+        .unwrap();
+
+    server.kill();
+    // Without a fallback: a transient typed error, never a panic.
+    let err = plain
+        .lookup(&conformance::key("t1", "chat", "before the outage"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Backend(_)) && err.is_transient(),
+        "{err:?}"
+    );
+    // With it: the cache keeps working in memory.
+    let key = conformance::key("t1", "chat", "during the outage");
+    assert!(!fallback.lookup(&key).await.unwrap().is_hit());
+    fallback
+        .insert(&key, "local", Usage::default())
+        .await
+        .unwrap();
+    assert!(fallback.lookup(&key).await.unwrap().is_hit());
+
+    server.restart().unwrap();
+    // Back on Redis (empty after the restart): writes and reads go there again.
+    let mut ok = false;
+    for _ in 0..50 {
+        if plain
+            .insert(
+                &conformance::key("t1", "chat", "after"),
+                "y",
+                Usage::default(),
+            )
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the store reconnects after a restart");
+    assert!(
+        plain
+            .lookup(&conformance::key("t1", "chat", "after"))
+            .await
+            .unwrap()
+            .is_hit()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_rejects_bad_config() {
+    let redis = test_redis().unwrap();
+    let bad = RedisConfig {
+        prefix: String::new(),
+        ..RedisConfig::default()
+    };
+    assert!(matches!(
+        RedisStore::connect_with(redis.pool(), bad).await,
+        Err(Error::InvalidConfig(_))
+    ));
+    let _ = Arc::new(store(&redis).await) as Arc<dyn Store>;
+}

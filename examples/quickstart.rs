@@ -1,0 +1,127 @@
+//! Palisade in five minutes: everything in memory, no server needed.
+//!
+//! Run it from the repository root with `cargo run --example quickstart`.
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    println!(
+        "Palisade {} quickstart (in memory, no server)",
+        palisade::VERSION
+    );
+
+    // -- ratelimit --
+    #[cfg(feature = "ratelimit")]
+    {
+        use palisade::ratelimit::{Algorithm, MemoryStore, Policy, Quota, RateLimiter};
+
+        // 3 per second and 100 per minute, checked together: a denial consumes nothing.
+        let policy = Policy::builder("quickstart")
+            .algorithm(Algorithm::SlidingWindowCounter)
+            .quota("per_second", Quota::per_second(3))
+            .quota("per_minute", Quota::per_minute(100))
+            .build()
+            .expect("a valid policy");
+        let limiter = RateLimiter::new(MemoryStore::new());
+        for i in 1..=5 {
+            let d = limiter.acquire("user:42", &policy, 1).await;
+            let verdict = if d.allowed { "allowed" } else { "denied (429)" };
+            println!(
+                "ratelimit: request {i} of user:42 {verdict}, remaining {:?}, retry after {:?}",
+                d.remaining().unwrap_or(0),
+                d.retry_after.unwrap_or_default()
+            );
+        }
+    }
+
+    // -- circuit-breaker --
+    #[cfg(feature = "circuit-breaker")]
+    {
+        use palisade::circuit_breaker::{CircuitBreaker, Error, FakeClock, State};
+        use std::time::Duration;
+
+        // A fake clock so the demo does not wait for the open period to pass.
+        let clock = FakeClock::new();
+        let breaker = CircuitBreaker::builder("llm-provider")
+            .count_window(20)
+            .minimum_calls(4)
+            .failure_rate_threshold(50.0)
+            .open_wait(Duration::from_secs(10))
+            .half_open_probes(1)
+            .success_threshold(1)
+            .clock(clock.clone())
+            .build()
+            .expect("a valid configuration");
+        for i in 1..=4 {
+            let r: Result<&str, Error<&str>> =
+                breaker.call(async { Err("503 from upstream") }).await;
+            println!(
+                "circuit-breaker: call {i} -> {:?}, state {}",
+                r.err().map(|e| e.to_string()),
+                breaker.state()
+            );
+        }
+        let answer = breaker
+            .call_with_fallback(async { Ok::<_, &str>("live answer") }, |e| async move {
+                println!("circuit-breaker: rejected fast ({e}), answering from the fallback");
+                "cached answer"
+            })
+            .await;
+        println!("circuit-breaker: got {answer:?}");
+        clock.advance(Duration::from_secs(10));
+        let probe = breaker.call(async { Ok::<_, &str>("live answer") }).await;
+        println!(
+            "circuit-breaker: after 10 s a probe -> {probe:?}, state {}",
+            breaker.state()
+        );
+        assert_eq!(breaker.state(), State::Closed);
+    }
+
+    // -- semantic-cache --
+    #[cfg(feature = "semantic-cache")]
+    {
+        use palisade::semantic_cache::{CacheKey, Computed, SemanticCache, Source, Usage};
+
+        // In memory, with the built-in offline embedder; tenants never see each other's entries.
+        let cache = SemanticCache::in_memory();
+        let ask = |tenant: &str, prompt: &str| {
+            CacheKey::new(tenant, "support", "gpt-4o-mini", prompt).expect("a valid key")
+        };
+        let served = cache
+            .get_or_compute(&ask("acme", "How do I reset my password?"), || async {
+                // The LLM call goes here; it runs once per distinct prompt.
+                let usage = Usage {
+                    input_tokens: 40,
+                    output_tokens: 60,
+                    cost: 0.0004,
+                };
+                Ok::<_, std::io::Error>(Computed::new("Open Settings > Security > Reset.", usage))
+            })
+            .await
+            .expect("computed");
+        println!("semantic-cache: first ask -> {:?}", served.source);
+        for (tenant, prompt) in [
+            ("acme", "how do I reset my password"),
+            ("acme", "How can I reset my password?"),
+            ("acme", "How do I not reset my password?"),
+            ("globex", "How do I reset my password?"),
+        ] {
+            let outcome = match cache.lookup(&ask(tenant, prompt)).await.expect("lookup") {
+                palisade::semantic_cache::Lookup::Hit(hit) => {
+                    format!("{:?} hit, similarity {:.2}", hit.kind, hit.similarity)
+                }
+                palisade::semantic_cache::Lookup::Miss { reason, .. } => {
+                    format!("miss ({reason:?})")
+                }
+            };
+            println!("semantic-cache: {tenant}: {prompt:?} -> {outcome}");
+        }
+        let stats = cache.stats();
+        assert!(matches!(served.source, Source::Computed));
+        println!(
+            "semantic-cache: {} exact + {} semantic hits, {} misses, {:.4} saved",
+            stats.exact_hits, stats.semantic_hits, stats.misses, stats.cost_saved
+        );
+    }
+
+    println!("done");
+}
