@@ -167,7 +167,7 @@ fn embedder(c: &mut Criterion) {
     let mut group = c.benchmark_group("semantic_cache/embedder");
     group.throughput(Throughput::Elements(1));
     group.bench_function("hashing_384", |b| {
-        b.iter(|| black_box(embedder.embed_sync(black_box(prompt))))
+        b.iter(|| black_box(embedder.embed_sync(black_box(prompt))));
     });
     group.finish();
 }

@@ -39,9 +39,9 @@
 //!
 //! # Features
 //! - `redis` (default): [`RedisStore`](redis::RedisStore), entries shared by all instances.
-//! - `candle` (off): [`MiniLmEmbedder`](minilm::MiniLmEmbedder), all-MiniLM-L6-v2 from local
+//! - `candle` (off): `minilm::MiniLmEmbedder`, all-MiniLM-L6-v2 from local
 //!   files (fetched by `scripts/fetch-minilm.sh`).
-//! - `http` (off): [`HttpEmbedder`](http::HttpEmbedder) for OpenAI-compatible `/embeddings`
+//! - `http` (off): `http::HttpEmbedder` for OpenAI-compatible `/embeddings`
 //!   services.
 //!
 //! # Metrics
