@@ -33,7 +33,7 @@ fn policy(alg: Algorithm) -> Policy {
     .unwrap()
 }
 
-fn governor_limiter() -> governor::DefaultKeyedRateLimiter<usize> {
+fn governor_limiter<K: std::hash::Hash + Eq + Clone>() -> governor::DefaultKeyedRateLimiter<K> {
     governor::RateLimiter::keyed(governor::Quota::per_hour(
         NonZeroU32::new(PER_HOUR).unwrap(),
     ))
@@ -95,7 +95,7 @@ fn memory(c: &mut Criterion) {
                     },
                 );
             }
-            let gov = governor_limiter();
+            let gov = governor_limiter::<usize>();
             for i in 0..nkeys {
                 let _ = gov.check_key(&i);
             }
@@ -106,6 +106,22 @@ fn memory(c: &mut Criterion) {
                     })
                 });
             });
+            // The same keys as palisade's rows (strings), so both pay for reading and
+            // hashing the same bytes.
+            let gov_str = governor_limiter::<String>();
+            for k in &names {
+                let _ = gov_str.check_key(k);
+            }
+            group.bench_function(
+                BenchmarkId::from_parameter("governor/keyed_gcra_string_keys"),
+                |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(iters, threads, &|i| {
+                            let _ = black_box(gov_str.check_key(&names[i % nkeys]));
+                        })
+                    });
+                },
+            );
             group.finish();
         }
     }

@@ -3,11 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The time source of a breaker: a monotonic clock measured from the clock's own epoch.
 ///
-/// [`Clock::system`] (the default) reads [`Instant::now`]; a [`FakeClock`] turns into a
+/// [`Clock::system`] (the default) reads the CPU's monotonic counter through [`quanta`]
+/// (the TSC where it is reliable, else the OS monotonic clock): a few nanoseconds per read
+/// instead of a `clock_gettime` call, which matters because a time window reads the clock on
+/// every call and slow-call detection twice per call. A [`FakeClock`] turns into a
 /// `Clock` with [`FakeClock::clock`] (or `From`) and only moves when told to, so tests and
 /// benches never sleep. Cloning is cheap; clones share the same epoch.
 #[derive(Clone)]
@@ -15,32 +18,43 @@ pub struct Clock(Source);
 
 #[derive(Clone)]
 enum Source {
-    System(Instant),
+    /// The counter and its raw reading at the epoch.
+    System(quanta::Clock, u64),
     Fake(FakeClock),
 }
 
 impl Clock {
     /// The system's monotonic clock; its epoch is the moment of this call.
+    ///
+    /// The first call in a process calibrates the counter against the OS clock (quanta does
+    /// this once, globally); later calls are cheap.
     pub fn system() -> Self {
-        Self(Source::System(Instant::now()))
+        let counter = quanta::Clock::new();
+        let epoch = counter.raw();
+        Self(Source::System(counter, epoch))
     }
 
     /// The time elapsed since this clock's epoch.
     #[inline]
     pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.now_ns())
+    }
+
+    /// [`now`](Self::now) in whole nanoseconds (saturating after 584 years).
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
         match &self.0 {
-            Source::System(epoch) => epoch.elapsed(),
-            Source::Fake(fake) => fake.now(),
+            // quanta only uses the TSC when the CPU reports it invariant (synchronised
+            // across cores); `delta_as_nanos` also reads a counter below the epoch as zero.
+            Source::System(counter, epoch) => counter.delta_as_nanos(*epoch, counter.raw()),
+            Source::Fake(fake) => fake.now_ns(),
         }
     }
 
     /// [`now`](Self::now) in whole milliseconds.
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
-        let now = self.now();
-        now.as_secs()
-            .saturating_mul(1000)
-            .saturating_add(u64::from(now.subsec_millis()))
+        self.now_ns() / 1_000_000
     }
 }
 
@@ -53,7 +67,7 @@ impl Default for Clock {
 impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Source::System(_) => f.write_str("Clock::System"),
+            Source::System(..) => f.write_str("Clock::System"),
             Source::Fake(fake) => f.debug_tuple("Clock::Fake").field(&fake.now()).finish(),
         }
     }
@@ -89,7 +103,11 @@ impl FakeClock {
 
     /// The current fake time.
     pub fn now(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Acquire))
+        Duration::from_nanos(self.now_ns())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
     }
 
     /// Move the time forward by `by` (saturating).

@@ -37,6 +37,29 @@ use crate::quota::{Algorithm, Policy, Quota};
 /// store stays exact in a double (Lua) and no arithmetic can overflow.
 pub const MAX_MICROS: u64 = 1 << 53;
 
+/// A quota's figures in the units the arithmetic uses, worked out once when its policy is
+/// built, so that a decision does no `Duration` conversion and no division it can avoid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Params {
+    limit: u64,
+    burst: u64,
+    /// Period in microseconds (at least 1).
+    period: u64,
+    /// Emission interval of the bucket algorithms in microseconds (at least 1).
+    interval: u64,
+}
+
+impl Params {
+    pub(crate) fn new(q: &Quota) -> Self {
+        Self {
+            limit: q.limit(),
+            burst: q.burst(),
+            period: q.period_micros(),
+            interval: q.interval_micros(),
+        }
+    }
+}
+
 /// What one quota says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -125,28 +148,27 @@ pub(crate) fn decide_aligned(
     now: u64,
     cost: u64,
 ) -> (bool, Vec<Verdict>) {
-    let verdicts: Vec<Verdict> = policy
-        .quotas()
+    let params = policy.params();
+    let verdicts: Vec<Verdict> = params
         .iter()
         .zip(states.iter())
-        .map(|(q, s)| s.check(&q.quota, now, cost))
+        .map(|(q, s)| s.check_with(q, now, cost))
         .collect();
     let allowed = verdicts.iter().all(|v| v.allowed);
     if allowed {
-        for (q, s) in policy.quotas().iter().zip(states.iter_mut()) {
-            s.consume(&q.quota, now, cost);
+        for (q, s) in params.iter().zip(states.iter_mut()) {
+            s.consume_with(q, now, cost);
         }
         return (true, verdicts);
     }
     // Nothing was consumed: quotas that would have admitted report what they still have.
-    let verdicts = policy
-        .quotas()
+    let verdicts = params
         .iter()
         .zip(states.iter())
         .zip(verdicts)
         .map(|((q, s), v)| {
             if v.allowed {
-                s.check(&q.quota, now, 0)
+                s.check_with(q, now, 0)
             } else {
                 v
             }
@@ -175,16 +197,19 @@ pub(crate) fn admit_aligned(
     now: u64,
     cost: u64,
 ) -> bool {
-    let quotas = policy.quotas();
-    if !quotas
+    let params = policy.params();
+    if let ([p], [s]) = (params, &mut *states) {
+        return s.take(p, now, cost);
+    }
+    if !params
         .iter()
         .zip(states.iter())
-        .all(|(q, s)| s.check(&q.quota, now, cost).allowed)
+        .all(|(p, s)| s.admits(p, now, cost))
     {
         return false;
     }
-    for (q, s) in quotas.iter().zip(states.iter_mut()) {
-        s.consume(&q.quota, now, cost);
+    for (p, s) in params.iter().zip(states.iter_mut()) {
+        s.consume_with(p, now, cost);
     }
     true
 }
@@ -321,13 +346,17 @@ impl QuotaState {
 
     /// Would a request of `cost` be admitted at `now`? Changes nothing.
     pub fn check(&self, q: &Quota, now: u64, cost: u64) -> Verdict {
+        self.check_with(&Params::new(q), now, cost)
+    }
+
+    pub(crate) fn check_with(&self, q: &Params, now: u64, cost: u64) -> Verdict {
         let now = now.min(MAX_MICROS);
-        let limit = q.limit();
-        let p = q.period_micros();
+        let limit = q.limit;
+        let p = q.period;
         match self {
             Self::TokenBucket { tokens, last } => {
-                let burst = q.burst();
-                let t = q.interval_micros();
+                let burst = q.burst;
+                let t = q.interval;
                 let (tok, last) = tb_refill(*tokens, *last, now, burst, t);
                 if cost <= tok {
                     let left = tok - cost;
@@ -348,8 +377,8 @@ impl QuotaState {
                 }
             }
             Self::Gcra { tat } => {
-                let t = q.interval_micros();
-                let tau = q.burst() * t;
+                let t = q.interval;
+                let tau = q.burst * t;
                 let tat0 = (*tat).max(now);
                 let new_tat = tat0.saturating_add(cost.saturating_mul(t));
                 if new_tat <= now + tau {
@@ -364,7 +393,7 @@ impl QuotaState {
                         allowed: false,
                         remaining: (now + tau).saturating_sub(tat0) / t,
                         reset: tat0 - now,
-                        retry_after: (cost <= q.burst()).then(|| new_tat - tau - now),
+                        retry_after: (cost <= q.burst).then(|| new_tat - tau - now),
                     }
                 }
             }
@@ -476,26 +505,102 @@ impl QuotaState {
         }
     }
 
+    /// `check(..).allowed` without the verdict's other figures (and, for the bucket and
+    /// fixed-window algorithms, without dividing).
+    pub(crate) fn admits(&self, q: &Params, now: u64, cost: u64) -> bool {
+        let now = now.min(MAX_MICROS);
+        match self {
+            Self::TokenBucket { tokens, last } => {
+                // The refilled tokens are min(burst, tokens + (now - last) / interval), and
+                // for whole k, k <= d / t exactly when k * t <= d.
+                if cost > q.burst {
+                    return false;
+                }
+                if cost <= *tokens {
+                    return true;
+                }
+                (cost - *tokens).saturating_mul(q.interval) <= now.saturating_sub(*last)
+            }
+            Self::Gcra { tat } => {
+                let t = q.interval;
+                (*tat).max(now).saturating_add(cost.saturating_mul(t)) <= now + q.burst * t
+            }
+            Self::FixedWindow { window, count } => {
+                let count = if now < window.saturating_add(1).saturating_mul(q.period) {
+                    *count
+                } else {
+                    0
+                };
+                count.saturating_add(cost) <= q.limit
+            }
+            Self::SlidingWindowCounter { window, prev, curr } => {
+                let p = q.period;
+                let (w, prev, curr, now) = counter_window(*window, *prev, *curr, now, p);
+                weighted(prev, p, now - w * p) + curr.saturating_add(cost) as f64
+                    <= q.limit as f64
+            }
+            Self::SlidingWindowLog { .. } => self.check_with(q, now, cost).allowed,
+        }
+    }
+
+    /// [`admits`](Self::admits), then [`consume_with`](Self::consume_with) when admitted:
+    /// the whole decision of a single-quota policy.
+    pub(crate) fn take(&mut self, q: &Params, now: u64, cost: u64) -> bool {
+        match self {
+            Self::Gcra { tat } => {
+                let now = now.min(MAX_MICROS);
+                let t = q.interval;
+                let new_tat = (*tat).max(now).saturating_add(cost.saturating_mul(t));
+                let admitted = new_tat <= now + q.burst * t;
+                if admitted {
+                    *tat = new_tat;
+                }
+                admitted
+            }
+            Self::TokenBucket { tokens, last } => {
+                let now = now.min(MAX_MICROS);
+                let (tok, l) = tb_refill(*tokens, *last, now, q.burst, q.interval);
+                let admitted = cost <= tok;
+                if admitted {
+                    *tokens = tok - cost;
+                    *last = l;
+                }
+                admitted
+            }
+            _ => {
+                let admitted = self.admits(q, now, cost);
+                if admitted {
+                    self.consume_with(q, now, cost);
+                }
+                admitted
+            }
+        }
+    }
+
     /// Apply an admitted request of `cost` at `now` (call after [`check`](Self::check)
     /// admitted it; it does not check again).
     pub fn consume(&mut self, q: &Quota, now: u64, cost: u64) {
+        self.consume_with(&Params::new(q), now, cost);
+    }
+
+    pub(crate) fn consume_with(&mut self, q: &Params, now: u64, cost: u64) {
         let now = now.min(MAX_MICROS);
-        let p = q.period_micros();
+        let p = q.period;
         match self {
             Self::TokenBucket { tokens, last } => {
-                let (tok, l) = tb_refill(*tokens, *last, now, q.burst(), q.interval_micros());
+                let (tok, l) = tb_refill(*tokens, *last, now, q.burst, q.interval);
                 *tokens = tok.saturating_sub(cost);
                 *last = l;
             }
             Self::Gcra { tat } => {
                 *tat = (*tat)
                     .max(now)
-                    .saturating_add(cost.saturating_mul(q.interval_micros()));
+                    .saturating_add(cost.saturating_mul(q.interval));
             }
             Self::FixedWindow { window, count } => {
-                let w = now / p;
-                if w > *window {
-                    *window = w;
+                // `now / p > window` without dividing on every call: only a new window does.
+                if now >= window.saturating_add(1).saturating_mul(p) {
+                    *window = now / p;
                     *count = 0;
                 }
                 *count = count.saturating_add(cost);

@@ -1,10 +1,10 @@
 //! The in-memory backend: [`MemoryStore`].
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use hashbrown::HashTable;
 
 use crate::algorithm::{self, QuotaState};
 use crate::clock::{Clock, SystemClock};
@@ -16,13 +16,6 @@ use crate::quota::Policy;
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
 
 const MAX_SHARDS: usize = 64;
-
-#[derive(Debug)]
-struct Slot {
-    states: States,
-    last_seen: u64,
-    idle: u64,
-}
 
 /// A key's quota states: inline for the usual single-quota policy (no pointer to chase).
 #[derive(Debug)]
@@ -62,16 +55,15 @@ impl States {
 #[derive(Debug)]
 enum KeyBuf {
     Inline { len: u8, bytes: [u8; 22] },
-    Heap(Box<str>),
+    Heap(Box<[u8]>),
 }
 
 impl KeyBuf {
-    fn new(key: &str) -> Self {
-        let b = key.as_bytes();
-        match u8::try_from(b.len()) {
-            Ok(len) if b.len() <= 22 => {
+    fn new(key: &[u8]) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= 22 => {
                 let mut bytes = [0; 22];
-                bytes[..b.len()].copy_from_slice(b);
+                bytes[..key.len()].copy_from_slice(key);
                 Self::Inline { len, bytes }
             }
             _ => Self::Heap(key.into()),
@@ -81,210 +73,129 @@ impl KeyBuf {
     fn as_bytes(&self) -> &[u8] {
         match self {
             Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Self::Heap(s) => s.as_bytes(),
+            Self::Heap(s) => s,
         }
     }
 }
 
-/// The map key is the store's keyed SipHash of (policy name, key), computed once per call
-/// (it also picks the shard); an entry whose hash collides with another's goes to a spill
-/// list and both are told apart by their names, so hostile keys can neither collide nor
-/// degrade the map.
+/// One (policy, key) pair. The policy is held as the policy object itself (one pointer): the
+/// usual call passes that same object, so identity is a pointer comparison, the shape check
+/// is skipped, and its idle horizon is at hand for expiry.
 #[derive(Debug)]
 struct Entry {
-    policy: Arc<str>,
+    policy: Policy,
     key: KeyBuf,
-    slot: Slot,
+    last_seen: u64,
+    states: States,
 }
 
 impl Entry {
-    fn is(&self, policy: &Policy, key: &str) -> bool {
-        self.key.as_bytes() == key.as_bytes() && *self.policy == *policy.name()
+    fn is(&self, policy: &Policy, key: &[u8]) -> bool {
+        self.key.as_bytes() == key
+            && (self.policy.same(policy) || self.policy.name() == policy.name())
+    }
+
+    fn is_idle(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_seen) > self.policy.idle_micros()
     }
 }
 
-#[derive(Default)]
-struct PrehashedHasher(u64);
-
-impl std::hash::Hasher for PrehashedHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Prehashed = std::hash::BuildHasherDefault<PrehashedHasher>;
-
+/// One shard's entries, found by the store's hash of (policy name, key) and told apart by
+/// comparing both, so two keys whose hashes collide still never share state.
 #[derive(Debug, Default)]
 struct Shard {
-    // Entries inline in the table (one cache line away from the hash), plus the practically
-    // always empty list of entries whose hash collides with a different (policy, key).
-    map: HashMap<u64, Entry, Prehashed>,
-    spill: Vec<(u64, Entry)>,
-    len: usize,
-}
-
-enum Place {
-    Map,
-    Spill(usize),
-    Missing,
+    table: HashTable<Entry>,
 }
 
 impl Shard {
-    fn place(&self, h: u64, policy: &Policy, key: &str) -> Place {
-        match self.map.get(&h) {
-            Some(e) if e.is(policy, key) => Place::Map,
-            Some(_) => self
-                .spill
-                .iter()
-                .position(|(sh, e)| *sh == h && e.is(policy, key))
-                .map_or(Place::Missing, Place::Spill),
-            None => Place::Missing,
+    fn get(&self, h: u64, policy: &Policy, key: &[u8]) -> Option<&Entry> {
+        self.table.find(h, |e| e.is(policy, key))
+    }
+
+    fn get_mut(&mut self, h: u64, policy: &Policy, key: &[u8]) -> Option<&mut Entry> {
+        self.table.find_mut(h, |e| e.is(policy, key))
+    }
+
+    fn remove(&mut self, h: u64, policy: &Policy, key: &[u8]) {
+        if let Ok(e) = self.table.find_entry(h, |e| e.is(policy, key)) {
+            e.remove();
         }
     }
 
-    fn get(&self, h: u64, policy: &Policy, key: &str) -> Option<&Slot> {
-        match self.place(h, policy, key) {
-            Place::Map => self.map.get(&h).map(|e| &e.slot),
-            Place::Spill(i) => Some(&self.spill[i].1.slot),
-            Place::Missing => None,
-        }
-    }
-
-    fn get_mut(&mut self, h: u64, policy: &Policy, key: &str) -> Option<&mut Slot> {
-        match self.place(h, policy, key) {
-            Place::Map => self.map.get_mut(&h).map(|e| &mut e.slot),
-            Place::Spill(i) => Some(&mut self.spill[i].1.slot),
-            Place::Missing => None,
-        }
-    }
-
-    fn remove(&mut self, h: u64, policy: &Policy, key: &str) {
-        match self.place(h, policy, key) {
-            Place::Map => {
-                self.map.remove(&h);
-                self.len -= 1;
-                // Promote a spilled entry with the same hash, if any.
-                if let Some(i) = self.spill.iter().position(|(sh, _)| *sh == h) {
-                    let (_, e) = self.spill.swap_remove(i);
-                    self.map.insert(h, e);
+    /// The entry for (policy, key), made fresh when missing, idle past its horizon or left
+    /// by a policy of another shape under the same name. `rehash` gives an entry's hash
+    /// again when the table grows.
+    fn slot(
+        &mut self,
+        h: u64,
+        policy: &Policy,
+        key: &[u8],
+        now: u64,
+        cap: usize,
+        rehash: impl Fn(&Entry) -> u64,
+    ) -> &mut Entry {
+        let e = match self.table.find_entry(h, |e| e.is(policy, key)) {
+            Ok(found) => found.into_mut(),
+            Err(absent) => {
+                let table = absent.into_table();
+                if table.len() >= cap {
+                    evict(table, now, cap);
                 }
-            }
-            Place::Spill(i) => {
-                self.spill.swap_remove(i);
-                self.len -= 1;
-            }
-            Place::Missing => {}
-        }
-    }
-
-    fn slot(&mut self, h: u64, policy: &Policy, key: &str, now: u64, cap: usize) -> &mut Slot {
-        let mut place = self.place(h, policy, key);
-        if matches!(place, Place::Missing) {
-            if self.len >= cap {
-                self.evict(now, cap);
-            }
-            let idle = u64::try_from(policy.idle_horizon().as_micros()).unwrap_or(u64::MAX);
-            let entry = Entry {
-                policy: Arc::clone(policy.name_arc()),
-                key: KeyBuf::new(key),
-                slot: Slot {
-                    states: States::fresh(policy, now),
+                let entry = Entry {
+                    policy: policy.clone(),
+                    key: KeyBuf::new(key),
                     last_seen: now,
-                    idle,
-                },
-            };
-            self.len += 1;
-            if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(h) {
-                v.insert(entry);
-                place = Place::Map;
-            } else {
-                self.spill.push((h, entry));
-                place = Place::Spill(self.spill.len() - 1);
-            }
-        }
-        let slot = match place {
-            Place::Spill(i) => &mut self.spill[i].1.slot,
-            _ => {
-                &mut self
-                    .map
-                    .get_mut(&h)
-                    .expect("the entry was just found or inserted")
-                    .slot
+                    states: States::fresh(policy, now),
+                };
+                return table.insert_unique(h, entry, rehash).into_mut();
             }
         };
-        if now.saturating_sub(slot.last_seen) > slot.idle
-            || !algorithm::is_aligned(slot.states.as_slice(), policy)
-        {
-            // Idle past its horizon (identical to a fresh state; keeps the log small), or the
-            // policy changed its quotas or algorithm: start over.
-            slot.states = States::fresh(policy, now);
+        if e.is_idle(now) {
+            // Idle past its horizon: identical to a fresh state (and keeps the log small).
+            e.states = States::fresh(policy, now);
         }
-        slot.last_seen = slot.last_seen.max(now);
-        slot
-    }
-
-    /// Drop every idle-expired key; if the shard is still full, drop the least recently
-    /// seen eighth.
-    fn evict(&mut self, now: u64, cap: usize) {
-        self.purge_expired(now);
-        if self.len < cap {
-            return;
-        }
-        let mut seen: Vec<u64> = self
-            .map
-            .values()
-            .chain(self.spill.iter().map(|(_, e)| e))
-            .map(|e| e.slot.last_seen)
-            .collect();
-        let drop_n = (seen.len() / 8).max(1);
-        let (_, cutoff, _) = seen.select_nth_unstable(drop_n - 1);
-        let cutoff = *cutoff;
-        let mut left = drop_n;
-        let mut keep = |e: &Entry| {
-            if left > 0 && e.slot.last_seen <= cutoff {
-                left -= 1;
-                false
-            } else {
-                true
+        if !e.policy.same(policy) {
+            // Another object under the same name: start over if its quotas or algorithm
+            // differ, and follow it from now on (its idle horizon included).
+            if !algorithm::is_aligned(e.states.as_slice(), policy) {
+                e.states = States::fresh(policy, now);
             }
-        };
-        self.map.retain(|_, e| keep(e));
-        self.spill.retain(|(_, e)| keep(e));
-        self.rebalance();
+            e.policy = policy.clone();
+        }
+        e.last_seen = e.last_seen.max(now);
+        e
     }
 
     fn purge_expired(&mut self, now: u64) {
-        let live = |e: &Entry| now.saturating_sub(e.slot.last_seen) <= e.slot.idle;
-        self.map.retain(|_, e| live(e));
-        self.spill.retain(|(_, e)| live(e));
-        self.rebalance();
-    }
-
-    /// Move spilled entries whose table slot became free back into the table.
-    fn rebalance(&mut self) {
-        let spill = std::mem::take(&mut self.spill);
-        for (h, e) in spill {
-            if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(h) {
-                v.insert(e);
-            } else {
-                self.spill.push((h, e));
-            }
-        }
-        self.len = self.map.len() + self.spill.len();
+        self.table.retain(|e| !e.is_idle(now));
     }
 }
 
-/// Counters in this process: per-key states in up to 64 sharded hash maps, each shard behind its
-/// own short mutex, so decisions are exact under any concurrency and keys of different
-/// shards never contend.
+/// Drop every idle-expired entry; if the table is still full, drop the least recently seen
+/// eighth.
+fn evict(table: &mut HashTable<Entry>, now: u64, cap: usize) {
+    table.retain(|e| !e.is_idle(now));
+    if table.len() < cap {
+        return;
+    }
+    let mut seen: Vec<u64> = table.iter().map(|e| e.last_seen).collect();
+    let drop_n = (seen.len() / 8).max(1);
+    let (_, cutoff, _) = seen.select_nth_unstable(drop_n - 1);
+    let cutoff = *cutoff;
+    let mut left = drop_n;
+    table.retain(|e| {
+        if left > 0 && e.last_seen <= cutoff {
+            left -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Counters in this process: per-key states in up to 64 sharded hash tables, each shard
+/// behind its own short mutex, so decisions are exact under any concurrency and keys of
+/// different shards never contend.
 ///
 /// * **Bounded**: at most `max_keys` keys (default one million). A key idle for longer than
 ///   its policy's horizon (the time after which its state equals a fresh one, e.g. one
@@ -294,8 +205,12 @@ impl Shard {
 ///   `max_keys` above the number of keys active within one period.
 /// * **Time**: the store's [`Clock`] drives both the algorithms and idle expiry, so a
 ///   [`FakeClock`](crate::FakeClock) controls everything in tests.
-/// * **Cost**: one keyed SipHash of policy name and key (random per store, so hostile keys
-///   cannot degrade the maps), one mutex, one map lookup, no I/O, no allocation for a known key (the [`Decision`] itself allocates its per-quota list).
+/// * **Cost**: one [foldhash](https://docs.rs/foldhash) of policy name and key, seeded at
+///   random per store (so which keys share a shard or a probe sequence cannot be predicted
+///   from outside; keys whose hashes collide are still told apart by their bytes), one mutex,
+///   one table probe that reads the key inline (keys up to 22 bytes) next to its state, no
+///   I/O, no allocation for a known key ([`allow_sync`](Self::allow_sync) allocates nothing;
+///   the [`Decision`] of [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
 ///
 /// ```
 /// use palisade_ratelimit::{MemoryStore, Policy, Quota, Algorithm, Store};
@@ -312,7 +227,7 @@ impl Shard {
 pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     clock: Arc<dyn Clock>,
 }
 
@@ -330,6 +245,16 @@ impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The hash of (policy name, key). UTF-8 never contains 0xFF, so the separator keeps every
+/// (name, key) pair's byte string distinct.
+fn hash_of(hasher: &foldhash::fast::RandomState, name: &str, key: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(name.as_bytes());
+    h.write_u8(0xff);
+    h.write(key);
+    h.finish()
 }
 
 impl MemoryStore {
@@ -354,25 +279,33 @@ impl MemoryStore {
             .map(|s| {
                 let mut shard = lock(s);
                 shard.purge_expired(now);
-                shard.len as u64
+                shard.table.len() as u64
             })
             .sum()
     }
 
-    fn shard(&self, policy: &Policy, key: &str) -> (u64, MutexGuard<'_, Shard>) {
-        let h = self.hasher.hash_one((policy.name(), key));
-        // The low bits pick the shard; the map inside uses the whole hash.
-        (h, lock(&self.shards[(h as usize) % self.shards.len()]))
+    fn shard(&self, policy: &Policy, key: &[u8]) -> (u64, MutexGuard<'_, Shard>) {
+        let h = hash_of(&self.hasher, policy.name(), key);
+        // The tables use the low bits (bucket) and the top seven (tag) of the hash; the shard
+        // is picked from bits in between so that neither is constant within a shard.
+        let mid = (h >> 24) & 0xffff_ffff;
+        let i = (mid * self.shards.len() as u64) >> 32;
+        (h, lock(&self.shards[i as usize]))
+    }
+
+    fn rehash(&self) -> impl Fn(&Entry) -> u64 + '_ {
+        |e| hash_of(&self.hasher, e.policy.name(), e.key.as_bytes())
     }
 
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
     /// I/O, one shard lock).
     pub fn acquire_sync(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
         let now = self.clock.now_micros();
+        let key = key.as_bytes();
         let (allowed, verdicts) = {
             let (h, mut shard) = self.shard(policy, key);
-            let slot = shard.slot(h, policy, key, now, self.per_shard);
-            algorithm::decide_aligned(slot.states.as_mut_slice(), policy, now, cost)
+            let e = shard.slot(h, policy, key, now, self.per_shard, self.rehash());
+            algorithm::decide_aligned(e.states.as_mut_slice(), policy, now, cost)
         };
         Decision::from_verdicts(policy, allowed, &verdicts, DecisionSource::Store)
     }
@@ -383,20 +316,20 @@ impl MemoryStore {
     /// retry times.
     pub fn allow_sync(&self, key: &str, policy: &Policy, cost: u64) -> bool {
         let now = self.clock.now_micros();
+        let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
-        let slot = shard.slot(h, policy, key, now, self.per_shard);
-        algorithm::admit_aligned(slot.states.as_mut_slice(), policy, now, cost)
+        let e = shard.slot(h, policy, key, now, self.per_shard, self.rehash());
+        algorithm::admit_aligned(e.states.as_mut_slice(), policy, now, cost)
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
     pub fn peek_sync(&self, key: &str, policy: &Policy) -> Decision {
         let now = self.clock.now_micros();
+        let key = key.as_bytes();
         let (allowed, verdicts) = {
             let (h, shard) = self.shard(policy, key);
             match shard.get(h, policy, key) {
-                Some(slot) if now.saturating_sub(slot.last_seen) <= slot.idle => {
-                    algorithm::peek(slot.states.as_slice(), policy, now)
-                }
+                Some(e) if !e.is_idle(now) => algorithm::peek(e.states.as_slice(), policy, now),
                 _ => algorithm::peek(&[], policy, now),
             }
         };
@@ -406,16 +339,18 @@ impl MemoryStore {
     /// [`Store::refund`](crate::Store::refund), synchronously.
     pub fn refund_sync(&self, key: &str, policy: &Policy, cost: u64) {
         let now = self.clock.now_micros();
+        let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
-        if let Some(slot) = shard.get_mut(h, policy, key)
-            && algorithm::is_aligned(slot.states.as_slice(), policy)
+        if let Some(e) = shard.get_mut(h, policy, key)
+            && algorithm::is_aligned(e.states.as_slice(), policy)
         {
-            algorithm::refund_aligned(slot.states.as_mut_slice(), policy, now, cost);
+            algorithm::refund_aligned(e.states.as_mut_slice(), policy, now, cost);
         }
     }
 
     /// [`Store::reset`](crate::Store::reset), synchronously.
     pub fn reset_sync(&self, key: &str, policy: &Policy) {
+        let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
         shard.remove(h, policy, key);
     }
@@ -454,7 +389,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: (max / shards).max(1),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             clock: self.clock,
         }
     }
@@ -486,34 +421,64 @@ mod tests {
     use super::*;
     use crate::quota::{Algorithm, Quota};
 
-    /// Forced hash collisions: entries stay apart, and removal and eviction keep them
+    /// Forced hash collisions: entries stay apart, and removal and expiry keep the others
     /// reachable.
     #[test]
     fn colliding_hashes_stay_apart() {
         let policy = Policy::single("p", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
+        let other = Policy::single("q", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
         let now = 1_700_006_400_000_000;
         let mut shard = Shard::default();
-        for key in ["a", "b", "c"] {
-            let slot = shard.slot(7, &policy, key, now, 100);
-            assert!(
-                algorithm::admit_aligned(slot.states.as_mut_slice(), &policy, now, 2),
-                "{key}"
-            );
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        for p in [&policy, &other] {
+            for key in &keys {
+                let e = shard.slot(7, p, key.as_bytes(), now, 1_000, |_| 7);
+                assert!(
+                    algorithm::admit_aligned(e.states.as_mut_slice(), p, now, 2),
+                    "{key}"
+                );
+            }
         }
-        assert_eq!((shard.len, shard.map.len(), shard.spill.len()), (3, 1, 2));
-        for key in ["a", "b", "c"] {
-            let slot = shard.get_mut(7, &policy, key).unwrap();
-            assert!(
-                !algorithm::admit_aligned(slot.states.as_mut_slice(), &policy, now, 1),
-                "{key} shares state"
-            );
+        assert_eq!(shard.table.len(), 80);
+        for p in [&policy, &other] {
+            for key in &keys {
+                let e = shard.get_mut(7, p, key.as_bytes()).unwrap();
+                assert!(
+                    !algorithm::admit_aligned(e.states.as_mut_slice(), p, now, 1),
+                    "{key} shares state"
+                );
+            }
         }
-        shard.remove(7, &policy, "a");
-        assert_eq!((shard.len, shard.map.len(), shard.spill.len()), (2, 1, 1));
-        assert!(shard.get(7, &policy, "a").is_none());
-        assert!(shard.get(7, &policy, "b").is_some() && shard.get(7, &policy, "c").is_some());
+        shard.remove(7, &policy, b"k0");
+        assert_eq!(shard.table.len(), 79);
+        assert!(shard.get(7, &policy, b"k0").is_none());
+        assert!(shard.get(7, &other, b"k0").is_some() && shard.get(7, &policy, b"k1").is_some());
         // Everything idle past the horizon goes.
         shard.purge_expired(now + 61_000_000);
-        assert_eq!((shard.len, shard.map.len(), shard.spill.len()), (0, 0, 0));
+        assert_eq!(shard.table.len(), 0);
+    }
+
+    /// Keys longer than the inline buffer, and keys that differ only past it.
+    #[test]
+    fn long_keys_stay_apart() {
+        let store = MemoryStore::builder()
+            .clock(crate::FakeClock::new())
+            .build();
+        let policy = Policy::single("l", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
+        let base = "x".repeat(22);
+        let keys = [
+            base.clone(),
+            format!("{base}a"),
+            format!("{base}b"),
+            "x".repeat(21),
+            String::new(),
+        ];
+        for k in &keys {
+            assert!(store.allow_sync(k, &policy, 1), "{k}");
+        }
+        for k in &keys {
+            assert!(!store.allow_sync(k, &policy, 1), "{k}");
+        }
+        assert_eq!(store.key_count(), keys.len() as u64);
     }
 }

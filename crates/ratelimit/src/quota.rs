@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::algorithm::Params;
 use crate::error::{Error, Result};
 
 /// The longest period a quota may have (366 days).
@@ -279,6 +280,12 @@ struct PolicyInner {
     #[serde(default)]
     algorithm: Algorithm,
     quotas: Vec<NamedQuota>,
+    /// Derived from `quotas` by the builder (the only way a policy is made), so equality and
+    /// hashing are unchanged by them.
+    #[serde(skip)]
+    params: Vec<Params>,
+    #[serde(skip)]
+    idle_micros: u64,
 }
 
 impl Policy {
@@ -312,6 +319,21 @@ impl Policy {
         &self.inner.name
     }
 
+    /// The same policy object (not merely an equal one): a pointer comparison.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Each quota's figures, in policy order.
+    pub(crate) fn params(&self) -> &[Params] {
+        &self.inner.params
+    }
+
+    /// [`idle_horizon`](Self::idle_horizon) in microseconds.
+    pub(crate) fn idle_micros(&self) -> u64 {
+        self.inner.idle_micros
+    }
+
     /// The algorithm every quota of this policy is counted with.
     pub fn algorithm(&self) -> Algorithm {
         self.inner.algorithm
@@ -325,13 +347,7 @@ impl Policy {
     /// How long state of an idle key stays meaningful: after this much idle time the
     /// stored state is equivalent to no state, so backends may drop it.
     pub fn idle_horizon(&self) -> Duration {
-        let micros = self
-            .quotas()
-            .iter()
-            .map(|q| crate::algorithm::horizon_micros(self.algorithm(), &q.quota))
-            .max()
-            .unwrap_or(0);
-        Duration::from_micros(micros)
+        Duration::from_micros(self.idle_micros())
     }
 }
 
@@ -401,11 +417,20 @@ impl PolicyBuilder {
                 return Err(bad(&format!("quota name `{}` appears twice", q.name)));
             }
         }
+        let params = self.quotas.iter().map(|q| Params::new(&q.quota)).collect();
+        let idle_micros = self
+            .quotas
+            .iter()
+            .map(|q| crate::algorithm::horizon_micros(self.algorithm, &q.quota))
+            .max()
+            .unwrap_or(0);
         Ok(Policy {
             inner: Arc::new(PolicyInner {
                 name: self.name,
                 algorithm: self.algorithm,
                 quotas: self.quotas,
+                params,
+                idle_micros,
             }),
         })
     }

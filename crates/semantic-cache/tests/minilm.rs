@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use palisade_semantic_cache::minilm::{MINILM_DIR_ENV, MiniLmEmbedder};
+use palisade_semantic_cache::minilm::{MINILM_DIR_ENV, MINILM_THRESHOLD, MiniLmEmbedder};
 use palisade_semantic_cache::quality::{TRAPS, evaluate, markdown_table, parse_pairs, score};
 use palisade_semantic_cache::{Embedder, GuardConfig};
 
@@ -63,11 +63,15 @@ async fn minilm_quality_on_the_trap_set() {
         }
     }
     println!("{}", markdown_table(&reports));
-    // The target: at most 2 % of traps served with at least 50 % true hits.
+    // The target, at the threshold the docs recommend: at most 2 % of traps served
+    // with at least 50 % true hits.
+    let recommended = evaluate(&scored, MINILM_THRESHOLD, true);
     assert!(
-        reports
-            .iter()
-            .any(|r| r.guard && r.false_hit_rate() <= 0.02 && r.hit_rate() >= 0.5),
-        "no threshold meets the target"
+        recommended.false_hit_rate() <= 0.02 && recommended.hit_rate() >= 0.5,
+        "at {MINILM_THRESHOLD}: {:.3} true hits, {:.3} false hits",
+        recommended.hit_rate(),
+        recommended.false_hit_rate()
     );
+    // Without the guard the same threshold is not safe: the guard is doing real work.
+    assert!(evaluate(&scored, MINILM_THRESHOLD, false).false_hit_rate() > 0.2);
 }
