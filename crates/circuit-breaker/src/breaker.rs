@@ -16,8 +16,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -199,7 +201,8 @@ enum Kind {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     kind: Kind,
-    started: Option<Duration>,
+    /// Clock reading (ns) at admission, taken only when slow-call detection is on.
+    started: Option<u64>,
     lease: Option<Box<crate::store::Lease>>,
     done: bool,
 }
@@ -261,8 +264,9 @@ impl Permit<'_> {
     }
 
     fn elapsed(&self) -> Option<Duration> {
-        self.started
-            .map(|start| self.breaker.inner.clock.now().saturating_sub(start))
+        self.started.map(|start| {
+            Duration::from_nanos(self.breaker.inner.clock.now_ns().saturating_sub(start))
+        })
     }
 }
 
@@ -388,9 +392,7 @@ impl CircuitBreaker {
     where
         F: Future<Output = std::result::Result<T, E>>,
     {
-        // Not an `async fn` itself: the returned future is `call_classified`'s, with no extra
-        // layer holding a second copy of `fut`.
-        self.call_classified(fut, DefaultClassifier)
+        Call::new(self, fut, DefaultClassifier)
     }
 
     /// [`call`](Self::call) with a classifier that decides which results count as failures
@@ -416,37 +418,16 @@ impl CircuitBreaker {
     ///
     /// # Errors
     /// As [`call`](Self::call).
-    pub async fn call_classified<F, T, E, C>(&self, fut: F, classifier: C) -> Result<T, Error<E>>
+    pub fn call_classified<F, T, E, C>(
+        &self,
+        fut: F,
+        classifier: C,
+    ) -> impl Future<Output = Result<T, Error<E>>>
     where
         F: Future<Output = std::result::Result<T, E>>,
         C: Classifier<T, E>,
     {
-        let kind = self.acquire_kind::<E>()?;
-        let mut permit = self.permit(kind);
-        if self.needs_lease(kind) {
-            permit = Box::pin(self.lease(permit)).await.map_err(Error::widen)?;
-        }
-        let result = match self.inner.config.call_timeout {
-            None => fut.await,
-            Some(limit) => match self.with_timeout(limit, fut).await {
-                Ok(result) => result,
-                Err(timeout) => {
-                    if permit.lease.is_some() {
-                        Box::pin(permit.record_async(Outcome::Failure)).await;
-                    } else {
-                        permit.record(Outcome::Failure);
-                    }
-                    return Err(timeout);
-                }
-            },
-        };
-        let outcome = classifier.classify(&result);
-        if permit.lease.is_some() {
-            Box::pin(permit.record_async(outcome)).await;
-        } else {
-            permit.record(outcome);
-        }
-        result.map_err(Error::Inner)
+        Call::new(self, fut, classifier)
     }
 
     /// [`call_classified`](Self::call_classified) with the call's future made by `make` only
@@ -609,7 +590,7 @@ impl CircuitBreaker {
     #[inline]
     fn permit(&self, kind: Kind) -> Permit<'_> {
         let started = if self.inner.slow_nanos != 0 && kind != Kind::Pass {
-            Some(self.inner.clock.now())
+            Some(self.inner.clock.now_ns())
         } else {
             None
         };
@@ -798,7 +779,10 @@ impl CircuitBreaker {
                 } else {
                     0
                 };
-                let risen = inner.window.record(now, Mark::new(failure, slow));
+                let risen =
+                    inner
+                        .window
+                        .record(now, Mark::new(failure, slow), inner.config.minimum_calls);
                 let run = if failure {
                     inner
                         .consecutive
@@ -1014,6 +998,160 @@ impl CircuitBreaker {
 
     pub(crate) fn emit(&self, event: Event) {
         let _ = self.inner.events.send(event);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`CircuitBreaker::call`] and [`call_classified`](CircuitBreaker::call_classified).
+    ///
+    /// Written by hand rather than as an `async fn` so that it stays small (the call's own
+    /// future, a reference, the classifier and a permit) and allocation-free: an `async fn`
+    /// lays out every await point's locals side by side, and the rare paths (per-call
+    /// timeout, fleet-wide probe lease, reporting a leased probe to the store) made that
+    /// future several times larger than the call it wraps, all of which is copied whenever
+    /// the future moves. Those rare paths live in boxes that only they allocate.
+    struct Call<'a, F, C, T, E> {
+        breaker: &'a CircuitBreaker,
+        #[pin]
+        fut: F,
+        classifier: C,
+        stage: Stage<'a, T, E>,
+    }
+}
+
+enum Stage<'a, T, E> {
+    /// Not admitted yet: admission happens on the first poll, not when the future is made.
+    Start,
+    /// Waiting for a fleet-wide probe lease from the store.
+    Leasing(Pin<Box<dyn Future<Output = Result<Permit<'a>>> + Send + 'a>>),
+    /// Admitted: the call runs, under `timer` when a per-call timeout is configured.
+    Running {
+        permit: Permit<'a>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    /// A leased probe is being reported to the store; `result` is returned once it is.
+    Reporting {
+        report: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+        result: Result<T, Error<E>>,
+    },
+    /// Finished (or given up): polling again stays pending.
+    Done,
+}
+
+impl<'a, F, C, T, E> Call<'a, F, C, T, E> {
+    fn new(breaker: &'a CircuitBreaker, fut: F, classifier: C) -> Self {
+        Self {
+            breaker,
+            fut,
+            classifier,
+            stage: Stage::Start,
+        }
+    }
+}
+
+impl<'a, T, E> Stage<'a, T, E> {
+    #[inline]
+    fn running(breaker: &CircuitBreaker, permit: Permit<'a>) -> Self {
+        let timer = breaker
+            .inner
+            .config
+            .call_timeout
+            .map(|limit| Box::pin(tokio::time::sleep(limit)));
+        Stage::Running { permit, timer }
+    }
+
+    /// Record `outcome` on `permit` and answer `result`: at once, or after the store has
+    /// heard about a leased probe.
+    #[inline]
+    fn finish(
+        &mut self,
+        permit: Permit<'a>,
+        outcome: Outcome,
+        result: Result<T, Error<E>>,
+    ) -> Option<Result<T, Error<E>>> {
+        if permit.lease.is_none() {
+            permit.record(outcome);
+            return Some(result);
+        }
+        *self = Stage::Reporting {
+            report: Box::pin(permit.record_async(outcome)),
+            result,
+        };
+        None
+    }
+}
+
+impl<'a, F, C, T, E> Future for Call<'a, F, C, T, E>
+where
+    F: Future<Output = std::result::Result<T, E>>,
+    C: Classifier<T, E>,
+{
+    type Output = Result<T, Error<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let breaker: &'a CircuitBreaker = this.breaker;
+        loop {
+            match std::mem::replace(this.stage, Stage::Done) {
+                Stage::Start => {
+                    let kind = match breaker.acquire_kind::<E>() {
+                        Ok(kind) => kind,
+                        Err(rejected) => return Poll::Ready(Err(rejected)),
+                    };
+                    let permit = breaker.permit(kind);
+                    *this.stage = if breaker.needs_lease(kind) {
+                        Stage::Leasing(Box::pin(breaker.lease(permit)))
+                    } else {
+                        Stage::running(breaker, permit)
+                    };
+                }
+                Stage::Leasing(mut lease) => match lease.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        *this.stage = Stage::Leasing(lease);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.widen())),
+                    Poll::Ready(Ok(permit)) => *this.stage = Stage::running(breaker, permit),
+                },
+                Stage::Running { permit, mut timer } => {
+                    if let Poll::Ready(result) = this.fut.as_mut().poll(cx) {
+                        let outcome = this.classifier.classify(&result);
+                        match this
+                            .stage
+                            .finish(permit, outcome, result.map_err(Error::Inner))
+                        {
+                            Some(result) => return Poll::Ready(result),
+                            None => continue,
+                        }
+                    }
+                    // As `tokio::time::timeout`: the call first, then its deadline.
+                    if let Some(sleep) = &mut timer
+                        && sleep.as_mut().poll(cx).is_ready()
+                    {
+                        breaker.inner.metrics.timeout.increment(1);
+                        let limit = breaker.inner.config.call_timeout.unwrap_or_default();
+                        match this.stage.finish(
+                            permit,
+                            Outcome::Failure,
+                            Err(Error::Timeout(limit)),
+                        ) {
+                            Some(result) => return Poll::Ready(result),
+                            None => continue,
+                        }
+                    }
+                    *this.stage = Stage::Running { permit, timer };
+                    return Poll::Pending;
+                }
+                Stage::Reporting { mut report, result } => {
+                    if report.as_mut().poll(cx).is_pending() {
+                        *this.stage = Stage::Reporting { report, result };
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(result);
+                }
+                Stage::Done => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -6,6 +6,17 @@
 //! current second, and whichever caller first sees a new second rolls the expired buckets out
 //! (at most one pass over the buckets per second of clock time).
 //!
+//! Both windows tell the recorder whether a failure or slow-call rate may have risen since
+//! the trip rule last looked, so that the common case (a success into a healthy window) skips
+//! the rule. The count window knows it from the slot it overwrote. The time window knows it
+//! from the mark itself, from its call total being at most the rule's minimum, and from a
+//! `rolled` flag raised whenever expired buckets that held calls are emptied (by a recorder
+//! or by a snapshot) and taken down by the next success that looks. Why a success needs no
+//! look otherwise: it adds one call and neither a failure nor a slow call, so if its window
+//! passes the rule, the window before it (one call fewer, at or above the minimum, same
+//! failures and slow calls) passed it too, and that window was already looked at (or was
+//! itself such a success), since nothing but expiry removes calls within one closed period.
+//!
 //! Memory ordering: every counter is `Relaxed`. A window is a statistic, not a
 //! synchronisation point: a snapshot taken while other threads record may miss their
 //! in-flight calls, which is the same as those calls finishing a moment later. Totals are
@@ -182,6 +193,8 @@ pub(crate) struct TimeWindow {
     magic: u64,
     /// The newest second that has been rolled in.
     head: AtomicU64,
+    /// Raised when expired buckets that held calls were emptied: a rate may have risen.
+    rolled: AtomicBool,
     calls: Padded<AtomicU64>,
     failures: AtomicU64,
     slow: AtomicU64,
@@ -193,6 +206,7 @@ impl TimeWindow {
             buckets: (0..seconds.max(1)).map(|_| Bucket::default()).collect(),
             magic: (u64::MAX / u64::from(seconds.max(1))).wrapping_add(1),
             head: AtomicU64::new(0),
+            rolled: AtomicBool::new(false),
             calls: Padded(AtomicU64::new(0)),
             failures: AtomicU64::new(0),
             slow: AtomicU64::new(0),
@@ -224,8 +238,12 @@ impl TimeWindow {
             {
                 Ok(_) => {
                     let first = (head + 1).max(second.saturating_sub(self.len() - 1));
+                    let mut removed = 0;
                     for s in first..=second {
-                        self.empty(self.bucket(s));
+                        removed |= self.empty(self.bucket(s));
+                    }
+                    if removed != 0 {
+                        self.rolled.store(true, Relaxed);
                     }
                     return;
                 }
@@ -234,22 +252,28 @@ impl TimeWindow {
         }
     }
 
-    fn empty(&self, b: &Bucket) {
-        self.calls.fetch_sub(b.calls.swap(0, Relaxed), Relaxed);
+    /// Empty one bucket; the calls it held.
+    fn empty(&self, b: &Bucket) -> u64 {
+        let calls = b.calls.swap(0, Relaxed);
+        self.calls.fetch_sub(calls, Relaxed);
         self.failures
             .fetch_sub(b.failures.swap(0, Relaxed), Relaxed);
         self.slow.fetch_sub(b.slow.swap(0, Relaxed), Relaxed);
+        calls
     }
 
+    /// Record one mark at `second`; whether the trip rule needs to look (see the module
+    /// documentation), given the rule's `minimum` calls.
     #[inline]
-    pub(crate) fn record(&self, second: u64, mark: Mark) {
+    pub(crate) fn record(&self, second: u64, mark: Mark, minimum: u32) -> bool {
         self.advance(second);
         if second + self.len() <= self.head.load(Relaxed) {
-            return; // a straggler whose second already left the window
+            // A straggler whose second already left the window: nothing recorded.
+            return self.take_rolled();
         }
         let b = self.bucket(second);
         b.calls.fetch_add(1, Relaxed);
-        self.calls.fetch_add(1, Relaxed);
+        let calls = self.calls.fetch_add(1, Relaxed).wrapping_add(1);
         if mark.failure() == 1 {
             b.failures.fetch_add(1, Relaxed);
             self.failures.fetch_add(1, Relaxed);
@@ -258,6 +282,17 @@ impl TimeWindow {
             b.slow.fetch_add(1, Relaxed);
             self.slow.fetch_add(1, Relaxed);
         }
+        // Every operand is evaluated: a look for any reason also takes the flag down.
+        ((mark.failure() | mark.slow()) != 0)
+            | (calls <= u64::from(minimum.max(1)))
+            | self.take_rolled()
+    }
+
+    /// Whether `rolled` was raised, lowering it (a load first: it is rarely up, and a load
+    /// keeps the cache line shared between recorders).
+    #[inline]
+    fn take_rolled(&self) -> bool {
+        self.rolled.load(Relaxed) && self.rolled.swap(false, Relaxed)
     }
 
     #[inline]
@@ -275,6 +310,8 @@ impl TimeWindow {
         for b in &*self.buckets {
             self.empty(b);
         }
+        // The window starts over: the next look comes from reaching the minimum again.
+        self.rolled.store(false, Relaxed);
     }
 }
 
@@ -297,15 +334,13 @@ impl Window {
         matches!(self, Self::Time(_))
     }
 
-    /// Record one mark; whether the trip rule needs to look at the window now.
+    /// Record one mark; whether the trip rule (which needs `minimum` calls) has to look at
+    /// the window now.
     #[inline]
-    pub(crate) fn record(&self, now_ms: u64, mark: Mark) -> bool {
+    pub(crate) fn record(&self, now_ms: u64, mark: Mark, minimum: u32) -> bool {
         match self {
             Self::Count(w) => w.record(mark),
-            Self::Time(w) => {
-                w.record(now_ms / 1000, mark);
-                true
-            }
+            Self::Time(w) => w.record(now_ms / 1000, mark, minimum),
         }
     }
 
@@ -356,7 +391,7 @@ mod tests {
             let mut model: Vec<(u64, bool, bool)> = Vec::new();
             for (dt, f, s) in steps {
                 now += dt;
-                w.record(now, Mark::new(f, s));
+                let _ = w.record(now, Mark::new(f, s), 1);
                 model.push((now, f, s));
                 let live: Vec<_> = model.iter().filter(|m| m.0 + u64::from(seconds) > now).collect();
                 let snap = w.snapshot(now);
@@ -367,10 +402,49 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The time window may say "no need to look" only when the trip rule would not fire:
+        /// a rule evaluated only when `record` asks must trip at exactly the same steps as one
+        /// evaluated after every record, with snapshots (which roll buckets out too) between.
+        #[test]
+        fn time_window_skips_only_calls_that_cannot_trip(
+            seconds in 1u32..5,
+            minimum in 0u32..6,
+            threshold in prop_oneof![Just(0.0), Just(20.0), Just(50.0), Just(100.0)],
+            slow_threshold in prop_oneof![Just(0.0), Just(50.0), Just(100.0)],
+            steps in proptest::collection::vec((0u64..3, any::<bool>(), any::<bool>(), any::<bool>()), 0..200),
+        ) {
+            let config = crate::Config {
+                minimum_calls: minimum,
+                failure_rate_threshold: threshold,
+                slow_call: Some(crate::SlowCallRule {
+                    duration: std::time::Duration::from_secs(1),
+                    rate_threshold: slow_threshold,
+                }),
+                ..crate::Config::default()
+            };
+            let w = TimeWindow::new(seconds);
+            let mut now = 0u64;
+            for (step, (dt, f, s, peek)) in steps.into_iter().enumerate() {
+                now += dt;
+                if peek {
+                    let _ = w.snapshot(now);
+                }
+                let look = w.record(now, Mark::new(f, s), minimum);
+                let fires = config.should_trip(w.snapshot(now), 0).is_some();
+                prop_assert!(look || !fires, "skipped a tripping call at step {}", step);
+                if fires {
+                    // A trip ends the closed period; closing again starts an empty window.
+                    w.reset();
+                }
+            }
+        }
+    }
+
     #[test]
     fn time_window_forgets_after_a_long_gap() {
         let w = TimeWindow::new(3);
-        w.record(1, Mark::new(true, false));
+        let _ = w.record(1, Mark::new(true, false), 1);
         assert_eq!(w.snapshot(1).calls, 1);
         assert_eq!(w.snapshot(1000).calls, 0);
     }

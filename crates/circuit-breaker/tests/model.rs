@@ -172,6 +172,8 @@ impl Model {
 #[derive(Clone, Debug)]
 enum Op {
     Call(u8, u64),
+    /// As `Call`, through `CircuitBreaker::call_classified`'s future instead of a permit.
+    CallFuture(u8, u64),
     Start,
     Finish(usize, u8),
     Drop(usize),
@@ -184,6 +186,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0u8..3, 0u64..300).prop_map(|(o, d)| Op::Call(o, d)),
+        4 => (0u8..3, 0u64..300).prop_map(|(o, d)| Op::CallFuture(o, d)),
         2 => Just(Op::Start),
         2 => (0usize..8, 0u8..3).prop_map(|(i, o)| Op::Finish(i, o)),
         1 => (0usize..8).prop_map(Op::Drop),
@@ -247,6 +250,18 @@ fn config() -> impl Strategy<Value = Config> {
         )
 }
 
+/// Poll a future that never waits (no timeout is configured and the call is ready at once).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the call future waited"),
+    }
+}
+
 fn outcome(o: u8) -> Outcome {
     match o {
         0 => Outcome::Success,
@@ -277,6 +292,24 @@ proptest! {
                     if let (Ok(permit), Some(kind)) = (real, expected) {
                         permit.record(outcome(o));
                         model.finish(kind, outcome(o), d, now(&clock));
+                    }
+                }
+                Op::CallFuture(o, d) => {
+                    let t = now(&clock);
+                    let expected = model.acquire(t);
+                    let call = breaker.call_classified(
+                        async {
+                            clock.advance(Duration::from_millis(d));
+                            Ok::<(), ()>(())
+                        },
+                        |_: &Result<(), ()>| outcome(o),
+                    );
+                    let real = ready(call);
+                    prop_assert_eq!(real.is_ok(), expected.is_some(), "admission at step {}", step);
+                    match expected {
+                        Some(kind) => model.finish(kind, outcome(o), d, now(&clock)),
+                        // A rejected call never ran: let its time pass anyway, as `Call` does.
+                        None => clock.advance(Duration::from_millis(d)),
                     }
                 }
                 Op::Start => {
