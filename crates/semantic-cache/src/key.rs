@@ -256,6 +256,17 @@ fn truncate(digest: &[u8]) -> [u8; 16] {
     out
 }
 
+/// First byte of a scope digest's input, so it can never equal an entry digest's input.
+const SCOPE_DIGEST: u8 = 1;
+/// First byte of an entry digest's input.
+const ENTRY_DIGEST: u8 = 2;
+
+/// One length-prefixed field of a digest whose field order is fixed.
+fn feed_field(hasher: &mut Sha256, value: &[u8]) {
+    hasher.update((value.len() as u64).to_le_bytes());
+    hasher.update(value);
+}
+
 fn feed(hasher: &mut Sha256, label: &str, value: &[u8]) {
     // Length-prefixed fields: ("ab", "c") and ("a", "bc") never hash alike.
     hasher.update((label.len() as u64).to_le_bytes());
@@ -338,19 +349,14 @@ pub struct Scope {
 impl Scope {
     /// The scope's digest.
     pub fn id(&self) -> ScopeId {
+        // Fixed field order and length prefixes instead of `feed`'s labels: the digest is on
+        // every lookup's path, and the shorter input saves a SHA-256 block.
         let mut hasher = Sha256::new();
-        feed(
-            &mut hasher,
-            "tenant",
-            self.partition.tenant.as_str().as_bytes(),
-        );
-        feed(
-            &mut hasher,
-            "namespace",
-            self.partition.namespace.as_str().as_bytes(),
-        );
-        feed(&mut hasher, "model", self.model.as_bytes());
-        feed(&mut hasher, "context", &self.context.0);
+        hasher.update([SCOPE_DIGEST]);
+        feed_field(&mut hasher, self.partition.tenant.as_str().as_bytes());
+        feed_field(&mut hasher, self.partition.namespace.as_str().as_bytes());
+        feed_field(&mut hasher, self.model.as_bytes());
+        hasher.update(self.context.0);
         ScopeId(truncate(&hasher.finalize()))
     }
 }
@@ -443,16 +449,25 @@ pub fn normalize_prompt(prompt: &str, max_bytes: usize) -> Result<String> {
             max: max_bytes,
         });
     }
-    let mut out = String::with_capacity(prompt.len());
-    let mut pending_space = false;
     // ASCII text is its own NFKC form: skip the Unicode pass (the common case, and the
     // exact-match fast path's main cost).
-    let folded: Box<dyn Iterator<Item = char>> = if prompt.is_ascii() {
-        Box::new(prompt.chars().map(|c| c.to_ascii_lowercase()))
+    let out = if prompt.is_ascii() {
+        collapse(prompt.chars().map(|c| c.to_ascii_lowercase()), prompt.len())
     } else {
-        Box::new(prompt.nfkc().flat_map(char::to_lowercase))
+        collapse(prompt.nfkc().flat_map(char::to_lowercase), prompt.len())
     };
-    for c in folded {
+    if out.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    Ok(out)
+}
+
+/// Collapse whitespace runs to one space and drop surrounding whitespace and trailing
+/// `?`, `!`, `.` (generic so each branch of [`normalize_prompt`] is monomorphised, not boxed).
+fn collapse(chars: impl Iterator<Item = char>, capacity: usize) -> String {
+    let mut out = String::with_capacity(capacity);
+    let mut pending_space = false;
+    for c in chars {
         if c.is_whitespace() {
             pending_space = !out.is_empty();
         } else {
@@ -466,17 +481,15 @@ pub fn normalize_prompt(prompt: &str, max_bytes: usize) -> Result<String> {
     while out.ends_with(['?', '!', '.', ' ']) {
         out.pop();
     }
-    if out.is_empty() {
-        return Err(Error::EmptyPrompt);
-    }
-    Ok(out)
+    out
 }
 
 /// The id of the entry for a normalised prompt in a scope.
 pub fn entry_id(scope: ScopeId, normalized_prompt: &str) -> EntryId {
     let mut hasher = Sha256::new();
-    feed(&mut hasher, "scope", &scope.0);
-    feed(&mut hasher, "prompt", normalized_prompt.as_bytes());
+    hasher.update([ENTRY_DIGEST]);
+    hasher.update(scope.0);
+    feed_field(&mut hasher, normalized_prompt.as_bytes());
     EntryId(truncate(&hasher.finalize()))
 }
 

@@ -1,6 +1,10 @@
 //! Hit, miss and savings statistics, kept in atomics and exported as `metrics`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use metrics::{Counter, Histogram};
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +74,75 @@ pub(crate) struct Stats {
     output_tokens_saved: AtomicU64,
     cost_saved: AtomicF64,
     histogram: [AtomicU64; SIMILARITY_BUCKETS.len()],
+    by_namespace: NamespaceHandles,
+}
+
+/// Most namespaces whose metric handles are kept; lookups in further namespaces build
+/// their handles on each call (correct, only slower), so a flood of namespaces cannot grow
+/// memory without bound.
+const MAX_CACHED_NAMESPACES: usize = 1024;
+
+/// The `metrics` handles of one namespace's lookup metrics, registered once.
+///
+/// Building a labelled metric key allocates; the exact-hit path is a few hundred
+/// nanoseconds, so paying that five times per lookup would double it. Handles are bound to
+/// the recorder installed when a namespace is first seen: install the recorder before
+/// traffic, as the `metrics` crate recommends.
+#[derive(Debug)]
+struct NamespaceMetrics {
+    exact_hits: Counter,
+    semantic_hits: Counter,
+    misses: Counter,
+    vetoed: Counter,
+    similarity: Histogram,
+    input_tokens_saved: Counter,
+    output_tokens_saved: Counter,
+    cost_saved_micros: Counter,
+}
+
+impl NamespaceMetrics {
+    fn register(namespace: &Namespace) -> Self {
+        let ns = namespace.metric_label();
+        let lookups = |outcome: &'static str| metrics::counter!(names::LOOKUPS, "namespace" => ns.clone(), "outcome" => outcome);
+        Self {
+            exact_hits: lookups("exact_hit"),
+            semantic_hits: lookups("semantic_hit"),
+            misses: lookups("miss"),
+            vetoed: lookups("vetoed"),
+            similarity: metrics::histogram!(names::HIT_SIMILARITY, "namespace" => ns.clone()),
+            input_tokens_saved: metrics::counter!(names::TOKENS_SAVED, "namespace" => ns.clone(), "kind" => "input"),
+            output_tokens_saved: metrics::counter!(names::TOKENS_SAVED, "namespace" => ns.clone(), "kind" => "output"),
+            cost_saved_micros: metrics::counter!(names::COST_SAVED_MICROS, "namespace" => ns),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NamespaceHandles(RwLock<HashMap<Namespace, Arc<NamespaceMetrics>>>);
+
+impl NamespaceHandles {
+    fn get(&self, namespace: &Namespace) -> Arc<NamespaceMetrics> {
+        // A poisoned lock only means another thread panicked while inserting a handle: the
+        // map is still valid, so keep using it.
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(handles) = map.get(namespace) {
+            return Arc::clone(handles);
+        }
+        let full = map.len() >= MAX_CACHED_NAMESPACES;
+        drop(map);
+        let handles = Arc::new(NamespaceMetrics::register(namespace));
+        if !full {
+            self.0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(namespace.clone())
+                .or_insert_with(|| Arc::clone(&handles));
+        }
+        handles
+    }
 }
 
 fn bucket(similarity: f32) -> usize {
@@ -81,11 +154,11 @@ fn bucket(similarity: f32) -> usize {
 
 impl Stats {
     pub(crate) fn hit(&self, namespace: &Namespace, kind: HitKind, similarity: f32, saved: Usage) {
-        let (counter, outcome) = match kind {
-            HitKind::Exact => (&self.exact_hits, "exact_hit"),
-            HitKind::Semantic => (&self.semantic_hits, "semantic_hit"),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            HitKind::Exact => &self.exact_hits,
+            HitKind::Semantic => &self.semantic_hits,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         self.histogram[bucket(similarity)].fetch_add(1, Ordering::Relaxed);
         self.input_tokens_saved
             .fetch_add(saved.input_tokens, Ordering::Relaxed);
@@ -94,28 +167,29 @@ impl Stats {
         if saved.cost.is_finite() && saved.cost > 0.0 {
             self.cost_saved.add(saved.cost);
         }
-        let ns = namespace.metric_label();
-        metrics::counter!(names::LOOKUPS, "namespace" => ns.clone(), "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!(names::HIT_SIMILARITY, "namespace" => ns.clone())
-            .record(f64::from(similarity));
-        metrics::counter!(names::TOKENS_SAVED, "namespace" => ns.clone(), "kind" => "input")
-            .increment(saved.input_tokens);
-        metrics::counter!(names::TOKENS_SAVED, "namespace" => ns.clone(), "kind" => "output")
-            .increment(saved.output_tokens);
+        let m = self.by_namespace.get(namespace);
+        match kind {
+            HitKind::Exact => &m.exact_hits,
+            HitKind::Semantic => &m.semantic_hits,
+        }
+        .increment(1);
+        m.similarity.record(f64::from(similarity));
+        m.input_tokens_saved.increment(saved.input_tokens);
+        m.output_tokens_saved.increment(saved.output_tokens);
         if saved.cost.is_finite() && saved.cost > 0.0 {
-            metrics::counter!(names::COST_SAVED_MICROS, "namespace" => ns)
-                .increment((saved.cost * 1e6) as u64);
+            m.cost_saved_micros.increment((saved.cost * 1e6) as u64);
         }
     }
 
     pub(crate) fn miss(&self, namespace: &Namespace, vetoes: &[VetoReason]) {
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let outcome = if vetoes.is_empty() { "miss" } else { "vetoed" };
-        if !vetoes.is_empty() {
+        let m = self.by_namespace.get(namespace);
+        if vetoes.is_empty() {
+            m.misses.increment(1);
+        } else {
             self.vetoed.fetch_add(1, Ordering::Relaxed);
+            m.vetoed.increment(1);
         }
-        metrics::counter!(names::LOOKUPS, "namespace" => namespace.metric_label(), "outcome" => outcome).increment(1);
         for reason in vetoes {
             metrics::counter!(names::VETOES, "reason" => reason.as_str()).increment(1);
         }

@@ -1,0 +1,90 @@
+//! The documented metric names and labels are the ones emitted, through the per-namespace
+//! handles the cache registers once.
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use palisade_semantic_cache::stats::names;
+use palisade_semantic_cache::{CacheKey, SemanticCache, Usage};
+
+#[test]
+fn lookups_savings_and_vetoes_are_exported_per_namespace() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = SemanticCache::in_memory();
+            let key = |ns: &str, prompt: &str| CacheKey::new("acme", ns, "m", prompt).unwrap();
+            let usage = Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                cost: 0.25,
+            };
+            cache
+                .insert(&key("support", "Cancel my subscription"), "ok", usage)
+                .await
+                .unwrap();
+            // Two exact hits, one vetoed near-opposite, one plain miss in another namespace.
+            for _ in 0..2 {
+                let hit = cache
+                    .lookup(&key("support", "cancel my subscription"))
+                    .await;
+                assert!(hit.unwrap().is_hit());
+            }
+            let opposite = key("support", "Don't cancel my subscription");
+            assert!(!cache.lookup(&opposite).await.unwrap().is_hit());
+            let elsewhere = key("billing", "Cancel my subscription");
+            assert!(!cache.lookup(&elsewhere).await.unwrap().is_hit());
+        });
+    });
+
+    let mut seen = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let k = key.key();
+        let mut labels: Vec<String> = k
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        let v = match value {
+            DebugValue::Counter(c) => c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        };
+        seen.push(format!("{}{{{}}} {v}", k.name(), labels.join(",")));
+    }
+    let has = |line: String| assert!(seen.contains(&line), "{line} not in {seen:#?}");
+    has(format!(
+        "{}{{namespace=support,outcome=exact_hit}} 2",
+        names::LOOKUPS
+    ));
+    has(format!(
+        "{}{{namespace=support,outcome=vetoed}} 1",
+        names::LOOKUPS
+    ));
+    has(format!(
+        "{}{{namespace=billing,outcome=miss}} 1",
+        names::LOOKUPS
+    ));
+    has(format!(
+        "{}{{kind=input,namespace=support}} 20",
+        names::TOKENS_SAVED
+    ));
+    has(format!(
+        "{}{{kind=output,namespace=support}} 10",
+        names::TOKENS_SAVED
+    ));
+    has(format!(
+        "{}{{namespace=support}} 500000",
+        names::COST_SAVED_MICROS
+    ));
+    has(format!("{}{{namespace=support}} 2", names::HIT_SIMILARITY));
+    has(format!("{}{{namespace=support}} 1", names::INSERTS));
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(&format!("{}{{reason=", names::VETOES))),
+        "{seen:#?}"
+    );
+}
