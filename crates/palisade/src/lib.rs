@@ -8,10 +8,13 @@
 //! | feature | module | crate |
 //! |---|---|---|
 //! | `redis` | — | the Redis backend of every enabled crate (default) |
-//! | `tower` | — | the tower layers of every enabled crate |
+//! | `tower` | — | the tower layers of every enabled crate (default) |
 //! | `ratelimit` | [`ratelimit`] | [`palisade-ratelimit`](https://docs.rs/palisade-ratelimit): token bucket, GCRA, fixed/sliding windows, multi-window quotas, tiers, headers, 429 layer (default) |
 //! | `circuit-breaker` | [`circuit_breaker`] | [`palisade-circuit-breaker`](https://docs.rs/palisade-circuit-breaker): lock-free breaker with count/time windows, slow calls, half-open probes, registry, tower layer, state shared through Redis (default) |
 //! | `semantic-cache` | [`semantic_cache`] | [`palisade-semantic-cache`](https://docs.rs/palisade-semantic-cache): AI response cache keyed by meaning with exact fast path, lexical guard, tenant isolation, single-flight, Redis backend (default) |
+//! | `candle` | — | all-MiniLM-L6-v2 embeddings for the semantic cache (heavy build) |
+//! | `http` | — | OpenAI-compatible HTTP embedder for the semantic cache |
+//! | `full` | — | everything above |
 //!
 //! The crates arrive one by one; see the repository's `CHANGELOG.md` for what has landed.
 //!
