@@ -536,8 +536,7 @@ impl QuotaState {
             Self::SlidingWindowCounter { window, prev, curr } => {
                 let p = q.period;
                 let (w, prev, curr, now) = counter_window(*window, *prev, *curr, now, p);
-                weighted(prev, p, now - w * p) + curr.saturating_add(cost) as f64
-                    <= q.limit as f64
+                weighted(prev, p, now - w * p) + curr.saturating_add(cost) as f64 <= q.limit as f64
             }
             Self::SlidingWindowLog { .. } => self.check_with(q, now, cost).allowed,
         }

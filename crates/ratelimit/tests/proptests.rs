@@ -353,3 +353,133 @@ fn extreme_costs_never_panic() {
         }
     }
 }
+
+/// Steps for the fast paths: time may also step back (a clock correction), costs include
+/// zero, the capacity edge and values no quota can hold.
+fn rough_steps() -> impl Strategy<Value = Vec<(i64, u64)>> {
+    prop::collection::vec(
+        (
+            prop_oneof![
+                4 => Just(0i64),
+                8 => 0i64..50_000,
+                4 => 0i64..3_000_000,
+                1 => -2_000_000i64..0,
+            ],
+            prop_oneof![8 => 0u64..4, 2 => 0u64..25, 1 => Just(u64::MAX), 1 => Just(1u64 << 41)],
+        ),
+        1..150,
+    )
+}
+
+fn quotas(n: usize) -> impl Strategy<Value = Vec<Quota>> {
+    prop::collection::vec(quota(), n..=n)
+}
+
+fn apply(now: u64, dt: i64) -> u64 {
+    if dt >= 0 {
+        now + dt as u64
+    } else {
+        now.saturating_sub(dt.unsigned_abs())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// The lean admit path (a single quota's one-step `take`, several quotas' division-free
+    /// `admits`) decides and leaves state exactly like `decide`, with time that also steps
+    /// back.
+    #[test]
+    fn lean_admit_matches_decide(
+        alg in algorithm(),
+        n in 1usize..4,
+        qs in quotas(3),
+        steps in rough_steps(),
+    ) {
+        let mut b = Policy::builder("p").algorithm(alg);
+        for (i, q) in qs.iter().take(n).enumerate() {
+            b = b.quota(format!("q{i}"), *q);
+        }
+        let policy = b.build().unwrap();
+        let mut now = T0;
+        let mut full = fresh_states(&policy, now);
+        let mut lean = full.clone();
+        for &(dt, cost) in &steps {
+            now = apply(now, dt);
+            let (ok, _) = decide(&mut full, &policy, now, cost);
+            prop_assert_eq!(palisade_ratelimit::algorithm::admit(&mut lean, &policy, now, cost), ok);
+            prop_assert_eq!(&full, &lean);
+        }
+    }
+
+    /// The memory store's `allow_sync` and `acquire_sync` make the same decisions on twin
+    /// stores (same fake time, several keys, refunds and resets between), and both match the
+    /// pure algorithms run on a state per key for as long as time only moves forward (a key
+    /// idle past its horizon restarts from a fresh state stamped with the current time, which
+    /// a later step back does not undo).
+    #[test]
+    fn memory_allow_matches_acquire_and_the_algorithms(
+        alg in algorithm(),
+        n in 1usize..3,
+        qs in quotas(2),
+        steps in rough_steps(),
+        ops in prop::collection::vec((0usize..3, 0u8..20), 150),
+    ) {
+        use palisade_ratelimit::{FakeClock, MemoryStore};
+        let mut b = Policy::builder("p").algorithm(alg);
+        for (i, q) in qs.iter().take(n).enumerate() {
+            b = b.quota(format!("q{i}"), *q);
+        }
+        let policy = b.build().unwrap();
+        let clock = FakeClock::at_micros(T0);
+        let lean = MemoryStore::builder().clock(clock.clone()).build();
+        let full = MemoryStore::builder().clock(clock.clone()).build();
+        let keys = ["a", "b", "a-much-longer-key-than-the-inline-buffer"];
+        let mut model: Vec<Vec<palisade_ratelimit::algorithm::QuotaState>> =
+            keys.iter().map(|_| fresh_states(&policy, T0)).collect();
+        // A store keeps nothing for a key it has not counted yet, so a refund to it is a no-op.
+        let mut counted = [false; 3];
+        let mut now = T0;
+        let mut forward = true;
+        for (&(dt, cost), &(k, op)) in steps.iter().zip(&ops) {
+            now = apply(now, dt);
+            forward &= dt >= 0;
+            clock.set_micros(now);
+            let key = keys[k];
+            match op {
+                0 => {
+                    lean.refund_sync(key, &policy, cost);
+                    full.refund_sync(key, &policy, cost);
+                    if counted[k] {
+                        palisade_ratelimit::algorithm::refund(&mut model[k], &policy, now, cost);
+                    }
+                }
+                1 => {
+                    lean.reset_sync(key, &policy);
+                    full.reset_sync(key, &policy);
+                    model[k] = fresh_states(&policy, now);
+                    counted[k] = false;
+                }
+                _ => {
+                    let a = lean.allow_sync(key, &policy, cost);
+                    let d = full.acquire_sync(key, &policy, cost);
+                    if !counted[k] {
+                        model[k] = fresh_states(&policy, now);
+                        counted[k] = true;
+                    }
+                    let (m, _) = decide(&mut model[k], &policy, now, cost);
+                    prop_assert_eq!(a, d.allowed, "allow_sync vs acquire_sync, key {}", key);
+                    prop_assert_eq!(
+                        full.peek_sync(key, &policy),
+                        lean.peek_sync(key, &policy)
+                    );
+                    if forward {
+                        prop_assert_eq!(a, m, "store vs algorithm, key {}", key);
+                        let (p, _) = peek(&model[k], &policy, now);
+                        prop_assert_eq!(lean.peek_sync(key, &policy).allowed, p);
+                    }
+                }
+            }
+        }
+    }
+}
