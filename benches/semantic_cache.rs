@@ -172,12 +172,64 @@ fn embedder(c: &mut Criterion) {
     group.finish();
 }
 
+/// all-MiniLM-L6-v2 on the CPU (facade feature `candle`, model fetched by
+/// `crates/semantic-cache/scripts/fetch-minilm.sh`): one prompt, and a batch of 16.
+#[cfg(feature = "candle")]
+fn minilm(c: &mut Criterion) {
+    use palisade::semantic_cache::Embedder;
+    use palisade::semantic_cache::minilm::{MINILM_DIR_ENV, MiniLmEmbedder};
+
+    let dir = std::env::var_os(MINILM_DIR_ENV).map_or_else(
+        || {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.model-cache/all-MiniLM-L6-v2"
+            ))
+        },
+        std::path::PathBuf::from,
+    );
+    let embedder = match MiniLmEmbedder::from_dir(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "skipping the MiniLM bench: {e} (run crates/semantic-cache/scripts/fetch-minilm.sh)"
+            );
+            return;
+        }
+    };
+    let prompt = "How do I reset my password if I no longer have access to my email address?";
+    let owned: Vec<String> = (0..16).map(|i| format!("{prompt} (case {i})")).collect();
+    let batch: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("semantic_cache/embedder");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("minilm_l6_v2", |b| {
+        b.iter(|| black_box(rt.block_on(embedder.embed(black_box(prompt))).unwrap()));
+    });
+    group.throughput(Throughput::Elements(16));
+    group.bench_function("minilm_l6_v2_batch16", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(embedder.embed_batch(black_box(&batch)))
+                    .unwrap(),
+            )
+        });
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "candle"))]
+fn minilm(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     exact_hit,
     index_search,
     semantic_lookup,
     insert,
-    embedder
+    embedder,
+    minilm
 );
 criterion_main!(benches);
