@@ -200,11 +200,13 @@ enum Kind {
 #[must_use = "a permit must be recorded, or dropping it gives a probe slot back"]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
+    /// Set to `Kind::Pass` once recorded, so that dropping a recorded permit does nothing
+    /// (no separate flag: a smaller permit moves in fewer, whole-word copies).
     kind: Kind,
-    /// Clock reading (ns) at admission, taken only when slow-call detection is on.
-    started: Option<u64>,
+    /// Clock reading at admission, taken only when slow-call detection is on. (An `Option`
+    /// of a `Duration` also gives `Result<Permit, Error>` a niche, so it needs no tag.)
+    started: Option<Duration>,
     lease: Option<Box<crate::store::Lease>>,
-    done: bool,
 }
 
 impl fmt::Debug for Permit<'_> {
@@ -224,34 +226,41 @@ impl Permit<'_> {
     /// Record how the call went. For a shared breaker's probe the result is reported to the
     /// store in a background task; [`CircuitBreaker::call`] awaits it instead.
     #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        self.done = true;
-        let elapsed = self.elapsed();
-        if self.lease.is_some() {
-            self.record_leased(outcome, elapsed);
+    pub fn record(self, outcome: Outcome) {
+        // Recorded now, so never abandoned: `Drop` is skipped (it would only look at fields
+        // this consumes), which also lets the common path keep the permit in registers.
+        // The cold helpers take fields by value, never `&mut self`: a permit whose address
+        // never escapes stays in registers instead of being spilled and copied around.
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let (breaker, kind, elapsed) = (this.breaker, this.kind, this.elapsed());
+        if let Some(lease) = this.lease.take() {
+            Self::record_leased(breaker, lease, kind, outcome, elapsed);
             return;
         }
-        self.breaker.finish(self.kind, outcome, elapsed);
+        breaker.finish(kind, outcome, elapsed);
     }
 
     #[cold]
-    fn record_leased(&mut self, outcome: Outcome, elapsed: Option<Duration>) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        let breaker = self.breaker.clone();
+    fn record_leased(
+        breaker: &CircuitBreaker,
+        lease: Box<crate::store::Lease>,
+        kind: Kind,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+    ) {
+        let breaker = breaker.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(
                     async move { breaker.finish_shared_probe(lease, outcome, elapsed).await },
                 );
             }
-            Err(_) => breaker.finish(self.kind, outcome, elapsed),
+            Err(_) => breaker.finish(kind, outcome, elapsed),
         }
     }
 
     async fn record_async(mut self, outcome: Outcome) {
-        self.done = true;
+        let kind = std::mem::replace(&mut self.kind, Kind::Pass);
         let elapsed = self.elapsed();
         match self.lease.take() {
             Some(lease) => {
@@ -259,41 +268,40 @@ impl Permit<'_> {
                     .finish_shared_probe(lease, outcome, elapsed)
                     .await;
             }
-            None => self.breaker.finish(self.kind, outcome, elapsed),
+            None => self.breaker.finish(kind, outcome, elapsed),
         }
     }
 
+    #[inline]
     fn elapsed(&self) -> Option<Duration> {
-        self.started.map(|start| {
-            Duration::from_nanos(self.breaker.inner.clock.now_ns().saturating_sub(start))
-        })
+        self.started
+            .map(|start| self.breaker.inner.clock.now().saturating_sub(start))
     }
 }
 
 impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if !self.done {
-            self.abandon();
+        if matches!(self.kind, Kind::Probe { .. }) || self.lease.is_some() {
+            abandon(self.breaker, self.kind, self.lease.take());
         }
     }
 }
 
-impl Permit<'_> {
-    #[cold]
-    fn abandon(&mut self) {
-        if let Kind::Probe { generation } = self.kind {
-            self.breaker.release_probe(generation);
-        }
-        if let Some(lease) = self.lease.take() {
-            let breaker = self.breaker.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    breaker
-                        .finish_shared_probe(lease, Outcome::Ignored, None)
-                        .await;
-                });
-            }
+/// Give back what an unrecorded permit holds (fields by value, as in `Permit::record`).
+#[cold]
+fn abandon(breaker: &CircuitBreaker, kind: Kind, lease: Option<Box<crate::store::Lease>>) {
+    if let Kind::Probe { generation } = kind {
+        breaker.release_probe(generation);
+    }
+    if let Some(lease) = lease {
+        let breaker = breaker.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                breaker
+                    .finish_shared_probe(lease, Outcome::Ignored, None)
+                    .await;
+            });
         }
     }
 }
@@ -590,7 +598,7 @@ impl CircuitBreaker {
     #[inline]
     fn permit(&self, kind: Kind) -> Permit<'_> {
         let started = if self.inner.slow_nanos != 0 && kind != Kind::Pass {
-            Some(self.inner.clock.now_ns())
+            Some(self.inner.clock.now())
         } else {
             None
         };
@@ -599,7 +607,6 @@ impl CircuitBreaker {
             kind,
             started,
             lease: None,
-            done: false,
         }
     }
 
@@ -1091,63 +1098,90 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let breaker: &'a CircuitBreaker = this.breaker;
+        // Stages are matched in place and only taken apart when they end: moving a stage
+        // (permit and all) in and out on every poll costs more than the rest of the path.
         loop {
-            match std::mem::replace(this.stage, Stage::Done) {
+            match this.stage {
                 Stage::Start => {
                     let kind = match breaker.acquire_kind::<E>() {
                         Ok(kind) => kind,
-                        Err(rejected) => return Poll::Ready(Err(rejected)),
+                        Err(rejected) => {
+                            *this.stage = Stage::Done;
+                            return Poll::Ready(Err(rejected));
+                        }
                     };
                     let permit = breaker.permit(kind);
-                    *this.stage = if breaker.needs_lease(kind) {
-                        Stage::Leasing(Box::pin(breaker.lease(permit)))
-                    } else {
-                        Stage::running(breaker, permit)
+                    if breaker.needs_lease(kind) {
+                        *this.stage = Stage::Leasing(Box::pin(breaker.lease(permit)));
+                        continue;
+                    }
+                    if breaker.inner.config.call_timeout.is_some() {
+                        *this.stage = Stage::running(breaker, permit);
+                        continue;
+                    }
+                    // The common case (no lease, no timer): run the call now, with the permit
+                    // kept local; it is stored only if the call has to wait.
+                    return match this.fut.as_mut().poll(cx) {
+                        Poll::Ready(result) => {
+                            *this.stage = Stage::Done;
+                            permit.record(this.classifier.classify(&result));
+                            Poll::Ready(result.map_err(Error::Inner))
+                        }
+                        Poll::Pending => {
+                            *this.stage = Stage::Running {
+                                permit,
+                                timer: None,
+                            };
+                            Poll::Pending
+                        }
                     };
                 }
-                Stage::Leasing(mut lease) => match lease.as_mut().poll(cx) {
-                    Poll::Pending => {
-                        *this.stage = Stage::Leasing(lease);
-                        return Poll::Pending;
+                Stage::Leasing(lease) => match lease.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => {
+                        *this.stage = Stage::Done;
+                        return Poll::Ready(Err(e.widen()));
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.widen())),
                     Poll::Ready(Ok(permit)) => *this.stage = Stage::running(breaker, permit),
                 },
-                Stage::Running { permit, mut timer } => {
-                    if let Poll::Ready(result) = this.fut.as_mut().poll(cx) {
-                        let outcome = this.classifier.classify(&result);
-                        match this
-                            .stage
-                            .finish(permit, outcome, result.map_err(Error::Inner))
-                        {
-                            Some(result) => return Poll::Ready(result),
-                            None => continue,
+                Stage::Running { timer, .. } => {
+                    let (outcome, result) = match this.fut.as_mut().poll(cx) {
+                        Poll::Ready(result) => (
+                            this.classifier.classify(&result),
+                            result.map_err(Error::Inner),
+                        ),
+                        // As `tokio::time::timeout`: the call first, then its deadline.
+                        Poll::Pending => {
+                            let expired = match timer {
+                                Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+                                None => false,
+                            };
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            breaker.inner.metrics.timeout.increment(1);
+                            let limit = breaker.inner.config.call_timeout.unwrap_or_default();
+                            (Outcome::Failure, Err(Error::Timeout(limit)))
                         }
+                    };
+                    let Stage::Running { permit, .. } = std::mem::replace(this.stage, Stage::Done)
+                    else {
+                        return Poll::Pending; // matched as `Running` just above
+                    };
+                    match this.stage.finish(permit, outcome, result) {
+                        Some(result) => return Poll::Ready(result),
+                        None => continue,
                     }
-                    // As `tokio::time::timeout`: the call first, then its deadline.
-                    if let Some(sleep) = &mut timer
-                        && sleep.as_mut().poll(cx).is_ready()
-                    {
-                        breaker.inner.metrics.timeout.increment(1);
-                        let limit = breaker.inner.config.call_timeout.unwrap_or_default();
-                        match this.stage.finish(
-                            permit,
-                            Outcome::Failure,
-                            Err(Error::Timeout(limit)),
-                        ) {
-                            Some(result) => return Poll::Ready(result),
-                            None => continue,
-                        }
-                    }
-                    *this.stage = Stage::Running { permit, timer };
-                    return Poll::Pending;
                 }
-                Stage::Reporting { mut report, result } => {
+                Stage::Reporting { report, .. } => {
                     if report.as_mut().poll(cx).is_pending() {
-                        *this.stage = Stage::Reporting { report, result };
                         return Poll::Pending;
                     }
-                    return Poll::Ready(result);
+                    if let Stage::Reporting { result, .. } =
+                        std::mem::replace(this.stage, Stage::Done)
+                    {
+                        return Poll::Ready(result);
+                    }
                 }
                 Stage::Done => return Poll::Pending,
             }
