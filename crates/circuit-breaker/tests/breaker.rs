@@ -105,6 +105,71 @@ async fn a_dropped_probe_gives_its_slot_back() {
 }
 
 #[tokio::test]
+async fn a_call_future_dropped_while_waiting_gives_its_probe_back() {
+    let clock = FakeClock::new();
+    let breaker = tripped(&clock, 1);
+    clock.advance(Duration::from_secs(10));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let waiting = tokio::spawn({
+        let breaker = breaker.clone();
+        async move {
+            breaker
+                .call(async {
+                    let _ = rx.await;
+                    Ok::<_, ()>(())
+                })
+                .await
+        }
+    });
+    // The spawned call holds the only probe once it has been polled.
+    while breaker.try_acquire().is_ok_and(|p| {
+        drop(p);
+        true
+    }) {
+        tokio::task::yield_now().await;
+    }
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    drop(tx);
+    breaker.try_acquire().unwrap().record(Outcome::Success);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// The call future records on its first poll when the call is ready at once, and from its
+/// stored permit when the call waits: both must leave the breaker in the same state.
+#[tokio::test]
+async fn waiting_and_ready_calls_record_alike() {
+    let outcomes = [true, false, false, true, false, false, false, true, false];
+    let build = || {
+        CircuitBreaker::builder("alike")
+            .count_window(4)
+            .minimum_calls(3)
+            .failure_rate_threshold(60.0)
+            .build()
+            .unwrap()
+    };
+    let (ready, waiting) = (build(), build());
+    for (i, ok) in outcomes.into_iter().enumerate() {
+        let result = |ok: bool| if ok { Ok(()) } else { Err("boom") };
+        let a = ready.call(async move { result(ok) }).await;
+        let b = waiting
+            .call(async move {
+                tokio::task::yield_now().await;
+                result(ok)
+            })
+            .await;
+        assert_eq!(a.is_ok(), b.is_ok(), "result of call {i}");
+        assert_eq!(ready.state(), waiting.state(), "state after call {i}");
+        assert_eq!(
+            ready.snapshot(),
+            waiting.snapshot(),
+            "window after call {i}"
+        );
+    }
+    assert_eq!(ready.state(), State::Open);
+}
+
+#[tokio::test]
 async fn slow_calls_are_counted_and_trip() {
     let clock = FakeClock::new();
     let breaker = CircuitBreaker::builder("llm")
