@@ -17,11 +17,16 @@ pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
 
 const MAX_SHARDS: usize = 64;
 
-/// A key's quota states: inline for the usual single-quota policy (no pointer to chase).
+/// A key's quota states. A single quota of the four fixed-size algorithms is kept inline
+/// (at most three words, so that a whole entry fits one cache line); several quotas or a
+/// sliding-window log live behind one pointer.
 #[derive(Debug)]
 enum States {
-    One(QuotaState),
-    Many(Vec<QuotaState>),
+    Gcra(u64),
+    TokenBucket(u64, u64),
+    FixedWindow(u64, u64),
+    SlidingWindowCounter(u64, u64, u64),
+    Other(Box<[QuotaState]>),
 }
 
 impl States {
@@ -30,49 +35,112 @@ impl States {
         if v.len() == 1
             && let Some(one) = v.pop()
         {
-            return Self::One(one);
+            return Self::from_state(one);
         }
-        Self::Many(v)
+        Self::Other(v.into_boxed_slice())
     }
 
-    fn as_slice(&self) -> &[QuotaState] {
-        match self {
-            Self::One(s) => std::slice::from_ref(s),
-            Self::Many(v) => v,
+    fn from_state(s: QuotaState) -> Self {
+        match s {
+            QuotaState::Gcra { tat } => Self::Gcra(tat),
+            QuotaState::TokenBucket { tokens, last } => Self::TokenBucket(tokens, last),
+            QuotaState::FixedWindow { window, count } => Self::FixedWindow(window, count),
+            QuotaState::SlidingWindowCounter { window, prev, curr } => {
+                Self::SlidingWindowCounter(window, prev, curr)
+            }
+            other => Self::Other(Box::new([other])),
         }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [QuotaState] {
-        match self {
-            Self::One(s) => std::slice::from_mut(s),
-            Self::Many(v) => v,
+    /// The inline state as the algorithms' type, or the boxed ones.
+    fn unpack(&self) -> Result<QuotaState, &[QuotaState]> {
+        Ok(match *self {
+            Self::Gcra(tat) => QuotaState::Gcra { tat },
+            Self::TokenBucket(tokens, last) => QuotaState::TokenBucket { tokens, last },
+            Self::FixedWindow(window, count) => QuotaState::FixedWindow { window, count },
+            Self::SlidingWindowCounter(window, prev, curr) => {
+                QuotaState::SlidingWindowCounter { window, prev, curr }
+            }
+            Self::Other(ref v) => return Err(v),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        match self.unpack() {
+            Ok(one) => f(std::slice::from_ref(&one)),
+            Err(many) => f(many),
         }
+    }
+
+    fn with_mut<R>(&mut self, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        let Ok(one) = self.unpack() else {
+            return match self {
+                Self::Other(v) => f(v),
+                _ => f(&mut []),
+            };
+        };
+        let mut one = [one];
+        let r = f(&mut one);
+        let [one] = one;
+        *self = Self::from_state(one);
+        r
     }
 }
 
-/// A key stored inline when short (most user ids, API-key ids and IP addresses), so that
-/// comparing it touches no other cache line.
+/// Keys of up to this many bytes are stored inline.
+const INLINE_KEY: usize = 15;
+
+/// A key stored inline when short (user ids, API-key ids, IPv4 addresses), so that comparing
+/// it touches no other cache line. Keys are UTF-8, which never contains 0xFF, so an inline
+/// key is padded with 0xFF and compared as a whole array.
 #[derive(Debug)]
 enum KeyBuf {
-    Inline { len: u8, bytes: [u8; 22] },
-    Heap(Box<[u8]>),
+    Inline([u8; INLINE_KEY]),
+    Heap(Box<Box<[u8]>>),
+}
+
+/// A looked-up key, padded once per call when short.
+#[derive(Clone, Copy)]
+enum Probe<'a> {
+    Short([u8; INLINE_KEY]),
+    Long(&'a [u8]),
+}
+
+impl<'a> Probe<'a> {
+    fn new(key: &'a [u8]) -> Self {
+        match key.len() {
+            n if n <= INLINE_KEY => {
+                let mut b = [0xff; INLINE_KEY];
+                b[..n].copy_from_slice(key);
+                Self::Short(b)
+            }
+            _ => Self::Long(key),
+        }
+    }
 }
 
 impl KeyBuf {
-    fn new(key: &[u8]) -> Self {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= 22 => {
-                let mut bytes = [0; 22];
-                bytes[..key.len()].copy_from_slice(key);
-                Self::Inline { len, bytes }
-            }
-            _ => Self::Heap(key.into()),
+    fn new(key: Probe<'_>) -> Self {
+        match key {
+            Probe::Short(b) => Self::Inline(b),
+            Probe::Long(k) => Self::Heap(Box::new(k.into())),
+        }
+    }
+
+    fn matches(&self, key: Probe<'_>) -> bool {
+        match (self, key) {
+            (Self::Inline(a), Probe::Short(b)) => *a == b,
+            (Self::Heap(a), Probe::Long(b)) => ***a == *b,
+            _ => false,
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
         match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Inline(b) => {
+                let n = b.iter().position(|&c| c == 0xff).unwrap_or(INLINE_KEY);
+                &b[..n]
+            }
             Self::Heap(s) => s,
         }
     }
@@ -82,6 +150,7 @@ impl KeyBuf {
 /// usual call passes that same object, so identity is a pointer comparison, the shape check
 /// is skipped, and its idle horizon is at hand for expiry.
 #[derive(Debug)]
+#[repr(align(64))]
 struct Entry {
     policy: Policy,
     key: KeyBuf,
@@ -89,10 +158,13 @@ struct Entry {
     states: States,
 }
 
+// One cache line per entry (the table aligns its buckets to the entry's alignment).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
 impl Entry {
-    fn is(&self, policy: &Policy, key: &[u8]) -> bool {
-        self.key.as_bytes() == key
-            && (self.policy.same(policy) || self.policy.name() == policy.name())
+    fn is(&self, policy: &Policy, key: Probe<'_>) -> bool {
+        self.key.matches(key) && (self.policy.same(policy) || self.policy.name() == policy.name())
     }
 
     fn is_idle(&self, now: u64) -> bool {
@@ -108,15 +180,15 @@ struct Shard {
 }
 
 impl Shard {
-    fn get(&self, h: u64, policy: &Policy, key: &[u8]) -> Option<&Entry> {
+    fn get(&self, h: u64, policy: &Policy, key: Probe<'_>) -> Option<&Entry> {
         self.table.find(h, |e| e.is(policy, key))
     }
 
-    fn get_mut(&mut self, h: u64, policy: &Policy, key: &[u8]) -> Option<&mut Entry> {
+    fn get_mut(&mut self, h: u64, policy: &Policy, key: Probe<'_>) -> Option<&mut Entry> {
         self.table.find_mut(h, |e| e.is(policy, key))
     }
 
-    fn remove(&mut self, h: u64, policy: &Policy, key: &[u8]) {
+    fn remove(&mut self, h: u64, policy: &Policy, key: Probe<'_>) {
         if let Ok(e) = self.table.find_entry(h, |e| e.is(policy, key)) {
             e.remove();
         }
@@ -129,7 +201,7 @@ impl Shard {
         &mut self,
         h: u64,
         policy: &Policy,
-        key: &[u8],
+        key: Probe<'_>,
         now: u64,
         cap: usize,
         rehash: impl Fn(&Entry) -> u64,
@@ -157,7 +229,7 @@ impl Shard {
         if !e.policy.same(policy) {
             // Another object under the same name: start over if its quotas or algorithm
             // differ, and follow it from now on (its idle horizon included).
-            if !algorithm::is_aligned(e.states.as_slice(), policy) {
+            if !e.states.with(|s| algorithm::is_aligned(s, policy)) {
                 e.states = States::fresh(policy, now);
             }
             e.policy = policy.clone();
@@ -304,8 +376,16 @@ impl MemoryStore {
         let key = key.as_bytes();
         let (allowed, verdicts) = {
             let (h, mut shard) = self.shard(policy, key);
-            let e = shard.slot(h, policy, key, now, self.per_shard, self.rehash());
-            algorithm::decide_aligned(e.states.as_mut_slice(), policy, now, cost)
+            let e = shard.slot(
+                h,
+                policy,
+                Probe::new(key),
+                now,
+                self.per_shard,
+                self.rehash(),
+            );
+            e.states
+                .with_mut(|s| algorithm::decide_aligned(s, policy, now, cost))
         };
         Decision::from_verdicts(policy, allowed, &verdicts, DecisionSource::Store)
     }
@@ -318,8 +398,16 @@ impl MemoryStore {
         let now = self.clock.now_micros();
         let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
-        let e = shard.slot(h, policy, key, now, self.per_shard, self.rehash());
-        algorithm::admit_aligned(e.states.as_mut_slice(), policy, now, cost)
+        let e = shard.slot(
+            h,
+            policy,
+            Probe::new(key),
+            now,
+            self.per_shard,
+            self.rehash(),
+        );
+        e.states
+            .with_mut(|s| algorithm::admit_aligned(s, policy, now, cost))
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
@@ -328,8 +416,8 @@ impl MemoryStore {
         let key = key.as_bytes();
         let (allowed, verdicts) = {
             let (h, shard) = self.shard(policy, key);
-            match shard.get(h, policy, key) {
-                Some(e) if !e.is_idle(now) => algorithm::peek(e.states.as_slice(), policy, now),
+            match shard.get(h, policy, Probe::new(key)) {
+                Some(e) if !e.is_idle(now) => e.states.with(|s| algorithm::peek(s, policy, now)),
                 _ => algorithm::peek(&[], policy, now),
             }
         };
@@ -341,10 +429,12 @@ impl MemoryStore {
         let now = self.clock.now_micros();
         let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
-        if let Some(e) = shard.get_mut(h, policy, key)
-            && algorithm::is_aligned(e.states.as_slice(), policy)
-        {
-            algorithm::refund_aligned(e.states.as_mut_slice(), policy, now, cost);
+        if let Some(e) = shard.get_mut(h, policy, Probe::new(key)) {
+            e.states.with_mut(|s| {
+                if algorithm::is_aligned(s, policy) {
+                    algorithm::refund_aligned(s, policy, now, cost);
+                }
+            });
         }
     }
 
@@ -352,7 +442,7 @@ impl MemoryStore {
     pub fn reset_sync(&self, key: &str, policy: &Policy) {
         let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
-        shard.remove(h, policy, key);
+        shard.remove(h, policy, Probe::new(key));
     }
 }
 
@@ -432,9 +522,10 @@ mod tests {
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         for p in [&policy, &other] {
             for key in &keys {
-                let e = shard.slot(7, p, key.as_bytes(), now, 1_000, |_| 7);
+                let e = shard.slot(7, p, Probe::new(key.as_bytes()), now, 1_000, |_| 7);
                 assert!(
-                    algorithm::admit_aligned(e.states.as_mut_slice(), p, now, 2),
+                    e.states
+                        .with_mut(|s| algorithm::admit_aligned(s, p, now, 2)),
                     "{key}"
                 );
             }
@@ -442,17 +533,22 @@ mod tests {
         assert_eq!(shard.table.len(), 80);
         for p in [&policy, &other] {
             for key in &keys {
-                let e = shard.get_mut(7, p, key.as_bytes()).unwrap();
+                let e = shard.get_mut(7, p, Probe::new(key.as_bytes())).unwrap();
                 assert!(
-                    !algorithm::admit_aligned(e.states.as_mut_slice(), p, now, 1),
+                    !e.states
+                        .with_mut(|s| algorithm::admit_aligned(s, p, now, 1)),
                     "{key} shares state"
                 );
             }
         }
-        shard.remove(7, &policy, b"k0");
+        let probe = |k: &'static str| Probe::new(k.as_bytes());
+        shard.remove(7, &policy, probe("k0"));
         assert_eq!(shard.table.len(), 79);
-        assert!(shard.get(7, &policy, b"k0").is_none());
-        assert!(shard.get(7, &other, b"k0").is_some() && shard.get(7, &policy, b"k1").is_some());
+        assert!(shard.get(7, &policy, probe("k0")).is_none());
+        assert!(
+            shard.get(7, &other, probe("k0")).is_some()
+                && shard.get(7, &policy, probe("k1")).is_some()
+        );
         // Everything idle past the horizon goes.
         shard.purge_expired(now + 61_000_000);
         assert_eq!(shard.table.len(), 0);
@@ -465,12 +561,15 @@ mod tests {
             .clock(crate::FakeClock::new())
             .build();
         let policy = Policy::single("l", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
-        let base = "x".repeat(22);
+        let base = "x".repeat(INLINE_KEY);
         let keys = [
             base.clone(),
             format!("{base}a"),
             format!("{base}b"),
-            "x".repeat(21),
+            "x".repeat(INLINE_KEY - 1),
+            "x\u{0}".to_owned(),
+            "x".to_owned(),
+            "ключ".to_owned(),
             String::new(),
         ];
         for k in &keys {
