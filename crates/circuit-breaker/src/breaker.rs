@@ -184,14 +184,60 @@ impl fmt::Debug for CircuitBreaker {
     }
 }
 
+/// What a permit is, packed in one integer: bits 0-1 the variant of [`View`], bit 2
+/// `may_trip`, bits 8.. the generation (21 bits, as in the state word). One integer is
+/// written and read whole; a small enum with fields was assembled byte by byte on the stack
+/// and read back as a word, which stalled the CPU's store forwarding on the hot path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Kind(u32);
+
+/// A [`Kind`] taken apart, for matching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+enum View {
     /// Disabled: nothing is recorded.
     Pass,
-    /// Closed or metrics-only: recorded in the window of generation `gen`.
+    /// Closed or metrics-only: recorded in the window of generation `generation`.
     Normal { generation: u32, may_trip: bool },
-    /// A half-open probe of generation `gen`.
+    /// A half-open probe of generation `generation`.
     Probe { generation: u32 },
+}
+
+impl Kind {
+    const PASS: Self = Self(0);
+
+    #[inline]
+    const fn normal(generation: u32, may_trip: bool) -> Self {
+        Self(1 | (may_trip as u32) << 2 | generation << 8)
+    }
+
+    #[inline]
+    const fn probe(generation: u32) -> Self {
+        Self(2 | generation << 8)
+    }
+
+    #[inline]
+    const fn is_probe(self) -> bool {
+        self.0 & 3 == 2
+    }
+
+    #[inline]
+    const fn view(self) -> View {
+        let generation = self.0 >> 8;
+        match self.0 & 3 {
+            1 => View::Normal {
+                generation,
+                may_trip: self.0 & 4 != 0,
+            },
+            2 => View::Probe { generation },
+            _ => View::Pass,
+        }
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.view().fmt(f)
+    }
 }
 
 /// Permission to make one call, from [`CircuitBreaker::try_acquire`]. Report how the call
@@ -200,7 +246,7 @@ enum Kind {
 #[must_use = "a permit must be recorded, or dropping it gives a probe slot back"]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
-    /// Set to `Kind::Pass` once recorded, so that dropping a recorded permit does nothing
+    /// Set to `Kind::PASS` once recorded, so that dropping a recorded permit does nothing
     /// (no separate flag: a smaller permit moves in fewer, whole-word copies).
     kind: Kind,
     /// Clock reading at admission, taken only when slow-call detection is on. (An `Option`
@@ -220,7 +266,7 @@ impl fmt::Debug for Permit<'_> {
 impl Permit<'_> {
     /// Whether this permit is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        matches!(self.kind, Kind::Probe { .. })
+        self.kind.is_probe()
     }
 
     /// Record how the call went. For a shared breaker's probe the result is reported to the
@@ -260,7 +306,7 @@ impl Permit<'_> {
     }
 
     async fn record_async(mut self, outcome: Outcome) {
-        let kind = std::mem::replace(&mut self.kind, Kind::Pass);
+        let kind = std::mem::replace(&mut self.kind, Kind::PASS);
         let elapsed = self.elapsed();
         match self.lease.take() {
             Some(lease) => {
@@ -282,7 +328,7 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if matches!(self.kind, Kind::Probe { .. }) || self.lease.is_some() {
+        if self.kind.is_probe() || self.lease.is_some() {
             abandon(self.breaker, self.kind, self.lease.take());
         }
     }
@@ -291,7 +337,7 @@ impl Drop for Permit<'_> {
 /// Give back what an unrecorded permit holds (fields by value, as in `Permit::record`).
 #[cold]
 fn abandon(breaker: &CircuitBreaker, kind: Kind, lease: Option<Box<crate::store::Lease>>) {
-    if let Kind::Probe { generation } = kind {
+    if let View::Probe { generation } = kind.view() {
         breaker.release_probe(generation);
     }
     if let Some(lease) = lease {
@@ -562,8 +608,7 @@ impl CircuitBreaker {
 
     #[inline]
     fn needs_lease(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Probe { .. })
-            && self.inner.shared.as_ref().is_some_and(Shared::is_active)
+        kind.is_probe() && self.inner.shared.as_ref().is_some_and(Shared::is_active)
     }
 
     /// Lease a fleet-wide probe permit for a local probe `permit`.
@@ -580,7 +625,7 @@ impl CircuitBreaker {
                         FailureMode::Local => {}
                         FailureMode::FailOpen => {
                             drop(permit);
-                            return Ok(self.permit(Kind::Pass));
+                            return Ok(self.permit(Kind::PASS));
                         }
                         FailureMode::FailClosed => {
                             drop(permit);
@@ -597,7 +642,7 @@ impl CircuitBreaker {
 
     #[inline]
     fn permit(&self, kind: Kind) -> Permit<'_> {
-        let started = if self.inner.slow_nanos != 0 && kind != Kind::Pass {
+        let started = if self.inner.slow_nanos != 0 && kind != Kind::PASS {
             Some(self.inner.clock.now())
         } else {
             None
@@ -625,11 +670,8 @@ impl CircuitBreaker {
                         State::ForcedOpen => {
                             Err(self.reject(State::ForcedOpen, inner.config.open_wait))
                         }
-                        State::Disabled => Ok(Kind::Pass),
-                        _ => Ok(Kind::Normal {
-                            generation: w.generation,
-                            may_trip: false,
-                        }),
+                        State::Disabled => Ok(Kind::PASS),
+                        _ => Ok(Kind::normal(w.generation, false)),
                     };
                 }
                 FailureMode::FailClosed => {
@@ -642,18 +684,12 @@ impl CircuitBreaker {
             match w.state {
                 State::Closed => {
                     let may_trip = inner.shared.as_ref().is_none_or(|s| !s.is_active());
-                    return Ok(Kind::Normal {
-                        generation: w.generation,
-                        may_trip,
-                    });
+                    return Ok(Kind::normal(w.generation, may_trip));
                 }
                 State::MetricsOnly => {
-                    return Ok(Kind::Normal {
-                        generation: w.generation,
-                        may_trip: false,
-                    });
+                    return Ok(Kind::normal(w.generation, false));
                 }
-                State::Disabled => return Ok(Kind::Pass),
+                State::Disabled => return Ok(Kind::PASS),
                 State::ForcedOpen => {
                     return Err(self.reject(State::ForcedOpen, inner.config.open_wait));
                 }
@@ -674,9 +710,7 @@ impl CircuitBreaker {
                         continue;
                     }
                     if self.take_probe(w.generation) {
-                        return Ok(Kind::Probe {
-                            generation: w.generation,
-                        });
+                        return Ok(Kind::probe(w.generation));
                     }
                     let retry =
                         Duration::from_millis(w.deadline_ms - now).min(inner.config.open_wait);
@@ -744,8 +778,18 @@ impl CircuitBreaker {
         }
     }
 
-    #[cold]
+    /// A rejection. The error is built here, inline, and only the counting is out of line:
+    /// an error returned through memory from a cold function came back through a
+    /// store-to-load stall that cost more than the rest of the rejection.
+    #[inline]
     fn reject<E>(&self, state: State, retry_after: Duration) -> Error<E> {
+        self.count_rejection(state, retry_after);
+        Error::Rejected { state, retry_after }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count_rejection(&self, state: State, retry_after: Duration) {
         self.inner.metrics.rejected.increment(1);
         if self.inner.observed.load(Ordering::Relaxed) {
             let _ = self.inner.events.send(Event::Rejected {
@@ -754,7 +798,6 @@ impl CircuitBreaker {
                 retry_after,
             });
         }
-        Error::Rejected { state, retry_after }
     }
 
     #[inline]
@@ -766,9 +809,9 @@ impl CircuitBreaker {
             Outcome::Failure => inner.metrics.failure.increment(1),
             Outcome::Ignored => inner.metrics.ignored.increment(1),
         }
-        match kind {
-            Kind::Pass => {}
-            Kind::Normal {
+        match kind.view() {
+            View::Pass => {}
+            View::Normal {
                 generation,
                 may_trip,
             } => {
@@ -814,7 +857,7 @@ impl CircuitBreaker {
                     self.trip(w, now, reason);
                 }
             }
-            Kind::Probe { generation } => {
+            View::Probe { generation } => {
                 if outcome == Outcome::Ignored {
                     self.release_probe(generation);
                     return;
@@ -877,7 +920,7 @@ impl CircuitBreaker {
         let generation = lease.local_generation;
         if !shared.complete_probe(self, *lease, outcome).await {
             // The store did not answer: decide locally, as if there were no store.
-            self.finish(Kind::Probe { generation }, outcome, None);
+            self.finish(Kind::probe(generation), outcome, None);
         } else if outcome == Outcome::Ignored {
             self.release_probe(generation);
         }
