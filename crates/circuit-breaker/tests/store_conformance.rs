@@ -32,3 +32,16 @@ async fn redis_cluster_store_conforms() {
     // The breakers' keys really are spread over the masters: each name hashes on its own tag.
     drop(cluster);
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms_over_tls() {
+    let server =
+        tokio::task::spawn_blocking(|| palisade_testkit::RedisServer::builder().tls().start())
+            .await
+            .unwrap()
+            .expect("a TLS redis-server");
+    assert!(server.url().starts_with("rediss://"));
+    let store = palisade_circuit_breaker::RedisStore::new(server.pool());
+    common::conformance::run(Arc::new(store), "tls").await;
+}

@@ -41,9 +41,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// share; scripts are sent with `EVALSHA` and loaded again after a `NOSCRIPT` (a restarted
 /// or failed-over server).
 ///
-/// TLS (`rediss://`) is a property of the pool or client you build: enable the TLS feature
-/// of `redis`/`deadpool-redis` (`tls-rustls` or `tls-native-tls`) in your own `Cargo.toml`
-/// and pass the pool here.
+/// TLS (`rediss://`): enable this crate's `tls` feature (rustls with the ring provider),
+/// then build the pool from a `rediss://` URL (server certificate checked against the
+/// system's roots) or from a `redis::Client::build_with_tls` client with your own CA.
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum RedisConnection {

@@ -54,6 +54,30 @@ conformance_tests!(
     replacing_an_entry_keeps_one,
 );
 
+/// `rediss://`: the store over TLS against a TLS `redis-server` with a throwaway CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_over_tls() {
+    let server = tokio::task::spawn_blocking(|| RedisServer::builder().tls().start())
+        .await
+        .unwrap()
+        .expect("a TLS redis-server");
+    assert!(server.url().starts_with("rediss://"));
+    let config = RedisConfig {
+        poll_block: Duration::from_millis(20),
+        ..RedisConfig::default()
+    };
+    let store = || async {
+        Arc::new(
+            RedisStore::connect_with(server.pool(), config.clone())
+                .await
+                .unwrap(),
+        )
+    };
+    conformance::exact_hit_needs_no_embedding(store().await).await;
+    conformance::tenants_namespaces_models_and_contexts_never_mix(store().await).await;
+    conformance::invalidation_by_entry_tag_namespace_and_tenant(store().await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_see_each_others_inserts_and_invalidations() {
     let redis = test_redis().unwrap();

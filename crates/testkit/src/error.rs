@@ -13,6 +13,15 @@ pub enum Error {
         /// The binary that was looked for.
         binary: PathBuf,
     },
+    /// `openssl` (used to make a TLS server's throwaway certificates) is not installed.
+    #[error(
+        "`openssl` was not found on PATH; it makes the certificates of a TLS test server \
+         (Debian/Ubuntu: `apt-get install openssl`)"
+    )]
+    OpensslNotFound,
+    /// `openssl` failed while making a TLS server's certificates.
+    #[error("making the TLS test certificates failed: {0}")]
+    Certificates(String),
     /// `redis-server` started but exited or never answered `PING`.
     #[error("redis-server on port {port} did not come up: {reason}\n--- last log lines ---\n{log}")]
     RedisStartFailed {

@@ -32,6 +32,7 @@ mod postgres;
 mod prefix;
 mod server;
 mod test_redis;
+mod tls;
 
 pub use cluster::RedisCluster;
 pub use error::{Error, Result};

@@ -21,6 +21,7 @@ pub struct RedisServerBuilder {
     binary: PathBuf,
     port: Option<u16>,
     args: Vec<OsString>,
+    tls: bool,
 }
 
 impl Default for RedisServerBuilder {
@@ -29,6 +30,7 @@ impl Default for RedisServerBuilder {
             binary: PathBuf::from("redis-server"),
             port: None,
             args: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -53,6 +55,15 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Serve TLS only (`rediss://`), with a throwaway CA and a server certificate for
+    /// `127.0.0.1` and `localhost` made by `openssl` in the server's directory. Clients
+    /// from [`RedisServer::client`] and [`RedisServer::pool`] trust that CA;
+    /// [`RedisServer::ca_cert_pem`] gives it to others.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Start the server and wait until it answers `PING`.
     ///
     /// # Errors
@@ -62,6 +73,11 @@ impl RedisServerBuilder {
         let dir = tempfile::Builder::new()
             .prefix("palisade-redis-")
             .tempdir()?;
+        let tls = if self.tls {
+            Some(crate::tls::make_certificates(dir.path())?)
+        } else {
+            None
+        };
         let mut server = RedisServer {
             binary: self.binary,
             args: self.args,
@@ -69,6 +85,7 @@ impl RedisServerBuilder {
             dir,
             child: None,
             generation: Arc::new(AtomicU64::new(0)),
+            tls,
         };
         if let Some(port) = self.port {
             server.port = port;
@@ -115,6 +132,7 @@ pub struct RedisServer {
     // Bumped whenever the process is replaced, so that a delayed SIGCONT from `pause` never
     // reaches a later process (or an unrelated one that reused the pid).
     generation: Arc<AtomicU64>,
+    tls: Option<crate::tls::Certificates>,
 }
 
 impl RedisServer {
@@ -136,9 +154,20 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` for a [TLS](RedisServerBuilder::tls)
+    /// server (whose certificate only clients that trust [`Self::ca_cert_pem`] accept).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM of the CA that signed a TLS server's certificate (`None` without TLS).
+    pub fn ca_cert_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_slice())
     }
 
     /// The directory the server runs in (its log file is `redis.log` there).
@@ -146,16 +175,31 @@ impl RedisServer {
         self.dir.path()
     }
 
-    /// A `redis::Client` for this server.
+    /// A `redis::Client` for this server (trusting the test CA for a TLS server).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("a redis://127.0.0.1:PORT URL is always valid")
+        match &self.tls {
+            None => redis::Client::open(self.url())
+                .expect("a redis://127.0.0.1:PORT URL is always valid"),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca_pem.clone()),
+                },
+            )
+            .expect("the kit's own CA certificate is valid PEM"),
+        }
     }
 
-    /// A `deadpool_redis::Pool` for this server (the handle Palisade's Redis backends take).
+    /// A `deadpool_redis::Pool` for this server (the handle Palisade's Redis backends take),
+    /// trusting the test CA for a TLS server.
     pub fn pool(&self) -> deadpool_redis::Pool {
-        deadpool_redis::Config::from_url(self.url())
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .expect("a pool for a valid URL with the tokio runtime always builds")
+        let manager = deadpool_redis::Manager::new(self.client().get_connection_info().clone())
+            .expect("connection info from a built client is valid");
+        deadpool_redis::Pool::builder(manager)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .expect("a pool with the tokio runtime always builds")
     }
 
     /// The operating-system process id, while the server runs.
@@ -217,9 +261,20 @@ impl RedisServer {
     fn spawn_and_wait(&mut self) -> Result<()> {
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new(&self.binary);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .args(["--tls-auth-clients", "no"]),
+        };
         command
-            .arg("--port")
-            .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")

@@ -195,3 +195,37 @@ async fn test_redis_gives_a_working_server_and_a_private_prefix() {
         .unwrap();
     assert_eq!(value, "world");
 }
+
+#[tokio::test]
+async fn a_tls_server_answers_rediss_clients_that_trust_its_ca() {
+    let server = tokio::task::spawn_blocking(|| RedisServer::builder().tls().start())
+        .await
+        .unwrap()
+        .expect("a TLS redis-server");
+    assert!(server.url().starts_with("rediss://127.0.0.1:"));
+    assert!(
+        server
+            .ca_cert_pem()
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE-----")
+    );
+
+    // Through the pool the backends take, over TLS.
+    let mut conn = server.pool().get().await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+
+    // A client that does not trust the test CA is refused, and so is plain text.
+    let untrusted = redis::Client::open(server.url()).unwrap();
+    assert!(untrusted.get_multiplexed_async_connection().await.is_err());
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{}", server.port())).unwrap();
+    let plain_answer = async {
+        let mut c = plain.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), plain_answer).await;
+    assert!(
+        !matches!(outcome, Ok(Ok(_))),
+        "plain text must not be served"
+    );
+}
