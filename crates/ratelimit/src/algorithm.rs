@@ -274,6 +274,67 @@ pub(crate) fn horizon_micros(algorithm: Algorithm, q: &Quota) -> u64 {
     }
 }
 
+// The single-quota decisions on the bare fields (what `QuotaState::take` runs, and what the
+// memory store runs on its packed states): `check(..).allowed`, then `consume` if admitted.
+
+pub(crate) fn gcra_take(tat: &mut u64, q: &Params, now: u64, cost: u64) -> bool {
+    let now = now.min(MAX_MICROS);
+    let t = q.interval;
+    let new_tat = (*tat).max(now).saturating_add(cost.saturating_mul(t));
+    let admitted = new_tat <= now + q.burst * t;
+    if admitted {
+        *tat = new_tat;
+    }
+    admitted
+}
+
+pub(crate) fn tb_take(tokens: &mut u64, last: &mut u64, q: &Params, now: u64, cost: u64) -> bool {
+    let now = now.min(MAX_MICROS);
+    let (tok, l) = tb_refill(*tokens, *last, now, q.burst, q.interval);
+    let admitted = cost <= tok;
+    if admitted {
+        *tokens = tok - cost;
+        *last = l;
+    }
+    admitted
+}
+
+pub(crate) fn fw_take(window: &mut u64, count: &mut u64, q: &Params, now: u64, cost: u64) -> bool {
+    let now = now.min(MAX_MICROS);
+    let p = q.period;
+    // `now / p <= window` without dividing: only a new window divides.
+    let same = now < window.saturating_add(1).saturating_mul(p);
+    let used = if same { *count } else { 0 };
+    let admitted = used.saturating_add(cost) <= q.limit;
+    if admitted {
+        if !same {
+            *window = now / p;
+        }
+        *count = used.saturating_add(cost);
+    }
+    admitted
+}
+
+pub(crate) fn swc_take(
+    window: &mut u64,
+    prev: &mut u64,
+    curr: &mut u64,
+    q: &Params,
+    now: u64,
+    cost: u64,
+) -> bool {
+    let now = now.min(MAX_MICROS);
+    let p = q.period;
+    let (w, pv, c, now) = counter_window(*window, *prev, *curr, now, p);
+    let admitted = weighted(pv, p, now - w * p) + c.saturating_add(cost) as f64 <= q.limit as f64;
+    if admitted {
+        *window = w;
+        *prev = pv;
+        *curr = c.saturating_add(cost);
+    }
+    admitted
+}
+
 fn tb_refill(tokens: u64, last: u64, now: u64, burst: u64, t: u64) -> (u64, u64) {
     if now <= last {
         return (tokens.min(burst), last);
@@ -546,27 +607,13 @@ impl QuotaState {
     /// the whole decision of a single-quota policy.
     pub(crate) fn take(&mut self, q: &Params, now: u64, cost: u64) -> bool {
         match self {
-            Self::Gcra { tat } => {
-                let now = now.min(MAX_MICROS);
-                let t = q.interval;
-                let new_tat = (*tat).max(now).saturating_add(cost.saturating_mul(t));
-                let admitted = new_tat <= now + q.burst * t;
-                if admitted {
-                    *tat = new_tat;
-                }
-                admitted
+            Self::Gcra { tat } => gcra_take(tat, q, now, cost),
+            Self::TokenBucket { tokens, last } => tb_take(tokens, last, q, now, cost),
+            Self::FixedWindow { window, count } => fw_take(window, count, q, now, cost),
+            Self::SlidingWindowCounter { window, prev, curr } => {
+                swc_take(window, prev, curr, q, now, cost)
             }
-            Self::TokenBucket { tokens, last } => {
-                let now = now.min(MAX_MICROS);
-                let (tok, l) = tb_refill(*tokens, *last, now, q.burst, q.interval);
-                let admitted = cost <= tok;
-                if admitted {
-                    *tokens = tok - cost;
-                    *last = l;
-                }
-                admitted
-            }
-            _ => {
+            Self::SlidingWindowLog { .. } => {
                 let admitted = self.admits(q, now, cost);
                 if admitted {
                     self.consume_with(q, now, cost);

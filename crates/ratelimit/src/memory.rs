@@ -65,6 +65,22 @@ impl States {
         })
     }
 
+    /// [`algorithm::admit_aligned`], run on the packed fields for a single quota.
+    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
+        let [q] = policy.params() else {
+            return self.with_mut(|s| algorithm::admit_aligned(s, policy, now, cost));
+        };
+        match self {
+            Self::Gcra(tat) => algorithm::gcra_take(tat, q, now, cost),
+            Self::TokenBucket(tokens, last) => algorithm::tb_take(tokens, last, q, now, cost),
+            Self::FixedWindow(window, count) => algorithm::fw_take(window, count, q, now, cost),
+            Self::SlidingWindowCounter(window, prev, curr) => {
+                algorithm::swc_take(window, prev, curr, q, now, cost)
+            }
+            Self::Other(v) => algorithm::admit_aligned(v, policy, now, cost),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&[QuotaState]) -> R) -> R {
         match self.unpack() {
             Ok(one) => f(std::slice::from_ref(&one)),
@@ -406,8 +422,7 @@ impl MemoryStore {
             self.per_shard,
             self.rehash(),
         );
-        e.states
-            .with_mut(|s| algorithm::admit_aligned(s, policy, now, cost))
+        e.states.admit(policy, now, cost)
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
