@@ -22,6 +22,9 @@
 //! in-flight calls, which is the same as those calls finishing a moment later. Totals are
 //! kept with wrapping add/sub pairs that always balance, and read back clamped, so a
 //! transiently "negative" total (a subtraction seen before its matching addition) reads as 0.
+//! The time window's `rolled` flag is `Relaxed` for the same reason: it only asks the next
+//! success to evaluate the trip rule, and a success that misses it under concurrency is the
+//! same as one that finished a moment earlier (every failure evaluates the rule anyway).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
