@@ -177,6 +177,21 @@ pub(crate) fn decide_aligned(
     (false, verdicts)
 }
 
+/// [`decide_aligned`] for a policy of one quota, without allocating the verdict list (a
+/// denial by the only quota leaves its verdict as it is).
+pub(crate) fn decide_one(
+    state: &mut QuotaState,
+    q: &Params,
+    now: u64,
+    cost: u64,
+) -> (bool, Verdict) {
+    let v = state.check_with(q, now, cost);
+    if v.allowed {
+        state.consume_with(q, now, cost);
+    }
+    (v.allowed, v)
+}
+
 /// Whether `states` holds one state per quota of `policy`, of the policy's algorithm.
 pub(crate) fn is_aligned(states: &[QuotaState], policy: &Policy) -> bool {
     states.len() == policy.quotas().len()

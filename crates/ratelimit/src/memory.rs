@@ -103,6 +103,21 @@ impl States {
     }
 }
 
+/// Per-quota verdicts, without a list for the usual single quota.
+enum Verdicts {
+    One(algorithm::Verdict),
+    Many(Vec<algorithm::Verdict>),
+}
+
+impl Verdicts {
+    fn as_slice(&self) -> &[algorithm::Verdict] {
+        match self {
+            Self::One(v) => std::slice::from_ref(v),
+            Self::Many(v) => v,
+        }
+    }
+}
+
 /// Keys of up to this many bytes are stored inline.
 const INLINE_KEY: usize = 15;
 
@@ -400,10 +415,18 @@ impl MemoryStore {
                 self.per_shard,
                 self.rehash(),
             );
-            e.states
-                .with_mut(|s| algorithm::decide_aligned(s, policy, now, cost))
+            e.states.with_mut(|s| match (s, policy.params()) {
+                ([one], [q]) => {
+                    let (allowed, v) = algorithm::decide_one(one, q, now, cost);
+                    (allowed, Verdicts::One(v))
+                }
+                (s, _) => {
+                    let (allowed, v) = algorithm::decide_aligned(s, policy, now, cost);
+                    (allowed, Verdicts::Many(v))
+                }
+            })
         };
-        Decision::from_verdicts(policy, allowed, &verdicts, DecisionSource::Store)
+        Decision::from_verdicts(policy, allowed, verdicts.as_slice(), DecisionSource::Store)
     }
 
     /// Only whether a request of `cost` is admitted (consuming it if so), without building a

@@ -467,7 +467,7 @@ proptest! {
                         model[k] = fresh_states(&policy, now);
                         counted[k] = true;
                     }
-                    let (m, _) = decide(&mut model[k], &policy, now, cost);
+                    let (m, verdicts) = decide(&mut model[k], &policy, now, cost);
                     prop_assert_eq!(a, d.allowed, "allow_sync vs acquire_sync, key {}", key);
                     prop_assert_eq!(
                         full.peek_sync(key, &policy),
@@ -475,6 +475,15 @@ proptest! {
                     );
                     if forward {
                         prop_assert_eq!(a, m, "store vs algorithm, key {}", key);
+                        prop_assert_eq!(
+                            &d,
+                            &palisade_ratelimit::Decision::from_verdicts(
+                                &policy,
+                                m,
+                                &verdicts,
+                                palisade_ratelimit::DecisionSource::Store,
+                            )
+                        );
                         let (p, _) = peek(&model[k], &policy, now);
                         prop_assert_eq!(lean.peek_sync(key, &policy).allowed, p);
                     }
