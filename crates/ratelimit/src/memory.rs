@@ -311,7 +311,7 @@ fn evict(table: &mut HashTable<Entry>, now: u64, cap: usize) {
 /// * **Cost**: one [foldhash](https://docs.rs/foldhash) of policy name and key, seeded at
 ///   random per store (so which keys share a shard or a probe sequence cannot be predicted
 ///   from outside; keys whose hashes collide are still told apart by their bytes), one mutex,
-///   one table probe that reads the key inline (keys up to 22 bytes) next to its state, no
+///   one table probe that reads the key inline (keys up to 15 bytes) next to its state, no
 ///   I/O, no allocation for a known key ([`allow_sync`](Self::allow_sync) allocates nothing;
 ///   the [`Decision`] of [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
 ///
