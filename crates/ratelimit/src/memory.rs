@@ -403,21 +403,33 @@ impl MemoryStore {
         |e| hash_of(&self.hasher, e.policy.name(), e.key.as_bytes())
     }
 
+    /// Run `f` on the live entry of (policy, key) under its shard's lock, the entry made
+    /// fresh when missing or idle (what every consuming operation starts with).
+    #[inline]
+    fn with_slot<R>(
+        &self,
+        key: &[u8],
+        policy: &Policy,
+        now: u64,
+        f: impl FnOnce(&mut Entry) -> R,
+    ) -> R {
+        let (h, mut shard) = self.shard(policy, key);
+        f(shard.slot(
+            h,
+            policy,
+            Probe::new(key),
+            now,
+            self.per_shard,
+            self.rehash(),
+        ))
+    }
+
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
     /// I/O, one shard lock).
     pub fn acquire_sync(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
         let now = self.clock.now_micros();
         let key = key.as_bytes();
-        let (allowed, verdicts) = {
-            let (h, mut shard) = self.shard(policy, key);
-            let e = shard.slot(
-                h,
-                policy,
-                Probe::new(key),
-                now,
-                self.per_shard,
-                self.rehash(),
-            );
+        let (allowed, verdicts) = self.with_slot(key, policy, now, |e| {
             e.states.with_mut(|s| match (s, policy.params()) {
                 ([one], [q]) => {
                     let (allowed, v) = algorithm::decide_one(one, q, now, cost);
@@ -428,7 +440,7 @@ impl MemoryStore {
                     (allowed, Verdicts::Many(v))
                 }
             })
-        };
+        });
         Decision::from_verdicts(policy, allowed, verdicts.as_slice(), DecisionSource::Store)
     }
 
@@ -439,16 +451,7 @@ impl MemoryStore {
     pub fn allow_sync(&self, key: &str, policy: &Policy, cost: u64) -> bool {
         let now = self.clock.now_micros();
         let key = key.as_bytes();
-        let (h, mut shard) = self.shard(policy, key);
-        let e = shard.slot(
-            h,
-            policy,
-            Probe::new(key),
-            now,
-            self.per_shard,
-            self.rehash(),
-        );
-        e.states.admit(policy, now, cost)
+        self.with_slot(key, policy, now, |e| e.states.admit(policy, now, cost))
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.

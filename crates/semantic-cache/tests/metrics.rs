@@ -1,7 +1,7 @@
 //! The documented metric names and labels are the ones emitted, through the per-namespace
 //! handles the cache registers once.
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::DebuggingRecorder;
 use palisade_semantic_cache::stats::names;
 use palisade_semantic_cache::{CacheKey, SemanticCache, Usage};
 
@@ -40,21 +40,7 @@ fn lookups_savings_and_vetoes_are_exported_per_namespace() {
         });
     });
 
-    let mut seen = Vec::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let k = key.key();
-        let mut labels: Vec<String> = k
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        seen.push(format!("{}{{{}}} {v}", k.name(), labels.join(",")));
-    }
+    let seen = palisade_testkit::metric_lines(&snapshotter);
     let has = |line: String| assert!(seen.contains(&line), "{line} not in {seen:#?}");
     has(format!(
         "{}{{namespace=support,outcome=exact_hit}} 2",

@@ -8,6 +8,7 @@
 //!   waits for `cluster_state:ok`.
 //! * [`test_redis`] gives a test its Redis: the server at `REDIS_URL` when that is set,
 //!   otherwise a fresh [`RedisServer`]; either way with a [`KeyPrefix`] no other test shares.
+//! * [`metric_lines`] renders what a `metrics` debugging recorder captured, for assertions.
 //! * [`PgSchema`] creates a fresh PostgreSQL schema at `DATABASE_URL`
 //!   (default `postgres://postgres@127.0.0.1/test`) and drops it on drop.
 //!
@@ -30,6 +31,7 @@ mod error;
 mod ports;
 mod postgres;
 mod prefix;
+mod recorded_metrics;
 mod server;
 mod test_redis;
 mod tls;
@@ -38,6 +40,7 @@ pub use cluster::RedisCluster;
 pub use error::{Error, Result};
 pub use postgres::{PgSchema, database_url};
 pub use prefix::KeyPrefix;
+pub use recorded_metrics::metric_lines;
 pub use server::{RedisServer, RedisServerBuilder};
 pub use test_redis::{TestRedis, test_redis};
 
