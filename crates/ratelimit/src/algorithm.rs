@@ -192,12 +192,6 @@ pub(crate) fn decide_one(
     (v.allowed, v)
 }
 
-/// Whether `states` holds one state per quota of `policy`, of the policy's algorithm.
-pub(crate) fn is_aligned(states: &[QuotaState], policy: &Policy) -> bool {
-    states.len() == policy.quotas().len()
-        && states.iter().all(|s| s.algorithm() == policy.algorithm())
-}
-
 /// [`decide`] without the verdicts: whether the request is admitted (and, if so, consumed
 /// from every quota). Allocates nothing; for hot paths that need no per-quota details.
 pub fn admit(states: &mut Vec<QuotaState>, policy: &Policy, now: u64, cost: u64) -> bool {
@@ -287,6 +281,21 @@ pub(crate) fn horizon_micros(algorithm: Algorithm, q: &Quota) -> u64 {
         Algorithm::FixedWindow | Algorithm::SlidingWindowLog => p,
         Algorithm::SlidingWindowCounter => p.saturating_mul(2),
     }
+}
+
+/// When a key's states become equivalent to fresh ones if no request comes (every decision,
+/// peek and refund from then on is the same as on [`fresh_states`]), and how many units they
+/// still hold at `now`. A store may drop a key from that time on without admitting anything
+/// extra, and, when it must forget live keys, forgets first those holding least (what
+/// forgetting gives back), soonest expiring among equals.
+pub(crate) fn expiry(states: &[QuotaState], params: &[Params], now: u64) -> (u64, u64) {
+    states
+        .iter()
+        .zip(params)
+        .map(|(s, q)| s.expiry(q, now))
+        .fold((0, 0), |(at, held), (a, h)| {
+            (at.max(a), held.saturating_add(h))
+        })
 }
 
 // The single-quota decisions on the bare fields (what `QuotaState::take` runs, and what the
@@ -417,6 +426,43 @@ impl QuotaState {
             Self::FixedWindow { .. } => Algorithm::FixedWindow,
             Self::SlidingWindowLog { .. } => Algorithm::SlidingWindowLog,
             Self::SlidingWindowCounter { .. } => Algorithm::SlidingWindowCounter,
+        }
+    }
+
+    /// [`expiry`] of one quota's state.
+    pub(crate) fn expiry(&self, q: &Params, now: u64) -> (u64, u64) {
+        let now = now.min(MAX_MICROS);
+        let p = q.period;
+        match *self {
+            // Any `tat <= now` behaves as the fresh `tat = 0`.
+            Self::Gcra { tat } => (tat, tat.saturating_sub(now).div_ceil(q.interval)),
+            // Full once the refill reaches `burst`; a full bucket counted at an earlier
+            // `last` refills to the same `(burst, now)` a fresh one holds.
+            Self::TokenBucket { tokens, last } => {
+                let missing = q.burst.saturating_sub(tokens);
+                let (now_tokens, _) = tb_refill(tokens, last, now, q.burst, q.interval);
+                (
+                    last.saturating_add(missing.saturating_mul(q.interval)),
+                    q.burst.saturating_sub(now_tokens),
+                )
+            }
+            Self::FixedWindow { window, count } => {
+                let end = window.saturating_add(1).saturating_mul(p);
+                (end, if now < end { count } else { 0 })
+            }
+            // `curr` still weighs during the next window; `prev` only during this one.
+            Self::SlidingWindowCounter { window, prev, curr } => {
+                let windows = if curr > 0 { 2 } else { 1 };
+                let (_, prev_now, curr_now, _) = counter_window(window, prev, curr, now, p);
+                (
+                    window.saturating_add(windows).saturating_mul(p),
+                    prev_now.saturating_add(curr_now),
+                )
+            }
+            Self::SlidingWindowLog { ref entries, sum } => (
+                entries.back().map_or(0, |&(ts, _)| ts.saturating_add(p)),
+                sum,
+            ),
         }
     }
 
@@ -734,6 +780,68 @@ impl QuotaState {
                         entries.pop_back();
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    fn quota() -> impl Strategy<Value = Quota> {
+        (
+            1u64..12,
+            prop_oneof![Just(1_000u64), Just(250u64), Just(1_500u64)],
+            prop::option::of(1u64..20),
+        )
+            .prop_map(|(limit, ms, burst)| {
+                let q = Quota::new(limit, Duration::from_millis(ms));
+                burst.map_or(q, |b| q.with_burst(b))
+            })
+    }
+
+    proptest! {
+        /// From its expiry time on, a key's states answer every request, peek and refund
+        /// exactly as fresh states do (what lets the memory store drop it then).
+        #[test]
+        fn expired_states_behave_as_fresh(
+            alg in prop::sample::select(Algorithm::ALL.to_vec()),
+            quotas in prop::collection::vec(quota(), 1..3),
+            steps in prop::collection::vec(
+                (prop_oneof![Just(0u64), 0u64..50_000, 0u64..2_000_000], 0u64..4, any::<bool>()),
+                1..80,
+            ),
+            after in prop_oneof![Just(0u64), 0u64..3_000_000],
+            costs in prop::collection::vec(0u64..25, 1..6),
+        ) {
+            let mut b = Policy::builder("p").algorithm(alg);
+            for (i, q) in quotas.into_iter().enumerate() {
+                b = b.quota(format!("q{i}"), q);
+            }
+            let policy = b.build().unwrap();
+            let mut now = T0;
+            let mut states = fresh_states(&policy, now);
+            for &(dt, cost, give_back) in &steps {
+                now += dt;
+                if give_back {
+                    refund(&mut states, &policy, now, cost);
+                } else {
+                    let _ = decide(&mut states, &policy, now, cost);
+                }
+            }
+            let (at, _) = expiry(&states, policy.params(), now);
+            let later = at.max(now) + after;
+            let mut fresh = fresh_states(&policy, later);
+            prop_assert_eq!(peek(&states, &policy, later), peek(&fresh, &policy, later));
+            for cost in costs {
+                let a = decide(&mut states, &policy, later, cost);
+                let b = decide(&mut fresh, &policy, later, cost);
+                prop_assert_eq!(a, b, "cost {}", cost);
             }
         }
     }

@@ -12,96 +12,234 @@ use crate::algorithm::{self, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::Result;
-use crate::quota::Policy;
+use crate::quota::{Algorithm, Policy};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
 
 const MAX_SHARDS: usize = 64;
 
-/// A key's quota states. A single quota of the four fixed-size algorithms is kept inline
-/// (at most three words, so that a whole entry fits one cache line); several quotas or a
-/// sliding-window log live behind one pointer.
-#[derive(Debug)]
-enum States {
-    Gcra(u64),
-    TokenBucket(u64, u64),
-    FixedWindow(u64, u64),
-    SlidingWindowCounter(u64, u64, u64),
-    Other(Box<[QuotaState]>),
+/// How a policy's keys are kept: each shape has its own table in every shard, so that an
+/// entry is no larger than its policy needs (a GCRA key is half a cache line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Gcra,
+    Pair,
+    Counter,
+    List,
 }
 
-impl States {
+impl Shape {
+    fn of(policy: &Policy) -> Self {
+        if policy.params().len() != 1 {
+            return Self::List;
+        }
+        match policy.algorithm() {
+            Algorithm::Gcra => Self::Gcra,
+            Algorithm::TokenBucket | Algorithm::FixedWindow => Self::Pair,
+            Algorithm::SlidingWindowCounter => Self::Counter,
+            Algorithm::SlidingWindowLog => Self::List,
+        }
+    }
+}
+
+/// One shape of a key's states, read with the policy its entry holds (which has that shape).
+trait Packed: Sized + std::fmt::Debug {
+    /// Aligns [`Entry`] so that no entry of this shape straddles two cache lines when its
+    /// size divides 64 (the table aligns its buckets to the entry's alignment).
+    type Align: std::fmt::Debug;
+    fn table(shard: &Shard) -> &HashTable<Entry<Self>>;
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>>;
+    fn fresh(policy: &Policy, now: u64) -> Self;
+    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R;
+    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R;
+    /// [`algorithm::admit_aligned`] on the packed fields.
+    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool;
+}
+
+/// Zero-sized: gives an entry of four words the alignment of its size.
+#[derive(Debug)]
+#[repr(align(32))]
+struct Align32;
+
+/// A single GCRA quota: the theoretical arrival time.
+#[derive(Debug)]
+struct GcraState(u64);
+
+/// A single token bucket `(tokens, last)` or fixed window `(window, count)`.
+#[derive(Debug)]
+struct PairState(u64, u64);
+
+/// A single sliding-window counter `(window, prev, curr)`.
+#[derive(Debug)]
+struct CounterState(u64, u64, u64);
+
+/// Several quotas, or a sliding-window log, behind one pointer.
+#[derive(Debug)]
+struct ListState(Box<[QuotaState]>);
+
+/// The only fresh state of a single-quota policy (its shape guarantees one).
+fn fresh_one(policy: &Policy, now: u64) -> Option<QuotaState> {
+    let mut v = algorithm::fresh_states(policy, now);
+    if v.len() == 1 { v.pop() } else { None }
+}
+
+/// Runs `f` on one unpacked state and stores the result back with `store`.
+fn on_one<R>(
+    one: QuotaState,
+    f: impl FnOnce(&mut [QuotaState]) -> R,
+    store: impl FnOnce(QuotaState),
+) -> R {
+    let mut one = [one];
+    let r = f(&mut one);
+    let [one] = one;
+    store(one);
+    r
+}
+
+impl Packed for GcraState {
+    type Align = Align32;
+    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
+        &shard.gcra
+    }
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
+        &mut shard.gcra
+    }
     fn fresh(policy: &Policy, now: u64) -> Self {
-        let mut v = algorithm::fresh_states(policy, now);
-        if v.len() == 1
-            && let Some(one) = v.pop()
-        {
-            return Self::from_state(one);
-        }
-        Self::Other(v.into_boxed_slice())
-    }
-
-    fn from_state(s: QuotaState) -> Self {
-        match s {
-            QuotaState::Gcra { tat } => Self::Gcra(tat),
-            QuotaState::TokenBucket { tokens, last } => Self::TokenBucket(tokens, last),
-            QuotaState::FixedWindow { window, count } => Self::FixedWindow(window, count),
-            QuotaState::SlidingWindowCounter { window, prev, curr } => {
-                Self::SlidingWindowCounter(window, prev, curr)
-            }
-            other => Self::Other(Box::new([other])),
+        match fresh_one(policy, now) {
+            Some(QuotaState::Gcra { tat }) => Self(tat),
+            _ => Self(0),
         }
     }
-
-    /// The inline state as the algorithms' type, or the boxed ones.
-    fn unpack(&self) -> Result<QuotaState, &[QuotaState]> {
-        Ok(match *self {
-            Self::Gcra(tat) => QuotaState::Gcra { tat },
-            Self::TokenBucket(tokens, last) => QuotaState::TokenBucket { tokens, last },
-            Self::FixedWindow(window, count) => QuotaState::FixedWindow { window, count },
-            Self::SlidingWindowCounter(window, prev, curr) => {
-                QuotaState::SlidingWindowCounter { window, prev, curr }
+    fn with<R>(&self, _: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[QuotaState::Gcra { tat: self.0 }])
+    }
+    fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        on_one(QuotaState::Gcra { tat: self.0 }, f, |s| {
+            if let QuotaState::Gcra { tat } = s {
+                self.0 = tat;
             }
-            Self::Other(ref v) => return Err(v),
         })
     }
+    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
+        match policy.params() {
+            [q] => algorithm::gcra_take(&mut self.0, q, now, cost),
+            _ => false,
+        }
+    }
+}
 
-    /// [`algorithm::admit_aligned`], run on the packed fields for a single quota.
+impl Packed for PairState {
+    type Align = u64;
+    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
+        &shard.pair
+    }
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
+        &mut shard.pair
+    }
+    fn fresh(policy: &Policy, now: u64) -> Self {
+        match fresh_one(policy, now) {
+            Some(QuotaState::TokenBucket { tokens, last }) => Self(tokens, last),
+            Some(QuotaState::FixedWindow { window, count }) => Self(window, count),
+            _ => Self(0, 0),
+        }
+    }
+    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[self.unpack(algorithm)])
+    }
+    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        on_one(self.unpack(algorithm), f, |s| match s {
+            QuotaState::TokenBucket { tokens, last } => *self = Self(tokens, last),
+            QuotaState::FixedWindow { window, count } => *self = Self(window, count),
+            _ => {}
+        })
+    }
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         let [q] = policy.params() else {
-            return self.with_mut(|s| algorithm::admit_aligned(s, policy, now, cost));
+            return false;
         };
-        match self {
-            Self::Gcra(tat) => algorithm::gcra_take(tat, q, now, cost),
-            Self::TokenBucket(tokens, last) => algorithm::tb_take(tokens, last, q, now, cost),
-            Self::FixedWindow(window, count) => algorithm::fw_take(window, count, q, now, cost),
-            Self::SlidingWindowCounter(window, prev, curr) => {
-                algorithm::swc_take(window, prev, curr, q, now, cost)
+        let Self(a, b) = self;
+        match policy.algorithm() {
+            Algorithm::TokenBucket => algorithm::tb_take(a, b, q, now, cost),
+            _ => algorithm::fw_take(a, b, q, now, cost),
+        }
+    }
+}
+
+impl PairState {
+    fn unpack(&self, algorithm: Algorithm) -> QuotaState {
+        let Self(a, b) = *self;
+        match algorithm {
+            Algorithm::TokenBucket => QuotaState::TokenBucket { tokens: a, last: b },
+            _ => QuotaState::FixedWindow {
+                window: a,
+                count: b,
+            },
+        }
+    }
+}
+
+impl Packed for CounterState {
+    type Align = u64;
+    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
+        &shard.counter
+    }
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
+        &mut shard.counter
+    }
+    fn fresh(policy: &Policy, now: u64) -> Self {
+        match fresh_one(policy, now) {
+            Some(QuotaState::SlidingWindowCounter { window, prev, curr }) => {
+                Self(window, prev, curr)
             }
-            Self::Other(v) => algorithm::admit_aligned(v, policy, now, cost),
+            _ => Self(0, 0, 0),
         }
     }
-
-    fn with<R>(&self, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        match self.unpack() {
-            Ok(one) => f(std::slice::from_ref(&one)),
-            Err(many) => f(many),
-        }
+    fn with<R>(&self, _: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[self.unpack()])
     }
-
-    fn with_mut<R>(&mut self, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        let Ok(one) = self.unpack() else {
-            return match self {
-                Self::Other(v) => f(v),
-                _ => f(&mut []),
-            };
+    fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        on_one(self.unpack(), f, |s| {
+            if let QuotaState::SlidingWindowCounter { window, prev, curr } = s {
+                *self = Self(window, prev, curr);
+            }
+        })
+    }
+    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
+        let [q] = policy.params() else {
+            return false;
         };
-        let mut one = [one];
-        let r = f(&mut one);
-        let [one] = one;
-        *self = Self::from_state(one);
-        r
+        let Self(window, prev, curr) = self;
+        algorithm::swc_take(window, prev, curr, q, now, cost)
+    }
+}
+
+impl CounterState {
+    fn unpack(&self) -> QuotaState {
+        let Self(window, prev, curr) = *self;
+        QuotaState::SlidingWindowCounter { window, prev, curr }
+    }
+}
+
+impl Packed for ListState {
+    type Align = u64;
+    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
+        &shard.list
+    }
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
+        &mut shard.list
+    }
+    fn fresh(policy: &Policy, now: u64) -> Self {
+        Self(algorithm::fresh_states(policy, now).into_boxed_slice())
+    }
+    fn with<R>(&self, _: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&self.0)
+    }
+    fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        f(&mut self.0)
+    }
+    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
+        algorithm::admit_aligned(&mut self.0, policy, now, cost)
     }
 }
 
@@ -180,122 +318,168 @@ impl KeyBuf {
 }
 
 /// One (policy, key) pair. The policy is held as the policy object itself (one pointer): the
-/// usual call passes that same object, so identity is a pointer comparison, the shape check
-/// is skipped, and its idle horizon is at hand for expiry.
+/// usual call passes that same object, so identity is a pointer comparison, and it says how
+/// to read the packed state.
 #[derive(Debug)]
-#[repr(align(64))]
-struct Entry {
+struct Entry<S: Packed> {
+    _align: [S::Align; 0],
     policy: Policy,
     key: KeyBuf,
-    last_seen: u64,
-    states: States,
+    state: S,
 }
 
-// One cache line per entry (the table aligns its buckets to the entry's alignment).
+// A GCRA entry is half a cache line, and never straddles two.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+const _: () = {
+    assert!(std::mem::size_of::<Entry<GcraState>>() == 32);
+    assert!(std::mem::align_of::<Entry<GcraState>>() == 32);
+    assert!(std::mem::size_of::<Entry<PairState>>() == 40);
+};
 
-impl Entry {
+impl<S: Packed> Entry<S> {
     fn is(&self, policy: &Policy, key: Probe<'_>) -> bool {
         self.key.matches(key) && (self.policy.same(policy) || self.policy.name() == policy.name())
     }
 
-    fn is_idle(&self, now: u64) -> bool {
-        now.saturating_sub(self.last_seen) > self.policy.idle_micros()
+    /// When the state turns equivalent to a fresh one, and what it holds at `now`.
+    fn expiry(&self, now: u64) -> (u64, u64) {
+        let policy = &self.policy;
+        self.state.with(policy.algorithm(), |s| {
+            algorithm::expiry(s, policy.params(), now)
+        })
+    }
+
+    /// Whether `policy` reads this entry's state as it is: same algorithm, as many quotas.
+    fn is_aligned(&self, policy: &Policy) -> bool {
+        self.policy.same(policy)
+            || (self.policy.algorithm() == policy.algorithm()
+                && self.policy.params().len() == policy.params().len())
     }
 }
 
-/// One shard's entries, found by the store's hash of (policy name, key) and told apart by
-/// comparing both, so two keys whose hashes collide still never share state.
+/// One shard's entries, one table per [`Shape`], found by the store's hash of (policy name,
+/// key) and told apart by comparing both, so two keys whose hashes collide still never share
+/// state.
 #[derive(Debug, Default)]
 struct Shard {
-    table: HashTable<Entry>,
+    gcra: HashTable<Entry<GcraState>>,
+    pair: HashTable<Entry<PairState>>,
+    counter: HashTable<Entry<CounterState>>,
+    list: HashTable<Entry<ListState>>,
 }
 
 impl Shard {
-    fn get(&self, h: u64, policy: &Policy, key: Probe<'_>) -> Option<&Entry> {
-        self.table.find(h, |e| e.is(policy, key))
+    fn len(&self) -> usize {
+        self.gcra.len() + self.pair.len() + self.counter.len() + self.list.len()
     }
 
-    fn get_mut(&mut self, h: u64, policy: &Policy, key: Probe<'_>) -> Option<&mut Entry> {
-        self.table.find_mut(h, |e| e.is(policy, key))
+    fn get<S: Packed>(&self, h: u64, policy: &Policy, key: Probe<'_>) -> Option<&Entry<S>> {
+        S::table(self).find(h, |e| e.is(policy, key))
     }
 
+    fn get_mut<S: Packed>(
+        &mut self,
+        h: u64,
+        policy: &Policy,
+        key: Probe<'_>,
+    ) -> Option<&mut Entry<S>> {
+        S::table_mut(self).find_mut(h, |e| e.is(policy, key))
+    }
+
+    /// Forget (policy name, key) in every table: a policy changed under the same name may
+    /// have left it in another shape's.
     fn remove(&mut self, h: u64, policy: &Policy, key: Probe<'_>) {
-        if let Ok(e) = self.table.find_entry(h, |e| e.is(policy, key)) {
-            e.remove();
+        fn rm<S: Packed>(t: &mut HashTable<Entry<S>>, h: u64, policy: &Policy, key: Probe<'_>) {
+            if let Ok(e) = t.find_entry(h, |e| e.is(policy, key)) {
+                e.remove();
+            }
         }
+        rm(&mut self.gcra, h, policy, key);
+        rm(&mut self.pair, h, policy, key);
+        rm(&mut self.counter, h, policy, key);
+        rm(&mut self.list, h, policy, key);
     }
 
-    /// The entry for (policy, key), made fresh when missing, idle past its horizon or left
-    /// by a policy of another shape under the same name. `rehash` gives an entry's hash
-    /// again when the table grows.
-    fn slot(
+    /// Runs `f` on the entry for (policy, key), made fresh when missing or left by a policy
+    /// of another algorithm or number of quotas under the same name. `rehash` gives an
+    /// entry's hash again when the table grows.
+    #[allow(clippy::too_many_arguments)]
+    fn with_slot<S: Packed, R>(
         &mut self,
         h: u64,
         policy: &Policy,
         key: Probe<'_>,
         now: u64,
         cap: usize,
-        rehash: impl Fn(&Entry) -> u64,
-    ) -> &mut Entry {
-        let e = match self.table.find_entry(h, |e| e.is(policy, key)) {
-            Ok(found) => found.into_mut(),
-            Err(absent) => {
-                let table = absent.into_table();
-                if table.len() >= cap {
-                    evict(table, now, cap);
+        rehash: impl Fn(&Entry<S>) -> u64,
+        f: impl FnOnce(&mut Entry<S>) -> R,
+    ) -> R {
+        if let Ok(found) = S::table_mut(self).find_entry(h, |e| e.is(policy, key)) {
+            let e = found.into_mut();
+            if !e.policy.same(policy) {
+                // Another object under the same name: start over if it reads the state
+                // differently, and follow it from now on.
+                if !e.is_aligned(policy) {
+                    e.state = S::fresh(policy, now);
                 }
-                let entry = Entry {
-                    policy: policy.clone(),
-                    key: KeyBuf::new(key),
-                    last_seen: now,
-                    states: States::fresh(policy, now),
-                };
-                return table.insert_unique(h, entry, rehash).into_mut();
+                e.policy = policy.clone();
             }
+            return f(e);
+        }
+        self.remove(h, policy, key);
+        if self.len() >= cap {
+            self.evict(now, cap);
+        }
+        let entry = Entry {
+            _align: [],
+            policy: policy.clone(),
+            key: KeyBuf::new(key),
+            state: S::fresh(policy, now),
         };
-        if e.is_idle(now) {
-            // Idle past its horizon: identical to a fresh state (and keeps the log small).
-            e.states = States::fresh(policy, now);
-        }
-        if !e.policy.same(policy) {
-            // Another object under the same name: start over if its quotas or algorithm
-            // differ, and follow it from now on (its idle horizon included).
-            if !e.states.with(|s| algorithm::is_aligned(s, policy)) {
-                e.states = States::fresh(policy, now);
-            }
-            e.policy = policy.clone();
-        }
-        e.last_seen = e.last_seen.max(now);
-        e
+        f(S::table_mut(self)
+            .insert_unique(h, entry, rehash)
+            .into_mut())
+    }
+
+    /// Keep the entries for which `keep(expires_at, holds)` (at `now`) says so.
+    fn retain(&mut self, now: u64, mut keep: impl FnMut(u64, u64) -> bool) {
+        let mut keep = |(at, held)| keep(at, held);
+        self.gcra.retain(|e| keep(e.expiry(now)));
+        self.pair.retain(|e| keep(e.expiry(now)));
+        self.counter.retain(|e| keep(e.expiry(now)));
+        self.list.retain(|e| keep(e.expiry(now)));
     }
 
     fn purge_expired(&mut self, now: u64) {
-        self.table.retain(|e| !e.is_idle(now));
+        self.retain(now, |at, _| at > now);
     }
-}
 
-/// Drop every idle-expired entry; if the table is still full, drop the least recently seen
-/// eighth.
-fn evict(table: &mut HashTable<Entry>, now: u64, cap: usize) {
-    table.retain(|e| !e.is_idle(now));
-    if table.len() < cap {
-        return;
-    }
-    let mut seen: Vec<u64> = table.iter().map(|e| e.last_seen).collect();
-    let drop_n = (seen.len() / 8).max(1);
-    let (_, cutoff, _) = seen.select_nth_unstable(drop_n - 1);
-    let cutoff = *cutoff;
-    let mut left = drop_n;
-    table.retain(|e| {
-        if left > 0 && e.last_seen <= cutoff {
-            left -= 1;
-            false
-        } else {
-            true
+    /// Drop every expired entry; if the shard is still full, drop the eighth whose states
+    /// hold least (soonest expiring among equals): what forgetting gives back least. A key
+    /// that has spent its quota is the last one forgotten.
+    fn evict(&mut self, now: u64, cap: usize) {
+        self.purge_expired(now);
+        if self.len() < cap {
+            return;
         }
-    });
+        let mut ranks: Vec<(u64, u64)> = Vec::with_capacity(self.len());
+        self.retain(now, |at, held| {
+            ranks.push((held, at));
+            true
+        });
+        let drop_n = (ranks.len() / 8).max(1);
+        let (_, cutoff, _) = ranks.select_nth_unstable(drop_n - 1);
+        let cutoff = *cutoff;
+        let mut left = drop_n;
+        self.retain(now, |at, held| {
+            if left > 0 && (held, at) <= cutoff {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
 }
 
 /// Counters in this process: per-key states in up to 64 sharded hash tables, each shard
@@ -385,7 +569,7 @@ impl MemoryStore {
             .map(|s| {
                 let mut shard = lock(s);
                 shard.purge_expired(now);
-                shard.table.len() as u64
+                shard.len() as u64
             })
             .sum()
     }
@@ -399,47 +583,57 @@ impl MemoryStore {
         (h, lock(&self.shards[i as usize]))
     }
 
-    fn rehash(&self) -> impl Fn(&Entry) -> u64 + '_ {
+    fn rehash<S: Packed>(&self) -> impl Fn(&Entry<S>) -> u64 + '_ {
         |e| hash_of(&self.hasher, e.policy.name(), e.key.as_bytes())
     }
 
-    /// Run `f` on the live entry of (policy, key) under its shard's lock, the entry made
-    /// fresh when missing or idle (what every consuming operation starts with).
+    /// Run `f` on the entry of (policy, key) in the table of shape `S` under its shard's
+    /// lock, the entry made when missing (what every consuming operation starts with).
     #[inline]
-    fn with_slot<R>(
+    fn with_slot<S: Packed, R>(
         &self,
         key: &[u8],
         policy: &Policy,
         now: u64,
-        f: impl FnOnce(&mut Entry) -> R,
+        f: impl FnOnce(&mut Entry<S>) -> R,
     ) -> R {
         let (h, mut shard) = self.shard(policy, key);
-        f(shard.slot(
+        shard.with_slot(
             h,
             policy,
             Probe::new(key),
             now,
             self.per_shard,
             self.rehash(),
-        ))
+            f,
+        )
     }
 
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
     /// I/O, one shard lock).
     pub fn acquire_sync(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
+        match Shape::of(policy) {
+            Shape::Gcra => self.acquire_in::<GcraState>(key, policy, cost),
+            Shape::Pair => self.acquire_in::<PairState>(key, policy, cost),
+            Shape::Counter => self.acquire_in::<CounterState>(key, policy, cost),
+            Shape::List => self.acquire_in::<ListState>(key, policy, cost),
+        }
+    }
+
+    fn acquire_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
         let now = self.clock.now_micros();
-        let key = key.as_bytes();
-        let (allowed, verdicts) = self.with_slot(key, policy, now, |e| {
-            e.states.with_mut(|s| match (s, policy.params()) {
-                ([one], [q]) => {
-                    let (allowed, v) = algorithm::decide_one(one, q, now, cost);
-                    (allowed, Verdicts::One(v))
-                }
-                (s, _) => {
-                    let (allowed, v) = algorithm::decide_aligned(s, policy, now, cost);
-                    (allowed, Verdicts::Many(v))
-                }
-            })
+        let (allowed, verdicts) = self.with_slot::<S, _>(key.as_bytes(), policy, now, |e| {
+            e.state
+                .with_mut(policy.algorithm(), |s| match (s, policy.params()) {
+                    ([one], [q]) => {
+                        let (allowed, v) = algorithm::decide_one(one, q, now, cost);
+                        (allowed, Verdicts::One(v))
+                    }
+                    (s, _) => {
+                        let (allowed, v) = algorithm::decide_aligned(s, policy, now, cost);
+                        (allowed, Verdicts::Many(v))
+                    }
+                })
         });
         Decision::from_verdicts(policy, allowed, verdicts.as_slice(), DecisionSource::Store)
     }
@@ -449,20 +643,43 @@ impl MemoryStore {
     /// [`acquire_sync`](Self::acquire_sync), for hot paths that need no headers or
     /// retry times.
     pub fn allow_sync(&self, key: &str, policy: &Policy, cost: u64) -> bool {
+        match Shape::of(policy) {
+            Shape::Gcra => self.allow_in::<GcraState>(key, policy, cost),
+            Shape::Pair => self.allow_in::<PairState>(key, policy, cost),
+            Shape::Counter => self.allow_in::<CounterState>(key, policy, cost),
+            Shape::List => self.allow_in::<ListState>(key, policy, cost),
+        }
+    }
+
+    #[inline]
+    fn allow_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) -> bool {
         let now = self.clock.now_micros();
-        let key = key.as_bytes();
-        self.with_slot(key, policy, now, |e| e.states.admit(policy, now, cost))
+        self.with_slot::<S, _>(key.as_bytes(), policy, now, |e| {
+            e.state.admit(policy, now, cost)
+        })
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
     pub fn peek_sync(&self, key: &str, policy: &Policy) -> Decision {
+        match Shape::of(policy) {
+            Shape::Gcra => self.peek_in::<GcraState>(key, policy),
+            Shape::Pair => self.peek_in::<PairState>(key, policy),
+            Shape::Counter => self.peek_in::<CounterState>(key, policy),
+            Shape::List => self.peek_in::<ListState>(key, policy),
+        }
+    }
+
+    fn peek_in<S: Packed>(&self, key: &str, policy: &Policy) -> Decision {
         let now = self.clock.now_micros();
         let key = key.as_bytes();
         let (allowed, verdicts) = {
             let (h, shard) = self.shard(policy, key);
-            match shard.get(h, policy, Probe::new(key)) {
-                Some(e) if !e.is_idle(now) => e.states.with(|s| algorithm::peek(s, policy, now)),
-                _ => algorithm::peek(&[], policy, now),
+            match shard.get::<S>(h, policy, Probe::new(key)) {
+                // `peek` reads states of another algorithm or count as fresh.
+                Some(e) => e
+                    .state
+                    .with(e.policy.algorithm(), |s| algorithm::peek(s, policy, now)),
+                None => algorithm::peek(&[], policy, now),
             }
         };
         Decision::from_verdicts(policy, allowed, &verdicts, DecisionSource::Store)
@@ -470,14 +687,24 @@ impl MemoryStore {
 
     /// [`Store::refund`](crate::Store::refund), synchronously.
     pub fn refund_sync(&self, key: &str, policy: &Policy, cost: u64) {
+        match Shape::of(policy) {
+            Shape::Gcra => self.refund_in::<GcraState>(key, policy, cost),
+            Shape::Pair => self.refund_in::<PairState>(key, policy, cost),
+            Shape::Counter => self.refund_in::<CounterState>(key, policy, cost),
+            Shape::List => self.refund_in::<ListState>(key, policy, cost),
+        }
+    }
+
+    fn refund_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) {
         let now = self.clock.now_micros();
         let key = key.as_bytes();
         let (h, mut shard) = self.shard(policy, key);
-        if let Some(e) = shard.get_mut(h, policy, Probe::new(key)) {
-            e.states.with_mut(|s| {
-                if algorithm::is_aligned(s, policy) {
-                    algorithm::refund_aligned(s, policy, now, cost);
-                }
+        if let Some(e) = shard.get_mut::<S>(h, policy, Probe::new(key))
+            && e.is_aligned(policy)
+        {
+            let algorithm = e.policy.algorithm();
+            e.state.with_mut(algorithm, |s| {
+                algorithm::refund_aligned(s, policy, now, cost);
             });
         }
     }
@@ -564,38 +791,57 @@ mod tests {
         let now = 1_700_006_400_000_000;
         let mut shard = Shard::default();
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
+            shard.with_slot::<PairState, _>(
+                7,
+                p,
+                Probe::new(key.as_bytes()),
+                now,
+                1_000,
+                |_| 7,
+                |e| e.state.admit(p, now, cost),
+            )
+        };
         for p in [&policy, &other] {
             for key in &keys {
-                let e = shard.slot(7, p, Probe::new(key.as_bytes()), now, 1_000, |_| 7);
-                assert!(
-                    e.states
-                        .with_mut(|s| algorithm::admit_aligned(s, p, now, 2)),
-                    "{key}"
-                );
+                assert!(admit(&mut shard, p, key, 2), "{key}");
             }
         }
-        assert_eq!(shard.table.len(), 80);
+        assert_eq!(shard.len(), 80);
         for p in [&policy, &other] {
             for key in &keys {
-                let e = shard.get_mut(7, p, Probe::new(key.as_bytes())).unwrap();
-                assert!(
-                    !e.states
-                        .with_mut(|s| algorithm::admit_aligned(s, p, now, 1)),
-                    "{key} shares state"
-                );
+                assert!(!admit(&mut shard, p, key, 1), "{key} shares state");
             }
         }
         let probe = |k: &'static str| Probe::new(k.as_bytes());
         shard.remove(7, &policy, probe("k0"));
-        assert_eq!(shard.table.len(), 79);
-        assert!(shard.get(7, &policy, probe("k0")).is_none());
+        assert_eq!(shard.len(), 79);
+        assert!(shard.get::<PairState>(7, &policy, probe("k0")).is_none());
         assert!(
-            shard.get(7, &other, probe("k0")).is_some()
-                && shard.get(7, &policy, probe("k1")).is_some()
+            shard.get::<PairState>(7, &other, probe("k0")).is_some()
+                && shard.get::<PairState>(7, &policy, probe("k1")).is_some()
         );
-        // Everything idle past the horizon goes.
-        shard.purge_expired(now + 61_000_000);
-        assert_eq!(shard.table.len(), 0);
+        // Everything expires when its window ends.
+        shard.purge_expired(now + 60_000_000);
+        assert_eq!(shard.len(), 0);
+    }
+
+    /// A policy replaced under the same name by one of another shape leaves no stale entry
+    /// behind in the old shape's table.
+    #[test]
+    fn a_changed_shape_moves_the_key() {
+        let store = MemoryStore::builder()
+            .clock(crate::FakeClock::new())
+            .build();
+        let gcra = Policy::single("s", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
+        let fw = Policy::single("s", Algorithm::FixedWindow, Quota::per_minute(1)).unwrap();
+        assert!(store.allow_sync("k", &gcra, 1));
+        assert!(store.allow_sync("k", &fw, 1));
+        assert_eq!(store.key_count(), 1);
+        // Back to GCRA: fresh, not the state left an instant ago.
+        assert!(store.allow_sync("k", &gcra, 1));
+        assert!(!store.allow_sync("k", &gcra, 1));
+        assert_eq!(store.key_count(), 1);
     }
 
     /// Keys longer than the inline buffer, and keys that differ only past it.

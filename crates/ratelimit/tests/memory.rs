@@ -72,26 +72,32 @@ fn idle_keys_expire() {
 }
 
 #[test]
-fn a_full_store_keeps_its_busiest_keys() {
-    let clock = FakeClock::new();
-    let store = MemoryStore::builder()
-        .max_keys(64 * 8)
-        .clock(clock.clone())
-        .build();
-    let policy = Policy::single("busy", Algorithm::FixedWindow, Quota::per_hour(1)).unwrap();
-    assert!(store.acquire_sync("hot", &policy, 1).allowed);
-    for i in 0..10_000 {
-        clock.advance(Duration::from_micros(10));
-        store.acquire_sync(&format!("cold{i}"), &policy, 1);
-        if i % 50 == 0 {
-            // The hot key stays recently seen, so eviction never forgets its count.
-            assert!(
-                !store.acquire_sync("hot", &policy, 1).allowed,
-                "hot key forgotten at {i}"
-            );
+fn a_full_store_keeps_the_keys_that_hold_most() {
+    for alg in Algorithm::ALL {
+        let clock = FakeClock::new();
+        let store = MemoryStore::builder()
+            .max_keys(64 * 8)
+            .clock(clock.clone())
+            .build();
+        let policy = Policy::single("busy", alg, Quota::per_hour(100)).unwrap();
+        // One key spends its whole quota; thousands of others one unit each, filling the
+        // store many times over.
+        for _ in 0..100 {
+            assert!(store.allow_sync("hot", &policy, 1), "{alg}");
         }
+        for i in 0..10_000 {
+            clock.advance(Duration::from_micros(10));
+            assert!(store.allow_sync(&format!("cold{i}"), &policy, 1), "{alg}");
+            if i % 50 == 0 {
+                // Forgetting the spent key would give it its quota back: it is kept.
+                assert!(
+                    !store.allow_sync("hot", &policy, 1),
+                    "{alg}: spent key forgotten at {i}"
+                );
+            }
+        }
+        assert!(store.key_count() <= 64 * 8, "{alg}");
     }
-    assert!(store.key_count() <= 64 * 8);
 }
 
 #[test]
