@@ -548,23 +548,30 @@ impl Shard {
 
 /// Counters in this process: per-key states in up to 64 sharded hash tables, each shard
 /// behind its own short mutex (`parking_lot`: it spins briefly before parking, which is what a
-/// critical section of a few dozen nanoseconds wants under contention), so decisions are exact under any concurrency and keys of
-/// different shards never contend.
+/// critical section of a few dozen nanoseconds wants under contention), so decisions are
+/// exact under any concurrency and keys of different shards never contend.
 ///
-/// * **Bounded**: at most `max_keys` keys (default one million). A key idle for longer than
-///   its policy's horizon (the time after which its state equals a fresh one, e.g. one
-///   period for a fixed window) counts as fresh and is dropped when its shard needs room, so
-///   expiry by idleness never admits extra requests. When a shard is full of live keys, its
-///   least recently seen eighth is evicted: that does forget those keys' counts, so size
-///   `max_keys` above the number of keys active within one period.
-/// * **Time**: the store's [`Clock`] drives both the algorithms and idle expiry, so a
+/// * **Bounded**: at most `max_keys` keys (default one million). A key whose state has
+///   become equivalent to a fresh one (its GCRA arrival time or its window has passed, its
+///   bucket is full again: every algorithm can tell from its own state) is dropped when its
+///   shard needs room, so expiry never admits extra requests. When a shard is full of live
+///   keys, the eighth whose states hold the fewest units is forgotten (soonest expiring
+///   among equals): that gives those keys back what they had spent, so size `max_keys` above
+///   the number of keys active within one period. A key that has spent its whole quota is
+///   the last one forgotten, so flooding the store with new keys does not reset it.
+/// * **Time**: the store's [`Clock`] drives both the algorithms and expiry, so a
 ///   [`FakeClock`](crate::FakeClock) controls everything in tests.
 /// * **Cost**: one [foldhash](https://docs.rs/foldhash) of policy name and key, seeded at
 ///   random per store (so which keys share a shard or a probe sequence cannot be predicted
 ///   from outside; keys whose hashes collide are still told apart by their bytes), one mutex,
-///   one table probe that reads the key inline (keys up to 15 bytes) next to its state, no
-///   I/O, no allocation for a known key ([`allow_sync`](Self::allow_sync) allocates nothing;
-///   the [`Decision`] of [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
+///   one table probe, no I/O, no allocation for a known key
+///   ([`allow_sync`](Self::allow_sync) allocates nothing; the [`Decision`] of
+///   [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
+/// * **Memory**: each shard keeps one table per state shape, so an entry is no larger than
+///   its policy needs: 32 bytes for a single GCRA quota (half a cache line), 40 for a token
+///   bucket or fixed window, 48 for a sliding-window counter, 40 plus the states for several
+///   quotas or a sliding-window log. That includes the key when it has at most 15 bytes
+///   (user ids, IPv4 addresses); longer keys add one allocation.
 ///
 /// ```
 /// use palisade_ratelimit::{MemoryStore, Policy, Quota, Algorithm, Store};
