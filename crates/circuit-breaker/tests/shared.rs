@@ -150,10 +150,7 @@ async fn redis_fleet_trips_together_and_probes_fleet_wide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_fleet_trips_together_and_probes_fleet_wide() {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
-        .await
-        .unwrap()
-        .unwrap();
+    let cluster = RedisCluster::start_async(3).await.unwrap();
     let store: Arc<dyn StateStore> = Arc::new(RedisStore::cluster(cluster.pool()));
     four_instances_trip_together_and_probe_fleet_wide(store, "cluster-fleet").await;
 }
@@ -166,10 +163,7 @@ fn local_rules(mode: FailureMode) -> Config {
 }
 
 async fn start_server() -> RedisServer {
-    tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap()
-        .unwrap()
+    RedisServer::builder().start_async().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

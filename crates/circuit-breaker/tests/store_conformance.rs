@@ -23,9 +23,8 @@ async fn redis_store_conforms() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_store_conforms() {
-    let cluster = tokio::task::spawn_blocking(|| palisade_testkit::RedisCluster::start(3))
+    let cluster = palisade_testkit::RedisCluster::start_async(3)
         .await
-        .unwrap()
         .expect("a 3-master Redis Cluster");
     let store = palisade_circuit_breaker::RedisStore::cluster(cluster.pool());
     common::conformance::run(Arc::new(store), "cluster").await;
@@ -36,11 +35,11 @@ async fn redis_cluster_store_conforms() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms_over_tls() {
-    let server =
-        tokio::task::spawn_blocking(|| palisade_testkit::RedisServer::builder().tls().start())
-            .await
-            .unwrap()
-            .expect("a TLS redis-server");
+    let server = palisade_testkit::RedisServer::builder()
+        .tls()
+        .start_async()
+        .await
+        .expect("a TLS redis-server");
     assert!(server.url().starts_with("rediss://"));
     let store = palisade_circuit_breaker::RedisStore::new(server.pool());
     common::conformance::run(Arc::new(store), "tls").await;

@@ -395,8 +395,7 @@ async fn retry_after_rounds_up() {
 
 #[test]
 fn metrics_are_recorded() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let recorder = DebuggingRecorder::new();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -413,33 +412,13 @@ fn metrics_are_recorded() {
             }
         });
     });
-    let snapshot = snapshotter.snapshot().into_vec();
-    let count = |outcome: &str| -> u64 {
-        snapshot
-            .iter()
-            .filter(|(k, _, _, _)| {
-                k.key().name() == "palisade_ratelimit_decisions_total"
-                    && k.key()
-                        .labels()
-                        .any(|l| l.key() == "outcome" && l.value() == outcome)
-                    && k.key()
-                        .labels()
-                        .any(|l| l.key() == "tier" && l.value() == "free")
-                    && k.key()
-                        .labels()
-                        .any(|l| l.key() == "policy" && l.value() == "general")
-            })
-            .map(|(_, _, _, v)| match v {
-                DebugValue::Counter(c) => *c,
-                _ => 0,
-            })
-            .sum()
-    };
-    assert_eq!(count("allowed"), 3);
-    assert_eq!(count("denied"), 2);
-    assert!(
-        snapshot
-            .iter()
-            .any(|(k, _, _, _)| k.key().name() == "palisade_ratelimit_decision_duration_seconds")
+    assert_eq!(
+        palisade_testkit::metric_lines(&snapshotter),
+        [
+            // Five samples.
+            "palisade_ratelimit_decision_duration_seconds{backend=memory,source=store} 5",
+            "palisade_ratelimit_decisions_total{outcome=allowed,policy=general,source=store,tier=free} 3",
+            "palisade_ratelimit_decisions_total{outcome=denied,policy=general,source=store,tier=free} 2",
+        ]
     );
 }

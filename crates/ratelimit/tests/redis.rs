@@ -27,9 +27,8 @@ async fn conformance_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_redis_cluster() {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+    let cluster = RedisCluster::start_async(3)
         .await
-        .unwrap()
         .expect("a 3-master cluster");
     let clock = FakeClock::new();
     let store = RedisStore::cluster(cluster.pool()).with_clock(clock.clone());
@@ -245,10 +244,7 @@ fn fault_policy() -> Policy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_redis_follows_the_failure_mode() {
-    let mut server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut server = RedisServer::builder().start_async().await.unwrap();
     let policy = fault_policy();
     let limiter = |mode| {
         RateLimiter::builder(RedisStore::new(server.pool()))
@@ -317,10 +313,7 @@ async fn futures_lite(limiter: &RateLimiter, policy: &Policy) -> Vec<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_never_stalls_a_request() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let server = RedisServer::builder().start_async().await.unwrap();
     let policy = fault_policy();
     let limiter = RateLimiter::builder(RedisStore::new(server.pool()))
         .failure_mode(FailureMode::FallbackToMemory)
@@ -354,11 +347,10 @@ async fn paused_redis_never_stalls_a_request() {
 /// Every backend failure is counted (and the decision says who made it).
 #[test]
 fn backend_failures_are_counted() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let mut server = RedisServer::start().unwrap();
     let pool = server.pool();
     server.kill();
-    let recorder = DebuggingRecorder::new();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -375,17 +367,17 @@ fn backend_failures_are_counted() {
             }
         });
     });
-    let errors: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, _, _, _)| {
-            k.key().name() == "palisade_ratelimit_backend_errors_total"
-                && k.key()
-                    .labels()
-                    .any(|l| l.key() == "backend" && l.value() == "redis")
-        })
-        .map(|(_, _, _, v)| if let DebugValue::Counter(c) = v { c } else { 0 })
-        .sum();
-    assert_eq!(errors, 3);
+    let lines = palisade_testkit::metric_lines(&snapshotter);
+    let errors: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("palisade_ratelimit_backend_errors_total{"))
+        .collect();
+    assert_eq!(
+        errors,
+        [&format!(
+            "palisade_ratelimit_backend_errors_total{{backend=redis,kind=backend,policy={}}} 3",
+            fault_policy().name()
+        )],
+        "{lines:#?}"
+    );
 }

@@ -9,9 +9,10 @@ use palisade_ratelimit::{Algorithm, Error, FakeClock, Policy, Quota, RedisStore,
 use palisade_testkit::{RedisServer, deadpool_redis};
 
 async fn tls_server() -> RedisServer {
-    tokio::task::spawn_blocking(|| RedisServer::builder().tls().start())
+    RedisServer::builder()
+        .tls()
+        .start_async()
         .await
-        .unwrap()
         .expect("a TLS redis-server")
 }
 

@@ -57,9 +57,10 @@ conformance_tests!(
 /// `rediss://`: the store over TLS against a TLS `redis-server` with a throwaway CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_over_tls() {
-    let server = tokio::task::spawn_blocking(|| RedisServer::builder().tls().start())
+    let server = RedisServer::builder()
+        .tls()
+        .start_async()
         .await
-        .unwrap()
         .expect("a TLS redis-server");
     assert!(server.url().starts_with("rediss://"));
     let config = RedisConfig {

@@ -41,6 +41,17 @@ impl RedisCluster {
         Ok(cluster)
     }
 
+    /// [`start`](Self::start) from async code, on tokio's blocking pool.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); [`Error::Io`] if the blocking task panicked (as it does
+    /// for `masters == 0`).
+    pub async fn start_async(masters: usize) -> Result<Self> {
+        tokio::task::spawn_blocking(move || Self::start(masters))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    }
+
     fn form(&self) -> Result<()> {
         let per_node = SLOTS as usize / self.nodes.len();
         for (i, node) in self.nodes.iter().enumerate() {

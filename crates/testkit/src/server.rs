@@ -64,6 +64,18 @@ impl RedisServerBuilder {
         self
     }
 
+    /// [`start`](Self::start) from async code: the blocking wait (and, with
+    /// [`tls`](Self::tls), the `openssl` runs) happens on tokio's blocking pool, so a test on
+    /// a current-thread runtime is not stalled.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); [`Error::Io`] if the blocking task panicked.
+    pub async fn start_async(self) -> Result<RedisServer> {
+        tokio::task::spawn_blocking(move || self.start())
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    }
+
     /// Start the server and wait until it answers `PING`.
     ///
     /// # Errors

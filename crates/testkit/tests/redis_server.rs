@@ -198,9 +198,10 @@ async fn test_redis_gives_a_working_server_and_a_private_prefix() {
 
 #[tokio::test]
 async fn a_tls_server_answers_rediss_clients_that_trust_its_ca() {
-    let server = tokio::task::spawn_blocking(|| RedisServer::builder().tls().start())
+    let server = RedisServer::builder()
+        .tls()
+        .start_async()
         .await
-        .unwrap()
         .expect("a TLS redis-server");
     assert!(server.url().starts_with("rediss://127.0.0.1:"));
     assert!(
