@@ -1,6 +1,11 @@
 //! palisade-ratelimit benches: every algorithm on the memory store next to `governor`
-//! (keyed, same quota, same keys) in the same groups, and the Redis store's throughput at
-//! 1, 16 and 64 requests in flight on one multiplexed connection and on a pool.
+//! (keyed, same quota) in the same groups, and the Redis store's throughput at 1, 16 and 64
+//! requests in flight on one multiplexed connection and on a pool.
+//!
+//! Two like-for-like pairs per memory group: keys read from a table of `String`s
+//! (`palisade_allow` against `governor/keyed_gcra_string_keys`), and keys made from integer
+//! ids (`palisade_allow_from_ids`, formatting `user:{id}` on the stack per call, against
+//! `governor/keyed_gcra`, keyed by the `usize` id itself).
 //!
 //! ```sh
 //! cargo bench -p palisade --bench ratelimit            # full run
@@ -41,6 +46,27 @@ fn governor_limiter<K: std::hash::Hash + Eq + Clone>() -> governor::DefaultKeyed
 
 fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("user:{i}")).collect()
+}
+
+/// `user:{id}` written into `buf`, as an application holding integer ids would build its key
+/// on the stack per request (no table of strings to read, like governor's `usize` rows).
+fn id_key(id: usize, buf: &mut [u8; 32]) -> &str {
+    const PREFIX: &[u8] = b"user:";
+    let mut digits = [0u8; 20];
+    let (mut n, mut len) = (id, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    for (k, d) in digits[..len].iter().rev().enumerate() {
+        buf[PREFIX.len() + k] = *d;
+    }
+    std::str::from_utf8(&buf[..PREFIX.len() + len]).unwrap_or_default()
 }
 
 /// Runs `op(i)` for `iters` iterations split over `threads` threads; returns wall time.
@@ -90,6 +116,20 @@ fn memory(c: &mut Criterion) {
                         b.iter_custom(|iters| {
                             on_threads(iters, threads, &|i| {
                                 black_box(store.allow_sync(&names[i % nkeys], &policy, 1));
+                            })
+                        });
+                    },
+                );
+                // The same, from integer ids formatted per call (what governor's `usize` rows
+                // model: the application holds ids, not a table of key strings).
+                group.bench_function(
+                    BenchmarkId::from_parameter(format!("palisade_allow_from_ids/{alg}")),
+                    |b| {
+                        b.iter_custom(|iters| {
+                            on_threads(iters, threads, &|i| {
+                                let mut buf = [0u8; 32];
+                                let key = id_key(i % nkeys, &mut buf);
+                                black_box(store.allow_sync(key, &policy, 1));
                             })
                         });
                     },
