@@ -43,6 +43,18 @@ impl Shape {
     }
 }
 
+/// `$store.$method::<S>(args)` with `S` the state type of `$policy`'s [`Shape`].
+macro_rules! by_shape {
+    ($policy:expr, $store:ident . $method:ident ( $($arg:expr),* )) => {
+        match Shape::of($policy) {
+            Shape::Gcra => $store.$method::<GcraState>($($arg),*),
+            Shape::Pair => $store.$method::<PairState>($($arg),*),
+            Shape::Counter => $store.$method::<CounterState>($($arg),*),
+            Shape::List => $store.$method::<ListState>($($arg),*),
+        }
+    };
+}
+
 /// One shape of a key's states, read with the policy its entry holds (which has that shape).
 trait Packed: Sized + std::fmt::Debug {
     /// Aligns [`Entry`] so that no entry of this shape straddles two cache lines when its
@@ -63,38 +75,95 @@ trait Packed: Sized + std::fmt::Debug {
 struct Align32;
 
 /// A single GCRA quota: the theoretical arrival time.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct GcraState(u64);
 
 /// A single token bucket `(tokens, last)` or fixed window `(window, count)`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct PairState(u64, u64);
 
 /// A single sliding-window counter `(window, prev, curr)`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct CounterState(u64, u64, u64);
 
 /// Several quotas, or a sliding-window log, behind one pointer.
 #[derive(Debug)]
 struct ListState(Box<[QuotaState]>);
 
-/// The only fresh state of a single-quota policy (its shape guarantees one).
-fn fresh_one(policy: &Policy, now: u64) -> Option<QuotaState> {
-    let mut v = algorithm::fresh_states(policy, now);
-    if v.len() == 1 { v.pop() } else { None }
+/// A single quota's state packed in words, read as the algorithms' type with the entry
+/// policy's algorithm (a pair is a token bucket or a fixed window as that says).
+trait Words: Sized + Default {
+    fn unpack(&self, algorithm: Algorithm) -> QuotaState;
+    /// `None` for a state of another shape (which a policy of this shape never makes).
+    fn pack(state: QuotaState) -> Option<Self>;
+
+    /// The only fresh state of a single-quota policy (its shape guarantees one).
+    fn fresh_words(policy: &Policy, now: u64) -> Self {
+        let mut v = algorithm::fresh_states(policy, now);
+        v.pop().and_then(Self::pack).unwrap_or_default()
+    }
+
+    /// Runs `f` on the unpacked state and packs back what it leaves.
+    fn with_words_mut<R>(
+        &mut self,
+        algorithm: Algorithm,
+        f: impl FnOnce(&mut [QuotaState]) -> R,
+    ) -> R {
+        let mut one = [self.unpack(algorithm)];
+        let r = f(&mut one);
+        let [one] = one;
+        if let Some(packed) = Self::pack(one) {
+            *self = packed;
+        }
+        r
+    }
 }
 
-/// Runs `f` on one unpacked state and stores the result back with `store`.
-fn on_one<R>(
-    one: QuotaState,
-    f: impl FnOnce(&mut [QuotaState]) -> R,
-    store: impl FnOnce(QuotaState),
-) -> R {
-    let mut one = [one];
-    let r = f(&mut one);
-    let [one] = one;
-    store(one);
-    r
+impl Words for GcraState {
+    fn unpack(&self, _: Algorithm) -> QuotaState {
+        QuotaState::Gcra { tat: self.0 }
+    }
+    fn pack(state: QuotaState) -> Option<Self> {
+        match state {
+            QuotaState::Gcra { tat } => Some(Self(tat)),
+            _ => None,
+        }
+    }
+}
+
+impl Words for PairState {
+    fn unpack(&self, algorithm: Algorithm) -> QuotaState {
+        let Self(a, b) = *self;
+        match algorithm {
+            Algorithm::TokenBucket => QuotaState::TokenBucket { tokens: a, last: b },
+            _ => QuotaState::FixedWindow {
+                window: a,
+                count: b,
+            },
+        }
+    }
+    fn pack(state: QuotaState) -> Option<Self> {
+        match state {
+            QuotaState::TokenBucket { tokens, last } => Some(Self(tokens, last)),
+            QuotaState::FixedWindow { window, count } => Some(Self(window, count)),
+            _ => None,
+        }
+    }
+}
+
+impl Words for CounterState {
+    fn unpack(&self, _: Algorithm) -> QuotaState {
+        let Self(window, prev, curr) = *self;
+        QuotaState::SlidingWindowCounter { window, prev, curr }
+    }
+    fn pack(state: QuotaState) -> Option<Self> {
+        match state {
+            QuotaState::SlidingWindowCounter { window, prev, curr } => {
+                Some(Self(window, prev, curr))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Packed for GcraState {
@@ -106,20 +175,13 @@ impl Packed for GcraState {
         &mut shard.gcra
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
-        match fresh_one(policy, now) {
-            Some(QuotaState::Gcra { tat }) => Self(tat),
-            _ => Self(0),
-        }
+        Self::fresh_words(policy, now)
     }
-    fn with<R>(&self, _: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        f(&[QuotaState::Gcra { tat: self.0 }])
+    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[self.unpack(algorithm)])
     }
-    fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        on_one(QuotaState::Gcra { tat: self.0 }, f, |s| {
-            if let QuotaState::Gcra { tat } = s {
-                self.0 = tat;
-            }
-        })
+    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        self.with_words_mut(algorithm, f)
     }
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         match policy.params() {
@@ -138,21 +200,13 @@ impl Packed for PairState {
         &mut shard.pair
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
-        match fresh_one(policy, now) {
-            Some(QuotaState::TokenBucket { tokens, last }) => Self(tokens, last),
-            Some(QuotaState::FixedWindow { window, count }) => Self(window, count),
-            _ => Self(0, 0),
-        }
+        Self::fresh_words(policy, now)
     }
     fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
         f(&[self.unpack(algorithm)])
     }
     fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        on_one(self.unpack(algorithm), f, |s| match s {
-            QuotaState::TokenBucket { tokens, last } => *self = Self(tokens, last),
-            QuotaState::FixedWindow { window, count } => *self = Self(window, count),
-            _ => {}
-        })
+        self.with_words_mut(algorithm, f)
     }
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         let [q] = policy.params() else {
@@ -166,19 +220,6 @@ impl Packed for PairState {
     }
 }
 
-impl PairState {
-    fn unpack(&self, algorithm: Algorithm) -> QuotaState {
-        let Self(a, b) = *self;
-        match algorithm {
-            Algorithm::TokenBucket => QuotaState::TokenBucket { tokens: a, last: b },
-            _ => QuotaState::FixedWindow {
-                window: a,
-                count: b,
-            },
-        }
-    }
-}
-
 impl Packed for CounterState {
     type Align = u64;
     fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
@@ -188,22 +229,13 @@ impl Packed for CounterState {
         &mut shard.counter
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
-        match fresh_one(policy, now) {
-            Some(QuotaState::SlidingWindowCounter { window, prev, curr }) => {
-                Self(window, prev, curr)
-            }
-            _ => Self(0, 0, 0),
-        }
+        Self::fresh_words(policy, now)
     }
-    fn with<R>(&self, _: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        f(&[self.unpack()])
+    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[self.unpack(algorithm)])
     }
-    fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        on_one(self.unpack(), f, |s| {
-            if let QuotaState::SlidingWindowCounter { window, prev, curr } = s {
-                *self = Self(window, prev, curr);
-            }
-        })
+    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        self.with_words_mut(algorithm, f)
     }
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         let [q] = policy.params() else {
@@ -211,13 +243,6 @@ impl Packed for CounterState {
         };
         let Self(window, prev, curr) = self;
         algorithm::swc_take(window, prev, curr, q, now, cost)
-    }
-}
-
-impl CounterState {
-    fn unpack(&self) -> QuotaState {
-        let Self(window, prev, curr) = *self;
-        QuotaState::SlidingWindowCounter { window, prev, curr }
     }
 }
 
@@ -505,6 +530,14 @@ impl Shard {
             .into_mut())
     }
 
+    /// `(expires_at, holds)` at `now` of every entry.
+    fn expiries(&self, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (self.gcra.iter().map(move |e| e.expiry(now)))
+            .chain(self.pair.iter().map(move |e| e.expiry(now)))
+            .chain(self.counter.iter().map(move |e| e.expiry(now)))
+            .chain(self.list.iter().map(move |e| e.expiry(now)))
+    }
+
     /// Keep the entries for which `keep(expires_at, holds)` (at `now`) says so.
     fn retain(&mut self, now: u64, mut keep: impl FnMut(u64, u64) -> bool) {
         let mut keep = |(at, held)| keep(at, held);
@@ -526,11 +559,7 @@ impl Shard {
         if self.len() < cap {
             return;
         }
-        let mut ranks: Vec<(u64, u64)> = Vec::with_capacity(self.len());
-        self.retain(now, |at, held| {
-            ranks.push((held, at));
-            true
-        });
+        let mut ranks: Vec<(u64, u64)> = self.expiries(now).map(|(at, held)| (held, at)).collect();
         let drop_n = (ranks.len() / 8).max(1);
         let (_, cutoff, _) = ranks.select_nth_unstable(drop_n - 1);
         let cutoff = *cutoff;
@@ -632,13 +661,13 @@ impl MemoryStore {
         }
     }
 
-    /// Keys currently held (idle-expired keys are dropped first).
+    /// Keys currently held (expired keys are dropped first).
     pub fn key_count(&self) -> u64 {
         let now = self.clock.now_micros();
         self.shards
             .iter()
             .map(|s| {
-                let mut shard = lock(s);
+                let mut shard = s.lock();
                 shard.purge_expired(now);
                 shard.len() as u64
             })
@@ -651,7 +680,7 @@ impl MemoryStore {
         // is picked from bits in between so that neither is constant within a shard.
         let mid = (h >> 24) & 0xffff_ffff;
         let i = (mid * self.shards.len() as u64) >> 32;
-        (h, lock(&self.shards[i as usize]))
+        (h, self.shards[i as usize].lock())
     }
 
     fn rehash<S: Packed>(&self) -> impl Fn(&Entry<S>) -> u64 + '_ {
@@ -683,12 +712,7 @@ impl MemoryStore {
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
     /// I/O, one shard lock).
     pub fn acquire_sync(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
-        match Shape::of(policy) {
-            Shape::Gcra => self.acquire_in::<GcraState>(key, policy, cost),
-            Shape::Pair => self.acquire_in::<PairState>(key, policy, cost),
-            Shape::Counter => self.acquire_in::<CounterState>(key, policy, cost),
-            Shape::List => self.acquire_in::<ListState>(key, policy, cost),
-        }
+        by_shape!(policy, self.acquire_in(key, policy, cost))
     }
 
     fn acquire_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
@@ -714,12 +738,7 @@ impl MemoryStore {
     /// [`acquire_sync`](Self::acquire_sync), for hot paths that need no headers or
     /// retry times.
     pub fn allow_sync(&self, key: &str, policy: &Policy, cost: u64) -> bool {
-        match Shape::of(policy) {
-            Shape::Gcra => self.allow_in::<GcraState>(key, policy, cost),
-            Shape::Pair => self.allow_in::<PairState>(key, policy, cost),
-            Shape::Counter => self.allow_in::<CounterState>(key, policy, cost),
-            Shape::List => self.allow_in::<ListState>(key, policy, cost),
-        }
+        by_shape!(policy, self.allow_in(key, policy, cost))
     }
 
     #[inline]
@@ -732,12 +751,7 @@ impl MemoryStore {
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
     pub fn peek_sync(&self, key: &str, policy: &Policy) -> Decision {
-        match Shape::of(policy) {
-            Shape::Gcra => self.peek_in::<GcraState>(key, policy),
-            Shape::Pair => self.peek_in::<PairState>(key, policy),
-            Shape::Counter => self.peek_in::<CounterState>(key, policy),
-            Shape::List => self.peek_in::<ListState>(key, policy),
-        }
+        by_shape!(policy, self.peek_in(key, policy))
     }
 
     fn peek_in<S: Packed>(&self, key: &str, policy: &Policy) -> Decision {
@@ -758,12 +772,7 @@ impl MemoryStore {
 
     /// [`Store::refund`](crate::Store::refund), synchronously.
     pub fn refund_sync(&self, key: &str, policy: &Policy, cost: u64) {
-        match Shape::of(policy) {
-            Shape::Gcra => self.refund_in::<GcraState>(key, policy, cost),
-            Shape::Pair => self.refund_in::<PairState>(key, policy, cost),
-            Shape::Counter => self.refund_in::<CounterState>(key, policy, cost),
-            Shape::List => self.refund_in::<ListState>(key, policy, cost),
-        }
+        by_shape!(policy, self.refund_in(key, policy, cost));
     }
 
     fn refund_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) {
@@ -786,10 +795,6 @@ impl MemoryStore {
         let (h, mut shard) = self.shard(policy, key);
         shard.remove(h, policy, Probe::new(key));
     }
-}
-
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock()
 }
 
 /// Builds a [`MemoryStore`].

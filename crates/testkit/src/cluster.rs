@@ -47,9 +47,7 @@ impl RedisCluster {
     /// As [`start`](Self::start); [`Error::Io`] if the blocking task panicked (as it does
     /// for `masters == 0`).
     pub async fn start_async(masters: usize) -> Result<Self> {
-        tokio::task::spawn_blocking(move || Self::start(masters))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || Self::start(masters)).await?
     }
 
     fn form(&self) -> Result<()> {

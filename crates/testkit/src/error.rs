@@ -55,5 +55,12 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// A start on tokio's blocking pool that panicked (`start_async`).
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Io(std::io::Error::other(e))
+    }
+}
+
 /// Result with the kit's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

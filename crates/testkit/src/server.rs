@@ -71,9 +71,7 @@ impl RedisServerBuilder {
     /// # Errors
     /// As [`start`](Self::start); [`Error::Io`] if the blocking task panicked.
     pub async fn start_async(self) -> Result<RedisServer> {
-        tokio::task::spawn_blocking(move || self.start())
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || self.start()).await?
     }
 
     /// Start the server and wait until it answers `PING`.
