@@ -59,7 +59,7 @@ pub use crate::clock::{Clock, FakeClock, SystemClock};
 pub use crate::decision::{Decision, DecisionSource, QuotaDecision};
 pub use crate::error::{BoxError, Error, Result};
 pub use crate::limiter::{DEFAULT_TIMEOUT, FailureMode, RateLimiter, RateLimiterBuilder};
-pub use crate::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder};
+pub use crate::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder, Subject};
 pub use crate::quota::{
     Algorithm, MAX_LIMIT, MAX_PERIOD, MAX_QUOTAS, NamedQuota, Policy, PolicyBuilder, Quota,
 };

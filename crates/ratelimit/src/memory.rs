@@ -19,8 +19,52 @@ pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
 
 const MAX_SHARDS: usize = 64;
 
-/// How a policy's keys are kept: each shape has its own table in every shard, so that an
-/// entry is no larger than its policy needs (a GCRA key is half a cache line).
+/// Who a [`MemoryStore`] call is about: a text key (what every [`Store`](crate::Store)
+/// takes), or an integer id, for applications that already hold one (a user or tenant
+/// number) and need not format it.
+///
+/// Texts and ids are separate key spaces: `Subject::Id(7)` and `Subject::Text("7")` are two
+/// subjects. Both convert with `Into`, so `store.allow_sync("user:7", …)` and
+/// `store.allow_sync(7_u64, …)` both work.
+///
+/// ```
+/// use palisade_ratelimit::{Algorithm, MemoryStore, Policy, Quota, Subject};
+///
+/// let store = MemoryStore::new();
+/// let policy = Policy::single("api", Algorithm::Gcra, Quota::per_minute(1))?;
+/// assert!(store.allow_sync(7_u64, &policy, 1));
+/// assert!(!store.allow_sync(Subject::Id(7), &policy, 1));
+/// assert!(store.allow_sync("7", &policy, 1)); // another subject
+/// # Ok::<(), palisade_ratelimit::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject<'a> {
+    /// A text key, as [`Store`](crate::Store) calls pass it.
+    Text(&'a str),
+    /// An integer id, kept in eight bytes.
+    Id(u64),
+}
+
+impl<'a> From<&'a str> for Subject<'a> {
+    fn from(key: &'a str) -> Self {
+        Self::Text(key)
+    }
+}
+
+impl<'a> From<&'a String> for Subject<'a> {
+    fn from(key: &'a String) -> Self {
+        Self::Text(key)
+    }
+}
+
+impl From<u64> for Subject<'_> {
+    fn from(id: u64) -> Self {
+        Self::Id(id)
+    }
+}
+
+/// How a policy's keys are kept: each shape has its own tables, so that an entry is no
+/// larger than its policy needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     Gcra,
@@ -43,36 +87,37 @@ impl Shape {
     }
 }
 
-/// `$store.$method::<S>(args)` with `S` the state type of `$policy`'s [`Shape`].
-macro_rules! by_shape {
-    ($policy:expr, $store:ident . $method:ident ( $($arg:expr),* )) => {
+/// `$store.$method::<K, S>(args)` with `K` the stored form of `$subject`'s kind (its probe
+/// passed first) and `S` the state type of `$policy`'s [`Shape`].
+macro_rules! dispatch {
+    ($subject:expr, $policy:expr, $store:ident . $method:ident ( $($arg:expr),* )) => {
+        match $subject {
+            Subject::Text(t) => {
+                dispatch!(@shape KeyBuf, Probe::new(t.as_bytes()), $policy, $store.$method($($arg),*))
+            }
+            Subject::Id(id) => dispatch!(@shape u64, id, $policy, $store.$method($($arg),*)),
+        }
+    };
+    (@shape $k:ty, $probe:expr, $policy:expr, $store:ident . $method:ident ( $($arg:expr),* )) => {
         match Shape::of($policy) {
-            Shape::Gcra => $store.$method::<GcraState>($($arg),*),
-            Shape::Pair => $store.$method::<PairState>($($arg),*),
-            Shape::Counter => $store.$method::<CounterState>($($arg),*),
-            Shape::List => $store.$method::<ListState>($($arg),*),
+            Shape::Gcra => $store.$method::<$k, GcraState>($probe, $($arg),*),
+            Shape::Pair => $store.$method::<$k, PairState>($probe, $($arg),*),
+            Shape::Counter => $store.$method::<$k, CounterState>($probe, $($arg),*),
+            Shape::List => $store.$method::<$k, ListState>($probe, $($arg),*),
         }
     };
 }
 
-/// One shape of a key's states, read with the policy its entry holds (which has that shape).
+/// One shape of a key's states, read with its group's policy (which has that shape).
 trait Packed: Sized + std::fmt::Debug {
-    /// Aligns [`Entry`] so that no entry of this shape straddles two cache lines when its
-    /// size divides 64 (the table aligns its buckets to the entry's alignment).
-    type Align: std::fmt::Debug;
-    fn table(shard: &Shard) -> &HashTable<Entry<Self>>;
-    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>>;
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>>;
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>>;
     fn fresh(policy: &Policy, now: u64) -> Self;
     fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R;
     fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R;
     /// [`algorithm::admit_aligned`] on the packed fields.
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool;
 }
-
-/// Zero-sized: gives an entry of four words the alignment of its size.
-#[derive(Debug)]
-#[repr(align(32))]
-struct Align32;
 
 /// A single GCRA quota: the theoretical arrival time.
 #[derive(Debug, Default)]
@@ -167,12 +212,11 @@ impl Words for CounterState {
 }
 
 impl Packed for GcraState {
-    type Align = Align32;
-    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
-        &shard.gcra
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
+        &tables.gcra
     }
-    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
-        &mut shard.gcra
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
+        &mut tables.gcra
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
         Self::fresh_words(policy, now)
@@ -192,12 +236,11 @@ impl Packed for GcraState {
 }
 
 impl Packed for PairState {
-    type Align = u64;
-    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
-        &shard.pair
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
+        &tables.pair
     }
-    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
-        &mut shard.pair
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
+        &mut tables.pair
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
         Self::fresh_words(policy, now)
@@ -221,12 +264,11 @@ impl Packed for PairState {
 }
 
 impl Packed for CounterState {
-    type Align = u64;
-    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
-        &shard.counter
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
+        &tables.counter
     }
-    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
-        &mut shard.counter
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
+        &mut tables.counter
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
         Self::fresh_words(policy, now)
@@ -247,12 +289,11 @@ impl Packed for CounterState {
 }
 
 impl Packed for ListState {
-    type Align = u64;
-    fn table(shard: &Shard) -> &HashTable<Entry<Self>> {
-        &shard.list
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
+        &tables.list
     }
-    fn table_mut(shard: &mut Shard) -> &mut HashTable<Entry<Self>> {
-        &mut shard.list
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
+        &mut tables.list
     }
     fn fresh(policy: &Policy, now: u64) -> Self {
         Self(algorithm::fresh_states(policy, now).into_boxed_slice())
@@ -395,6 +436,7 @@ impl KeyBuf {
         }
     }
 
+    #[cfg(test)]
     fn as_bytes(&self) -> &[u8] {
         match self {
             Self::Inline(b) => {
@@ -406,145 +448,313 @@ impl KeyBuf {
     }
 }
 
-/// One (policy, key) pair. The policy is held as the policy object itself (one pointer): the
-/// usual call passes that same object, so identity is a pointer comparison, and it says how
-/// to read the packed state.
+/// A key as a table stores it: a text key ([`KeyBuf`]) or an id (`u64`).
+trait StoredKey: Sized + std::fmt::Debug {
+    /// The looked-up form, made once per call.
+    type Probe<'a>: Copy;
+    fn stored(probe: Self::Probe<'_>) -> Self;
+    fn matches(&self, probe: Self::Probe<'_>) -> bool;
+    /// Feeds the probe to the store's hasher; a stored key feeds the same as its probe.
+    fn write_probe(probe: Self::Probe<'_>, h: &mut impl Hasher);
+    fn write_stored(&self, h: &mut impl Hasher);
+    fn tables(group: &Group) -> &Tables<Self>;
+    fn tables_mut(group: &mut Group) -> &mut Tables<Self>;
+}
+
+impl StoredKey for KeyBuf {
+    type Probe<'a> = Probe<'a>;
+    fn stored(probe: Probe<'_>) -> Self {
+        Self::new(probe)
+    }
+    fn matches(&self, probe: Probe<'_>) -> bool {
+        KeyBuf::matches(self, probe)
+    }
+    fn write_probe(probe: Probe<'_>, h: &mut impl Hasher) {
+        match probe {
+            // The two words the key is compared by; no second pass over the bytes.
+            Probe::Short(ShortKey(a, b)) => {
+                h.write_u64(a);
+                h.write_u64(b);
+            }
+            Probe::Long(bytes) => h.write(bytes),
+        }
+    }
+    fn write_stored(&self, h: &mut impl Hasher) {
+        match self {
+            Self::Inline(b) => Self::write_probe(Probe::Short(ShortKey::of_inline(b)), h),
+            Self::Heap(bytes) => h.write(bytes),
+        }
+    }
+    fn tables(group: &Group) -> &Tables<Self> {
+        &group.text
+    }
+    fn tables_mut(group: &mut Group) -> &mut Tables<Self> {
+        &mut group.text
+    }
+}
+
+impl StoredKey for u64 {
+    type Probe<'a> = u64;
+    fn stored(probe: u64) -> Self {
+        probe
+    }
+    fn matches(&self, probe: u64) -> bool {
+        *self == probe
+    }
+    fn write_probe(probe: u64, h: &mut impl Hasher) {
+        h.write_u64(probe);
+    }
+    fn write_stored(&self, h: &mut impl Hasher) {
+        h.write_u64(*self);
+    }
+    fn tables(group: &Group) -> &Tables<Self> {
+        &group.ids
+    }
+    fn tables_mut(group: &mut Group) -> &mut Tables<Self> {
+        &mut group.ids
+    }
+}
+
+/// One key of one policy group: the key and its packed states, nothing else (the policy
+/// is the group's).
 #[derive(Debug)]
-struct Entry<S: Packed> {
-    _align: [S::Align; 0],
-    policy: Policy,
-    key: KeyBuf,
+struct Entry<K, S> {
+    key: K,
     state: S,
 }
 
-// A GCRA entry is half a cache line, and never straddles two.
-#[cfg(target_pointer_width = "64")]
-const _: () = {
-    assert!(std::mem::size_of::<Entry<GcraState>>() == 32);
-    assert!(std::mem::align_of::<Entry<GcraState>>() == 32);
-    assert!(std::mem::size_of::<Entry<PairState>>() == 40);
-};
-
-impl<S: Packed> Entry<S> {
-    fn is(&self, policy: &Policy, key: Probe<'_>) -> bool {
-        self.key.matches(key) && (self.policy.same(policy) || self.policy.name() == policy.name())
-    }
-
-    /// When the state turns equivalent to a fresh one, and what it holds at `now`.
-    fn expiry(&self, now: u64) -> (u64, u64) {
-        let policy = &self.policy;
+impl<K, S: Packed> Entry<K, S> {
+    /// When the state turns equivalent to a fresh one, and what it holds at `now`, read
+    /// with its group's `policy`.
+    fn expiry(&self, policy: &Policy, now: u64) -> (u64, u64) {
         self.state.with(policy.algorithm(), |s| {
             algorithm::expiry(s, policy.params(), now)
         })
     }
+}
 
-    /// Whether `policy` reads this entry's state as it is: same algorithm, as many quotas.
-    fn is_aligned(&self, policy: &Policy) -> bool {
-        self.policy.same(policy)
-            || (self.policy.algorithm() == policy.algorithm()
-                && self.policy.params().len() == policy.params().len())
+// A single GCRA quota takes 24 bytes for a text key of up to 15 bytes, 16 for an id (the
+// same as governor's `usize`-keyed entries).
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<Entry<KeyBuf, GcraState>>() == 24);
+    assert!(std::mem::size_of::<Entry<u64, GcraState>>() == 16);
+    assert!(std::mem::size_of::<Entry<KeyBuf, PairState>>() == 32);
+};
+
+/// One table per state shape for one kind of key. A group uses only its policy's shape;
+/// the others stay empty (an empty table allocates nothing).
+#[derive(Debug)]
+struct Tables<K> {
+    gcra: HashTable<Entry<K, GcraState>>,
+    pair: HashTable<Entry<K, PairState>>,
+    counter: HashTable<Entry<K, CounterState>>,
+    list: HashTable<Entry<K, ListState>>,
+}
+
+impl<K> Default for Tables<K> {
+    fn default() -> Self {
+        Self {
+            gcra: HashTable::new(),
+            pair: HashTable::new(),
+            counter: HashTable::new(),
+            list: HashTable::new(),
+        }
     }
 }
 
-/// One shard's entries, one table per [`Shape`], found by the store's hash of (policy name,
-/// key) and told apart by comparing both, so two keys whose hashes collide still never share
-/// state.
-#[derive(Debug, Default)]
-struct Shard {
-    gcra: HashTable<Entry<GcraState>>,
-    pair: HashTable<Entry<PairState>>,
-    counter: HashTable<Entry<CounterState>>,
-    list: HashTable<Entry<ListState>>,
-}
-
-impl Shard {
+impl<K: StoredKey> Tables<K> {
     fn len(&self) -> usize {
         self.gcra.len() + self.pair.len() + self.counter.len() + self.list.len()
     }
 
-    fn get<S: Packed>(&self, h: u64, policy: &Policy, key: Probe<'_>) -> Option<&Entry<S>> {
-        S::table(self).find(h, |e| e.is(policy, key))
-    }
-
-    fn get_mut<S: Packed>(
-        &mut self,
-        h: u64,
-        policy: &Policy,
-        key: Probe<'_>,
-    ) -> Option<&mut Entry<S>> {
-        S::table_mut(self).find_mut(h, |e| e.is(policy, key))
-    }
-
-    /// Forget (policy name, key) in every table: a policy changed under the same name may
-    /// have left it in another shape's.
-    fn remove(&mut self, h: u64, policy: &Policy, key: Probe<'_>) {
-        fn rm<S: Packed>(t: &mut HashTable<Entry<S>>, h: u64, policy: &Policy, key: Probe<'_>) {
-            if let Ok(e) = t.find_entry(h, |e| e.is(policy, key)) {
+    fn remove(&mut self, h: u64, key: K::Probe<'_>) {
+        fn rm<K: StoredKey, S>(t: &mut HashTable<Entry<K, S>>, h: u64, key: K::Probe<'_>) {
+            if let Ok(e) = t.find_entry(h, |e| e.key.matches(key)) {
                 e.remove();
             }
         }
-        rm(&mut self.gcra, h, policy, key);
-        rm(&mut self.pair, h, policy, key);
-        rm(&mut self.counter, h, policy, key);
-        rm(&mut self.list, h, policy, key);
+        rm(&mut self.gcra, h, key);
+        rm(&mut self.pair, h, key);
+        rm(&mut self.counter, h, key);
+        rm(&mut self.list, h, key);
     }
 
-    /// Runs `f` on the entry for (policy, key), made fresh when missing or left by a policy
-    /// of another algorithm or number of quotas under the same name. `rehash` gives an
-    /// entry's hash again when the table grows.
-    #[allow(clippy::too_many_arguments)]
-    fn with_slot<S: Packed, R>(
+    /// `(expires_at, holds)` at `now` of every entry, read with `policy`.
+    fn expiries<'a>(
+        &'a self,
+        policy: &'a Policy,
+        now: u64,
+    ) -> impl Iterator<Item = (u64, u64)> + 'a {
+        (self.gcra.iter().map(move |e| e.expiry(policy, now)))
+            .chain(self.pair.iter().map(move |e| e.expiry(policy, now)))
+            .chain(self.counter.iter().map(move |e| e.expiry(policy, now)))
+            .chain(self.list.iter().map(move |e| e.expiry(policy, now)))
+    }
+
+    /// Keep the entries for which `keep(expires_at, holds)` (at `now`, read with `policy`)
+    /// says so.
+    fn retain(&mut self, policy: &Policy, now: u64, keep: &mut impl FnMut(u64, u64) -> bool) {
+        let mut keep = |(at, held)| keep(at, held);
+        self.gcra.retain(|e| keep(e.expiry(policy, now)));
+        self.pair.retain(|e| keep(e.expiry(policy, now)));
+        self.counter.retain(|e| keep(e.expiry(policy, now)));
+        self.list.retain(|e| keep(e.expiry(policy, now)));
+    }
+}
+
+/// The keys of one policy in one shard. A group is found by the policy's name, algorithm and
+/// number of quotas (its layout): a policy replaced by one of the same layout keeps the
+/// states (the group follows the new object), one of another layout gets a group of its
+/// own, so its keys start fresh; the old group's keys expire or are evicted like any other.
+/// The Redis store behaves the same way: its keys name the policy, quota and algorithm.
+#[derive(Debug)]
+struct Group {
+    policy: Policy,
+    text: Tables<KeyBuf>,
+    ids: Tables<u64>,
+}
+
+impl Group {
+    fn new(policy: &Policy) -> Self {
+        Self {
+            policy: policy.clone(),
+            text: Tables::default(),
+            ids: Tables::default(),
+        }
+    }
+
+    /// Whether `policy` reads this group's states as they are.
+    fn fits(&self, policy: &Policy) -> bool {
+        self.policy.same(policy)
+            || (self.policy.algorithm() == policy.algorithm()
+                && self.policy.params().len() == policy.params().len()
+                && self.policy.name() == policy.name())
+    }
+
+    fn len(&self) -> usize {
+        self.text.len() + self.ids.len()
+    }
+
+    fn expiries(&self, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (self.text.expiries(&self.policy, now)).chain(self.ids.expiries(&self.policy, now))
+    }
+
+    fn retain(&mut self, now: u64, keep: &mut impl FnMut(u64, u64) -> bool) {
+        self.text.retain(&self.policy, now, keep);
+        self.ids.retain(&self.policy, now, keep);
+    }
+}
+
+/// One shard's keys, grouped by policy ([`Group`]); each group's tables find a key by the
+/// store's hash of (policy name, key) and tell keys apart by comparing them, so two keys
+/// whose hashes collide still never share state.
+#[derive(Debug, Default)]
+struct Shard {
+    groups: HashTable<Group>,
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.groups.iter().map(Group::len).sum()
+    }
+
+    fn group(&self, policy: &Policy) -> Option<&Group> {
+        self.groups.find(policy.name_hash(), |g| g.fits(policy))
+    }
+
+    /// The group of `policy`, made when missing, following `policy` from now on.
+    fn group_mut(&mut self, policy: &Policy) -> &mut Group {
+        let g = match self
+            .groups
+            .find_entry(policy.name_hash(), |g| g.fits(policy))
+        {
+            Ok(found) => found.into_mut(),
+            Err(absent) => absent
+                .into_table()
+                .insert_unique(policy.name_hash(), Group::new(policy), |g| {
+                    g.policy.name_hash()
+                })
+                .into_mut(),
+        };
+        if !g.policy.same(policy) {
+            g.policy = policy.clone();
+        }
+        g
+    }
+
+    fn get<K: StoredKey, S: Packed>(
+        &self,
+        h: u64,
+        policy: &Policy,
+        key: K::Probe<'_>,
+    ) -> Option<(&Policy, &Entry<K, S>)> {
+        let g = self.group(policy)?;
+        let e = S::table(K::tables(g)).find(h, |e| e.key.matches(key))?;
+        Some((&g.policy, e))
+    }
+
+    fn get_mut<K: StoredKey, S: Packed>(
         &mut self,
         h: u64,
         policy: &Policy,
-        key: Probe<'_>,
+        key: K::Probe<'_>,
+    ) -> Option<&mut Entry<K, S>> {
+        let g = self
+            .groups
+            .find_mut(policy.name_hash(), |g| g.fits(policy))?;
+        S::table_mut(K::tables_mut(g)).find_mut(h, |e| e.key.matches(key))
+    }
+
+    /// Forget `key` under every layout of the policy's name.
+    fn remove<K: StoredKey>(&mut self, h: u64, policy: &Policy, key: K::Probe<'_>) {
+        for g in &mut self.groups {
+            if g.policy.name() == policy.name() {
+                K::tables_mut(g).remove(h, key);
+            }
+        }
+    }
+
+    /// Runs `f` on the entry for (policy, key), made fresh when missing. `rehash` gives an
+    /// entry's hash again when its table grows.
+    #[allow(clippy::too_many_arguments)]
+    fn with_slot<K: StoredKey, S: Packed, R>(
+        &mut self,
+        h: u64,
+        policy: &Policy,
+        key: K::Probe<'_>,
         now: u64,
         cap: usize,
-        rehash: impl Fn(&Entry<S>) -> u64,
-        f: impl FnOnce(&mut Entry<S>) -> R,
+        rehash: impl Fn(&Entry<K, S>) -> u64,
+        f: impl FnOnce(&mut Entry<K, S>) -> R,
     ) -> R {
-        if let Ok(found) = S::table_mut(self).find_entry(h, |e| e.is(policy, key)) {
-            let e = found.into_mut();
-            if !e.policy.same(policy) {
-                // Another object under the same name: start over if it reads the state
-                // differently, and follow it from now on.
-                if !e.is_aligned(policy) {
-                    e.state = S::fresh(policy, now);
-                }
-                e.policy = policy.clone();
-            }
+        let table = S::table_mut(K::tables_mut(self.group_mut(policy)));
+        if let Some(e) = table.find_mut(h, |e| e.key.matches(key)) {
             return f(e);
         }
-        self.remove(h, policy, key);
         if self.len() >= cap {
             self.evict(now, cap);
         }
         let entry = Entry {
-            _align: [],
-            policy: policy.clone(),
-            key: KeyBuf::new(key),
+            key: K::stored(key),
             state: S::fresh(policy, now),
         };
-        f(S::table_mut(self)
-            .insert_unique(h, entry, rehash)
-            .into_mut())
+        let table = S::table_mut(K::tables_mut(self.group_mut(policy)));
+        f(table.insert_unique(h, entry, rehash).into_mut())
     }
 
     /// `(expires_at, holds)` at `now` of every entry.
     fn expiries(&self, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (self.gcra.iter().map(move |e| e.expiry(now)))
-            .chain(self.pair.iter().map(move |e| e.expiry(now)))
-            .chain(self.counter.iter().map(move |e| e.expiry(now)))
-            .chain(self.list.iter().map(move |e| e.expiry(now)))
+        self.groups.iter().flat_map(move |g| g.expiries(now))
     }
 
-    /// Keep the entries for which `keep(expires_at, holds)` (at `now`) says so.
+    /// Keep the entries for which `keep(expires_at, holds)` (at `now`) says so; drop the
+    /// groups left empty.
     fn retain(&mut self, now: u64, mut keep: impl FnMut(u64, u64) -> bool) {
-        let mut keep = |(at, held)| keep(at, held);
-        self.gcra.retain(|e| keep(e.expiry(now)));
-        self.pair.retain(|e| keep(e.expiry(now)));
-        self.counter.retain(|e| keep(e.expiry(now)));
-        self.list.retain(|e| keep(e.expiry(now)));
+        self.groups.retain(|g| {
+            g.retain(now, &mut keep);
+            g.len() > 0
+        });
     }
 
     fn purge_expired(&mut self, now: u64) {
@@ -590,17 +800,24 @@ impl Shard {
 ///   the last one forgotten, so flooding the store with new keys does not reset it.
 /// * **Time**: the store's [`Clock`] drives both the algorithms and expiry, so a
 ///   [`FakeClock`](crate::FakeClock) controls everything in tests.
-/// * **Cost**: one [foldhash](https://docs.rs/foldhash) of policy name and key, seeded at
-///   random per store (so which keys share a shard or a probe sequence cannot be predicted
-///   from outside; keys whose hashes collide are still told apart by their bytes), one mutex,
-///   one table probe, no I/O, no allocation for a known key
+/// * **Cost**: one [foldhash](https://docs.rs/foldhash) of the key (with the policy name's
+///   hash, computed once per policy), seeded at random per store (so which keys share a
+///   shard or a probe sequence cannot be predicted from outside; keys whose hashes collide
+///   are still told apart by their bytes), one mutex, two table probes (the policy's group,
+///   then the key), no I/O, no allocation for a known key
 ///   ([`allow_sync`](Self::allow_sync) allocates nothing; the [`Decision`] of
 ///   [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
-/// * **Memory**: each shard keeps one table per state shape, so an entry is no larger than
-///   its policy needs: 32 bytes for a single GCRA quota (half a cache line), 40 for a token
-///   bucket or fixed window, 48 for a sliding-window counter, 40 plus the states for several
-///   quotas or a sliding-window log. That includes the key when it has at most 15 bytes
-///   (user ids, IPv4 addresses); longer keys add one allocation.
+/// * **Memory**: keys are grouped by policy, and each group keeps one table per state
+///   shape, so an entry holds only the key and the states its policy needs: 24 bytes for a
+///   single GCRA quota, 32 for a token bucket or fixed window, 40 for a sliding-window
+///   counter, 24 plus the states for several quotas or a sliding-window log. That includes
+///   the key when it has at most 15 bytes (user ids, IPv4 addresses); longer keys add one
+///   allocation. An integer id ([`Subject::Id`]) takes 8 bytes less: 16 bytes for a single
+///   GCRA quota, the size of governor's `usize`-keyed entries.
+/// * **Policies**: a policy's keys are found by its name, algorithm and number of quotas.
+///   Replacing a policy by one of the same algorithm and number of quotas keeps every
+///   key's state (the new limits apply from the next call); one of another algorithm or
+///   number of quotas starts its keys fresh, and the old states are dropped as they expire.
 ///
 /// ```
 /// use palisade_ratelimit::{MemoryStore, Policy, Quota, Algorithm, Store};
@@ -637,16 +854,6 @@ impl Default for MemoryStore {
     }
 }
 
-/// The hash of (policy name, key). UTF-8 never contains 0xFF, so the separator keeps every
-/// (name, key) pair's byte string distinct.
-fn hash_of(hasher: &foldhash::fast::RandomState, name: &str, key: &[u8]) -> u64 {
-    let mut h = hasher.build_hasher();
-    h.write(name.as_bytes());
-    h.write_u8(0xff);
-    h.write(key);
-    h.finish()
-}
-
 impl MemoryStore {
     /// A store with the system clock and at most [`DEFAULT_MAX_KEYS`] keys.
     pub fn new() -> Self {
@@ -674,8 +881,25 @@ impl MemoryStore {
             .sum()
     }
 
-    fn shard(&self, policy: &Policy, key: &[u8]) -> (u64, MutexGuard<'_, Shard>) {
-        let h = hash_of(&self.hasher, policy.name(), key);
+    /// The hash of (policy name, key): the policy's fixed name hash, then what `write`
+    /// feeds (the key).
+    fn hash_of(
+        &self,
+        name_hash: u64,
+        write: impl FnOnce(&mut foldhash::fast::FoldHasher<'_>),
+    ) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u64(name_hash);
+        write(&mut h);
+        h.finish()
+    }
+
+    fn shard<K: StoredKey>(
+        &self,
+        policy: &Policy,
+        key: K::Probe<'_>,
+    ) -> (u64, MutexGuard<'_, Shard>) {
+        let h = self.hash_of(policy.name_hash(), |h| K::write_probe(key, h));
         // The tables use the low bits (bucket) and the top seven (tag) of the hash; the shard
         // is picked from bits in between so that neither is constant within a shard.
         let mid = (h >> 24) & 0xffff_ffff;
@@ -683,41 +907,41 @@ impl MemoryStore {
         (h, self.shards[i as usize].lock())
     }
 
-    fn rehash<S: Packed>(&self) -> impl Fn(&Entry<S>) -> u64 + '_ {
-        |e| hash_of(&self.hasher, e.policy.name(), e.key.as_bytes())
-    }
-
     /// Run `f` on the entry of (policy, key) in the table of shape `S` under its shard's
     /// lock, the entry made when missing (what every consuming operation starts with).
     #[inline]
-    fn with_slot<S: Packed, R>(
+    fn with_slot<K: StoredKey, S: Packed, R>(
         &self,
-        key: &[u8],
+        key: K::Probe<'_>,
         policy: &Policy,
         now: u64,
-        f: impl FnOnce(&mut Entry<S>) -> R,
+        f: impl FnOnce(&mut Entry<K, S>) -> R,
     ) -> R {
-        let (h, mut shard) = self.shard(policy, key);
-        shard.with_slot(
-            h,
-            policy,
-            Probe::new(key),
-            now,
-            self.per_shard,
-            self.rehash(),
-            f,
-        )
+        let (h, mut shard) = self.shard::<K>(policy, key);
+        let name_hash = policy.name_hash();
+        let rehash = |e: &Entry<K, S>| self.hash_of(name_hash, |h| e.key.write_stored(h));
+        shard.with_slot(h, policy, key, now, self.per_shard, rehash, f)
     }
 
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
-    /// I/O, one shard lock).
-    pub fn acquire_sync(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
-        by_shape!(policy, self.acquire_in(key, policy, cost))
+    /// I/O, one shard lock). `subject` is a text key or an integer id ([`Subject`]).
+    pub fn acquire_sync<'k>(
+        &self,
+        subject: impl Into<Subject<'k>>,
+        policy: &Policy,
+        cost: u64,
+    ) -> Decision {
+        dispatch!(subject.into(), policy, self.acquire_in(policy, cost))
     }
 
-    fn acquire_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
+    fn acquire_in<K: StoredKey, S: Packed>(
+        &self,
+        key: K::Probe<'_>,
+        policy: &Policy,
+        cost: u64,
+    ) -> Decision {
         let now = self.clock.now_micros();
-        let (allowed, verdicts) = self.with_slot::<S, _>(key.as_bytes(), policy, now, |e| {
+        let (allowed, verdicts) = self.with_slot::<K, S, _>(key, policy, now, |e| {
             e.state
                 .with_mut(policy.algorithm(), |s| match (s, policy.params()) {
                     ([one], [q]) => {
@@ -737,33 +961,39 @@ impl MemoryStore {
     /// [`Decision`]: no allocation at all for a known key. The same decision as
     /// [`acquire_sync`](Self::acquire_sync), for hot paths that need no headers or
     /// retry times.
-    pub fn allow_sync(&self, key: &str, policy: &Policy, cost: u64) -> bool {
-        by_shape!(policy, self.allow_in(key, policy, cost))
+    pub fn allow_sync<'k>(
+        &self,
+        subject: impl Into<Subject<'k>>,
+        policy: &Policy,
+        cost: u64,
+    ) -> bool {
+        dispatch!(subject.into(), policy, self.allow_in(policy, cost))
     }
 
     #[inline]
-    fn allow_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) -> bool {
+    fn allow_in<K: StoredKey, S: Packed>(
+        &self,
+        key: K::Probe<'_>,
+        policy: &Policy,
+        cost: u64,
+    ) -> bool {
         let now = self.clock.now_micros();
-        self.with_slot::<S, _>(key.as_bytes(), policy, now, |e| {
-            e.state.admit(policy, now, cost)
-        })
+        self.with_slot::<K, S, _>(key, policy, now, |e| e.state.admit(policy, now, cost))
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
-    pub fn peek_sync(&self, key: &str, policy: &Policy) -> Decision {
-        by_shape!(policy, self.peek_in(key, policy))
+    pub fn peek_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) -> Decision {
+        dispatch!(subject.into(), policy, self.peek_in(policy))
     }
 
-    fn peek_in<S: Packed>(&self, key: &str, policy: &Policy) -> Decision {
+    fn peek_in<K: StoredKey, S: Packed>(&self, key: K::Probe<'_>, policy: &Policy) -> Decision {
         let now = self.clock.now_micros();
-        let key = key.as_bytes();
         let (allowed, verdicts) = {
-            let (h, shard) = self.shard(policy, key);
-            match shard.get::<S>(h, policy, Probe::new(key)) {
-                // `peek` reads states of another algorithm or count as fresh.
-                Some(e) => e
+            let (h, shard) = self.shard::<K>(policy, key);
+            match shard.get::<K, S>(h, policy, key) {
+                Some((held_by, e)) => e
                     .state
-                    .with(e.policy.algorithm(), |s| algorithm::peek(s, policy, now)),
+                    .with(held_by.algorithm(), |s| algorithm::peek(s, policy, now)),
                 None => algorithm::peek(&[], policy, now),
             }
         };
@@ -771,29 +1001,32 @@ impl MemoryStore {
     }
 
     /// [`Store::refund`](crate::Store::refund), synchronously.
-    pub fn refund_sync(&self, key: &str, policy: &Policy, cost: u64) {
-        by_shape!(policy, self.refund_in(key, policy, cost));
+    pub fn refund_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy, cost: u64) {
+        dispatch!(subject.into(), policy, self.refund_in(policy, cost));
     }
 
-    fn refund_in<S: Packed>(&self, key: &str, policy: &Policy, cost: u64) {
+    fn refund_in<K: StoredKey, S: Packed>(&self, key: K::Probe<'_>, policy: &Policy, cost: u64) {
         let now = self.clock.now_micros();
-        let key = key.as_bytes();
-        let (h, mut shard) = self.shard(policy, key);
-        if let Some(e) = shard.get_mut::<S>(h, policy, Probe::new(key))
-            && e.is_aligned(policy)
-        {
-            let algorithm = e.policy.algorithm();
-            e.state.with_mut(algorithm, |s| {
+        let (h, mut shard) = self.shard::<K>(policy, key);
+        if let Some(e) = shard.get_mut::<K, S>(h, policy, key) {
+            e.state.with_mut(policy.algorithm(), |s| {
                 algorithm::refund_aligned(s, policy, now, cost);
             });
         }
     }
 
-    /// [`Store::reset`](crate::Store::reset), synchronously.
-    pub fn reset_sync(&self, key: &str, policy: &Policy) {
-        let key = key.as_bytes();
-        let (h, mut shard) = self.shard(policy, key);
-        shard.remove(h, policy, Probe::new(key));
+    /// [`Store::reset`](crate::Store::reset), synchronously: forgets the subject under every
+    /// algorithm its policy's name has been used with.
+    pub fn reset_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) {
+        match subject.into() {
+            Subject::Text(t) => self.reset_in::<KeyBuf>(Probe::new(t.as_bytes()), policy),
+            Subject::Id(id) => self.reset_in::<u64>(id, policy),
+        }
+    }
+
+    fn reset_in<K: StoredKey>(&self, key: K::Probe<'_>, policy: &Policy) {
+        let (h, mut shard) = self.shard::<K>(policy, key);
+        shard.remove::<K>(h, policy, key);
     }
 }
 
@@ -868,7 +1101,7 @@ mod tests {
         let mut shard = Shard::default();
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
-            shard.with_slot::<PairState, _>(
+            shard.with_slot::<KeyBuf, PairState, _>(
                 7,
                 p,
                 Probe::new(key.as_bytes()),
@@ -890,34 +1123,65 @@ mod tests {
             }
         }
         let probe = |k: &'static str| Probe::new(k.as_bytes());
-        shard.remove(7, &policy, probe("k0"));
+        shard.remove::<KeyBuf>(7, &policy, probe("k0"));
         assert_eq!(shard.len(), 79);
-        assert!(shard.get::<PairState>(7, &policy, probe("k0")).is_none());
+        assert!(shard.get::<KeyBuf, PairState>(7, &policy, probe("k0")).is_none());
         assert!(
-            shard.get::<PairState>(7, &other, probe("k0")).is_some()
-                && shard.get::<PairState>(7, &policy, probe("k1")).is_some()
+            shard.get::<KeyBuf, PairState>(7, &other, probe("k0")).is_some()
+                && shard.get::<KeyBuf, PairState>(7, &policy, probe("k1")).is_some()
         );
         // Everything expires when its window ends.
         shard.purge_expired(now + 60_000_000);
         assert_eq!(shard.len(), 0);
     }
 
-    /// A policy replaced under the same name by one of another shape leaves no stale entry
-    /// behind in the old shape's table.
+    /// A policy replaced under the same name by one of another algorithm starts its keys
+    /// fresh; going back finds the states it left (as the Redis store, whose keys name the
+    /// algorithm, does), until they expire.
     #[test]
-    fn a_changed_shape_moves_the_key() {
-        let store = MemoryStore::builder()
-            .clock(crate::FakeClock::new())
-            .build();
+    fn a_changed_algorithm_keeps_its_own_states() {
+        let clock = crate::FakeClock::new();
+        let store = MemoryStore::builder().clock(clock.clone()).build();
         let gcra = Policy::single("s", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
         let fw = Policy::single("s", Algorithm::FixedWindow, Quota::per_minute(1)).unwrap();
         assert!(store.allow_sync("k", &gcra, 1));
         assert!(store.allow_sync("k", &fw, 1));
-        assert_eq!(store.key_count(), 1);
-        // Back to GCRA: fresh, not the state left an instant ago.
-        assert!(store.allow_sync("k", &gcra, 1));
+        assert!(!store.allow_sync("k", &fw, 1));
         assert!(!store.allow_sync("k", &gcra, 1));
-        assert_eq!(store.key_count(), 1);
+        assert_eq!(store.key_count(), 2);
+        // A fresh object of the same layout takes over the states.
+        let gcra_again = Policy::single("s", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
+        assert!(!store.allow_sync("k", &gcra_again, 1));
+        clock.advance(std::time::Duration::from_secs(61));
+        assert_eq!(store.key_count(), 0);
+        // Reset forgets the key under every algorithm of the name.
+        assert!(store.allow_sync("k", &gcra, 1));
+        assert!(store.allow_sync("k", &fw, 1));
+        store.reset_sync("k", &gcra);
+        assert_eq!(store.key_count(), 0);
+    }
+
+    /// Ids and texts are separate subjects, each exact.
+    #[test]
+    fn ids_and_texts_are_separate_subjects() {
+        let store = MemoryStore::builder()
+            .clock(crate::FakeClock::new())
+            .build();
+        for alg in Algorithm::ALL {
+            let p = Policy::single(format!("ids-{alg}"), alg, Quota::per_minute(1)).unwrap();
+            for id in [0_u64, 7, u64::MAX] {
+                assert!(store.allow_sync(id, &p, 1), "{alg} {id}");
+                assert!(!store.allow_sync(Subject::Id(id), &p, 1), "{alg} {id}");
+                assert!(store.allow_sync(id.to_string().as_str(), &p, 1), "{alg} {id}");
+            }
+            assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 0, "{alg}");
+            store.refund_sync(7_u64, &p, 1);
+            assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 1, "{alg}");
+            assert_eq!(store.peek_sync("7", &p).quotas[0].remaining, 0, "{alg}");
+            store.reset_sync(0_u64, &p);
+            assert!(store.acquire_sync(0_u64, &p, 1).allowed, "{alg}");
+            assert!(!store.allow_sync("0", &p, 1), "{alg}");
+        }
     }
 
     proptest::proptest! {

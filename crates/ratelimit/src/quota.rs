@@ -1,6 +1,7 @@
 //! What is enforced: [`Quota`], [`Algorithm`] and [`Policy`]. Plain values, no I/O.
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -286,6 +287,8 @@ struct PolicyInner {
     params: Vec<Params>,
     #[serde(skip)]
     idle_micros: u64,
+    #[serde(skip)]
+    name_hash: u64,
 }
 
 impl Policy {
@@ -317,6 +320,13 @@ impl Policy {
 
     pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.inner.name
+    }
+
+    /// A fixed hash of the name, computed once, so stores can find a policy's keys without
+    /// hashing the name on every call. Not seeded: names are chosen by the operator, not
+    /// by clients.
+    pub(crate) fn name_hash(&self) -> u64 {
+        self.inner.name_hash
     }
 
     /// The same policy object (not merely an equal one): a pointer comparison.
@@ -424,8 +434,10 @@ impl PolicyBuilder {
             .map(|q| crate::algorithm::horizon_micros(self.algorithm, &q.quota))
             .max()
             .unwrap_or(0);
+        let name_hash = foldhash::fast::FixedState::with_seed(0).hash_one(&*self.name);
         Ok(Policy {
             inner: Arc::new(PolicyInner {
+                name_hash,
                 name: self.name,
                 algorithm: self.algorithm,
                 quotas: self.quotas,
