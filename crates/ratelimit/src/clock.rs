@@ -48,6 +48,7 @@ fn wall_micros() -> u64 {
 }
 
 impl Clock for SystemClock {
+    #[inline]
     fn now_micros(&self) -> u64 {
         let a = ANCHOR.get_or_init(|| {
             let clock = quanta::Clock::new();

@@ -227,6 +227,7 @@ impl Packed for GcraState {
     fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
         self.with_words_mut(algorithm, f)
     }
+    #[inline]
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         match policy.params() {
             [q] => algorithm::gcra_take(&mut self.0, q, now, cost),
@@ -251,6 +252,7 @@ impl Packed for PairState {
     fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
         self.with_words_mut(algorithm, f)
     }
+    #[inline]
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         let [q] = policy.params() else {
             return false;
@@ -279,6 +281,7 @@ impl Packed for CounterState {
     fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
         self.with_words_mut(algorithm, f)
     }
+    #[inline]
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         let [q] = policy.params() else {
             return false;
@@ -304,6 +307,7 @@ impl Packed for ListState {
     fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
         f(&mut self.0)
     }
+    #[inline]
     fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
         algorithm::admit_aligned(&mut self.0, policy, now, cost)
     }
@@ -344,6 +348,7 @@ enum KeyBuf {
 struct ShortKey(u64, u64);
 
 impl ShortKey {
+    #[inline]
     fn new(key: &[u8]) -> Self {
         let n = key.len();
         Self(
@@ -352,6 +357,7 @@ impl ShortKey {
         )
     }
 
+    #[inline]
     fn of_inline(b: &[u8; INLINE_KEY]) -> Self {
         let [
             b0,
@@ -386,6 +392,7 @@ impl ShortKey {
 }
 
 /// Up to the first eight bytes as a little-endian word, padded with 0xFF.
+#[inline]
 fn le_padded(bytes: &[u8]) -> u64 {
     let n = bytes.len();
     let word = if let Some(all) = bytes.first_chunk::<8>() {
@@ -411,6 +418,7 @@ enum Probe<'a> {
 }
 
 impl<'a> Probe<'a> {
+    #[inline]
     fn new(key: &'a [u8]) -> Self {
         if key.len() <= INLINE_KEY {
             Self::Short(ShortKey::new(key))
@@ -428,6 +436,7 @@ impl KeyBuf {
         }
     }
 
+    #[inline]
     fn matches(&self, key: Probe<'_>) -> bool {
         match (self, key) {
             (Self::Inline(a), Probe::Short(b)) => ShortKey::of_inline(a) == b,
@@ -463,12 +472,15 @@ trait StoredKey: Sized + std::fmt::Debug {
 
 impl StoredKey for KeyBuf {
     type Probe<'a> = Probe<'a>;
+    #[inline]
     fn stored(probe: Probe<'_>) -> Self {
         Self::new(probe)
     }
+    #[inline]
     fn matches(&self, probe: Probe<'_>) -> bool {
         KeyBuf::matches(self, probe)
     }
+    #[inline]
     fn write_probe(probe: Probe<'_>, h: &mut impl Hasher) {
         match probe {
             // The two words the key is compared by; no second pass over the bytes.
@@ -485,9 +497,11 @@ impl StoredKey for KeyBuf {
             Self::Heap(bytes) => h.write(bytes),
         }
     }
+    #[inline]
     fn tables(group: &Group) -> &Tables<Self> {
         &group.text
     }
+    #[inline]
     fn tables_mut(group: &mut Group) -> &mut Tables<Self> {
         &mut group.text
     }
@@ -495,21 +509,26 @@ impl StoredKey for KeyBuf {
 
 impl StoredKey for u64 {
     type Probe<'a> = u64;
+    #[inline]
     fn stored(probe: u64) -> Self {
         probe
     }
+    #[inline]
     fn matches(&self, probe: u64) -> bool {
         *self == probe
     }
+    #[inline]
     fn write_probe(probe: u64, h: &mut impl Hasher) {
         h.write_u64(probe);
     }
     fn write_stored(&self, h: &mut impl Hasher) {
         h.write_u64(*self);
     }
+    #[inline]
     fn tables(group: &Group) -> &Tables<Self> {
         &group.ids
     }
+    #[inline]
     fn tables_mut(group: &mut Group) -> &mut Tables<Self> {
         &mut group.ids
     }
@@ -625,6 +644,7 @@ impl Group {
     }
 
     /// Whether `policy` reads this group's states as they are.
+    #[inline]
     fn fits(&self, policy: &Policy) -> bool {
         self.policy.same(policy)
             || (self.policy.algorithm() == policy.algorithm()
@@ -664,6 +684,7 @@ impl Shard {
     }
 
     /// The group of `policy`, made when missing, following `policy` from now on.
+    #[inline]
     fn group_mut(&mut self, policy: &Policy) -> &mut Group {
         let g = match self
             .groups
@@ -718,6 +739,7 @@ impl Shard {
     /// Runs `f` on the entry for (policy, key), made fresh when missing. `rehash` gives an
     /// entry's hash again when its table grows.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn with_slot<K: StoredKey, S: Packed, R>(
         &mut self,
         h: u64,
@@ -835,7 +857,7 @@ pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: foldhash::fast::RandomState,
-    clock: Arc<dyn Clock>,
+    clock: TimeSource,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -864,13 +886,13 @@ impl MemoryStore {
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             max_keys: DEFAULT_MAX_KEYS,
-            clock: Arc::new(SystemClock),
+            clock: TimeSource::System,
         }
     }
 
     /// Keys currently held (expired keys are dropped first).
     pub fn key_count(&self) -> u64 {
-        let now = self.clock.now_micros();
+        let now = self.clock.now();
         self.shards
             .iter()
             .map(|s| {
@@ -883,6 +905,7 @@ impl MemoryStore {
 
     /// The hash of (policy name, key): the policy's fixed name hash, then what `write`
     /// feeds (the key).
+    #[inline]
     fn hash_of(
         &self,
         name_hash: u64,
@@ -894,6 +917,7 @@ impl MemoryStore {
         h.finish()
     }
 
+    #[inline]
     fn shard<K: StoredKey>(
         &self,
         policy: &Policy,
@@ -940,7 +964,7 @@ impl MemoryStore {
         policy: &Policy,
         cost: u64,
     ) -> Decision {
-        let now = self.clock.now_micros();
+        let now = self.clock.now();
         let (allowed, verdicts) = self.with_slot::<K, S, _>(key, policy, now, |e| {
             e.state
                 .with_mut(policy.algorithm(), |s| match (s, policy.params()) {
@@ -977,7 +1001,7 @@ impl MemoryStore {
         policy: &Policy,
         cost: u64,
     ) -> bool {
-        let now = self.clock.now_micros();
+        let now = self.clock.now();
         self.with_slot::<K, S, _>(key, policy, now, |e| e.state.admit(policy, now, cost))
     }
 
@@ -987,7 +1011,7 @@ impl MemoryStore {
     }
 
     fn peek_in<K: StoredKey, S: Packed>(&self, key: K::Probe<'_>, policy: &Policy) -> Decision {
-        let now = self.clock.now_micros();
+        let now = self.clock.now();
         let (allowed, verdicts) = {
             let (h, shard) = self.shard::<K>(policy, key);
             match shard.get::<K, S>(h, policy, key) {
@@ -1006,7 +1030,7 @@ impl MemoryStore {
     }
 
     fn refund_in<K: StoredKey, S: Packed>(&self, key: K::Probe<'_>, policy: &Policy, cost: u64) {
-        let now = self.clock.now_micros();
+        let now = self.clock.now();
         let (h, mut shard) = self.shard::<K>(policy, key);
         if let Some(e) = shard.get_mut::<K, S>(h, policy, key) {
             e.state.with_mut(policy.algorithm(), |s| {
@@ -1034,7 +1058,25 @@ impl MemoryStore {
 #[derive(Debug, Clone)]
 pub struct MemoryStoreBuilder {
     max_keys: u64,
-    clock: Arc<dyn Clock>,
+    clock: TimeSource,
+}
+
+/// The store's clock: the system clock called directly (it is on every decision's path),
+/// or any other [`Clock`].
+#[derive(Debug, Clone)]
+enum TimeSource {
+    System,
+    Other(Arc<dyn Clock>),
+}
+
+impl TimeSource {
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            Self::System => SystemClock.now_micros(),
+            Self::Other(clock) => clock.now_micros(),
+        }
+    }
 }
 
 impl MemoryStoreBuilder {
@@ -1048,7 +1090,7 @@ impl MemoryStoreBuilder {
     /// The clock (default [`SystemClock`]); tests pass a [`FakeClock`](crate::FakeClock).
     #[must_use]
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = TimeSource::Other(Arc::new(clock));
         self
     }
 
@@ -1125,10 +1167,18 @@ mod tests {
         let probe = |k: &'static str| Probe::new(k.as_bytes());
         shard.remove::<KeyBuf>(7, &policy, probe("k0"));
         assert_eq!(shard.len(), 79);
-        assert!(shard.get::<KeyBuf, PairState>(7, &policy, probe("k0")).is_none());
         assert!(
-            shard.get::<KeyBuf, PairState>(7, &other, probe("k0")).is_some()
-                && shard.get::<KeyBuf, PairState>(7, &policy, probe("k1")).is_some()
+            shard
+                .get::<KeyBuf, PairState>(7, &policy, probe("k0"))
+                .is_none()
+        );
+        assert!(
+            shard
+                .get::<KeyBuf, PairState>(7, &other, probe("k0"))
+                .is_some()
+                && shard
+                    .get::<KeyBuf, PairState>(7, &policy, probe("k1"))
+                    .is_some()
         );
         // Everything expires when its window ends.
         shard.purge_expired(now + 60_000_000);
@@ -1172,7 +1222,10 @@ mod tests {
             for id in [0_u64, 7, u64::MAX] {
                 assert!(store.allow_sync(id, &p, 1), "{alg} {id}");
                 assert!(!store.allow_sync(Subject::Id(id), &p, 1), "{alg} {id}");
-                assert!(store.allow_sync(id.to_string().as_str(), &p, 1), "{alg} {id}");
+                assert!(
+                    store.allow_sync(id.to_string().as_str(), &p, 1),
+                    "{alg} {id}"
+                );
             }
             assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 0, "{alg}");
             store.refund_sync(7_u64, &p, 1);
