@@ -301,6 +301,7 @@ pub(crate) fn expiry(states: &[QuotaState], params: &[Params], now: u64) -> (u64
 // The single-quota decisions on the bare fields (what `QuotaState::take` runs, and what the
 // memory store runs on its packed states): `check(..).allowed`, then `consume` if admitted.
 
+#[inline]
 pub(crate) fn gcra_take(tat: &mut u64, q: &Params, now: u64, cost: u64) -> bool {
     let now = now.min(MAX_MICROS);
     let t = q.interval;
@@ -312,6 +313,7 @@ pub(crate) fn gcra_take(tat: &mut u64, q: &Params, now: u64, cost: u64) -> bool 
     admitted
 }
 
+#[inline]
 pub(crate) fn tb_take(tokens: &mut u64, last: &mut u64, q: &Params, now: u64, cost: u64) -> bool {
     let now = now.min(MAX_MICROS);
     let (tok, l) = tb_refill(*tokens, *last, now, q.burst, q.interval);
@@ -323,6 +325,7 @@ pub(crate) fn tb_take(tokens: &mut u64, last: &mut u64, q: &Params, now: u64, co
     admitted
 }
 
+#[inline]
 pub(crate) fn fw_take(window: &mut u64, count: &mut u64, q: &Params, now: u64, cost: u64) -> bool {
     let now = now.min(MAX_MICROS);
     let p = q.period;
@@ -339,6 +342,7 @@ pub(crate) fn fw_take(window: &mut u64, count: &mut u64, q: &Params, now: u64, c
     admitted
 }
 
+#[inline]
 pub(crate) fn swc_take(
     window: &mut u64,
     prev: &mut u64,
@@ -350,7 +354,9 @@ pub(crate) fn swc_take(
     let now = now.min(MAX_MICROS);
     let p = q.period;
     let (w, pv, c, now) = counter_window(*window, *prev, *curr, now, p);
-    let admitted = weighted(pv, p, now - w * p) + c.saturating_add(cost) as f64 <= q.limit as f64;
+    let admitted = weighted(pv, p, now.saturating_sub(w.saturating_mul(p)))
+        + c.saturating_add(cost) as f64
+        <= q.limit as f64;
     if admitted {
         *window = w;
         *prev = pv;
@@ -359,6 +365,7 @@ pub(crate) fn swc_take(
     admitted
 }
 
+#[inline]
 fn tb_refill(tokens: u64, last: u64, now: u64, burst: u64, t: u64) -> (u64, u64) {
     if now <= last {
         return (tokens.min(burst), last);
@@ -371,12 +378,13 @@ fn tb_refill(tokens: u64, last: u64, now: u64, burst: u64, t: u64) -> (u64, u64)
     }
 }
 
+#[inline]
 fn counter_window(window: u64, prev: u64, curr: u64, now: u64, p: u64) -> (u64, u64, u64, u64) {
     // Returns (window, prev, curr, now) with time that went backwards held at the stored
     // window's start.
     let w = now / p;
     if w < window {
-        return (window, prev, curr, window * p);
+        return (window, prev, curr, window.saturating_mul(p));
     }
     if w == window {
         (w, prev, curr, now)
@@ -387,6 +395,7 @@ fn counter_window(window: u64, prev: u64, curr: u64, now: u64, p: u64) -> (u64, 
     }
 }
 
+#[inline]
 fn weighted(prev: u64, p: u64, elapsed: u64) -> f64 {
     // Lua: prev * (p - elapsed) / p, evaluated left to right in doubles.
     (prev as f64 * (p - elapsed) as f64) / p as f64
@@ -526,7 +535,7 @@ impl QuotaState {
                 } else {
                     (w, 0)
                 };
-                let reset = ((w + 1) * p).saturating_sub(now);
+                let reset = w.saturating_add(1).saturating_mul(p).saturating_sub(now);
                 if count.saturating_add(cost) <= limit {
                     Verdict {
                         allowed: true,
@@ -545,21 +554,21 @@ impl QuotaState {
             }
             Self::SlidingWindowCounter { window, prev, curr } => {
                 let (w, prev, curr, now) = counter_window(*window, *prev, *curr, now, p);
-                let elapsed = now - w * p;
+                let elapsed = now.saturating_sub(w.saturating_mul(p));
                 let weight = weighted(prev, p, elapsed);
                 let allowed = weight + curr.saturating_add(cost) as f64 <= limit as f64;
                 let used = if allowed { curr + cost } else { curr };
                 let remaining = (limit as f64 - weight - used as f64).floor().max(0.0) as u64;
                 let reset = if used > 0 {
-                    (w + 2) * p - now
+                    w.saturating_add(2).saturating_mul(p).saturating_sub(now)
                 } else if prev > 0 {
-                    (w + 1) * p - now
+                    w.saturating_add(1).saturating_mul(p).saturating_sub(now)
                 } else {
                     0
                 };
                 let retry_after = if allowed || cost > limit {
                     None
-                } else if curr + cost <= limit {
+                } else if curr.saturating_add(cost) <= limit {
                     // Wait until the previous window's weight has dropped enough.
                     let x = (p - elapsed) as f64
                         - ((limit - curr - cost) as f64 * p as f64) / prev as f64;
@@ -658,7 +667,9 @@ impl QuotaState {
             Self::SlidingWindowCounter { window, prev, curr } => {
                 let p = q.period;
                 let (w, prev, curr, now) = counter_window(*window, *prev, *curr, now, p);
-                weighted(prev, p, now - w * p) + curr.saturating_add(cost) as f64 <= q.limit as f64
+                weighted(prev, p, now.saturating_sub(w.saturating_mul(p)))
+                    + curr.saturating_add(cost) as f64
+                    <= q.limit as f64
             }
             Self::SlidingWindowLog { .. } => self.check_with(q, now, cost).allowed,
         }

@@ -1,6 +1,7 @@
 //! The in-memory backend: [`MemoryStore`].
 
 use std::hash::{BuildHasher, Hasher};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -8,7 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use hashbrown::HashTable;
 
-use crate::algorithm::{self, QuotaState};
+use crate::algorithm::{self, Params, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::Result;
@@ -68,7 +69,8 @@ impl From<u64> for Subject<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     Gcra,
-    Pair,
+    Bucket,
+    Window,
     Counter,
     List,
 }
@@ -80,7 +82,8 @@ impl Shape {
         }
         match policy.algorithm() {
             Algorithm::Gcra => Self::Gcra,
-            Algorithm::TokenBucket | Algorithm::FixedWindow => Self::Pair,
+            Algorithm::TokenBucket => Self::Bucket,
+            Algorithm::FixedWindow => Self::Window,
             Algorithm::SlidingWindowCounter => Self::Counter,
             Algorithm::SlidingWindowLog => Self::List,
         }
@@ -101,112 +104,239 @@ macro_rules! dispatch {
     (@shape $k:ty, $probe:expr, $policy:expr, $store:ident . $method:ident ( $($arg:expr),* )) => {
         match Shape::of($policy) {
             Shape::Gcra => $store.$method::<$k, GcraState>($probe, $($arg),*),
-            Shape::Pair => $store.$method::<$k, PairState>($probe, $($arg),*),
-            Shape::Counter => $store.$method::<$k, CounterState>($probe, $($arg),*),
+            Shape::Bucket => $store.$method::<$k, Word<Bucket>>($probe, $($arg),*),
+            Shape::Window => $store.$method::<$k, Word<Window>>($probe, $($arg),*),
+            Shape::Counter => $store.$method::<$k, Word<Counter>>($probe, $($arg),*),
             Shape::List => $store.$method::<$k, ListState>($probe, $($arg),*),
         }
     };
 }
 
-/// One shape of a key's states, read with its group's policy (which has that shape).
+/// How a group's single-quota states are laid out in a word, fixed when the group is made
+/// (a policy replaced later by one with other figures is still read with it: a state its
+/// fields cannot hold moves to the group's wide table instead).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    algorithm: Algorithm,
+    /// Bits of the word's low field: a token bucket's missing tokens, a fixed window's
+    /// count, or each of a sliding-window counter's two counts.
+    low: u32,
+    /// A token bucket's capacity when the group was made: the word holds how many tokens
+    /// are missing from it.
+    capacity: u64,
+}
+
+/// Missing tokens a one-word token bucket holds (the time it was counted at takes the other
+/// 54 bits; times are capped at 2^53 µs).
+const BUCKET_DEFICIT_BITS: u32 = 10;
+
+impl Layout {
+    fn of(policy: &Policy) -> Self {
+        let algorithm = policy.algorithm();
+        let (low, capacity) = match policy.quotas() {
+            [one] => {
+                // A window index never exceeds the largest time over the period.
+                let window_bits =
+                    64 - (algorithm::MAX_MICROS / one.quota.period_micros()).leading_zeros();
+                match algorithm {
+                    Algorithm::TokenBucket => (BUCKET_DEFICIT_BITS, one.quota.burst()),
+                    Algorithm::FixedWindow => (64 - window_bits, 0),
+                    _ => ((64 - window_bits) / 2, 0),
+                }
+            }
+            _ => (0, 0),
+        };
+        Self {
+            algorithm,
+            low,
+            capacity,
+        }
+    }
+}
+
+/// Whether `v` fits in `bits` bits.
+#[inline]
+fn fits_in(v: u64, bits: u32) -> bool {
+    v.checked_shr(bits).unwrap_or(0) == 0
+}
+
+/// One shape of a key's states, read with its group's [`Layout`] (which has that shape).
 trait Packed: Sized + std::fmt::Debug {
+    /// Whether a state of this form may have to move to the wide table.
+    const SPILLS: bool = false;
     fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>>;
     fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>>;
-    fn fresh(policy: &Policy, now: u64) -> Self;
-    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R;
-    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R;
-    /// [`algorithm::admit_aligned`] on the packed fields.
-    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool;
+    /// The fresh states of `policy`, or their wide form when this one cannot hold them.
+    fn fresh(layout: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState>;
+    /// This state at full width, for a form that [`SPILLS`](Self::SPILLS).
+    fn widen(&self, layout: &Layout) -> WideState;
+    fn with<R>(&self, layout: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R;
+    /// Runs `f` on the unpacked states and keeps what it leaves; `None`, with this state
+    /// unchanged, when this form cannot hold that (the entry must move and `f` run again on
+    /// its wide form).
+    fn with_mut<R>(&mut self, layout: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R>;
+    /// [`algorithm::admit_aligned`] on the packed fields, `None` as for `with_mut`.
+    fn admit(&mut self, layout: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool>;
 }
 
 /// A single GCRA quota: the theoretical arrival time.
 #[derive(Debug, Default)]
 struct GcraState(u64);
 
-/// A single token bucket `(tokens, last)` or fixed window `(window, count)`.
-#[derive(Debug, Default)]
-struct PairState(u64, u64);
+/// A single token bucket, fixed window or sliding-window counter in one word, its fields as
+/// wide as the group's [`Layout`] says and laid out by the algorithm's [`Codec`]. A state
+/// that does not fit moves to the wide table.
+struct Word<C>(u64, PhantomData<C>);
 
-/// A single sliding-window counter `(window, prev, curr)`.
-#[derive(Debug, Default)]
-struct CounterState(u64, u64, u64);
+impl<C> std::fmt::Debug for Word<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Word({:#x})", self.0)
+    }
+}
+
+/// How one algorithm's single-quota state goes in a [`Word`] and back.
+trait Codec: Sized {
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Word<Self>>>;
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Word<Self>>>;
+    /// The fields at full width.
+    fn widen(word: u64, layout: &Layout) -> WideState;
+    /// `None` when the layout's fields cannot hold `wide`.
+    fn narrow(wide: &WideState, layout: &Layout) -> Option<u64>;
+    /// The algorithm's admit step on the fields.
+    fn take(wide: &mut WideState, q: &Params, now: u64, cost: u64) -> bool;
+}
+
+/// A token bucket: `(last << 10) | missing tokens`, missing counted from the capacity of the
+/// group's layout.
+#[derive(Debug)]
+struct Bucket;
+
+/// A fixed window: `(window << low) | count`.
+#[derive(Debug)]
+struct Window;
+
+/// A sliding-window counter: `(window << 2·low) | (prev << low) | curr`.
+#[derive(Debug)]
+struct Counter;
+
+impl Codec for Bucket {
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Word<Self>>> {
+        &tables.bucket
+    }
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Word<Self>>> {
+        &mut tables.bucket
+    }
+    #[inline]
+    fn widen(word: u64, layout: &Layout) -> WideState {
+        let low = layout.low;
+        let missing = word & ((1 << low) - 1);
+        WideState(layout.capacity.saturating_sub(missing), word >> low, 0)
+    }
+    #[inline]
+    fn narrow(&WideState(tokens, last, _): &WideState, layout: &Layout) -> Option<u64> {
+        let low = layout.low;
+        let missing = layout.capacity.checked_sub(tokens)?;
+        (fits_in(missing, low) && fits_in(last, 64 - low)).then(|| (last << low) | missing)
+    }
+    #[inline]
+    fn take(WideState(tokens, last, _): &mut WideState, q: &Params, now: u64, cost: u64) -> bool {
+        algorithm::tb_take(tokens, last, q, now, cost)
+    }
+}
+
+impl Codec for Window {
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Word<Self>>> {
+        &tables.window
+    }
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Word<Self>>> {
+        &mut tables.window
+    }
+    #[inline]
+    fn widen(word: u64, layout: &Layout) -> WideState {
+        let low = layout.low;
+        WideState(word >> low, word & ((1 << low) - 1), 0)
+    }
+    #[inline]
+    fn narrow(&WideState(window, count, _): &WideState, layout: &Layout) -> Option<u64> {
+        let low = layout.low;
+        (fits_in(count, low) && fits_in(window, 64 - low)).then(|| (window << low) | count)
+    }
+    #[inline]
+    fn take(WideState(window, count, _): &mut WideState, q: &Params, now: u64, cost: u64) -> bool {
+        algorithm::fw_take(window, count, q, now, cost)
+    }
+}
+
+impl Codec for Counter {
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Word<Self>>> {
+        &tables.counter
+    }
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Word<Self>>> {
+        &mut tables.counter
+    }
+    #[inline]
+    fn widen(word: u64, layout: &Layout) -> WideState {
+        let low = layout.low;
+        let mask = (1 << low) - 1;
+        WideState(word >> (2 * low), (word >> low) & mask, word & mask)
+    }
+    #[inline]
+    fn narrow(&WideState(window, prev, curr): &WideState, layout: &Layout) -> Option<u64> {
+        let low = layout.low;
+        (fits_in(prev, low) && fits_in(curr, low) && fits_in(window, 64 - 2 * low))
+            .then(|| (window << (2 * low)) | (prev << low) | curr)
+    }
+    #[inline]
+    fn take(
+        WideState(window, prev, curr): &mut WideState,
+        q: &Params,
+        now: u64,
+        cost: u64,
+    ) -> bool {
+        algorithm::swc_take(window, prev, curr, q, now, cost)
+    }
+}
+
+/// A single token bucket `(tokens, last, 0)`, fixed window `(window, count, 0)` or
+/// sliding-window counter `(window, prev, curr)` at full width: what a [`Word`] cannot
+/// hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WideState(u64, u64, u64);
 
 /// Several quotas, or a sliding-window log, behind one pointer.
 #[derive(Debug)]
 struct ListState(Box<[QuotaState]>);
 
-/// A single quota's state packed in words, read as the algorithms' type with the entry
-/// policy's algorithm (a pair is a token bucket or a fixed window as that says).
-trait Words: Sized + Default {
-    fn unpack(&self, algorithm: Algorithm) -> QuotaState;
-    /// `None` for a state of another shape (which a policy of this shape never makes).
-    fn pack(state: QuotaState) -> Option<Self>;
-
-    /// The only fresh state of a single-quota policy (its shape guarantees one).
-    fn fresh_words(policy: &Policy, now: u64) -> Self {
-        let mut v = algorithm::fresh_states(policy, now);
-        v.pop().and_then(Self::pack).unwrap_or_default()
-    }
-
-    /// Runs `f` on the unpacked state and packs back what it leaves.
-    fn with_words_mut<R>(
-        &mut self,
-        algorithm: Algorithm,
-        f: impl FnOnce(&mut [QuotaState]) -> R,
-    ) -> R {
-        let mut one = [self.unpack(algorithm)];
-        let r = f(&mut one);
-        let [one] = one;
-        if let Some(packed) = Self::pack(one) {
-            *self = packed;
-        }
-        r
-    }
+/// The only fresh state of a single-quota policy (its shape guarantees one).
+fn fresh_one(policy: &Policy, now: u64) -> QuotaState {
+    let mut v = algorithm::fresh_states(policy, now);
+    v.pop().unwrap_or(QuotaState::Gcra { tat: 0 })
 }
 
-impl Words for GcraState {
-    fn unpack(&self, _: Algorithm) -> QuotaState {
-        QuotaState::Gcra { tat: self.0 }
-    }
-    fn pack(state: QuotaState) -> Option<Self> {
-        match state {
-            QuotaState::Gcra { tat } => Some(Self(tat)),
-            _ => None,
-        }
-    }
-}
-
-impl Words for PairState {
+impl WideState {
     fn unpack(&self, algorithm: Algorithm) -> QuotaState {
-        let Self(a, b) = *self;
+        let Self(a, b, c) = *self;
         match algorithm {
             Algorithm::TokenBucket => QuotaState::TokenBucket { tokens: a, last: b },
-            _ => QuotaState::FixedWindow {
+            Algorithm::FixedWindow => QuotaState::FixedWindow {
                 window: a,
                 count: b,
             },
+            _ => QuotaState::SlidingWindowCounter {
+                window: a,
+                prev: b,
+                curr: c,
+            },
         }
     }
-    fn pack(state: QuotaState) -> Option<Self> {
-        match state {
-            QuotaState::TokenBucket { tokens, last } => Some(Self(tokens, last)),
-            QuotaState::FixedWindow { window, count } => Some(Self(window, count)),
-            _ => None,
-        }
-    }
-}
 
-impl Words for CounterState {
-    fn unpack(&self, _: Algorithm) -> QuotaState {
-        let Self(window, prev, curr) = *self;
-        QuotaState::SlidingWindowCounter { window, prev, curr }
-    }
-    fn pack(state: QuotaState) -> Option<Self> {
-        match state {
-            QuotaState::SlidingWindowCounter { window, prev, curr } => {
-                Some(Self(window, prev, curr))
-            }
-            _ => None,
+    fn pack(state: &QuotaState) -> Self {
+        match *state {
+            QuotaState::TokenBucket { tokens, last } => Self(tokens, last, 0),
+            QuotaState::FixedWindow { window, count } => Self(window, count, 0),
+            QuotaState::SlidingWindowCounter { window, prev, curr } => Self(window, prev, curr),
+            // Not a state of this shape's algorithms; never made.
+            _ => Self(0, 0, 0),
         }
     }
 }
@@ -218,76 +348,118 @@ impl Packed for GcraState {
     fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
         &mut tables.gcra
     }
-    fn fresh(policy: &Policy, now: u64) -> Self {
-        Self::fresh_words(policy, now)
+    fn fresh(_: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState> {
+        match fresh_one(policy, now) {
+            QuotaState::Gcra { tat } => Ok(Self(tat)),
+            _ => Ok(Self::default()),
+        }
     }
-    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        f(&[self.unpack(algorithm)])
+    fn widen(&self, _: &Layout) -> WideState {
+        WideState(self.0, 0, 0)
     }
-    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        self.with_words_mut(algorithm, f)
+    fn with<R>(&self, _: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[QuotaState::Gcra { tat: self.0 }])
+    }
+    fn with_mut<R>(&mut self, _: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R> {
+        let mut one = [QuotaState::Gcra { tat: self.0 }];
+        let r = f(&mut one);
+        if let [QuotaState::Gcra { tat }] = one {
+            self.0 = tat;
+        }
+        Some(r)
     }
     #[inline]
-    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
+    fn admit(&mut self, _: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
         match policy.params() {
-            [q] => algorithm::gcra_take(&mut self.0, q, now, cost),
-            _ => false,
+            [q] => Some(algorithm::gcra_take(&mut self.0, q, now, cost)),
+            _ => Some(false),
         }
     }
 }
 
-impl Packed for PairState {
+impl<C: Codec + std::fmt::Debug> Packed for Word<C> {
+    const SPILLS: bool = true;
     fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
-        &tables.pair
+        C::table(tables)
     }
     fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
-        &mut tables.pair
+        C::table_mut(tables)
     }
-    fn fresh(policy: &Policy, now: u64) -> Self {
-        Self::fresh_words(policy, now)
+    fn fresh(layout: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState> {
+        let wide = WideState::pack(&fresh_one(policy, now));
+        C::narrow(&wide, layout)
+            .map(|w| Self(w, PhantomData))
+            .ok_or(wide)
     }
-    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        f(&[self.unpack(algorithm)])
+    fn widen(&self, layout: &Layout) -> WideState {
+        C::widen(self.0, layout)
     }
-    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        self.with_words_mut(algorithm, f)
+    fn with<R>(&self, layout: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        C::widen(self.0, layout).with(layout, f)
+    }
+    fn with_mut<R>(&mut self, layout: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R> {
+        let mut wide = C::widen(self.0, layout);
+        let r = wide.with_mut(layout, f);
+        self.0 = C::narrow(&wide, layout)?;
+        Some(r)
     }
     #[inline]
-    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
+    fn admit(&mut self, layout: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
+        let [q] = policy.params() else {
+            return Some(false);
+        };
+        let mut wide = C::widen(self.0, layout);
+        // A denial changes nothing.
+        if !C::take(&mut wide, q, now, cost) {
+            return Some(false);
+        }
+        self.0 = C::narrow(&wide, layout)?;
+        Some(true)
+    }
+}
+
+impl WideState {
+    fn with_mut<R>(&mut self, layout: &Layout, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
+        let mut one = [self.unpack(layout.algorithm)];
+        let r = f(&mut one);
+        *self = Self::pack(&one[0]);
+        r
+    }
+
+    fn admit(&mut self, layout: &Layout, policy: &Policy, now: u64, cost: u64) -> bool {
         let [q] = policy.params() else {
             return false;
         };
-        let Self(a, b) = self;
-        match policy.algorithm() {
-            Algorithm::TokenBucket => algorithm::tb_take(a, b, q, now, cost),
-            _ => algorithm::fw_take(a, b, q, now, cost),
+        match layout.algorithm {
+            Algorithm::TokenBucket => Bucket::take(self, q, now, cost),
+            Algorithm::FixedWindow => Window::take(self, q, now, cost),
+            _ => Counter::take(self, q, now, cost),
         }
     }
 }
 
-impl Packed for CounterState {
+impl Packed for WideState {
     fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
-        &tables.counter
+        &tables.wide
     }
     fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
-        &mut tables.counter
+        &mut tables.wide
     }
-    fn fresh(policy: &Policy, now: u64) -> Self {
-        Self::fresh_words(policy, now)
+    fn fresh(_: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState> {
+        Ok(Self::pack(&fresh_one(policy, now)))
     }
-    fn with<R>(&self, algorithm: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        f(&[self.unpack(algorithm)])
+    fn widen(&self, _: &Layout) -> WideState {
+        *self
     }
-    fn with_mut<R>(&mut self, algorithm: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        self.with_words_mut(algorithm, f)
+    fn with<R>(&self, layout: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(&[self.unpack(layout.algorithm)])
+    }
+    fn with_mut<R>(&mut self, layout: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R> {
+        Some(WideState::with_mut(self, layout, f))
     }
     #[inline]
-    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
-        let [q] = policy.params() else {
-            return false;
-        };
-        let Self(window, prev, curr) = self;
-        algorithm::swc_take(window, prev, curr, q, now, cost)
+    fn admit(&mut self, layout: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
+        Some(WideState::admit(self, layout, policy, now, cost))
     }
 }
 
@@ -298,22 +470,110 @@ impl Packed for ListState {
     fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
         &mut tables.list
     }
-    fn fresh(policy: &Policy, now: u64) -> Self {
-        Self(algorithm::fresh_states(policy, now).into_boxed_slice())
+    fn fresh(_: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState> {
+        Ok(Self(
+            algorithm::fresh_states(policy, now).into_boxed_slice(),
+        ))
     }
-    fn with<R>(&self, _: Algorithm, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+    fn widen(&self, _: &Layout) -> WideState {
+        // Never asked: a list holds any states.
+        WideState(0, 0, 0)
+    }
+    fn with<R>(&self, _: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R {
         f(&self.0)
     }
-    fn with_mut<R>(&mut self, _: Algorithm, f: impl FnOnce(&mut [QuotaState]) -> R) -> R {
-        f(&mut self.0)
+    fn with_mut<R>(&mut self, _: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R> {
+        Some(f(&mut self.0))
     }
     #[inline]
-    fn admit(&mut self, policy: &Policy, now: u64, cost: u64) -> bool {
-        algorithm::admit_aligned(&mut self.0, policy, now, cost)
+    fn admit(&mut self, _: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
+        Some(algorithm::admit_aligned(&mut self.0, policy, now, cost))
     }
 }
 
-/// Per-quota verdicts, without a list for the usual single quota.
+/// What a call does to one key's states, on whichever form they are kept in. An operation
+/// is a few references and numbers (`Copy`): when a state outgrows its form, it runs again
+/// on the wide form of the state it left untouched.
+trait Operation: Copy {
+    type Out;
+    /// `None` when `state`'s form cannot hold the result (`state` is left as it was).
+    fn run<S: Packed>(self, state: &mut S, layout: &Layout) -> Option<Self::Out>;
+    fn run_wide(self, state: &mut WideState, layout: &Layout) -> Self::Out;
+}
+
+/// [`MemoryStore::allow_sync`]: admit or deny, nothing else.
+#[derive(Clone, Copy)]
+struct Admit<'p> {
+    policy: &'p Policy,
+    now: u64,
+    cost: u64,
+}
+
+impl Operation for Admit<'_> {
+    type Out = bool;
+    #[inline]
+    fn run<S: Packed>(self, state: &mut S, layout: &Layout) -> Option<bool> {
+        state.admit(layout, self.policy, self.now, self.cost)
+    }
+    fn run_wide(self, state: &mut WideState, layout: &Layout) -> bool {
+        state.admit(layout, self.policy, self.now, self.cost)
+    }
+}
+
+/// [`MemoryStore::acquire_sync`]: the decision with every quota's verdict.
+#[derive(Clone, Copy)]
+struct Decide<'p> {
+    policy: &'p Policy,
+    now: u64,
+    cost: u64,
+}
+
+impl Decide<'_> {
+    fn on(self, states: &mut [QuotaState]) -> (bool, Verdicts) {
+        let Self { policy, now, cost } = self;
+        match (states, policy.params()) {
+            ([one], [q]) => {
+                let (allowed, v) = algorithm::decide_one(one, q, now, cost);
+                (allowed, Verdicts::One(v))
+            }
+            (s, _) => {
+                let (allowed, v) = algorithm::decide_aligned(s, policy, now, cost);
+                (allowed, Verdicts::Many(v))
+            }
+        }
+    }
+}
+
+impl Operation for Decide<'_> {
+    type Out = (bool, Verdicts);
+    fn run<S: Packed>(self, state: &mut S, layout: &Layout) -> Option<Self::Out> {
+        state.with_mut(layout, |s| self.on(s))
+    }
+    fn run_wide(self, state: &mut WideState, layout: &Layout) -> Self::Out {
+        state.with_mut(layout, |s| self.on(s))
+    }
+}
+
+/// [`MemoryStore::refund_sync`].
+#[derive(Clone, Copy)]
+struct Refund<'p> {
+    policy: &'p Policy,
+    now: u64,
+    cost: u64,
+}
+
+impl Operation for Refund<'_> {
+    type Out = ();
+    fn run<S: Packed>(self, state: &mut S, layout: &Layout) -> Option<()> {
+        let Self { policy, now, cost } = self;
+        state.with_mut(layout, |s| algorithm::refund_aligned(s, policy, now, cost))
+    }
+    fn run_wide(self, state: &mut WideState, layout: &Layout) {
+        let Self { policy, now, cost } = self;
+        state.with_mut(layout, |s| algorithm::refund_aligned(s, policy, now, cost));
+    }
+}
+
 enum Verdicts {
     One(algorithm::Verdict),
     Many(Vec<algorithm::Verdict>),
@@ -544,30 +804,34 @@ struct Entry<K, S> {
 
 impl<K, S: Packed> Entry<K, S> {
     /// When the state turns equivalent to a fresh one, and what it holds at `now`, read
-    /// with its group's `policy`.
-    fn expiry(&self, policy: &Policy, now: u64) -> (u64, u64) {
-        self.state.with(policy.algorithm(), |s| {
-            algorithm::expiry(s, policy.params(), now)
-        })
+    /// with its group's layout and `policy`.
+    fn expiry(&self, layout: &Layout, policy: &Policy, now: u64) -> (u64, u64) {
+        self.state
+            .with(layout, |s| algorithm::expiry(s, policy.params(), now))
     }
 }
 
-// A single GCRA quota takes 24 bytes for a text key of up to 15 bytes, 16 for an id (the
-// same as governor's `usize`-keyed entries).
+// A single GCRA quota, token bucket, fixed window or sliding-window counter takes 24 bytes
+// for a text key of up to 15 bytes, 16 for an id (the size of governor's `usize`-keyed
+// entries).
 #[cfg(target_pointer_width = "64")]
 const _: () = {
     assert!(std::mem::size_of::<Entry<KeyBuf, GcraState>>() == 24);
     assert!(std::mem::size_of::<Entry<u64, GcraState>>() == 16);
-    assert!(std::mem::size_of::<Entry<KeyBuf, PairState>>() == 32);
+    assert!(std::mem::size_of::<Entry<KeyBuf, Word<Counter>>>() == 24);
+    assert!(std::mem::size_of::<Entry<u64, Word<Counter>>>() == 16);
 };
 
-/// One table per state shape for one kind of key. A group uses only its policy's shape;
-/// the others stay empty (an empty table allocates nothing).
+/// One table per state shape for one kind of key. A group uses its policy's shape, and a
+/// one-word group also the wide table for the keys whose states outgrew their word; the
+/// others stay empty (an empty table allocates nothing).
 #[derive(Debug)]
 struct Tables<K> {
     gcra: HashTable<Entry<K, GcraState>>,
-    pair: HashTable<Entry<K, PairState>>,
-    counter: HashTable<Entry<K, CounterState>>,
+    bucket: HashTable<Entry<K, Word<Bucket>>>,
+    window: HashTable<Entry<K, Word<Window>>>,
+    counter: HashTable<Entry<K, Word<Counter>>>,
+    wide: HashTable<Entry<K, WideState>>,
     list: HashTable<Entry<K, ListState>>,
 }
 
@@ -575,8 +839,10 @@ impl<K> Default for Tables<K> {
     fn default() -> Self {
         Self {
             gcra: HashTable::new(),
-            pair: HashTable::new(),
+            bucket: HashTable::new(),
+            window: HashTable::new(),
             counter: HashTable::new(),
+            wide: HashTable::new(),
             list: HashTable::new(),
         }
     }
@@ -584,7 +850,12 @@ impl<K> Default for Tables<K> {
 
 impl<K: StoredKey> Tables<K> {
     fn len(&self) -> usize {
-        self.gcra.len() + self.pair.len() + self.counter.len() + self.list.len()
+        self.gcra.len()
+            + self.bucket.len()
+            + self.window.len()
+            + self.counter.len()
+            + self.wide.len()
+            + self.list.len()
     }
 
     fn remove(&mut self, h: u64, key: K::Probe<'_>) {
@@ -594,42 +865,159 @@ impl<K: StoredKey> Tables<K> {
             }
         }
         rm(&mut self.gcra, h, key);
-        rm(&mut self.pair, h, key);
+        rm(&mut self.bucket, h, key);
+        rm(&mut self.window, h, key);
         rm(&mut self.counter, h, key);
+        rm(&mut self.wide, h, key);
         rm(&mut self.list, h, key);
     }
 
-    /// `(expires_at, holds)` at `now` of every entry, read with `policy`.
+    /// The entry of `key` in form `S`, or in the wide table when `S` may have moved there.
+    fn find<S: Packed, R>(
+        &self,
+        h: u64,
+        key: K::Probe<'_>,
+        on_packed: impl FnOnce(&S) -> R,
+        on_wide: impl FnOnce(&WideState) -> R,
+    ) -> Option<R> {
+        if let Some(e) = S::table(self).find(h, |e| e.key.matches(key)) {
+            return Some(on_packed(&e.state));
+        }
+        if S::SPILLS && !self.wide.is_empty() {
+            return self
+                .wide
+                .find(h, |e| e.key.matches(key))
+                .map(|e| on_wide(&e.state));
+        }
+        None
+    }
+
+    /// Runs `op` on the entry of `key` in form `S` (or moved from it to the wide table);
+    /// `None` when there is none. An entry whose state outgrows form `S` moves.
+    #[inline]
+    fn run<S: Packed, O: Operation>(
+        &mut self,
+        h: u64,
+        key: K::Probe<'_>,
+        layout: &Layout,
+        rehash: &impl Fn(&K) -> u64,
+        op: O,
+    ) -> Option<O::Out> {
+        if let Ok(mut found) = S::table_mut(self).find_entry(h, |e| e.key.matches(key)) {
+            if let Some(out) = op.run(&mut found.get_mut().state, layout) {
+                return Some(out);
+            }
+            let (Entry { key, state }, _) = found.remove();
+            return Some(self.insert_wide(h, key, state.widen(layout), layout, rehash, op));
+        }
+        if S::SPILLS
+            && !self.wide.is_empty()
+            && let Some(e) = self.wide.find_mut(h, |e| e.key.matches(key))
+        {
+            return Some(op.run_wide(&mut e.state, layout));
+        }
+        None
+    }
+
+    /// Runs `op` on `fresh` (the states of a key not held yet, as [`Packed::fresh`] made
+    /// them), then keeps the key in the form that holds what `op` left.
+    fn run_fresh<S: Packed, O: Operation>(
+        &mut self,
+        h: u64,
+        key: K,
+        layout: &Layout,
+        fresh: Result<S, WideState>,
+        rehash: &impl Fn(&K) -> u64,
+        op: O,
+    ) -> O::Out {
+        match fresh {
+            Ok(mut state) => match op.run(&mut state, layout) {
+                Some(out) => {
+                    self.insert(h, key, state, rehash);
+                    out
+                }
+                None => self.insert_wide(h, key, state.widen(layout), layout, rehash, op),
+            },
+            Err(wide) => self.insert_wide(h, key, wide, layout, rehash, op),
+        }
+    }
+
+    /// Runs `op` on `wide`, then keeps it for `key`.
+    #[cold]
+    fn insert_wide<O: Operation>(
+        &mut self,
+        h: u64,
+        key: K,
+        mut wide: WideState,
+        layout: &Layout,
+        rehash: &impl Fn(&K) -> u64,
+        op: O,
+    ) -> O::Out {
+        let out = op.run_wide(&mut wide, layout);
+        self.insert(h, key, wide, rehash);
+        out
+    }
+
+    fn insert<S: Packed>(&mut self, h: u64, key: K, state: S, rehash: &impl Fn(&K) -> u64) {
+        S::table_mut(self).insert_unique(h, Entry { key, state }, |e| rehash(&e.key));
+    }
+
+    /// `(expires_at, holds)` at `now` of every entry, read with `layout` and `policy`.
     fn expiries<'a>(
         &'a self,
+        layout: &'a Layout,
         policy: &'a Policy,
         now: u64,
     ) -> impl Iterator<Item = (u64, u64)> + 'a {
-        (self.gcra.iter().map(move |e| e.expiry(policy, now)))
-            .chain(self.pair.iter().map(move |e| e.expiry(policy, now)))
-            .chain(self.counter.iter().map(move |e| e.expiry(policy, now)))
-            .chain(self.list.iter().map(move |e| e.expiry(policy, now)))
+        (self.gcra.iter().map(move |e| e.expiry(layout, policy, now)))
+            .chain(
+                self.bucket
+                    .iter()
+                    .map(move |e| e.expiry(layout, policy, now)),
+            )
+            .chain(
+                self.window
+                    .iter()
+                    .map(move |e| e.expiry(layout, policy, now)),
+            )
+            .chain(
+                self.counter
+                    .iter()
+                    .map(move |e| e.expiry(layout, policy, now)),
+            )
+            .chain(self.wide.iter().map(move |e| e.expiry(layout, policy, now)))
+            .chain(self.list.iter().map(move |e| e.expiry(layout, policy, now)))
     }
 
-    /// Keep the entries for which `keep(expires_at, holds)` (at `now`, read with `policy`)
-    /// says so.
-    fn retain(&mut self, policy: &Policy, now: u64, keep: &mut impl FnMut(u64, u64) -> bool) {
+    /// Keep the entries for which `keep(expires_at, holds)` (at `now`, read with `layout`
+    /// and `policy`) says so.
+    fn retain(
+        &mut self,
+        layout: &Layout,
+        policy: &Policy,
+        now: u64,
+        keep: &mut impl FnMut(u64, u64) -> bool,
+    ) {
         let mut keep = |(at, held)| keep(at, held);
-        self.gcra.retain(|e| keep(e.expiry(policy, now)));
-        self.pair.retain(|e| keep(e.expiry(policy, now)));
-        self.counter.retain(|e| keep(e.expiry(policy, now)));
-        self.list.retain(|e| keep(e.expiry(policy, now)));
+        self.gcra.retain(|e| keep(e.expiry(layout, policy, now)));
+        self.bucket.retain(|e| keep(e.expiry(layout, policy, now)));
+        self.window.retain(|e| keep(e.expiry(layout, policy, now)));
+        self.counter.retain(|e| keep(e.expiry(layout, policy, now)));
+        self.wide.retain(|e| keep(e.expiry(layout, policy, now)));
+        self.list.retain(|e| keep(e.expiry(layout, policy, now)));
     }
 }
 
-/// The keys of one policy in one shard. A group is found by the policy's name, algorithm and
-/// number of quotas (its layout): a policy replaced by one of the same layout keeps the
-/// states (the group follows the new object), one of another layout gets a group of its
-/// own, so its keys start fresh; the old group's keys expire or are evicted like any other.
-/// The Redis store behaves the same way: its keys name the policy, quota and algorithm.
+/// The keys of one policy in one shard. A group is found by the policy's name and what its
+/// states mean ([`Policy::reads_states_of`]: algorithm, number of quotas, and the window
+/// algorithms' periods): a policy replaced by a matching one keeps the states (the group
+/// follows the new object), any other gets a group of its own, so its keys start fresh; the
+/// old group's keys expire or are evicted like any other. The Redis store behaves the same
+/// way: its keys name the policy, quota, algorithm and a window algorithm's period.
 #[derive(Debug)]
 struct Group {
     policy: Policy,
+    layout: Layout,
     text: Tables<KeyBuf>,
     ids: Tables<u64>,
 }
@@ -638,6 +1026,7 @@ impl Group {
     fn new(policy: &Policy) -> Self {
         Self {
             policy: policy.clone(),
+            layout: Layout::of(policy),
             text: Tables::default(),
             ids: Tables::default(),
         }
@@ -647,9 +1036,7 @@ impl Group {
     #[inline]
     fn fits(&self, policy: &Policy) -> bool {
         self.policy.same(policy)
-            || (self.policy.algorithm() == policy.algorithm()
-                && self.policy.params().len() == policy.params().len()
-                && self.policy.name() == policy.name())
+            || (self.policy.name() == policy.name() && self.policy.reads_states_of(policy))
     }
 
     fn len(&self) -> usize {
@@ -657,12 +1044,16 @@ impl Group {
     }
 
     fn expiries(&self, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (self.text.expiries(&self.policy, now)).chain(self.ids.expiries(&self.policy, now))
+        (self.text.expiries(&self.layout, &self.policy, now)).chain(self.ids.expiries(
+            &self.layout,
+            &self.policy,
+            now,
+        ))
     }
 
     fn retain(&mut self, now: u64, keep: &mut impl FnMut(u64, u64) -> bool) {
-        self.text.retain(&self.policy, now, keep);
-        self.ids.retain(&self.policy, now, keep);
+        self.text.retain(&self.layout, &self.policy, now, keep);
+        self.ids.retain(&self.layout, &self.policy, now, keep);
     }
 }
 
@@ -704,27 +1095,34 @@ impl Shard {
         g
     }
 
-    fn get<K: StoredKey, S: Packed>(
+    /// Reads the states of (policy, key) in form `S` with `f`; `None` when the key is not
+    /// held.
+    fn read<K: StoredKey, S: Packed, R>(
         &self,
         h: u64,
         policy: &Policy,
         key: K::Probe<'_>,
-    ) -> Option<(&Policy, &Entry<K, S>)> {
+        f: impl Fn(&[QuotaState]) -> R,
+    ) -> Option<R> {
         let g = self.group(policy)?;
-        let e = S::table(K::tables(g)).find(h, |e| e.key.matches(key))?;
-        Some((&g.policy, e))
+        let layout = &g.layout;
+        K::tables(g).find::<S, R>(h, key, |s| s.with(layout, &f), |w| w.with(layout, &f))
     }
 
-    fn get_mut<K: StoredKey, S: Packed>(
+    /// Runs `op` on the states of (policy, key) when held.
+    fn run_existing<K: StoredKey, S: Packed, O: Operation>(
         &mut self,
         h: u64,
         policy: &Policy,
         key: K::Probe<'_>,
-    ) -> Option<&mut Entry<K, S>> {
+        rehash: &impl Fn(&K) -> u64,
+        op: O,
+    ) -> Option<O::Out> {
         let g = self
             .groups
             .find_mut(policy.name_hash(), |g| g.fits(policy))?;
-        S::table_mut(K::tables_mut(g)).find_mut(h, |e| e.key.matches(key))
+        let layout = g.layout;
+        K::tables_mut(g).run::<S, O>(h, key, &layout, rehash, op)
     }
 
     /// Forget `key` under every layout of the policy's name.
@@ -736,33 +1134,33 @@ impl Shard {
         }
     }
 
-    /// Runs `f` on the entry for (policy, key), made fresh when missing. `rehash` gives an
-    /// entry's hash again when its table grows.
+    /// Runs `op` on the states of (policy, key), made fresh when missing. `rehash` gives a
+    /// key's hash again when its table grows.
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn with_slot<K: StoredKey, S: Packed, R>(
+    fn with_slot<K: StoredKey, S: Packed, O: Operation>(
         &mut self,
         h: u64,
         policy: &Policy,
         key: K::Probe<'_>,
         now: u64,
         cap: usize,
-        rehash: impl Fn(&Entry<K, S>) -> u64,
-        f: impl FnOnce(&mut Entry<K, S>) -> R,
-    ) -> R {
-        let table = S::table_mut(K::tables_mut(self.group_mut(policy)));
-        if let Some(e) = table.find_mut(h, |e| e.key.matches(key)) {
-            return f(e);
+        rehash: &impl Fn(&K) -> u64,
+        op: O,
+    ) -> O::Out {
+        let g = self.group_mut(policy);
+        let layout = g.layout;
+        if let Some(out) = K::tables_mut(g).run::<S, O>(h, key, &layout, rehash, op) {
+            return out;
         }
         if self.len() >= cap {
             self.evict(now, cap);
         }
-        let entry = Entry {
-            key: K::stored(key),
-            state: S::fresh(policy, now),
-        };
-        let table = S::table_mut(K::tables_mut(self.group_mut(policy)));
-        f(table.insert_unique(h, entry, rehash).into_mut())
+        // Eviction may have dropped the group; a new one has its own layout.
+        let g = self.group_mut(policy);
+        let layout = g.layout;
+        let fresh = S::fresh(&layout, policy, now);
+        K::tables_mut(g).run_fresh::<S, O>(h, K::stored(key), &layout, fresh, rehash, op)
     }
 
     /// `(expires_at, holds)` at `now` of every entry.
@@ -831,15 +1229,18 @@ impl Shard {
 ///   [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
 /// * **Memory**: keys are grouped by policy, and each group keeps one table per state
 ///   shape, so an entry holds only the key and the states its policy needs: 24 bytes for a
-///   single GCRA quota, 32 for a token bucket or fixed window, 40 for a sliding-window
-///   counter, 24 plus the states for several quotas or a sliding-window log. That includes
-///   the key when it has at most 15 bytes (user ids, IPv4 addresses); longer keys add one
-///   allocation. An integer id ([`Subject::Id`]) takes 8 bytes less: 16 bytes for a single
-///   GCRA quota, the size of governor's `usize`-keyed entries.
-/// * **Policies**: a policy's keys are found by its name, algorithm and number of quotas.
-///   Replacing a policy by one of the same algorithm and number of quotas keeps every
-///   key's state (the new limits apply from the next call); one of another algorithm or
-///   number of quotas starts its keys fresh, and the old states are dropped as they expire.
+///   single quota of GCRA, token bucket, fixed window or sliding-window counter (its state
+///   packed in one word), 24 plus the states for several quotas or a sliding-window log.
+///   That includes the key when it has at most 15 bytes (user ids, IPv4 addresses); longer
+///   keys add one allocation. An integer id ([`Subject::Id`]) takes 8 bytes less: 16 bytes
+///   for a single quota, the size of governor's `usize`-keyed entries. A state that
+///   outgrows its word (a bucket missing 1,024 tokens or more, a sliding-window count past
+///   its field) moves to a table of 40-byte entries (32 with an id), with the same decisions.
+/// * **Policies**: a policy's keys are found by its name, algorithm and number of quotas,
+///   and for the window algorithms also the periods (their states count windows of the
+///   period). Replacing a policy by one that matches keeps every key's state (the new
+///   limits apply from the next call); one that does not starts its keys fresh, and the old
+///   states are dropped as they expire. The Redis store names its keys the same way.
 ///
 /// ```
 /// use palisade_ratelimit::{MemoryStore, Policy, Quota, Algorithm, Store};
@@ -931,20 +1332,20 @@ impl MemoryStore {
         (h, self.shards[i as usize].lock())
     }
 
-    /// Run `f` on the entry of (policy, key) in the table of shape `S` under its shard's
-    /// lock, the entry made when missing (what every consuming operation starts with).
+    /// Runs `op` on the states of (policy, key) in form `S` under its shard's lock, made
+    /// fresh when missing (what every consuming operation starts with).
     #[inline]
-    fn with_slot<K: StoredKey, S: Packed, R>(
+    fn with_slot<K: StoredKey, S: Packed, O: Operation>(
         &self,
         key: K::Probe<'_>,
         policy: &Policy,
         now: u64,
-        f: impl FnOnce(&mut Entry<K, S>) -> R,
-    ) -> R {
+        op: O,
+    ) -> O::Out {
         let (h, mut shard) = self.shard::<K>(policy, key);
         let name_hash = policy.name_hash();
-        let rehash = |e: &Entry<K, S>| self.hash_of(name_hash, |h| e.key.write_stored(h));
-        shard.with_slot(h, policy, key, now, self.per_shard, rehash, f)
+        let rehash = |k: &K| self.hash_of(name_hash, |h| k.write_stored(h));
+        shard.with_slot::<K, S, O>(h, policy, key, now, self.per_shard, &rehash, op)
     }
 
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
@@ -965,19 +1366,8 @@ impl MemoryStore {
         cost: u64,
     ) -> Decision {
         let now = self.clock.now();
-        let (allowed, verdicts) = self.with_slot::<K, S, _>(key, policy, now, |e| {
-            e.state
-                .with_mut(policy.algorithm(), |s| match (s, policy.params()) {
-                    ([one], [q]) => {
-                        let (allowed, v) = algorithm::decide_one(one, q, now, cost);
-                        (allowed, Verdicts::One(v))
-                    }
-                    (s, _) => {
-                        let (allowed, v) = algorithm::decide_aligned(s, policy, now, cost);
-                        (allowed, Verdicts::Many(v))
-                    }
-                })
-        });
+        let op = Decide { policy, now, cost };
+        let (allowed, verdicts) = self.with_slot::<K, S, _>(key, policy, now, op);
         Decision::from_verdicts(policy, allowed, verdicts.as_slice(), DecisionSource::Store)
     }
 
@@ -1002,7 +1392,7 @@ impl MemoryStore {
         cost: u64,
     ) -> bool {
         let now = self.clock.now();
-        self.with_slot::<K, S, _>(key, policy, now, |e| e.state.admit(policy, now, cost))
+        self.with_slot::<K, S, _>(key, policy, now, Admit { policy, now, cost })
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
@@ -1014,12 +1404,9 @@ impl MemoryStore {
         let now = self.clock.now();
         let (allowed, verdicts) = {
             let (h, shard) = self.shard::<K>(policy, key);
-            match shard.get::<K, S>(h, policy, key) {
-                Some((held_by, e)) => e
-                    .state
-                    .with(held_by.algorithm(), |s| algorithm::peek(s, policy, now)),
-                None => algorithm::peek(&[], policy, now),
-            }
+            shard
+                .read::<K, S, _>(h, policy, key, |s| algorithm::peek(s, policy, now))
+                .unwrap_or_else(|| algorithm::peek(&[], policy, now))
         };
         Decision::from_verdicts(policy, allowed, &verdicts, DecisionSource::Store)
     }
@@ -1032,11 +1419,10 @@ impl MemoryStore {
     fn refund_in<K: StoredKey, S: Packed>(&self, key: K::Probe<'_>, policy: &Policy, cost: u64) {
         let now = self.clock.now();
         let (h, mut shard) = self.shard::<K>(policy, key);
-        if let Some(e) = shard.get_mut::<K, S>(h, policy, key) {
-            e.state.with_mut(policy.algorithm(), |s| {
-                algorithm::refund_aligned(s, policy, now, cost);
-            });
-        }
+        let name_hash = policy.name_hash();
+        let rehash = |k: &K| self.hash_of(name_hash, |h| k.write_stored(h));
+        let op = Refund { policy, now, cost };
+        shard.run_existing::<K, S, _>(h, policy, key, &rehash, op);
     }
 
     /// [`Store::reset`](crate::Store::reset), synchronously: forgets the subject under every
@@ -1143,14 +1529,19 @@ mod tests {
         let mut shard = Shard::default();
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
-            shard.with_slot::<KeyBuf, PairState, _>(
+            let op = Admit {
+                policy: p,
+                now,
+                cost,
+            };
+            shard.with_slot::<KeyBuf, Word<Window>, _>(
                 7,
                 p,
                 Probe::new(key.as_bytes()),
                 now,
                 1_000,
-                |_| 7,
-                |e| e.state.admit(p, now, cost),
+                &|_| 7,
+                op,
             )
         };
         for p in [&policy, &other] {
@@ -1167,19 +1558,13 @@ mod tests {
         let probe = |k: &'static str| Probe::new(k.as_bytes());
         shard.remove::<KeyBuf>(7, &policy, probe("k0"));
         assert_eq!(shard.len(), 79);
-        assert!(
+        let held = |shard: &Shard, p: &Policy, k| {
             shard
-                .get::<KeyBuf, PairState>(7, &policy, probe("k0"))
-                .is_none()
-        );
-        assert!(
-            shard
-                .get::<KeyBuf, PairState>(7, &other, probe("k0"))
+                .read::<KeyBuf, Word<Window>, _>(7, p, probe(k), |_| ())
                 .is_some()
-                && shard
-                    .get::<KeyBuf, PairState>(7, &policy, probe("k1"))
-                    .is_some()
-        );
+        };
+        assert!(!held(&shard, &policy, "k0"));
+        assert!(held(&shard, &other, "k0") && held(&shard, &policy, "k1"));
         // Everything expires when its window ends.
         shard.purge_expired(now + 60_000_000);
         assert_eq!(shard.len(), 0);
@@ -1209,6 +1594,173 @@ mod tests {
         assert!(store.allow_sync("k", &fw, 1));
         store.reset_sync("k", &gcra);
         assert_eq!(store.key_count(), 0);
+    }
+
+    /// Keys of (text, id) held in wide form, summed over every shard and group.
+    fn wide_keys(store: &MemoryStore) -> (usize, usize) {
+        store.shards.iter().fold((0, 0), |(t, i), s| {
+            let s = s.lock();
+            let (dt, di) = s.groups.iter().fold((0, 0), |(t, i), g| {
+                (t + g.text.wide.len(), i + g.ids.wide.len())
+            });
+            (t + dt, i + di)
+        })
+    }
+
+    /// A one-word state that outgrows its word (a bucket missing 1,024 tokens or more or
+    /// fuller than the capacity its group was made with, a sliding-window count past its
+    /// field) moves to the wide table, and every decision before and after equals the
+    /// algorithms'. (A fixed window's count never outgrows its field: a limit is at most one
+    /// per microsecond of the period, and another period makes another group.)
+    #[test]
+    fn outgrown_words_move_to_the_wide_table() {
+        use std::time::Duration;
+        let single = |alg, q| Policy::single("w", alg, q).unwrap();
+        let cases = [
+            (
+                single(
+                    Algorithm::TokenBucket,
+                    Quota::per_hour(100_000).with_burst(5_000),
+                ),
+                single(
+                    Algorithm::TokenBucket,
+                    Quota::per_hour(100_000).with_burst(8_000),
+                ),
+                700,
+            ),
+            (
+                single(
+                    Algorithm::TokenBucket,
+                    Quota::per_hour(100_000).with_burst(5_000),
+                ),
+                single(
+                    Algorithm::TokenBucket,
+                    Quota::new(1_000, Duration::from_millis(1)),
+                ),
+                700,
+            ),
+            (
+                single(
+                    Algorithm::SlidingWindowCounter,
+                    Quota::per_hour(1_000_000_000),
+                ),
+                single(
+                    Algorithm::SlidingWindowCounter,
+                    Quota::per_hour(900_000_000),
+                ),
+                1_500_000,
+            ),
+        ];
+        for (first, later, cost) in cases {
+            let alg = first.algorithm();
+            let t0 = 1_700_000_000_000_000;
+            let clock = crate::FakeClock::at_micros(t0);
+            let store = MemoryStore::builder().clock(clock.clone()).build();
+            let subjects = [Subject::Text("k"), Subject::Id(7), Subject::Text("late")];
+            let mut model: Vec<Option<Vec<QuotaState>>> = vec![None; subjects.len()];
+            // "late" first comes under `later`, into a group made with `first`'s layout
+            // (groups are per shard: touch it once so its shard has the group).
+            store.allow_sync("late", &first, 0);
+            store.reset_sync("late", &first);
+            for step in 0..8_u64 {
+                let now = t0 + step * 10_000;
+                clock.set_micros(now);
+                let policy = if step < 4 { &first } else { &later };
+                for (i, subject) in subjects.iter().enumerate() {
+                    if i == 2 && step < 4 {
+                        continue;
+                    }
+                    let states =
+                        model[i].get_or_insert_with(|| algorithm::fresh_states(policy, now));
+                    let (expected, verdicts) = algorithm::decide(states, policy, now, cost);
+                    let got = if step % 2 == 0 {
+                        store.allow_sync(*subject, policy, cost)
+                    } else {
+                        let d = store.acquire_sync(*subject, policy, cost);
+                        assert_eq!(
+                            d,
+                            Decision::from_verdicts(
+                                policy,
+                                expected,
+                                &verdicts,
+                                DecisionSource::Store
+                            ),
+                            "{alg} step {step} {subject:?}"
+                        );
+                        d.allowed
+                    };
+                    assert_eq!(got, expected, "{alg} step {step} {subject:?}");
+                    let (peeked, verdicts) = algorithm::peek(states, policy, now);
+                    assert_eq!(
+                        store.peek_sync(*subject, policy),
+                        Decision::from_verdicts(policy, peeked, &verdicts, DecisionSource::Store),
+                        "{alg} step {step} {subject:?}"
+                    );
+                }
+            }
+            let (text, ids) = wide_keys(&store);
+            assert_eq!((text, ids), (2, 1), "{alg}: every key outgrew its word");
+            // Refunds reach the moved states.
+            store.refund_sync("k", &later, cost);
+            let states = model[0].as_mut().unwrap();
+            algorithm::refund(states, &later, clock.now_micros(), cost);
+            let (peeked, verdicts) = algorithm::peek(states, &later, clock.now_micros());
+            assert_eq!(
+                store.peek_sync("k", &later),
+                Decision::from_verdicts(&later, peeked, &verdicts, DecisionSource::Store),
+                "{alg} after a refund"
+            );
+            // Moved keys are forgotten like any other.
+            store.reset_sync("k", &later);
+            store.reset_sync(7_u64, &later);
+            store.reset_sync("late", &later);
+            assert_eq!(store.key_count(), 0, "{alg}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A word gives back exactly the state it was packed from, for any layout and values.
+        #[test]
+        fn words_unpack_to_what_they_packed(
+            alg in proptest::sample::select(vec![
+                Algorithm::TokenBucket,
+                Algorithm::FixedWindow,
+                Algorithm::SlidingWindowCounter,
+            ]),
+            period_ms in proptest::prop_oneof![
+                proptest::strategy::Just(1_u64),
+                1_u64..100_000,
+                proptest::strategy::Just(31_622_400_000),
+            ],
+            burst in proptest::prop_oneof![1_u64..2_000, 1_u64..1 << 20],
+            // Values of every magnitude, so that each field's edges are reached.
+            a in (proptest::num::u64::ANY, 0_u32..64),
+            b in (proptest::num::u64::ANY, 0_u32..64),
+            c in (proptest::num::u64::ANY, 0_u32..64),
+        ) {
+            let [a, b, c] = [a, b, c].map(|(v, shift)| v >> shift);
+            let quota = Quota::new(1, std::time::Duration::from_millis(period_ms)).with_burst(burst);
+            let Ok(policy) = Policy::single("w", alg, quota) else {
+                return Ok(());
+            };
+            let layout = Layout::of(&policy);
+            // A state of the algorithm (a token bucket or fixed window has no third field).
+            let wide = WideState::pack(&WideState(a, b, c).unpack(alg));
+            fn round_trip<C: Codec>(wide: &WideState, layout: &Layout) -> Option<WideState> {
+                C::narrow(wide, layout).map(|w| C::widen(w, layout))
+            }
+            let round_trip = match alg {
+                Algorithm::TokenBucket => round_trip::<Bucket>,
+                Algorithm::FixedWindow => round_trip::<Window>,
+                _ => round_trip::<Counter>,
+            };
+            if let Some(back) = round_trip(&wide, &layout) {
+                proptest::prop_assert_eq!(back, wide);
+            }
+            // What the algorithms make of a fresh key always fits.
+            let fresh = fresh_one(&policy, a.min(algorithm::MAX_MICROS));
+            proptest::prop_assert!(round_trip(&WideState::pack(&fresh), &layout).is_some());
+        }
     }
 
     /// Ids and texts are separate subjects, each exact.

@@ -222,6 +222,12 @@ impl Algorithm {
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// Whether the state counts numbered windows of the period (so that it means nothing
+    /// under another period).
+    pub(crate) const fn counts_windows(&self) -> bool {
+        matches!(self, Self::FixedWindow | Self::SlidingWindowCounter)
+    }
+
     pub(crate) const fn code(&self) -> &'static str {
         match self {
             Self::TokenBucket => "tb",
@@ -332,6 +338,21 @@ impl Policy {
     /// The same policy object (not merely an equal one): a pointer comparison.
     pub(crate) fn same(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether a state `other` kept can be read under this policy as it is: the same
+    /// algorithm and number of quotas and, for the window algorithms (whose states count
+    /// windows in units of the period), the same periods. A store keeps the states of
+    /// policies that differ here apart.
+    pub(crate) fn reads_states_of(&self, other: &Self) -> bool {
+        self.algorithm() == other.algorithm()
+            && self.quotas().len() == other.quotas().len()
+            && (!self.algorithm().counts_windows()
+                || self
+                    .quotas()
+                    .iter()
+                    .zip(other.quotas())
+                    .all(|(a, b)| a.quota.period_micros() == b.quota.period_micros()))
     }
 
     /// Each quota's figures, in policy order.

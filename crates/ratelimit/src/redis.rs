@@ -81,7 +81,8 @@ impl std::fmt::Debug for RedisConnection {
 ///   from all or none atomically.
 /// * **Server time**: scripts read Redis' `TIME`, so instances with skewed clocks agree.
 /// * **Cluster ready**: every key of one key+policy shares one hash tag,
-///   `NAMESPACE:{POLICY:KEY}:QUOTA:ALGORITHM`, with the namespace, policy, key and quota
+///   `NAMESPACE:{POLICY:KEY}:QUOTA:ALGORITHM` (and `:PERIOD_MICROS` for the window
+///   algorithms, whose states count periods), with the namespace, policy, key and quota
 ///   names percent-encoded (everything but `A-Z a-z 0-9 - _ . @`), so a hostile key (braces,
 ///   colons, newlines, any Unicode) can neither move the hash tag nor collide with another.
 /// * **Bounded**: every key carries a TTL of its policy's idle horizon plus one second; the
@@ -174,6 +175,11 @@ impl RedisStore {
             encode_into(&mut k, &q.name);
             k.push(':');
             k.push_str(code);
+            if policy.algorithm().counts_windows() {
+                // Window numbers count periods: another period starts other keys.
+                k.push(':');
+                k.push_str(&q.quota.period_micros().to_string());
+            }
             if policy.algorithm() == Algorithm::SlidingWindowLog {
                 keys.push(k.clone());
                 k.push_str(":m");

@@ -488,3 +488,120 @@ proptest! {
         }
     }
 }
+
+/// Quotas whose counts and buckets outgrow the memory store's one-word states: large limits
+/// and bursts, periods from 1 ms to a day.
+fn large_quota() -> impl Strategy<Value = Quota> {
+    (
+        prop_oneof![Just(1u64), Just(250), Just(3_600_000), Just(86_400_000)],
+        1u64..200_000,
+        prop::option::of(prop_oneof![1u64..2_000, 500u64..200_000]),
+    )
+        .prop_map(|(ms, limit, burst)| {
+            // At most one per microsecond.
+            let q = Quota::new(limit.min(ms * 1_000), Duration::from_millis(ms));
+            match burst {
+                Some(b) => q.with_burst(b),
+                None => q,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// With large counts, costs and a policy replaced now and then by one of other figures
+    /// (same name and algorithm, so the keys keep their states), the memory store decides,
+    /// peeks and refunds exactly like the algorithms on a state per key: states that outgrow
+    /// the store's one-word form move to a wider one without changing a decision.
+    #[test]
+    fn memory_store_stays_exact_when_states_outgrow_their_word(
+        alg in prop::sample::select(vec![
+            Algorithm::TokenBucket,
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindowCounter,
+        ]),
+        quotas in prop::collection::vec(large_quota(), 2),
+        steps in prop::collection::vec(
+            (
+                prop_oneof![
+                    4 => Just(0i64),
+                    4 => 0i64..5_000,
+                    2 => 0i64..5_000_000,
+                    1 => -2_000_000i64..0,
+                ],
+                prop_oneof![4 => 0u64..3_000, 2 => 0u64..200_000, 1 => Just(u64::MAX)],
+                0usize..3,
+                0u8..12,
+            ),
+            1..200,
+        ),
+    ) {
+        use palisade_ratelimit::{Decision, DecisionSource, FakeClock, MemoryStore, Subject};
+        // The window algorithms keep a policy of another period apart (its window numbers
+        // count other periods), so only their limits change here.
+        let period = quotas[0].period();
+        let policies: Vec<Policy> = quotas
+            .iter()
+            .map(|q| {
+                let q = match alg {
+                    Algorithm::TokenBucket => *q,
+                    _ => Quota::new(q.limit().min(period.as_micros() as u64), period),
+                };
+                Policy::single("w", alg, q).unwrap()
+            })
+            .collect();
+        let clock = FakeClock::at_micros(T0);
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let subjects = [Subject::Text("a"), Subject::Id(1), Subject::Text("a-much-longer-key-than-the-inline-buffer")];
+        let mut model: Vec<Option<Vec<palisade_ratelimit::algorithm::QuotaState>>> = vec![None; 3];
+        let mut current = 0;
+        let mut now = T0;
+        for &(dt, cost, k, op) in &steps {
+            now = apply(now, dt);
+            clock.set_micros(now);
+            let subject = subjects[k];
+            if op == 0 {
+                current = 1 - current;
+            }
+            let policy = &policies[current];
+            match op {
+                1 => {
+                    store.refund_sync(subject, policy, cost);
+                    if let Some(states) = &mut model[k] {
+                        palisade_ratelimit::algorithm::refund(states, policy, now, cost);
+                    }
+                }
+                2 => {
+                    store.reset_sync(subject, policy);
+                    model[k] = None;
+                }
+                _ => {
+                    let states = model[k].get_or_insert_with(|| fresh_states(policy, now));
+                    let (m, verdicts) = decide(states, policy, now, cost);
+                    if op % 2 == 0 {
+                        prop_assert_eq!(store.allow_sync(subject, policy, cost), m, "{:?}", subject);
+                    } else {
+                        prop_assert_eq!(
+                            store.acquire_sync(subject, policy, cost),
+                            Decision::from_verdicts(policy, m, &verdicts, DecisionSource::Store)
+                        );
+                    }
+                }
+            }
+            let fresh;
+            let states = match &model[k] {
+                Some(s) => s,
+                None => {
+                    fresh = fresh_states(policy, now);
+                    &fresh
+                }
+            };
+            let (p, verdicts) = peek(states, policy, now);
+            prop_assert_eq!(
+                store.peek_sync(subject, policy),
+                Decision::from_verdicts(policy, p, &verdicts, DecisionSource::Store)
+            );
+        }
+    }
+}

@@ -27,6 +27,7 @@ pub async fn run_all(store: &dyn Store, clock: &FakeClock) {
         policies_stay_apart(store, clock, alg).await;
         retry_after_is_honest(store, clock, alg).await;
         zero_limit_denies(store, clock, alg).await;
+        a_longer_period_strands_no_key(store, clock, alg).await;
     }
 }
 
@@ -267,4 +268,31 @@ pub async fn zero_limit_denies(store: &dyn Store, clock: &FakeClock, alg: Algori
         assert!(!d.allowed && d.retry_after.is_none(), "{alg}: {d:?}");
         clock.advance(Duration::from_secs(61));
     }
+}
+
+/// A quota replaced at run time by one with a longer period (same policy and quota names):
+/// once the new period has passed, every algorithm admits again. (A window number counted
+/// under the short period read under the long one would put the window far in the future
+/// and keep the key denied; the window algorithms count such a policy's keys apart.)
+pub async fn a_longer_period_strands_no_key(store: &dyn Store, clock: &FakeClock, alg: Algorithm) {
+    let short = policy("period", alg, &[("q", Quota::per_second(2))]);
+    let long = policy("period", alg, &[("q", Quota::per_minute(2))]);
+    assert!(acquire(store, "k", &short, 2).await.allowed, "{alg}");
+    assert!(!acquire(store, "k", &short, 1).await.allowed, "{alg}");
+    clock.advance(Duration::from_secs(121));
+    for i in 0..2 {
+        let d = acquire(store, "k", &long, 1).await;
+        assert!(
+            d.allowed,
+            "{alg}: request {i} under the longer period refused: {d:?}"
+        );
+        assert!(
+            d.quotas[0].reset <= Duration::from_secs(120),
+            "{alg}: {d:?}"
+        );
+    }
+    assert!(!acquire(store, "k", &long, 1).await.allowed, "{alg}");
+    clock.advance(Duration::from_secs(121));
+    assert!(acquire(store, "k", &short, 1).await.allowed, "{alg}");
+    clock.advance(Duration::from_secs(121));
 }
