@@ -365,6 +365,59 @@ pub(crate) fn swc_take(
     admitted
 }
 
+/// A sliding-window log's units still in the window at `now`, and how many entries at its
+/// front have left it.
+#[inline]
+fn log_live(entries: &VecDeque<(u64, u64)>, sum: u64, period: u64, now: u64) -> (u64, usize) {
+    // Usually the oldest entry is still in the window: one comparison, no iterator.
+    match entries.front() {
+        Some(&(ts, _)) if ts.saturating_add(period) <= now => {}
+        _ => return (sum, 0),
+    }
+    let mut live = sum;
+    let mut expired = 0;
+    for &(ts, c) in entries {
+        if ts.saturating_add(period) > now {
+            break;
+        }
+        live -= c;
+        expired += 1;
+    }
+    (live, expired)
+}
+
+/// A sliding-window log's admit in one pass over the expired entries at its front: they
+/// are counted out first and dropped only when the request is admitted, so a denial changes
+/// nothing (the clock may still step back to a time they were live).
+#[inline]
+pub(crate) fn log_take(
+    entries: &mut VecDeque<(u64, u64)>,
+    sum: &mut u64,
+    q: &Params,
+    now: u64,
+    cost: u64,
+) -> bool {
+    let now = now.min(MAX_MICROS);
+    let (live, expired) = log_live(entries, *sum, q.period, now);
+    if live.saturating_add(cost) > q.limit {
+        return false;
+    }
+    if expired > 0 {
+        entries.drain(..expired);
+        *sum = live;
+    }
+    if cost > 0 {
+        // Requests in the same microsecond share an entry, so a log never holds more
+        // entries than its limit.
+        match entries.back_mut() {
+            Some((ts, c)) if *ts >= now => *c += cost,
+            _ => entries.push_back((now, cost)),
+        }
+        *sum += cost;
+    }
+    true
+}
+
 #[inline]
 fn tb_refill(tokens: u64, last: u64, now: u64, burst: u64, t: u64) -> (u64, u64) {
     if now <= last {
@@ -381,17 +434,21 @@ fn tb_refill(tokens: u64, last: u64, now: u64, burst: u64, t: u64) -> (u64, u64)
 #[inline]
 fn counter_window(window: u64, prev: u64, curr: u64, now: u64, p: u64) -> (u64, u64, u64, u64) {
     // Returns (window, prev, curr, now) with time that went backwards held at the stored
-    // window's start.
-    let w = now / p;
-    if w < window {
-        return (window, prev, curr, window.saturating_mul(p));
+    // window's start. `now / p` is compared through products, so that only a request two
+    // or more windows later divides (a 64-bit division costs more than the rest of a
+    // decision); `now < window·p` is `now / p < window` for whole numbers, and saturation
+    // only makes a bound larger than any time.
+    let start = window.saturating_mul(p);
+    if now < start {
+        return (window, prev, curr, start);
     }
-    if w == window {
-        (w, prev, curr, now)
-    } else if w == window + 1 {
-        (w, curr, 0, now)
+    let next = start.saturating_add(p);
+    if now < next {
+        (window, prev, curr, now)
+    } else if now < next.saturating_add(p) {
+        (window + 1, curr, 0, now)
     } else {
-        (w, 0, 0, now)
+        (now / p, 0, 0, now)
     }
 }
 
@@ -671,7 +728,12 @@ impl QuotaState {
                     + curr.saturating_add(cost) as f64
                     <= q.limit as f64
             }
-            Self::SlidingWindowLog { .. } => self.check_with(q, now, cost).allowed,
+            Self::SlidingWindowLog { entries, sum } => {
+                log_live(entries, *sum, q.period, now)
+                    .0
+                    .saturating_add(cost)
+                    <= q.limit
+            }
         }
     }
 
@@ -685,13 +747,7 @@ impl QuotaState {
             Self::SlidingWindowCounter { window, prev, curr } => {
                 swc_take(window, prev, curr, q, now, cost)
             }
-            Self::SlidingWindowLog { .. } => {
-                let admitted = self.admits(q, now, cost);
-                if admitted {
-                    self.consume_with(q, now, cost);
-                }
-                admitted
-            }
+            Self::SlidingWindowLog { entries, sum } => log_take(entries, sum, q, now, cost),
         }
     }
 

@@ -72,6 +72,7 @@ enum Shape {
     Bucket,
     Window,
     Counter,
+    Log,
     List,
 }
 
@@ -85,7 +86,7 @@ impl Shape {
             Algorithm::TokenBucket => Self::Bucket,
             Algorithm::FixedWindow => Self::Window,
             Algorithm::SlidingWindowCounter => Self::Counter,
-            Algorithm::SlidingWindowLog => Self::List,
+            Algorithm::SlidingWindowLog => Self::Log,
         }
     }
 }
@@ -107,6 +108,7 @@ macro_rules! dispatch {
             Shape::Bucket => $store.$method::<$k, Word<Bucket>>($probe, $($arg),*),
             Shape::Window => $store.$method::<$k, Word<Window>>($probe, $($arg),*),
             Shape::Counter => $store.$method::<$k, Word<Counter>>($probe, $($arg),*),
+            Shape::Log => $store.$method::<$k, LogState>($probe, $($arg),*),
             Shape::List => $store.$method::<$k, ListState>($probe, $($arg),*),
         }
     };
@@ -303,7 +305,12 @@ impl Codec for Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct WideState(u64, u64, u64);
 
-/// Several quotas, or a sliding-window log, behind one pointer.
+/// A single sliding-window log, held in the entry: its front, back and total are read
+/// without first following a pointer to a list of states.
+#[derive(Debug)]
+struct LogState(QuotaState);
+
+/// Several quotas behind one pointer.
 #[derive(Debug)]
 struct ListState(Box<[QuotaState]>);
 
@@ -460,6 +467,35 @@ impl Packed for WideState {
     #[inline]
     fn admit(&mut self, layout: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
         Some(WideState::admit(self, layout, policy, now, cost))
+    }
+}
+
+impl Packed for LogState {
+    fn table<K>(tables: &Tables<K>) -> &HashTable<Entry<K, Self>> {
+        &tables.log
+    }
+    fn table_mut<K>(tables: &mut Tables<K>) -> &mut HashTable<Entry<K, Self>> {
+        &mut tables.log
+    }
+    fn fresh(_: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState> {
+        Ok(Self(fresh_one(policy, now)))
+    }
+    fn widen(&self, _: &Layout) -> WideState {
+        // Never asked: the entry holds any log.
+        WideState(0, 0, 0)
+    }
+    fn with<R>(&self, _: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R {
+        f(std::slice::from_ref(&self.0))
+    }
+    fn with_mut<R>(&mut self, _: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R> {
+        Some(f(std::slice::from_mut(&mut self.0)))
+    }
+    #[inline]
+    fn admit(&mut self, _: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
+        match policy.params() {
+            [q] => Some(self.0.take(q, now, cost)),
+            _ => Some(false),
+        }
     }
 }
 
@@ -820,6 +856,9 @@ const _: () = {
     assert!(std::mem::size_of::<Entry<u64, GcraState>>() == 16);
     assert!(std::mem::size_of::<Entry<KeyBuf, Word<Counter>>>() == 24);
     assert!(std::mem::size_of::<Entry<u64, Word<Counter>>>() == 16);
+    // A single sliding-window log: the list's handle and total in the entry.
+    assert!(std::mem::size_of::<Entry<KeyBuf, LogState>>() == 56);
+    assert!(std::mem::size_of::<Entry<u64, LogState>>() == 48);
 };
 
 /// One table per state shape for one kind of key. A group uses its policy's shape, and a
@@ -832,6 +871,7 @@ struct Tables<K> {
     window: HashTable<Entry<K, Word<Window>>>,
     counter: HashTable<Entry<K, Word<Counter>>>,
     wide: HashTable<Entry<K, WideState>>,
+    log: HashTable<Entry<K, LogState>>,
     list: HashTable<Entry<K, ListState>>,
 }
 
@@ -843,6 +883,7 @@ impl<K> Default for Tables<K> {
             window: HashTable::new(),
             counter: HashTable::new(),
             wide: HashTable::new(),
+            log: HashTable::new(),
             list: HashTable::new(),
         }
     }
@@ -855,6 +896,7 @@ impl<K: StoredKey> Tables<K> {
             + self.window.len()
             + self.counter.len()
             + self.wide.len()
+            + self.log.len()
             + self.list.len()
     }
 
@@ -869,6 +911,7 @@ impl<K: StoredKey> Tables<K> {
         rm(&mut self.window, h, key);
         rm(&mut self.counter, h, key);
         rm(&mut self.wide, h, key);
+        rm(&mut self.log, h, key);
         rm(&mut self.list, h, key);
     }
 
@@ -986,6 +1029,7 @@ impl<K: StoredKey> Tables<K> {
                     .map(move |e| e.expiry(layout, policy, now)),
             )
             .chain(self.wide.iter().map(move |e| e.expiry(layout, policy, now)))
+            .chain(self.log.iter().map(move |e| e.expiry(layout, policy, now)))
             .chain(self.list.iter().map(move |e| e.expiry(layout, policy, now)))
     }
 
@@ -1004,6 +1048,7 @@ impl<K: StoredKey> Tables<K> {
         self.window.retain(|e| keep(e.expiry(layout, policy, now)));
         self.counter.retain(|e| keep(e.expiry(layout, policy, now)));
         self.wide.retain(|e| keep(e.expiry(layout, policy, now)));
+        self.log.retain(|e| keep(e.expiry(layout, policy, now)));
         self.list.retain(|e| keep(e.expiry(layout, policy, now)));
     }
 }
@@ -1230,7 +1275,9 @@ impl Shard {
 /// * **Memory**: keys are grouped by policy, and each group keeps one table per state
 ///   shape, so an entry holds only the key and the states its policy needs: 24 bytes for a
 ///   single quota of GCRA, token bucket, fixed window or sliding-window counter (its state
-///   packed in one word), 24 plus the states for several quotas or a sliding-window log.
+///   packed in one word), 24 plus the states behind one pointer for several quotas, 56 for
+///   a single sliding-window log (its list's handle and total held in the entry) plus 16 per
+///   logged microsecond.
 ///   That includes the key when it has at most 15 bytes (user ids, IPv4 addresses); longer
 ///   keys add one allocation. An integer id ([`Subject::Id`]) takes 8 bytes less: 16 bytes
 ///   for a single quota, the size of governor's `usize`-keyed entries. A state that
