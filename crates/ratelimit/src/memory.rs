@@ -9,7 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use hashbrown::HashTable;
 
-use crate::algorithm::{self, Params, QuotaState};
+use crate::algorithm::{self, LogEnds, Params, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::Result;
@@ -305,10 +305,14 @@ impl Codec for Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct WideState(u64, u64, u64);
 
-/// A single sliding-window log, held in the entry: its front, back and total are read
-/// without first following a pointer to a list of states.
+/// A single sliding-window log, held in the entry with the times of its ends, so that an
+/// admission that drops nothing from the window reads only the entry (and appends to the
+/// list).
 #[derive(Debug)]
-struct LogState(QuotaState);
+struct LogState {
+    state: QuotaState,
+    ends: LogEnds,
+}
 
 /// Several quotas behind one pointer.
 #[derive(Debug)]
@@ -478,22 +482,28 @@ impl Packed for LogState {
         &mut tables.log
     }
     fn fresh(_: &Layout, policy: &Policy, now: u64) -> Result<Self, WideState> {
-        Ok(Self(fresh_one(policy, now)))
+        let state = fresh_one(policy, now);
+        let ends = LogEnds::of(&state);
+        Ok(Self { state, ends })
     }
     fn widen(&self, _: &Layout) -> WideState {
         // Never asked: the entry holds any log.
         WideState(0, 0, 0)
     }
     fn with<R>(&self, _: &Layout, f: impl FnOnce(&[QuotaState]) -> R) -> R {
-        f(std::slice::from_ref(&self.0))
+        f(std::slice::from_ref(&self.state))
     }
     fn with_mut<R>(&mut self, _: &Layout, f: impl Fn(&mut [QuotaState]) -> R) -> Option<R> {
-        Some(f(std::slice::from_mut(&mut self.0)))
+        let r = f(std::slice::from_mut(&mut self.state));
+        self.ends = LogEnds::of(&self.state);
+        Some(r)
     }
     #[inline]
     fn admit(&mut self, _: &Layout, policy: &Policy, now: u64, cost: u64) -> Option<bool> {
-        match policy.params() {
-            [q] => Some(self.0.take(q, now, cost)),
+        match (policy.params(), &mut self.state) {
+            ([q], QuotaState::SlidingWindowLog { entries, sum }) => Some(
+                algorithm::log_take_at_ends(entries, sum, &mut self.ends, q, now, cost),
+            ),
             _ => Some(false),
         }
     }
@@ -857,8 +867,8 @@ const _: () = {
     assert!(std::mem::size_of::<Entry<KeyBuf, Word<Counter>>>() == 24);
     assert!(std::mem::size_of::<Entry<u64, Word<Counter>>>() == 16);
     // A single sliding-window log: the list's handle and total in the entry.
-    assert!(std::mem::size_of::<Entry<KeyBuf, LogState>>() == 56);
-    assert!(std::mem::size_of::<Entry<u64, LogState>>() == 48);
+    assert!(std::mem::size_of::<Entry<KeyBuf, LogState>>() == 72);
+    assert!(std::mem::size_of::<Entry<u64, LogState>>() == 64);
 };
 
 /// One table per state shape for one kind of key. A group uses its policy's shape, and a
@@ -1275,9 +1285,9 @@ impl Shard {
 /// * **Memory**: keys are grouped by policy, and each group keeps one table per state
 ///   shape, so an entry holds only the key and the states its policy needs: 24 bytes for a
 ///   single quota of GCRA, token bucket, fixed window or sliding-window counter (its state
-///   packed in one word), 24 plus the states behind one pointer for several quotas, 56 for
-///   a single sliding-window log (its list's handle and total held in the entry) plus 16 per
-///   logged microsecond.
+///   packed in one word), 24 plus the states behind one pointer for several quotas, 72 for
+///   a single sliding-window log (its list's handle, total and end times held in the entry)
+///   plus 16 per logged microsecond.
 ///   That includes the key when it has at most 15 bytes (user ids, IPv4 addresses); longer
 ///   keys add one allocation. An integer id ([`Subject::Id`]) takes 8 bytes less: 16 bytes
 ///   for a single quota, the size of governor's `usize`-keyed entries. A state that
