@@ -1180,12 +1180,14 @@ impl Shard {
         K::tables_mut(g).run::<S, O>(h, key, &layout, rehash, op)
     }
 
-    /// Forget `key` under every layout of the policy's name.
+    /// Forget `key` in the group that reads `policy`'s states; the groups of other forms
+    /// of its name keep theirs (as the Redis store's keys of another form do).
     fn remove<K: StoredKey>(&mut self, h: u64, policy: &Policy, key: K::Probe<'_>) {
-        for g in &mut self.groups {
-            if g.policy.name() == policy.name() {
-                K::tables_mut(g).remove(h, key);
-            }
+        if let Ok(g) = self
+            .groups
+            .find_entry(policy.name_hash(), |g| g.fits(policy))
+        {
+            K::tables_mut(g.into_mut()).remove(h, key);
         }
     }
 
@@ -1482,8 +1484,10 @@ impl MemoryStore {
         shard.run_existing::<K, S, _>(h, policy, key, &rehash, op);
     }
 
-    /// [`Store::reset`](crate::Store::reset), synchronously: forgets the subject under every
-    /// algorithm its policy's name has been used with.
+    /// [`Store::reset`](crate::Store::reset), synchronously: forgets the subject's states
+    /// under `policy`. States kept under another form of the policy's name (another
+    /// algorithm, number of quotas, or a window algorithm's period) stay until they expire,
+    /// as the Redis store's keys of that form do.
     pub fn reset_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) {
         match subject.into() {
             Subject::Text(t) => self.reset_in::<KeyBuf>(Probe::new(t.as_bytes()), policy),
@@ -1646,10 +1650,13 @@ mod tests {
         assert!(!store.allow_sync("k", &gcra_again, 1));
         clock.advance(std::time::Duration::from_secs(61));
         assert_eq!(store.key_count(), 0);
-        // Reset forgets the key under every algorithm of the name.
+        // Reset forgets the key under the form it is given, as the Redis store does.
         assert!(store.allow_sync("k", &gcra, 1));
         assert!(store.allow_sync("k", &fw, 1));
         store.reset_sync("k", &gcra);
+        assert_eq!(store.key_count(), 1);
+        assert!(!store.allow_sync("k", &fw, 1));
+        store.reset_sync("k", &fw);
         assert_eq!(store.key_count(), 0);
     }
 

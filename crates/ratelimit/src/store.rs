@@ -42,7 +42,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// As for [`acquire`](Self::acquire).
     async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()>;
 
-    /// Forget everything counted for `key` under `policy`.
+    /// Forget everything counted for `key` under `policy`. States counted under another
+    /// form of the policy's name that cannot read `policy`'s (another algorithm, number of
+    /// quotas, or a window algorithm's period) are left to expire on their own.
     ///
     /// # Errors
     /// As for [`acquire`](Self::acquire).

@@ -28,6 +28,7 @@ pub async fn run_all(store: &dyn Store, clock: &FakeClock) {
         retry_after_is_honest(store, clock, alg).await;
         zero_limit_denies(store, clock, alg).await;
         a_longer_period_strands_no_key(store, clock, alg).await;
+        reset_forgets_only_the_form_given(store, clock, alg).await;
     }
 }
 
@@ -295,4 +296,41 @@ pub async fn a_longer_period_strands_no_key(store: &dyn Store, clock: &FakeClock
     clock.advance(Duration::from_secs(121));
     assert!(acquire(store, "k", &short, 1).await.allowed, "{alg}");
     clock.advance(Duration::from_secs(121));
+}
+
+/// A policy replaced by one of another algorithm keeps its states apart under the same name
+/// (the Redis store's keys name the algorithm); `reset` forgets the key under the form of the
+/// policy it is given, and every store leaves the other form's states to expire on their own.
+pub async fn reset_forgets_only_the_form_given(
+    store: &dyn Store,
+    clock: &FakeClock,
+    alg: Algorithm,
+) {
+    let other_alg = if alg == Algorithm::Gcra {
+        Algorithm::FixedWindow
+    } else {
+        Algorithm::Gcra
+    };
+    let form = |a: Algorithm| {
+        Policy::builder(format!("forms-{}", alg.as_str()))
+            .algorithm(a)
+            .quota("q", Quota::per_minute(2))
+            .build()
+            .unwrap()
+    };
+    let (p, other) = (form(alg), form(other_alg));
+    assert!(acquire(store, "k", &p, 2).await.allowed, "{alg}");
+    assert!(acquire(store, "k", &other, 2).await.allowed, "{alg}");
+    store.reset("k", &other).await.unwrap();
+    assert!(
+        acquire(store, "k", &other, 1).await.allowed,
+        "{alg}: reset did not forget the form it was given"
+    );
+    assert!(
+        !acquire(store, "k", &p, 1).await.allowed,
+        "{alg}: reset under {other_alg} forgot the {alg} states too"
+    );
+    store.reset("k", &p).await.unwrap();
+    store.reset("k", &other).await.unwrap();
+    clock.advance(Duration::from_secs(120));
 }
