@@ -8,6 +8,8 @@
 //!   waits for `cluster_state:ok`.
 //! * [`test_redis`] gives a test its Redis: the server at `REDIS_URL` when that is set,
 //!   otherwise a fresh [`RedisServer`]; either way with a [`KeyPrefix`] no other test shares.
+//! * [`LogCapture`] keeps what `tracing` wrote, so a test can prove a secret never reached
+//!   the logs.
 //! * [`metric_lines`] renders what a `metrics` debugging recorder captured, for assertions.
 //! * [`PgSchema`] creates a fresh PostgreSQL schema at `DATABASE_URL`
 //!   (default `postgres://postgres@127.0.0.1/test`) and drops it on drop.
@@ -28,6 +30,7 @@
 
 mod cluster;
 mod error;
+mod logs;
 mod ports;
 mod postgres;
 mod prefix;
@@ -38,6 +41,7 @@ mod tls;
 
 pub use cluster::RedisCluster;
 pub use error::{Error, Result};
+pub use logs::{CaptureWriter, LogCapture};
 pub use postgres::{PgSchema, database_url};
 pub use prefix::KeyPrefix;
 pub use recorded_metrics::metric_lines;
