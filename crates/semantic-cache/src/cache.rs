@@ -376,11 +376,22 @@ struct Prepared<'a> {
     policy: &'a NamespacePolicy,
 }
 
-/// Removes a finished (or abandoned) flight from the map.
+/// One caller's share of a flight: the only reference the caller holds to the cell (so the
+/// count below is exact), and the clean-up when the caller is done — finished, failed,
+/// panicked (the guard drops while unwinding) or cancelled (the future is dropped).
 struct FlightGuard<'a> {
     flights: &'a Mutex<HashMap<EntryId, Flight>>,
     id: EntryId,
     cell: Flight,
+}
+
+impl<'a> FlightGuard<'a> {
+    /// Join the flight of `id`, or start one.
+    fn join(flights: &'a Mutex<HashMap<EntryId, Flight>>, id: EntryId) -> Self {
+        let mut map = flights.lock().unwrap_or_else(PoisonError::into_inner);
+        let cell = Arc::clone(map.entry(id).or_default());
+        Self { flights, id, cell }
+    }
 }
 
 impl Drop for FlightGuard<'_> {
@@ -389,7 +400,9 @@ impl Drop for FlightGuard<'_> {
         let ours = flights
             .get(&self.id)
             .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
-        // Two references: the map's and ours. Anyone else still waiting keeps it.
+        // References are only taken under the map's lock, one per caller, held by its guard:
+        // two left means the map's and ours, nobody else is waiting. A finished flight goes
+        // at once (later callers read the store; waiters keep their own reference).
         if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
             flights.remove(&self.id);
         }
@@ -436,6 +449,17 @@ impl SemanticCache {
     /// A snapshot of the statistics (no I/O).
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// Computations of [`get_or_compute`](Self::get_or_compute) running right now (distinct
+    /// keys). Drops back to zero when they finish, fail, panic or are cancelled: a
+    /// steadily growing value is a leak.
+    pub fn in_flight(&self) -> usize {
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Entries and bytes held for a partition.
@@ -660,21 +684,10 @@ impl SemanticCache {
                 },
             });
         }
-        let cell = {
-            let mut flights = self
-                .inner
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(flights.entry(prepared.id).or_default())
-        };
-        let _guard = FlightGuard {
-            flights: &self.inner.flights,
-            id: prepared.id,
-            cell: Arc::clone(&cell),
-        };
+        let flight = FlightGuard::join(&self.inner.flights, prepared.id);
         let ran = AtomicBool::new(false);
-        let entry = cell
+        let entry = flight
+            .cell
             .get_or_try_init(|| async {
                 ran.store(true, Ordering::Relaxed);
                 self.inner

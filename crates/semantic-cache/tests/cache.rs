@@ -317,3 +317,77 @@ async fn json_responses_round_trip() {
         .unwrap();
     assert_eq!(served.entry.response_json::<Answer>().unwrap(), answer);
 }
+
+/// Review finding: the single-flight map kept an entry for every failed, panicked or
+/// cancelled computation (the guard counted three references where it expected two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_forgets_failed_panicked_and_cancelled_computations() {
+    let cache = SemanticCache::in_memory();
+    // Failed.
+    for i in 0..10 {
+        let key = CacheKey::new("t1", "chat", "m", format!("failing question {i}")).unwrap();
+        let err = cache
+            .get_or_compute(&key, || async {
+                Err::<Computed, _>(std::io::Error::other("provider down"))
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_transient());
+    }
+    assert_eq!(cache.in_flight(), 0, "failed computations stay in the map");
+    // Panicked (in a task, as a panicking handler would).
+    let c = cache.clone();
+    let panicked = tokio::spawn(async move {
+        let key = CacheKey::new("t1", "chat", "m", "panicking question").unwrap();
+        let _ = c
+            .get_or_compute(&key, || async {
+                panic!("the provider client panicked");
+                #[allow(unreachable_code)]
+                Ok::<_, std::io::Error>(Computed::default())
+            })
+            .await;
+    })
+    .await;
+    assert!(panicked.is_err());
+    assert_eq!(
+        cache.in_flight(),
+        0,
+        "a panicked computation stays in the map"
+    );
+    // Cancelled (the caller's request was dropped mid-call), with and without a waiter.
+    for waiters in [0usize, 3] {
+        let key = CacheKey::new("t1", "chat", "m", format!("slow question {waiters}")).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..=waiters {
+            let (c, key) = (cache.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(30),
+                    c.get_or_compute(&key, || async {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Ok::<_, std::io::Error>(Computed::default())
+                    }),
+                )
+                .await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            cache.in_flight(),
+            0,
+            "a cancelled computation stays in the map"
+        );
+    }
+    // The key still works afterwards.
+    let key = CacheKey::new("t1", "chat", "m", "failing question 0").unwrap();
+    let served = cache
+        .get_or_compute(&key, || async {
+            Ok::<_, std::io::Error>(Computed::new("ok", Usage::default()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.source, Source::Computed);
+    assert_eq!(cache.in_flight(), 0);
+}
