@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Key::client_ip(ClientIp::new().trust(["10.0.0.0/8"])?),
         ]))
         .tiers(TierResolver::extension(), "free")
-        .build();
+        .build()?;
     // With Redis: RateLimiter::builder(RedisStore::new(pool)) — the rest is unchanged.
     let limiter = RateLimiter::builder(MemoryStore::new())
         .failure_mode(FailureMode::FallbackToMemory)

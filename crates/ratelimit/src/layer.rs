@@ -16,7 +16,7 @@
 //!     .exempt("/health")?
 //!     .route(Route::new("/**")?.policy(Policy::single("all", Algorithm::Gcra, Quota::per_minute(1))?))
 //!     .key(Key::global())
-//!     .build();
+//!     .build()?;
 //! let limiter = RequestLimiter::new(RateLimiter::new(MemoryStore::new()), rules);
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(limiter))

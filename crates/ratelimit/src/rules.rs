@@ -24,8 +24,8 @@
 //!             .unlimited_tier("admin"),
 //!     )
 //!     .key(Key::first_of([Key::user_id(), Key::client_ip(ClientIp::new())]))
-//!     .tiers(TierResolver::extension(), "free")
-//!     .build();
+//!     .tiers(TierResolver::extension(), "free") // unlisted tiers are limited as `free`
+//!     .build()?;
 //! let limiter = RequestLimiter::new(RateLimiter::new(MemoryStore::new()), rules);
 //!
 //! let mut req = http::Request::get("/ai/chat").body(()).unwrap();
@@ -537,6 +537,16 @@ impl Route {
         self
     }
 
+    /// Leave tiers without their own limit unlimited on this route. Without it (or
+    /// [`policy`](Self::policy)), a tier the route does not list is limited as the rules'
+    /// default tier, and [`RulesBuilder::build`] refuses a route that lists no limit for
+    /// the default tier either.
+    #[must_use]
+    pub fn unlimited(mut self) -> Self {
+        self.default = Some(Limit::Unlimited);
+        self
+    }
+
     /// The policy of one tier.
     #[must_use]
     pub fn tier(mut self, tier: impl Into<String>, policy: Policy) -> Self {
@@ -570,12 +580,25 @@ impl Route {
             && self.pattern.matches(req.path())
     }
 
-    fn limit_for(&self, tier: &str) -> Option<&Limit> {
-        self.tiers
-            .iter()
-            .find(|(t, _)| t == tier)
-            .map(|(_, l)| l)
-            .or(self.default.as_ref())
+    /// The limit of `tier` and the tier it is counted under: the tier's own limit, else the
+    /// route's [`policy`](Self::policy) (or [`unlimited`](Self::unlimited)), else the default
+    /// tier's limit; both of the latter are counted under `default_tier`, so a metric label
+    /// only ever names a configured tier. `None` only for a route that
+    /// [`RulesBuilder::build`] refuses.
+    fn limit_for<'r>(
+        &'r self,
+        tier: &'r str,
+        default_tier: &'r str,
+    ) -> Option<(&'r str, &'r Limit)> {
+        let find = |name: &str| {
+            self.tiers
+                .iter()
+                .find(|(t, _)| t == name)
+                .map(|(t, l)| (t.as_str(), l))
+        };
+        find(tier)
+            .or_else(|| self.default.as_ref().map(|l| (default_tier, l)))
+            .or_else(|| find(default_tier))
     }
 }
 
@@ -654,8 +677,24 @@ impl RulesBuilder {
     }
 
     /// The rule set.
-    pub fn build(self) -> Rules {
-        self.rules
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a route that would leave a tier without any limit: one
+    /// with neither a [`Route::policy`], nor [`Route::unlimited`], nor a limit for the
+    /// default tier (a tier the route does not list is limited as the default tier).
+    pub fn build(self) -> Result<Rules> {
+        let default_tier = &self.rules.default_tier;
+        for route in &self.rules.routes {
+            if route.limit_for(default_tier, default_tier).is_none() {
+                return Err(Error::InvalidConfig(format!(
+                    "route `{}` has no limit for the default tier `{default_tier}`: a tier it \
+                     does not list would be unlimited; add `.policy(..)`, \
+                     `.tier(\"{default_tier}\", ..)` or `.unlimited()`",
+                    route.pattern.as_str()
+                )));
+            }
+        }
+        Ok(self.rules)
     }
 }
 
@@ -676,7 +715,8 @@ pub enum Outcome {
     Limited {
         /// The decision.
         decision: Decision,
-        /// The tier it was counted under.
+        /// The configured tier it was counted under: the caller's own, or the rules'
+        /// default tier for a tier the route does not list.
         tier: String,
         /// Whether the route is in shadow mode (a denial does not block).
         shadow: bool,
@@ -750,10 +790,11 @@ impl RequestLimiter {
             .as_ref()
             .and_then(|t| t.resolve(req))
             .unwrap_or_else(|| rules.default_tier.clone());
-        let policy = match route.limit_for(&tier) {
-            None | Some(Limit::Unlimited) => return Outcome::Unlimited { tier },
-            Some(Limit::Policy(p)) => p,
+        let (counted_as, policy) = match route.limit_for(&tier, &rules.default_tier) {
+            None | Some((_, Limit::Unlimited)) => return Outcome::Unlimited { tier },
+            Some((t, Limit::Policy(p))) => (t, p),
         };
+        let tier = counted_as.to_owned();
         let key = route
             .key
             .as_ref()

@@ -146,6 +146,7 @@ fn rules(shadow: bool) -> Rules {
         .tiers(TierResolver::extension(), "free")
         .shadow(shadow)
         .build()
+        .unwrap()
 }
 
 fn limiter(shadow: bool) -> RequestLimiter {
@@ -247,7 +248,8 @@ async fn rules_are_replaced_at_runtime() {
                 .policy(ai_policy("general-v2", 100, 1000)),
         )
         .key(Key::user_id())
-        .build();
+        .build()
+        .unwrap();
     limiter.replace_rules(relaxed);
     assert!(
         !limiter
@@ -354,7 +356,8 @@ async fn retry_after_rounds_up() {
         RateLimiter::new(store),
         Rules::builder()
             .route(Route::new("/**").unwrap().policy(policy))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let app = app(limiter);
     assert_eq!(
