@@ -201,8 +201,10 @@ type PeerFn = dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync;
 /// The TCP peer is the client unless it is one of the trusted proxies (CIDRs). Behind trusted
 /// proxies, the forwarding header is read **from the right**: each trusted proxy appended the
 /// address it saw, so the first address from the right that is not a trusted proxy is the
-/// client. Anything further left was written by the client and is ignored. An unreadable
-/// entry stops the walk at the last trusted hop.
+/// client. Anything further left was written by the client and is ignored. Each element is
+/// read on its own raw bytes (a byte that is not visible ASCII spoils that element only);
+/// an unreadable element, or a `Forwarded` element without `for=`, stops the walk at the
+/// last trusted hop.
 ///
 /// ```
 /// use palisade_ratelimit::rules::ClientIp;
@@ -318,7 +320,10 @@ impl ClientIp {
     }
 }
 
-fn parse_hop(s: &str) -> Option<IpAddr> {
+/// One hop's address: a bare address, `address:port`, `[v6]` or `[v6]:port`, optionally
+/// quoted; `None` for anything else (including bytes that are not visible ASCII).
+fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(raw).ok()?;
     let s = s.trim().trim_matches('"');
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ip.to_canonical());
@@ -331,40 +336,56 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-fn xff_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let mut hops = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(v) = value.to_str() else {
-            hops.push(None);
-            continue;
-        };
-        for part in v.split(',') {
-            if !part.trim().is_empty() {
-                hops.push(parse_hop(part));
+/// Splits `value` at each `sep` outside a quoted string (RFC 9110 lists, RFC 7239
+/// quoted-strings with backslash escapes) and trims spaces and tabs; empty parts are
+/// dropped. Works on the raw bytes, so a byte that is not visible ASCII spoils only the part
+/// it is in.
+fn split_outside_quotes(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut escaped = false;
+    value
+        .split(move |&b| {
+            if escaped {
+                escaped = false;
+            } else if quoted && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if b == sep && !quoted {
+                return true;
             }
-        }
-    }
-    hops
+            false
+        })
+        .map(<[u8]>::trim_ascii)
+        .filter(|part| !part.is_empty())
 }
 
+fn xff_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|value| split_outside_quotes(value.as_bytes(), b','))
+        .map(parse_hop)
+        .collect()
+}
+
+/// The `for=` of each RFC 7239 element; `None` for an element without one (a proxy that did
+/// not say whom it heard from: the walk ends there) or with an unreadable one.
 fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let mut hops = Vec::new();
-    for value in headers.get_all(http::header::FORWARDED) {
-        let Ok(v) = value.to_str() else {
-            hops.push(None);
-            continue;
-        };
-        for element in v.split(',') {
-            let for_value = element.split(';').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then_some(v)
-            });
-            if let Some(f) = for_value {
-                hops.push(parse_hop(f));
-            }
-        }
-    }
-    hops
+    headers
+        .get_all(http::header::FORWARDED)
+        .iter()
+        .flat_map(|value| split_outside_quotes(value.as_bytes(), b','))
+        .map(|element| {
+            split_outside_quotes(element, b';').find_map(|pair| {
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                let (k, v) = pair.split_at(eq);
+                k.trim_ascii()
+                    .eq_ignore_ascii_case(b"for")
+                    .then(|| parse_hop(&v[1..]))
+            })?
+        })
+        .collect()
 }
 
 type TierFn = dyn Fn(&RequestParts<'_>) -> Option<String> + Send + Sync;

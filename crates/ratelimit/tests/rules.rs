@@ -1,11 +1,12 @@
 //! Findings of the outside review of the rules engine, one test each (each failed before its
 //! fix): tiers, credential keys, IPv6 prefixes, forwarding headers and path matching.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use http::Request;
+use http::{HeaderMap, HeaderValue, Request};
 use palisade_ratelimit::rules::{
-    Outcome, RequestLimiter, RequestParts, Route, Rules, Tier, TierResolver,
+    ClientIp, ForwardedHeader, Outcome, RequestLimiter, RequestParts, Route, Rules, Tier,
+    TierResolver,
 };
 use palisade_ratelimit::{Algorithm, FakeClock, MemoryStore, Policy, Quota, RateLimiter};
 
@@ -108,4 +109,60 @@ fn a_route_that_limits_no_default_is_refused() {
             .build()
             .is_ok()
     );
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn header(name: &'static str, raw: &[u8]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.append(name, HeaderValue::from_bytes(raw).unwrap());
+    h
+}
+
+/// One byte outside visible ASCII spoils one element of `X-Forwarded-For`, not the whole
+/// value: the walk still finds the client a trusted proxy appended.
+#[test]
+fn a_bad_byte_spoils_one_forwarded_for_element_only() {
+    let proxies = ClientIp::new().trust(["10.0.0.0/8"]).unwrap();
+    let peer = Some(ip("10.0.0.1"));
+    let h = header("x-forwarded-for", b"evil\xff, 203.0.113.9, 10.0.0.2");
+    assert_eq!(proxies.resolve(peer, &h), Some(ip("203.0.113.9")));
+    // An unreadable element where the client should be ends the walk at the last trusted
+    // hop, as before.
+    let h = header("x-forwarded-for", b"1.2.3.4, \x80\x80, 10.0.0.2");
+    assert_eq!(proxies.resolve(peer, &h), Some(ip("10.0.0.2")));
+    // Several header lines are one list, in order.
+    let mut h = header("x-forwarded-for", b"1.2.3.4\xfe");
+    h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+    assert_eq!(proxies.resolve(peer, &h), Some(ip("198.51.100.7")));
+}
+
+/// RFC 7239: each element is read on its own bytes, and an element without `for=` (a proxy
+/// that did not say whom it heard from) ends the walk instead of being skipped.
+#[test]
+fn forwarded_elements_are_read_one_by_one() {
+    let proxies = ClientIp::new()
+        .trust(["10.0.0.0/8"])
+        .unwrap()
+        .header(ForwardedHeader::Forwarded);
+    let peer = Some(ip("10.0.0.1"));
+    let h = header(
+        "forwarded",
+        b"for=192.0.2.60;proto=http, proto=https;by=10.0.0.3, for=10.0.0.2",
+    );
+    assert_eq!(
+        proxies.resolve(peer, &h),
+        Some(ip("10.0.0.2")),
+        "192.0.2.60 was written before a proxy that named nobody"
+    );
+    let h = header(
+        "forwarded",
+        b"for=\"evil\xff\", for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.2",
+    );
+    assert_eq!(proxies.resolve(peer, &h), Some(ip("2001:db8::7")));
+    // A quoted comma does not split an element.
+    let h = header("forwarded", b"for=203.0.113.5;host=\"a,b\", for=10.0.0.2");
+    assert_eq!(proxies.resolve(peer, &h), Some(ip("203.0.113.5")));
 }
