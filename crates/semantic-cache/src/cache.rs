@@ -194,14 +194,20 @@ pub enum Source {
 
 /// A response from [`SemanticCache::get_or_compute`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Served {
-    /// The entry (cached, or just inserted).
+    /// The entry (cached, or just computed).
     pub entry: Arc<Entry>,
     /// Where it came from.
     pub source: Source,
+    /// Whether the entry is in the store: `false` when a computed response could not be
+    /// inserted (the backend failed). The response is still returned — it was paid for —
+    /// and the failure is counted in [`StatsSnapshot::insert_failures`], the
+    /// `palisade_semantic_cache_insert_failures_total` counter and a WARN log.
+    pub stored: bool,
 }
 
-type Flight = Arc<OnceCell<Arc<Entry>>>;
+type Flight = Arc<OnceCell<(Arc<Entry>, bool)>>;
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -639,22 +645,86 @@ impl SemanticCache {
             Some(v) => v,
             None => self.embed(&p.normalized).await?,
         };
+        let entry = self.entry(p, response, usage, options.tags, vector, ttl);
+        self.store_insert(Arc::clone(&entry), ttl).await?;
+        self.inner.stats.insert(&p.key.partition().namespace);
+        Ok(entry)
+    }
+
+    fn entry(
+        &self,
+        p: &Prepared<'_>,
+        response: Vec<u8>,
+        usage: Usage,
+        tags: Vec<Tag>,
+        vector: Vec<f32>,
+        ttl: Duration,
+    ) -> Arc<Entry> {
         let now = self.inner.clock.now_ms();
-        let entry = Arc::new(Entry {
+        Arc::new(Entry {
             id: p.id,
             scope: p.key.scope().clone(),
             prompt: p.key.prompt().to_owned(),
             response,
             usage,
-            tags: options.tags,
+            tags,
             vector,
             embedder: self.inner.embedder.version().to_owned(),
             created_at_ms: now,
             expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
-        });
-        self.inner.store.insert(Arc::clone(&entry), ttl).await?;
-        self.inner.stats.insert(&p.key.partition().namespace);
-        Ok(entry)
+        })
+    }
+
+    async fn store_insert(&self, entry: Arc<Entry>, ttl: Duration) -> Result<()> {
+        self.inner.store.insert(entry, ttl).await
+    }
+
+    /// Cache what a computation returned. The response was paid for, so it is returned
+    /// whatever happens here: an embedding or store failure only means it is not stored
+    /// (counted, logged at WARN, `stored: false`).
+    async fn keep_computed(
+        &self,
+        p: &Prepared<'_>,
+        computed: Computed,
+        vector: Option<Vec<f32>>,
+    ) -> (Arc<Entry>, bool) {
+        let ttl = p.policy.ttl;
+        let vector = match vector {
+            _ if p.policy.exact_only_policy() => Ok(Vec::new()),
+            Some(v) => Ok(v),
+            None => self.embed(&p.normalized).await,
+        };
+        let namespace = &p.key.partition().namespace;
+        let (vector, failed) = match vector {
+            Ok(v) => (v, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let entry = self.entry(
+            p,
+            computed.response,
+            computed.usage,
+            computed.tags,
+            vector,
+            ttl,
+        );
+        let failed = match failed {
+            Some(e) => Some(e),
+            None => self.store_insert(Arc::clone(&entry), ttl).await.err(),
+        };
+        match failed {
+            None => {
+                self.inner.stats.insert(namespace);
+                (entry, true)
+            }
+            Some(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "semantic cache could not store a computed response; returning it uncached"
+                );
+                self.inner.stats.insert_failed(namespace);
+                (entry, false)
+            }
+        }
     }
 
     /// Serve `key` from the cache, or run `compute` once, cache its result and return it.
@@ -682,6 +752,7 @@ impl SemanticCache {
                     kind: hit.kind,
                     similarity: hit.similarity,
                 },
+                stored: true,
             });
         }
         let flight = FlightGuard::join(&self.inner.flights, prepared.id);
@@ -694,18 +765,7 @@ impl SemanticCache {
                     .stats
                     .compute(&prepared.key.partition().namespace);
                 let computed = compute().await.map_err(|e| Error::Provider(e.into()))?;
-                let options = InsertOptions {
-                    tags: computed.tags,
-                    ttl: None,
-                };
-                self.insert_prepared(
-                    &prepared,
-                    computed.response,
-                    computed.usage,
-                    options,
-                    vector,
-                )
-                .await
+                Ok::<_, Error>(self.keep_computed(&prepared, computed, vector).await)
             })
             .await?;
         let source = if ran.load(Ordering::Relaxed) {
@@ -714,8 +774,9 @@ impl SemanticCache {
             Source::Joined
         };
         Ok(Served {
-            entry: Arc::clone(entry),
+            entry: Arc::clone(&entry.0),
             source,
+            stored: entry.1,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The crate's one error type.
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 /// A boxed error from a backend, an embedder or a provider.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -54,28 +55,54 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// A cached response could not be encoded or decoded.
-    #[error("serialization failed: {0}")]
+    #[error("serialization failed")]
     Serialization(#[source] serde_json::Error),
     /// The embedder failed.
-    #[error("embedder failed: {0}")]
+    #[error("embedder failed")]
     Embedder(#[source] BoxError),
     /// The LLM provider (or the value computation of a cache-aside call) failed.
-    #[error("provider failed: {0}")]
+    #[error("provider failed")]
     Provider(#[source] BoxError),
-    /// The storage backend failed (Redis down, timeout, protocol error).
-    #[error("storage backend failed: {0}")]
-    Backend(#[source] BoxError),
+    /// The storage backend failed (Redis down, refused, protocol error). Under
+    /// [`FailureMode::FailOpen`](crate::FailureMode) a lookup treats it as a miss.
+    #[error("semantic cache backend error")]
+    Backend {
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+        /// Whether retrying later may succeed (connection refused or reset, a restarting
+        /// server) as opposed to a reply this crate cannot use.
+        transient: bool,
+    },
+    /// The backend did not answer within the store's timeout.
+    #[error("semantic cache backend did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl Error {
-    /// Whether retrying the same call later may succeed: `true` for backend failures (a
-    /// Redis outage, a timeout) and for embedder/provider failures, which are remote calls;
-    /// `false` for bad input and configuration, which fail the same way every time.
+    /// Wrap a backend's error.
+    pub fn backend(source: impl Into<BoxError>, transient: bool) -> Self {
+        Self::Backend {
+            source: source.into(),
+            transient,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: `true` for transient backend
+    /// failures, timeouts and embedder/provider failures (remote calls); `false` for bad
+    /// input and configuration, which fail the same way every time.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Backend(_) | Self::Embedder(_) | Self::Provider(_)
-        )
+        match self {
+            Self::Backend { transient, .. } => *transient,
+            Self::Timeout(_) | Self::Embedder(_) | Self::Provider(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the error came from the storage backend ([`Error::Backend`],
+    /// [`Error::Timeout`]): what a [`FailureMode`](crate::FailureMode) decides about.
+    pub fn is_backend(&self) -> bool {
+        matches!(self, Self::Backend { .. } | Self::Timeout(_))
     }
 
     /// Whether the error is about the caller's input (prompt, vector, identifier).

@@ -189,7 +189,7 @@ return {n, bytes}
 ";
 
 fn backend(err: impl Into<BoxError>) -> Error {
-    Error::Backend(err.into())
+    Error::backend(err, true)
 }
 
 fn lock(index: &Mutex<LocalIndex>) -> MutexGuard<'_, LocalIndex> {

@@ -30,6 +30,8 @@ pub mod names {
     pub const COST_SAVED_MICROS: &str = "palisade_semantic_cache_cost_saved_micros_total";
     /// Counter of entries inserted.
     pub const INSERTS: &str = "palisade_semantic_cache_inserts_total";
+    /// Counter of computed responses `get_or_compute` returned but could not store.
+    pub const INSERT_FAILURES: &str = "palisade_semantic_cache_insert_failures_total";
     /// Counter of embedding calls (one per batch).
     pub const EMBEDDINGS: &str = "palisade_semantic_cache_embeddings_total";
     /// Histogram of embedding time in seconds.
@@ -67,6 +69,7 @@ pub(crate) struct Stats {
     misses: AtomicU64,
     vetoed: AtomicU64,
     inserts: AtomicU64,
+    insert_failures: AtomicU64,
     computes: AtomicU64,
     embed_calls: AtomicU64,
     embed_nanos: AtomicU64,
@@ -200,6 +203,12 @@ impl Stats {
         metrics::counter!(names::INSERTS, "namespace" => namespace.metric_label()).increment(1);
     }
 
+    pub(crate) fn insert_failed(&self, namespace: &Namespace) {
+        self.insert_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::INSERT_FAILURES, "namespace" => namespace.metric_label())
+            .increment(1);
+    }
+
     pub(crate) fn compute(&self, namespace: &Namespace) {
         self.computes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::COMPUTES, "namespace" => namespace.metric_label()).increment(1);
@@ -221,6 +230,7 @@ impl Stats {
             misses: load(&self.misses),
             vetoed: load(&self.vetoed),
             inserts: load(&self.inserts),
+            insert_failures: load(&self.insert_failures),
             computes: load(&self.computes),
             embed_calls: load(&self.embed_calls),
             embed_time_ms: load(&self.embed_nanos) as f64 / 1e6,
@@ -249,6 +259,8 @@ pub struct StatsSnapshot {
     pub vetoed: u64,
     /// Entries inserted.
     pub inserts: u64,
+    /// Computed responses `get_or_compute` returned but could not store (backend failure).
+    pub insert_failures: u64,
     /// Provider calls made by `get_or_compute` (after single-flight).
     pub computes: u64,
     /// Embedding calls.

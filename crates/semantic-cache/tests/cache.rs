@@ -172,7 +172,8 @@ async fn call_guard_wraps_provider_calls() {
         .complete(&p, &CompletionRequest::new("hello there"))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("circuit open"), "{err}");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("circuit open"), "{cause}");
     assert_eq!(refused.load(Ordering::SeqCst), 1);
     assert_eq!(provider.provider().calls.load(Ordering::SeqCst), 0);
 }
@@ -389,5 +390,89 @@ async fn single_flight_forgets_failed_panicked_and_cancelled_computations() {
         .await
         .unwrap();
     assert_eq!(served.source, Source::Computed);
+    assert_eq!(cache.in_flight(), 0);
+}
+
+/// A store whose inserts fail (Redis refusing writes: OOM, read-only replica, timeout),
+/// everything else served by memory.
+#[derive(Debug, Default)]
+struct RefusesInserts(palisade_semantic_cache::MemoryStore);
+
+#[async_trait]
+impl palisade_semantic_cache::Store for RefusesInserts {
+    async fn insert(
+        &self,
+        _: Arc<palisade_semantic_cache::Entry>,
+        _: Duration,
+    ) -> palisade_semantic_cache::Result<()> {
+        Err(palisade_semantic_cache::Error::backend(
+            std::io::Error::other("OOM command not allowed"),
+            true,
+        ))
+    }
+    async fn get(
+        &self,
+        p: &Partition,
+        id: &palisade_semantic_cache::EntryId,
+        now: u64,
+    ) -> palisade_semantic_cache::Result<Option<Arc<palisade_semantic_cache::Entry>>> {
+        self.0.get(p, id, now).await
+    }
+    async fn search(
+        &self,
+        q: palisade_semantic_cache::store::SearchQuery<'_>,
+    ) -> palisade_semantic_cache::Result<Vec<(Arc<palisade_semantic_cache::Entry>, f32)>> {
+        self.0.search(q).await
+    }
+    async fn invalidate(
+        &self,
+        what: &palisade_semantic_cache::Invalidation,
+    ) -> palisade_semantic_cache::Result<u64> {
+        self.0.invalidate(what).await
+    }
+    async fn usage(
+        &self,
+        p: &Partition,
+    ) -> palisade_semantic_cache::Result<palisade_semantic_cache::PartitionUsage> {
+        self.0.usage(p).await
+    }
+}
+
+/// Review finding: a computed (paid-for) response was lost when the cache insert failed,
+/// and every waiting caller paid for its own. Now the response is returned to all of them,
+/// marked as not stored, and the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_for_response_survives_a_failed_insert() {
+    let cache = SemanticCache::builder()
+        .store(RefusesInserts::default())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+        tasks.push(tokio::spawn(async move {
+            let key = CacheKey::new("t1", "chat", "m", "Summarise the annual report").unwrap();
+            cache
+                .get_or_compute(&key, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(Computed::new("summary", Usage::default()))
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        let served = t.await.unwrap().expect("the computed response is returned");
+        assert_eq!(served.entry.response, b"summary");
+        assert!(!served.stored, "the insert failed, the response says so");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "waiters must not pay again"
+    );
+    assert_eq!(cache.stats().insert_failures, 1);
+    assert_eq!(cache.stats().inserts, 0);
     assert_eq!(cache.in_flight(), 0);
 }

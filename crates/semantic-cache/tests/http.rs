@@ -91,7 +91,8 @@ async fn service_errors_and_bad_vectors_are_typed() {
         matches!(err, Error::Embedder(_)) && err.is_transient(),
         "{err}"
     );
-    assert!(err.to_string().contains("503"), "{err}");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("503"), "{cause}");
     assert!(matches!(
         e.embed("wrongdim").await,
         Err(Error::DimensionMismatch {
@@ -100,14 +101,9 @@ async fn service_errors_and_bad_vectors_are_typed() {
         })
     ));
     let no_key = HttpEmbedder::new(HttpEmbedderConfig::new(&base, "embed-small", 3)).unwrap();
-    assert!(
-        no_key
-            .embed("x")
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("401")
-    );
+    let err = no_key.embed("x").await.unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("401"), "{cause}");
     let down = HttpEmbedder::new(config("http://127.0.0.1:1/v1")).unwrap();
     assert!(matches!(down.embed("x").await, Err(Error::Embedder(_))));
     assert!(matches!(
