@@ -149,10 +149,15 @@ impl Key {
         })
     }
 
-    /// The client's IP address resolved by `ip`: `ip:ADDRESS`.
+    /// The client's IP address resolved by `ip`: `ip:ADDRESS` for IPv4, and for IPv6 the
+    /// network of [`ClientIp::ipv6_prefix`] (default /64: what one host or home network
+    /// gets, so rotating addresses inside it shares one budget), `ip:2001:db8:1:2::/64`.
     pub fn client_ip(ip: ClientIp) -> Self {
         Self::custom_named("client_ip", move |r| {
-            ip.resolve_request(r).map(|a| format!("ip:{a}"))
+            ip.resolve_request(r).map(|a| match ip.group(a) {
+                net if net.prefix_len() == net.max_prefix_len() => format!("ip:{a}"),
+                net => format!("ip:{net}"),
+            })
         })
     }
 
@@ -194,6 +199,9 @@ pub enum ForwardedHeader {
     Forwarded,
 }
 
+/// The IPv6 prefix [`ClientIp`] groups clients by unless told otherwise.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 type PeerFn = dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync;
 
 /// Resolves the client's IP address without trusting what the client can forge.
@@ -222,6 +230,7 @@ type PeerFn = dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync;
 pub struct ClientIp {
     trusted: Vec<IpNet>,
     header: ForwardedHeader,
+    ipv6_prefix: u8,
     peer: Arc<PeerFn>,
 }
 
@@ -230,6 +239,7 @@ impl fmt::Debug for ClientIp {
         f.debug_struct("ClientIp")
             .field("trusted", &self.trusted)
             .field("header", &self.header)
+            .field("ipv6_prefix", &self.ipv6_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -247,6 +257,7 @@ impl ClientIp {
         Self {
             trusted: Vec::new(),
             header: ForwardedHeader::default(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             peer: Arc::new(|ext: &Extensions| {
                 ext.get::<PeerAddr>()
                     .map(|p| p.0)
@@ -269,6 +280,35 @@ impl ClientIp {
             self.trusted.push(net);
         }
         Ok(self)
+    }
+
+    /// Group IPv6 clients by their first `len` bits (default [`DEFAULT_IPV6_PREFIX`], 64):
+    /// a single host usually holds a whole /64 and may rotate through it freely, so
+    /// limiting per /128 limits nobody. 128 keys each address apart; 48 or 56 group a whole
+    /// site. IPv4 addresses are always keyed whole.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] unless `1 <= len <= 128`.
+    pub fn ipv6_prefix(mut self, len: u8) -> Result<Self> {
+        if !(1..=128).contains(&len) {
+            return Err(Error::InvalidConfig(format!(
+                "IPv6 prefix /{len} is not between /1 and /128"
+            )));
+        }
+        self.ipv6_prefix = len;
+        Ok(self)
+    }
+
+    /// The network a client address is limited as: the address itself for IPv4, its
+    /// [`ipv6_prefix`](Self::ipv6_prefix) network for IPv6.
+    pub fn group(&self, ip: IpAddr) -> IpNet {
+        match ip.to_canonical() {
+            v4 @ IpAddr::V4(_) => IpNet::from(v4),
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, self.ipv6_prefix).map_or_else(
+                |_| IpNet::from(IpAddr::V6(v6)),
+                |net| IpNet::V6(net.trunc()),
+            ),
+        }
     }
 
     /// Read `Forwarded` instead of `X-Forwarded-For`.

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderValue, Request};
 use palisade_ratelimit::rules::{
-    ClientIp, ForwardedHeader, Outcome, RequestLimiter, RequestParts, Route, Rules, Tier,
-    TierResolver,
+    ClientIp, ForwardedHeader, Key, Outcome, PeerAddr, RequestLimiter, RequestParts, Route, Rules,
+    Tier, TierResolver,
 };
 use palisade_ratelimit::{Algorithm, FakeClock, MemoryStore, Policy, Quota, RateLimiter};
 
@@ -165,4 +165,65 @@ fn forwarded_elements_are_read_one_by_one() {
     // A quoted comma does not split an element.
     let h = header("forwarded", b"for=203.0.113.5;host=\"a,b\", for=10.0.0.2");
     assert_eq!(proxies.resolve(peer, &h), Some(ip("203.0.113.5")));
+}
+
+fn from_peer(path: &str, peer: &str) -> Request<()> {
+    let mut req = Request::get(path).body(()).unwrap();
+    req.extensions_mut().insert(PeerAddr(ip(peer)));
+    req
+}
+
+/// IPv6 clients are keyed by their /64 (what one host or home network gets), so rotating
+/// addresses inside it shares one budget; the prefix is configurable and IPv4 keeps whole
+/// addresses.
+#[tokio::test]
+async fn ipv6_clients_are_grouped_by_prefix() {
+    let by_ip = |c: ClientIp| {
+        memory_limiter(
+            Rules::builder()
+                .route(Route::new("/**").unwrap().policy(policy("ip", 2)))
+                .key(Key::client_ip(c))
+                .build()
+                .unwrap(),
+        )
+    };
+    let blocks = |limiter: RequestLimiter, peer: &'static str| async move {
+        let req = from_peer("/x", peer);
+        limiter
+            .check(&RequestParts::from_request(&req))
+            .await
+            .blocks()
+    };
+    let limiter = by_ip(ClientIp::new());
+    assert!(!blocks(limiter.clone(), "2001:db8:1:2::1").await);
+    assert!(!blocks(limiter.clone(), "2001:db8:1:2:aaaa::9").await);
+    assert!(
+        blocks(limiter.clone(), "2001:db8:1:2:ffff:ffff:ffff:ffff").await,
+        "a third address of the same /64 shares its budget"
+    );
+    assert!(
+        !blocks(limiter.clone(), "2001:db8:1:3::1").await,
+        "another /64"
+    );
+    assert!(!blocks(limiter.clone(), "192.0.2.1").await);
+    assert!(
+        !blocks(limiter.clone(), "192.0.2.2").await,
+        "IPv4 by address"
+    );
+    assert_eq!(
+        Key::client_ip(ClientIp::new())
+            .extract(&RequestParts::from_request(&from_peer(
+                "/",
+                "2001:db8:1:2::1"
+            )))
+            .as_deref(),
+        Some("ip:2001:db8:1:2::/64")
+    );
+    // Per address when asked.
+    let limiter = by_ip(ClientIp::new().ipv6_prefix(128).unwrap());
+    assert!(!blocks(limiter.clone(), "2001:db8:1:2::1").await);
+    assert!(!blocks(limiter.clone(), "2001:db8:1:2::2").await);
+    assert!(!blocks(limiter.clone(), "2001:db8:1:2::3").await);
+    assert!(ClientIp::new().ipv6_prefix(0).is_err());
+    assert!(ClientIp::new().ipv6_prefix(129).is_err());
 }
