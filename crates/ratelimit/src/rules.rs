@@ -43,8 +43,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use hmac::{Hmac, Mac};
 use http::{Extensions, HeaderMap, Method, Uri};
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use crate::decision::Decision;
 use crate::error::{Error, Result};
@@ -140,12 +142,16 @@ impl Key {
         })
     }
 
-    /// A header's value, such as an API key: `hdr:NAME:VALUE`. Absent or non-UTF-8
-    /// headers give no key.
-    pub fn header(name: http::HeaderName) -> Self {
+    /// A header's value, such as an API key, as `hdr:NAME:DIGEST`: the first 128 bits of
+    /// HMAC-SHA-256 of the value under `secret`, in hex. The credential itself never
+    /// reaches a stored key name (a Redis key anyone with `KEYS` access reads), a log line
+    /// or the memory store, and a value of any length takes 32 bytes. Every instance that
+    /// shares a store must use the same secret; an absent header gives no key.
+    pub fn header(name: http::HeaderName, secret: &KeySecret) -> Self {
+        let secret = secret.clone();
         Self::custom_named("header", move |r| {
-            let v = r.headers.get(&name)?.to_str().ok()?;
-            Some(format!("hdr:{}:{v}", name.as_str()))
+            let value = r.headers.get(&name)?.as_bytes();
+            Some(format!("hdr:{}:{}", name.as_str(), secret.digest(value)))
         })
     }
 
@@ -182,9 +188,83 @@ impl Key {
         }
     }
 
-    /// The key for `req`, if this extractor finds one.
+    /// The key for `req`, if this extractor finds one. A key longer than [`MAX_KEY_LEN`]
+    /// bytes is replaced by `sha256:` and its SHA-256 in hex (71 bytes), so a store bounded
+    /// in keys is bounded in bytes too, whatever a client sends.
     pub fn extract(&self, req: &RequestParts<'_>) -> Option<String> {
-        (self.f)(req)
+        (self.f)(req).map(|key| {
+            if key.len() <= MAX_KEY_LEN {
+                key
+            } else {
+                let mut out = String::from("sha256:");
+                push_hex(&mut out, &Sha256::digest(key.as_bytes()));
+                out
+            }
+        })
+    }
+}
+
+/// The longest key [`Key::extract`] returns as it is; longer ones are replaced by a digest.
+pub const MAX_KEY_LEN: usize = 128;
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+}
+
+/// The secret [`Key::header`] hashes credentials with, so stored key names reveal nothing
+/// and cannot be computed by whoever reads them. Never printed (`Debug` shows
+/// `KeySecret(..)`).
+#[derive(Clone)]
+pub struct KeySecret(Arc<[u8]>);
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+impl KeySecret {
+    /// The shortest secret accepted, in bytes.
+    pub const MIN_LEN: usize = 16;
+
+    /// A secret from configuration (the same on every instance sharing a store).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when shorter than [`MIN_LEN`](Self::MIN_LEN) bytes.
+    pub fn new(secret: impl AsRef<[u8]>) -> Result<Self> {
+        let secret = secret.as_ref();
+        if secret.len() < Self::MIN_LEN {
+            return Err(Error::InvalidConfig(format!(
+                "a key secret needs at least {} bytes",
+                Self::MIN_LEN
+            )));
+        }
+        Ok(Self(Arc::from(secret)))
+    }
+
+    /// 32 random bytes from the operating system: for a single instance (the memory store);
+    /// instances sharing Redis need one secret from configuration ([`new`](Self::new)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the operating system gives no randomness.
+    pub fn random() -> Result<Self> {
+        let mut bytes = [0_u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::InvalidConfig(format!("no randomness for a key secret: {e}")))?;
+        Self::new(bytes)
+    }
+
+    fn digest(&self, value: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(value);
+        let mut out = String::with_capacity(32);
+        push_hex(&mut out, &mac.finalize().into_bytes()[..16]);
+        out
     }
 }
 
@@ -868,10 +948,10 @@ impl RequestLimiter {
             .acquire_labeled(&key, policy, route.cost, &tier, shadow)
             .await;
         if shadow && !decision.allowed {
+            // Never the key: it may be derived from a credential or name a person.
             tracing::info!(
                 policy = policy.name(),
                 tier,
-                key,
                 "shadow mode: request would be rate limited"
             );
         }

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderValue, Request};
 use palisade_ratelimit::rules::{
-    ClientIp, ForwardedHeader, Key, Outcome, PeerAddr, RequestLimiter, RequestParts, Route, Rules,
-    Tier, TierResolver,
+    ClientIp, ForwardedHeader, Key, KeySecret, MAX_KEY_LEN, Outcome, PeerAddr, RequestLimiter,
+    RequestParts, Route, Rules, Tier, TierResolver,
 };
 use palisade_ratelimit::{Algorithm, FakeClock, MemoryStore, Policy, Quota, RateLimiter};
 
@@ -226,4 +226,79 @@ async fn ipv6_clients_are_grouped_by_prefix() {
     assert!(!blocks(limiter.clone(), "2001:db8:1:2::3").await);
     assert!(ClientIp::new().ipv6_prefix(0).is_err());
     assert!(ClientIp::new().ipv6_prefix(129).is_err());
+}
+
+const API_KEY: &str = "sk_live_5f1c9e0d7a2b4c3e";
+
+fn with_api_key(path: &str, value: &str) -> Request<()> {
+    let mut req = get(path);
+    req.headers_mut()
+        .insert("x-api-key", HeaderValue::from_str(value).unwrap());
+    req
+}
+
+/// A header key (an API key) never reaches a stored key name or a log line: it is hashed
+/// with the limiter's secret, keyed apart per value and per secret, and of fixed length.
+#[tokio::test]
+async fn credential_keys_are_hashed_and_never_logged() {
+    let secret = KeySecret::new(b"0123456789abcdef0123456789abcdef").unwrap();
+    let key = Key::header(http::HeaderName::from_static("x-api-key"), &secret);
+    let extract = |k: &Key, v: &str| {
+        k.extract(&RequestParts::from_request(&with_api_key("/", v)))
+            .unwrap()
+    };
+    let a = extract(&key, API_KEY);
+    assert!(!a.contains(API_KEY) && !a.contains("sk_live"), "{a}");
+    assert_eq!(a, extract(&key, API_KEY), "stable for one secret");
+    assert_ne!(a, extract(&key, "sk_live_other"));
+    let long = "k".repeat(100_000);
+    assert_eq!(extract(&key, &long).len(), a.len(), "fixed length");
+    let other_secret = KeySecret::new(b"another secret of 32 bytes......").unwrap();
+    let other = Key::header(http::HeaderName::from_static("x-api-key"), &other_secret);
+    assert_ne!(a, extract(&other, API_KEY), "a per-limiter secret");
+    assert!(KeySecret::new(b"short").is_err());
+    assert!(
+        !format!("{secret:?}").contains("0123"),
+        "the secret never prints"
+    );
+
+    // Shadow mode logs the would-be denial, never the credential.
+    let logs = palisade_testkit::LogCapture::new();
+    let _guard = logs.set_default();
+    let limiter = memory_limiter(
+        Rules::builder()
+            .route(Route::new("/**").unwrap().policy(policy("keyed", 1)))
+            .key(key)
+            .shadow(true)
+            .build()
+            .unwrap(),
+    );
+    for _ in 0..3 {
+        let req = with_api_key("/x", API_KEY);
+        limiter.check(&RequestParts::from_request(&req)).await;
+    }
+    assert!(logs.contains("would be rate limited"), "{}", logs.text());
+    assert!(!logs.contains("sk_live"), "{}", logs.text());
+    assert!(!logs.contains(&a), "not even hashed: {}", logs.text());
+}
+
+/// Every extracted key is at most `MAX_KEY_LEN` bytes: a longer one (a custom extractor fed a
+/// huge header) is replaced by a digest, so the memory store's bound on keys bounds bytes.
+#[test]
+fn extracted_keys_have_a_bounded_length() {
+    let echo = Key::custom(|r| r.headers.get("x-k").map(|v| v.to_str().unwrap().to_owned()));
+    let key_of = |v: &str| {
+        let mut req = get("/");
+        req.headers_mut()
+            .insert("x-k", HeaderValue::from_str(v).unwrap());
+        echo.extract(&RequestParts::from_request(&req)).unwrap()
+    };
+    assert_eq!(key_of("short"), "short");
+    let at_limit = "a".repeat(MAX_KEY_LEN);
+    assert_eq!(key_of(&at_limit), at_limit);
+    let a = key_of(&"a".repeat(MAX_KEY_LEN + 1));
+    let b = key_of(&"b".repeat(50_000));
+    assert!(a.len() <= MAX_KEY_LEN && b.len() <= MAX_KEY_LEN);
+    assert_ne!(a, b);
+    assert_ne!(a, key_of(&"a".repeat(MAX_KEY_LEN + 2)));
 }
