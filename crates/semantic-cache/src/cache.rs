@@ -14,11 +14,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::embed::{Embedder, HashingEmbedder, check_vector};
 use crate::entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
 use crate::error::{BoxError, Error, Result};
+use crate::fallback::Fallback;
 use crate::guard::{GuardConfig, PromptFeatures};
 use crate::key::{
     CacheKey, EntryId, Namespace, Partition, ScopeId, Tag, Tenant, entry_id, normalize_prompt,
 };
-use crate::memory::MemoryStore;
+use crate::memory::{MemoryConfig, MemoryStore};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
 
@@ -34,11 +35,39 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// The default longest prompt accepted, in bytes: 32 KiB.
 pub const DEFAULT_MAX_PROMPT_BYTES: usize = 32 * 1024;
 
+/// What the cache does when its store fails ([`Error::is_backend`]: Redis down, refused,
+/// timed out). Chosen once on the builder ([`SemanticCacheBuilder::failure_mode`]).
+///
+/// | mode | lookup | `get_or_compute` | insert | invalidate |
+/// |---|---|---|---|---|
+/// | `FailOpen` (default) | a miss ([`MissReason::BackendUnavailable`]) | the provider is called and its answer returned (`stored: false`) | the error | the error |
+/// | `FailClosed` | the error | the error, the provider is not called | the error | the error |
+/// | `FallbackToMemory` | answered by a local [`MemoryStore`] | as a lookup, then cached locally | stored locally | applied locally, the error returned and the invalidation replayed before the backend serves again |
+///
+/// A cache exists to save money, not to guard anything, so failing open is the safe
+/// default: an outage costs provider calls, never answers. Invalidation never fails open:
+/// an invalidation the backend did not apply is always an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// A store error is a miss: the provider is called and its answer returned.
+    #[default]
+    FailOpen,
+    /// A store error is returned to the caller.
+    FailClosed,
+    /// A store error sends the operation to a local [`MemoryStore`] (bounded by
+    /// [`SemanticCacheBuilder::fallback_memory`]); invalidations the backend missed are
+    /// replayed on it before it serves again.
+    FallbackToMemory,
+}
+
 /// How one namespace caches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct NamespacePolicy {
-    /// How long an entry lives (default one hour).
+    /// How long an entry lives (default one hour; `"1h"`, `"90s"` in configuration files).
+    #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// Lowest cosine similarity (on unit vectors, in `[-1, 1]`) served as a semantic hit;
     /// `1.0` or more means exact matches only, and no embedding is ever computed.
@@ -101,9 +130,10 @@ impl NamespacePolicy {
     }
 }
 
-/// Settings of a [`SemanticCache`]; serde-friendly for TOML/JSON configuration.
+/// Settings of a [`SemanticCache`]; serde-friendly for TOML/JSON configuration (unknown
+/// fields are refused, durations are written `"1h"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Policy of namespaces not listed in `namespaces`.
     pub default_policy: NamespacePolicy,
@@ -115,6 +145,8 @@ pub struct CacheConfig {
     pub guard: GuardConfig,
     /// How many nearest neighbours are checked against the guard before giving up (default 4).
     pub candidates: usize,
+    /// What a store failure does (default [`FailureMode::FailOpen`]).
+    pub failure_mode: FailureMode,
 }
 
 impl Default for CacheConfig {
@@ -125,6 +157,7 @@ impl Default for CacheConfig {
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
             guard: GuardConfig::default(),
             candidates: 4,
+            failure_mode: FailureMode::default(),
         }
     }
 }
@@ -261,6 +294,7 @@ pub struct SemanticCacheBuilder {
     embedder: Option<Arc<dyn Embedder>>,
     clock: Option<Arc<dyn Clock>>,
     config: CacheConfig,
+    fallback_memory: MemoryConfig,
 }
 
 impl fmt::Debug for SemanticCacheBuilder {
@@ -335,6 +369,21 @@ impl SemanticCacheBuilder {
         self
     }
 
+    /// What a store failure does (default [`FailureMode::FailOpen`]).
+    #[must_use]
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.config.failure_mode = mode;
+        self
+    }
+
+    /// Bounds of the local store [`FailureMode::FallbackToMemory`] answers from (default
+    /// [`MemoryConfig::default`]).
+    #[must_use]
+    pub fn fallback_memory(mut self, config: MemoryConfig) -> Self {
+        self.fallback_memory = config;
+        self
+    }
+
     /// Longest prompt accepted, in bytes.
     #[must_use]
     pub fn max_prompt_bytes(mut self, max: usize) -> Self {
@@ -357,11 +406,16 @@ impl SemanticCacheBuilder {
                 "candidates and max_prompt_bytes must be above 0".into(),
             ));
         }
+        let mut store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        if self.config.failure_mode == FailureMode::FallbackToMemory {
+            let memory = MemoryStore::new(self.fallback_memory)?;
+            store = Arc::new(Fallback::new(store, memory));
+        }
         Ok(SemanticCache {
             inner: Arc::new(Inner {
-                store: self
-                    .store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                store,
                 embedder: self
                     .embedder
                     .unwrap_or_else(|| Arc::new(HashingEmbedder::default())),
@@ -517,7 +571,11 @@ impl SemanticCache {
         let inner = &self.inner;
         let namespace = &p.key.partition().namespace;
         let now = inner.clock.now_ms();
-        if let Some(entry) = inner.store.get(p.key.partition(), &p.id, now).await? {
+        let exact = match inner.store.get(p.key.partition(), &p.id, now).await {
+            Ok(found) => found,
+            Err(e) => return Ok((self.failed_open("get", namespace, e)?, None)),
+        };
+        if let Some(entry) = exact {
             inner.stats.hit(namespace, HitKind::Exact, 1.0, entry.usage);
             tracing::debug!(kind = "exact", "cache hit");
             return Ok((
@@ -540,7 +598,7 @@ impl SemanticCache {
             ));
         }
         let vector = self.embed(&p.normalized).await?;
-        let found = inner
+        let searched = inner
             .store
             .search(SearchQuery {
                 partition: p.key.partition(),
@@ -551,7 +609,11 @@ impl SemanticCache {
                 min_similarity: p.policy.threshold,
                 now_ms: now,
             })
-            .await?;
+            .await;
+        let found = match searched {
+            Ok(found) => found,
+            Err(e) => return Ok((self.failed_open("search", namespace, e)?, Some(vector))),
+        };
         let best_similarity = found.first().map(|(_, s)| *s);
         let mut vetoes = Vec::new();
         let query_features =
@@ -595,6 +657,25 @@ impl SemanticCache {
             },
             Some(vector),
         ))
+    }
+
+    /// A backend error during a lookup: a miss under [`FailureMode::FailOpen`], the error
+    /// otherwise.
+    fn failed_open(&self, op: &'static str, namespace: &Namespace, error: Error) -> Result<Lookup> {
+        if !(error.is_backend() && self.inner.config.failure_mode == FailureMode::FailOpen) {
+            return Err(error);
+        }
+        tracing::warn!(
+            op,
+            error = &error as &dyn std::error::Error,
+            "semantic cache backend failed; failing open (miss)"
+        );
+        self.inner.stats.backend_error(op);
+        self.inner.stats.miss(namespace, &[]);
+        Ok(Lookup::Miss {
+            reason: MissReason::BackendUnavailable,
+            best_similarity: None,
+        })
     }
 
     /// Cache a response for `key` with the namespace's TTL and no tags.

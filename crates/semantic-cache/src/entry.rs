@@ -139,11 +139,16 @@ pub struct Hit {
 /// Why a lookup did not return a hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum MissReason {
     /// No entry above the threshold (or the namespace is exact-only).
     NoMatch,
     /// The nearest entry was above the threshold but the lexical guard vetoed it.
     Vetoed,
+    /// The backend failed and the cache runs [`FailureMode::FailOpen`](crate::FailureMode):
+    /// the lookup counts as a miss (the failure is logged at WARN and counted in
+    /// `palisade_semantic_cache_backend_errors_total`).
+    BackendUnavailable,
 }
 
 /// The outcome of a lookup.

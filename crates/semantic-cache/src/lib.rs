@@ -74,13 +74,14 @@ pub mod store;
 pub mod value;
 
 pub use cache::{
-    CacheConfig, Computed, DEFAULT_THRESHOLD, DEFAULT_TTL, InsertOptions, NamespacePolicy,
-    SemanticCache, SemanticCacheBuilder, Served, Source,
+    CacheConfig, Computed, DEFAULT_THRESHOLD, DEFAULT_TTL, FailureMode, InsertOptions,
+    NamespacePolicy, SemanticCache, SemanticCacheBuilder, Served, Source,
 };
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use embed::{Embedder, HashingConfig, HashingEmbedder};
 pub use entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
 pub use error::{BoxError, Error, Result};
+#[allow(deprecated)]
 pub use fallback::FallbackStore;
 pub use guard::{GuardConfig, VetoReason};
 pub use key::{

@@ -16,7 +16,7 @@ use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
 
 /// Bounds of a [`MemoryStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Most entries kept (default 100 000).
     pub max_entries: u64,

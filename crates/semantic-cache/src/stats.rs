@@ -40,7 +40,11 @@ pub mod names {
     pub const INVALIDATIONS: &str = "palisade_semantic_cache_invalidations_total";
     /// Counter of provider (compute) calls made by `get_or_compute`.
     pub const COMPUTES: &str = "palisade_semantic_cache_computes_total";
-    /// Counter of backend failures answered from the fallback store.
+    /// Counter, label `op` = `get` | `search`: backend failures a lookup answered as a miss
+    /// ([`crate::FailureMode::FailOpen`]).
+    pub const BACKEND_ERRORS: &str = "palisade_semantic_cache_backend_errors_total";
+    /// Counter, label `op`: backend failures answered from the memory fallback
+    /// ([`crate::FailureMode::FallbackToMemory`]).
     pub const FALLBACKS: &str = "palisade_semantic_cache_fallbacks_total";
 }
 
@@ -70,6 +74,7 @@ pub(crate) struct Stats {
     vetoed: AtomicU64,
     inserts: AtomicU64,
     insert_failures: AtomicU64,
+    backend_errors: AtomicU64,
     computes: AtomicU64,
     embed_calls: AtomicU64,
     embed_nanos: AtomicU64,
@@ -209,6 +214,11 @@ impl Stats {
             .increment(1);
     }
 
+    pub(crate) fn backend_error(&self, op: &'static str) {
+        self.backend_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::BACKEND_ERRORS, "op" => op).increment(1);
+    }
+
     pub(crate) fn compute(&self, namespace: &Namespace) {
         self.computes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::COMPUTES, "namespace" => namespace.metric_label()).increment(1);
@@ -231,6 +241,7 @@ impl Stats {
             vetoed: load(&self.vetoed),
             inserts: load(&self.inserts),
             insert_failures: load(&self.insert_failures),
+            backend_errors: load(&self.backend_errors),
             computes: load(&self.computes),
             embed_calls: load(&self.embed_calls),
             embed_time_ms: load(&self.embed_nanos) as f64 / 1e6,
@@ -261,6 +272,8 @@ pub struct StatsSnapshot {
     pub inserts: u64,
     /// Computed responses `get_or_compute` returned but could not store (backend failure).
     pub insert_failures: u64,
+    /// Lookups answered as a miss because the backend failed (fail-open).
+    pub backend_errors: u64,
     /// Provider calls made by `get_or_compute` (after single-flight).
     pub computes: u64,
     /// Embedding calls.

@@ -476,3 +476,19 @@ async fn a_paid_for_response_survives_a_failed_insert() {
     assert_eq!(cache.stats().inserts, 0);
     assert_eq!(cache.in_flight(), 0);
 }
+
+#[test]
+fn config_reads_humantime_durations_and_refuses_unknown_fields() {
+    use palisade_semantic_cache::{CacheConfig, FailureMode};
+    let config: CacheConfig = serde_json::from_str(
+        r#"{"default_policy": {"ttl": "90s"}, "failure_mode": "fallback_to_memory",
+            "namespaces": {"chat": {"ttl": "1h", "threshold": 0.85}}}"#,
+    )
+    .unwrap();
+    assert_eq!(config.default_policy.ttl, Duration::from_secs(90));
+    assert_eq!(config.namespaces["chat"].ttl, Duration::from_secs(3600));
+    assert_eq!(config.failure_mode, FailureMode::FallbackToMemory);
+    assert_eq!(CacheConfig::default().failure_mode, FailureMode::FailOpen);
+    assert!(serde_json::from_str::<CacheConfig>(r#"{"candidate": 4}"#).is_err());
+    assert!(serde_json::from_str::<CacheConfig>(r#"{"default_policy": {"tll": "1h"}}"#).is_err());
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use palisade_semantic_cache::redis::{RedisConfig, RedisStore};
 use palisade_semantic_cache::{
-    Error, FakeClock, FallbackStore, HitKind, InsertOptions, MemoryStore, Store, Tag, Tenant, Usage,
+    Computed, Error, FailureMode, FakeClock, HitKind, InsertOptions, Lookup, MissReason, Source,
+    Store, Tag, Tenant, Usage,
 };
 use palisade_testkit::{RedisServer, TestRedis, test_redis};
 
@@ -268,10 +269,16 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
     };
     let redis_store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
     let clock = FakeClock::default();
-    let plain = conformance::cache(Arc::new(redis_store.clone()), &clock);
-    let fallback = conformance::cache(
-        Arc::new(FallbackStore::new(redis_store, MemoryStore::default())),
-        &clock,
+    let with = |mode| {
+        conformance::builder(Arc::new(redis_store.clone()), &clock)
+            .failure_mode(mode)
+            .build()
+            .unwrap()
+    };
+    let (open, closed, fallback) = (
+        with(FailureMode::FailOpen),
+        with(FailureMode::FailClosed),
+        with(FailureMode::FallbackToMemory),
     );
     fallback
         .insert(
@@ -283,12 +290,39 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
         .unwrap();
 
     server.kill();
-    // Without a fallback: a transient typed error, never a panic.
-    let err = plain
-        .lookup(&conformance::key("t1", "chat", "before the outage"))
-        .await
-        .unwrap_err();
+    let before = conformance::key("t1", "chat", "before the outage");
+    // Fail closed: a transient typed error, never a panic.
+    let err = closed.lookup(&before).await.unwrap_err();
     assert!(err.is_backend() && err.is_transient(), "{err:?}");
+    assert!(
+        closed
+            .get_or_compute(&before, || async {
+                Ok::<_, std::io::Error>(Computed::new("x", Usage::default()))
+            })
+            .await
+            .is_err()
+    );
+    // Fail open (the default): a miss, and the provider's answer is returned unstored.
+    assert!(matches!(
+        open.lookup(&before).await.unwrap(),
+        Lookup::Miss {
+            reason: MissReason::BackendUnavailable,
+            ..
+        }
+    ));
+    let served = open
+        .get_or_compute(&before, || async {
+            Ok::<_, std::io::Error>(Computed::new("fresh", Usage::default()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.source, Source::Computed);
+    assert_eq!(served.entry.response, b"fresh");
+    assert!(!served.stored);
+    assert_eq!(open.stats().backend_errors, 2);
+    assert_eq!(open.stats().insert_failures, 1);
+    // Invalidation never fails open.
+    assert!(open.invalidate_key(&before).await.is_err());
     // With it: the cache keeps working in memory.
     let key = conformance::key("t1", "chat", "during the outage");
     assert!(!fallback.lookup(&key).await.unwrap().is_hit());
@@ -302,7 +336,7 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
     // Back on Redis (empty after the restart): writes and reads go there again.
     let mut ok = false;
     for _ in 0..50 {
-        if plain
+        if closed
             .insert(
                 &conformance::key("t1", "chat", "after"),
                 "y",
@@ -318,7 +352,7 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
     }
     assert!(ok, "the store reconnects after a restart");
     assert!(
-        plain
+        closed
             .lookup(&conformance::key("t1", "chat", "after"))
             .await
             .unwrap()
@@ -338,4 +372,84 @@ async fn store_rejects_bad_config() {
         Err(Error::InvalidConfig(_))
     ));
     let _ = Arc::new(store(&redis).await) as Arc<dyn Store>;
+}
+
+/// Review finding: the memory fallback reported an invalidation as done while Redis was
+/// down, so the stale (possibly private) answer came back once Redis recovered with its
+/// data. Now the failure is surfaced and the invalidation is retried before Redis serves
+/// anything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_an_outage_is_surfaced_and_replayed() {
+    // A Redis that keeps its data across a crash (append-only file, fsync always).
+    let mut server = RedisServer::builder()
+        .config("appendonly", "yes")
+        .config("appendfsync", "always")
+        .start_async()
+        .await
+        .unwrap();
+    let cfg = RedisConfig {
+        op_timeout: Duration::from_millis(300),
+        poll_block: Duration::from_millis(20),
+        ..RedisConfig::default()
+    };
+    let redis_store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
+    let clock = FakeClock::default();
+    let cache = conformance::builder(Arc::new(redis_store), &clock)
+        .failure_mode(FailureMode::FallbackToMemory)
+        .build()
+        .unwrap();
+    let tag = Tag::new("user:42").unwrap();
+    let private = conformance::key("t1", "chat", "What is my salary?");
+    cache
+        .insert_with(
+            &private,
+            "user 42 earns 100k",
+            Usage::default(),
+            InsertOptions {
+                tags: vec![tag.clone()],
+                ..InsertOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    server.kill();
+    let result = cache
+        .invalidate_tag(&Tenant::new("t1").unwrap(), &tag)
+        .await;
+    let err = result.expect_err("an invalidation Redis never saw is not reported as done");
+    assert!(err.is_backend() && err.is_transient(), "{err:?}");
+
+    server.restart().unwrap();
+    let mut served = None;
+    for _ in 0..50 {
+        match cache.lookup(&private).await {
+            Ok(lookup) => {
+                served = Some(lookup.is_hit());
+                // Keep looking until reads come from Redis again (not the fallback).
+                if cache.store().usage(private.partition()).await.is_ok() {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        served,
+        Some(false),
+        "the invalidated answer came back from Redis"
+    );
+    // The replayed invalidation really removed it from Redis.
+    let mut conn = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:e:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }

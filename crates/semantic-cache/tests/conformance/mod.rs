@@ -10,10 +10,15 @@ use std::time::Duration;
 use palisade_semantic_cache::store::SearchQuery;
 use palisade_semantic_cache::{
     CacheKey, Error, FakeClock, HitKind, InsertOptions, Invalidation, Lookup, MissReason,
-    NamespacePolicy, Partition, SemanticCache, Store, Tag, Tenant, Usage,
+    NamespacePolicy, Partition, SemanticCache, SemanticCacheBuilder, Store, Tag, Tenant, Usage,
 };
 
 pub fn cache(store: Arc<dyn Store>, clock: &FakeClock) -> SemanticCache {
+    builder(store, clock).build().unwrap()
+}
+
+/// The suite's settings, for tests that add their own.
+pub fn builder(store: Arc<dyn Store>, clock: &FakeClock) -> SemanticCacheBuilder {
     SemanticCache::builder()
         .shared_store(store)
         .clock(clock.clone())
@@ -29,8 +34,6 @@ pub fn cache(store: Arc<dyn Store>, clock: &FakeClock) -> SemanticCache {
             "exact",
             NamespacePolicy::exact_only(Duration::from_secs(60)),
         )
-        .build()
-        .unwrap()
 }
 
 pub fn key(tenant: &str, ns: &str, prompt: &str) -> CacheKey {
