@@ -540,15 +540,35 @@ impl TierResolver {
 }
 
 /// A path pattern: literal segments, `*` (or `:name`, `{name}`) for exactly one segment, and
-/// a final `**` for any rest (including nothing). Empty segments are ignored, so `/a//b/`
-/// matches `/a/b`.
+/// a final `**` for any rest (including nothing).
+///
+/// # How a path is compared with what the router sees
+/// Routers and the proxies in front of them read paths differently: some decode
+/// percent-escapes, merge doubled slashes, resolve `.` and `..`, or ignore case, and axum's
+/// router does none of it. A rate-limit rule must hold however the request is routed, so
+/// every ambiguity resolves toward limiting:
+/// * a **route** ([`matches`](Self::matches)) applies when the path matches under *any* of
+///   these readings: as written (empty segments ignored), and canonical (each segment
+///   percent-decoded, `%2F` staying inside its segment; empty and `.` segments dropped, `..`
+///   removing the segment before it; ASCII case ignored). So `/%61i//./chat`, `/x/../ai/chat`
+///   and `/AI/chat` all meet the rule of `/ai/chat`;
+/// * an **exemption** ([`matches_exactly`](Self::matches_exactly)) applies only when the
+///   path matches as written, segment by segment (a trailing or doubled slash is a segment
+///   of its own, case and escapes count), *and* canonically: `/health/`, `/Health`,
+///   `/%68ealth` and `/docs/../ai/chat` are not exempt by `/health` or `/docs/**`.
+///
+/// At worst a request the router sends elsewhere is counted under a stricter rule; no
+/// spelling reaches a limited handler uncounted (tests: `no_spelling_of_a_path_reaches_a_route_without_its_rule`).
 ///
 /// ```
 /// use palisade_ratelimit::rules::PathPattern;
 /// let p = PathPattern::parse("/v1/*/chat/**")?;
 /// assert!(p.matches("/v1/gpt/chat"));
 /// assert!(p.matches("/v1/gpt/chat/stream/x"));
+/// assert!(p.matches("/v1/gpt//%63hat"));
 /// assert!(!p.matches("/v1/chat"));
+/// let health = PathPattern::parse("/health")?;
+/// assert!(health.matches_exactly("/health") && !health.matches_exactly("/health/"));
 /// # Ok::<(), palisade_ratelimit::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -560,8 +580,20 @@ pub struct PathPattern {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Segment {
-    Literal(String),
+    /// As written, and percent-decoded.
+    Literal(String, Vec<u8>),
     Any,
+}
+
+/// How a path's segments are compared with a pattern's literals.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// As written, byte for byte.
+    Written,
+    /// Percent-decoded, ASCII case ignored.
+    Canonical,
+    /// Percent-decoded, case kept.
+    Decoded,
 }
 
 impl PathPattern {
@@ -589,7 +621,10 @@ impl PathPattern {
             } else if *p == "*" || p.starts_with(':') || (p.starts_with('{') && p.ends_with('}')) {
                 segments.push(Segment::Any);
             } else {
-                segments.push(Segment::Literal((*p).to_owned()));
+                segments.push(Segment::Literal(
+                    (*p).to_owned(),
+                    percent_decode(p.as_bytes()),
+                ));
             }
         }
         Ok(Self {
@@ -604,19 +639,95 @@ impl PathPattern {
         &self.raw
     }
 
-    /// Whether `path` matches.
+    /// Whether a route with this pattern applies to `path`: under any reading (see the
+    /// type's docs).
     pub fn matches(&self, path: &str) -> bool {
-        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        let written = path.split('/').filter(|s| !s.is_empty()).map(str::as_bytes);
+        self.matches_segments(written, Reading::Written)
+            || self.matches_segments(
+                canonical_segments(path).iter().map(Vec::as_slice),
+                Reading::Canonical,
+            )
+    }
+
+    /// Whether an exemption with this pattern applies to `path`: as written, segment by
+    /// segment, and canonically (see the type's docs).
+    pub fn matches_exactly(&self, path: &str) -> bool {
+        let Some(after_root) = path.strip_prefix('/') else {
+            return false;
+        };
+        let written = after_root.split('/').map(str::as_bytes);
+        self.matches_segments(written, Reading::Written)
+            && self.matches_segments(
+                canonical_segments(path).iter().map(Vec::as_slice),
+                Reading::Decoded,
+            )
+    }
+
+    fn matches_segments<'p>(
+        &self,
+        mut parts: impl Iterator<Item = &'p [u8]>,
+        reading: Reading,
+    ) -> bool {
         for seg in &self.segments {
-            match (seg, parts.next()) {
-                (_, None) => return false,
-                (Segment::Any, Some(_)) => {}
-                (Segment::Literal(l), Some(p)) if l == p => {}
-                (Segment::Literal(_), Some(_)) => return false,
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let equal = match (seg, reading) {
+                (Segment::Any, _) => !part.is_empty(),
+                (Segment::Literal(l, _), Reading::Written) => l.as_bytes() == part,
+                (Segment::Literal(_, d), Reading::Decoded) => d.as_slice() == part,
+                (Segment::Literal(_, d), Reading::Canonical) => d.eq_ignore_ascii_case(part),
+            };
+            if !equal {
+                return false;
             }
         }
         self.rest || parts.next().is_none()
     }
+}
+
+/// `%XX` decoded (a `%` not followed by two hex digits stays as it is).
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The path's segments percent-decoded, with empty and `.` segments dropped and `..`
+/// removing the segment before it (RFC 3986 dot-segment removal, after decoding).
+fn canonical_segments(path: &str) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for raw in path.split('/') {
+        let seg = percent_decode(raw.as_bytes());
+        match seg.as_slice() {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    out
 }
 
 /// The limit of one tier on one route.
@@ -920,7 +1031,7 @@ impl RequestLimiter {
     pub async fn check(&self, req: &RequestParts<'_>) -> Outcome {
         let rules = self.rules.load_full();
         let path = req.path();
-        if rules.exempt.iter().any(|p| p.matches(path)) {
+        if rules.exempt.iter().any(|p| p.matches_exactly(path)) {
             return Outcome::Exempt;
         }
         let Some(route) = rules.routes.iter().find(|r| r.matches(req)) else {

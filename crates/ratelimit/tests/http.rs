@@ -425,3 +425,61 @@ fn metrics_are_recorded() {
         ]
     );
 }
+
+/// However a path is spelled (percent-encoding, doubled slashes, dot segments, case), a
+/// request that reaches a handler is counted under that handler's rule, and only the paths
+/// that reach an exempt handler go uncounted. What axum's router does with each spelling
+/// is not assumed: the handler that answered says where the request went.
+#[tokio::test]
+async fn no_spelling_of_a_path_reaches_a_route_without_its_rule() {
+    let app = Router::new()
+        .route("/health", get(|| async { "health" }))
+        .route("/docs/{*rest}", get(|| async { "docs" }))
+        .route("/ai/chat", get(|| async { "ai" }))
+        .fallback(|| async { "fallback" })
+        .layer(RateLimitLayer::new(limiter(false)));
+    let spellings = [
+        "/ai/chat",
+        "/ai//chat",
+        "//ai/chat",
+        "/ai/chat/",
+        "/ai/./chat",
+        "/x/../ai/chat",
+        "/x/%2e%2e/ai/chat",
+        "/%61i/chat",
+        "/ai/%63hat",
+        "/%61%69/%63%68%61%74",
+        "/AI/chat",
+        "/ai/CHAT",
+        "/health/../ai/chat",
+        "/docs/../ai/chat",
+        "/docs/%2e%2e/ai/chat",
+        "/ai%2Fchat",
+        "/health%2F..%2Fai/chat",
+        "/health/",
+        "/Health",
+        "/health/x",
+        "/%68ealth",
+        "/docs/a/../../ai/chat",
+        "/ai/chat;x",
+    ];
+    for (i, path) in spellings.iter().enumerate() {
+        let req = request(path, Some(&format!("spelling-{i}")), Some("free"));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let limit = resp
+            .headers()
+            .get("x-ratelimit-limit")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let handler = std::str::from_utf8(&bytes).unwrap().to_owned();
+        match handler.as_str() {
+            "ai" => assert_eq!(
+                limit.as_deref(),
+                Some("10"),
+                "{path} reached the AI handler without the AI rule"
+            ),
+            "health" | "docs" => {}
+            _ => assert!(limit.is_some(), "{path} reached {handler} uncounted"),
+        }
+    }
+}
