@@ -12,7 +12,7 @@ use crate::algorithm::Verdict;
 use crate::clock::Clock;
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
-use crate::quota::{Algorithm, Policy};
+use crate::quota::Policy;
 
 struct Scripts {
     acquire: Script,
@@ -86,8 +86,9 @@ impl std::fmt::Debug for RedisConnection {
 ///   names percent-encoded (everything but `A-Z a-z 0-9 - _ . @`), so a hostile key (braces,
 ///   colons, newlines, any Unicode) can neither move the hash tag nor collide with another.
 /// * **Bounded**: every key carries a TTL of its policy's idle horizon plus one second; the
-///   sliding log's sorted set is trimmed on every write and holds at most `limit` members
-///   (`O(log n)` per admitted request).
+///   sliding log's sorted set is trimmed on every write and holds at most `limit` members.
+///   Its members carry running totals of the costs, so every decision on it, a denial of any
+///   cost included, reads `O(log n)` members (a binary search at most), never the log.
 ///
 /// ```no_run
 /// use palisade_ratelimit::{RedisStore, RateLimiter, FailureMode, Policy, Quota, Algorithm};
@@ -169,7 +170,7 @@ impl RedisStore {
         encode_into(&mut base, key);
         base.push_str("}:");
         let code = policy.algorithm().code();
-        let mut keys = Vec::with_capacity(policy.quotas().len() * 2);
+        let mut keys = Vec::with_capacity(policy.quotas().len());
         for q in policy.quotas() {
             let mut k = base.clone();
             encode_into(&mut k, &q.name);
@@ -179,10 +180,6 @@ impl RedisStore {
                 // Window numbers count periods: another period starts other keys.
                 k.push(':');
                 k.push_str(&q.quota.period_micros().to_string());
-            }
-            if policy.algorithm() == Algorithm::SlidingWindowLog {
-                keys.push(k.clone());
-                k.push_str(":m");
             }
             keys.push(k);
         }

@@ -1,7 +1,7 @@
 -- palisade-ratelimit: shared prelude of every script (a transcription of src/algorithm.rs).
 -- ARGV: now_us ('0' = ask Redis TIME), algorithm code, cost, quota count,
 --       then per quota: limit, burst, period_us, interval_us.
--- KEYS: per quota one state key; the sliding log has two (sorted set, then meta).
+-- KEYS: one state key per quota (the sliding log's is a sorted set).
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = redis.call('TIME')
@@ -10,8 +10,6 @@ end
 local alg = ARGV[2]
 local cost = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
-local kpq = 1
-if alg == 'swl' then kpq = 2 end
 
 local function fmt(x) return string.format('%.0f', x) end
 local function max0(x) if x < 0 then return 0 end return x end
@@ -32,7 +30,7 @@ local function quota(i)
   return {
     limit = tonumber(ARGV[b + 1]), burst = tonumber(ARGV[b + 2]),
     p = tonumber(ARGV[b + 3]), t = tonumber(ARGV[b + 4]),
-    key = KEYS[(i - 1) * kpq + 1], meta = KEYS[(i - 1) * kpq + 2],
+    key = KEYS[i],
   }
 end
 
@@ -50,10 +48,46 @@ local function split(s)
   return out
 end
 
+-- The sliding-window log is a sorted set of admitted requests scored by time, each member
+-- 'T:c': its cost c and T, the running total of the costs logged up to and including it,
+-- written with 16 digits so that members of one score sort by T. Times never decrease along
+-- the set (a request is logged at the newest time when the clock stepped back, as the memory
+-- store merges it into its newest entry), so T grows with rank, and every sum the algorithm
+-- needs is a difference of two running totals: O(log n) per read, whatever the cost.
+local function member(total, c) return string.format('%016.0f', total) .. ':' .. fmt(c) end
+
+-- Running total, cost and time of the entry at `rank` (negative from the end).
+local function log_entry(q, rank)
+  local r = redis.call('ZRANGE', q.key, rank, rank, 'WITHSCORES')
+  local total, c = string.match(r[1], '^(%d+):(%d+)$')
+  return tonumber(total), tonumber(c), tonumber(r[2])
+end
+
+-- The first rank in [lo, hi] whose running total satisfies `ok` (hi when none before it).
+local function first_rank(q, lo, hi, ok)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if ok(log_entry(q, mid)) then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+
 -- State loading: every algorithm's state as a table, fresh when absent or unreadable.
 local function load(q)
-  local raw = nil
-  if alg ~= 'swl' then raw = redis.call('GET', q.key) end
+  if alg == 'swl' then
+    -- n entries; before: the running total before the first; expired: after the last
+    -- entry that has left the window (score <= now - p); total: after the newest.
+    local n = redis.call('ZCARD', q.key)
+    if n == 0 then return { n = 0, before = 0, expired = 0, total = 0, newest = nil } end
+    local first_total, first_cost = log_entry(q, 0)
+    local total, _, newest = log_entry(q, -1)
+    local s = { n = n, before = first_total - first_cost, total = total, newest = newest }
+    s.expired = s.before
+    local last_out = redis.call('ZREVRANGEBYSCORE', q.key, fmt(now - q.p), '-inf', 'LIMIT', 0, 1)
+    if #last_out > 0 then s.expired = tonumber(string.match(last_out[1], '^(%d+):')) end
+    return s
+  end
+  local raw = redis.call('GET', q.key)
   if raw == false then raw = nil end
   local v = split(raw)
   if alg == 'tb' then
@@ -62,13 +96,8 @@ local function load(q)
     return { tat = num(v[1], 0) }
   elseif alg == 'fw' then
     return { window = num(v[1], idiv(now, q.p)), count = num(v[2], 0) }
-  elseif alg == 'swc' then
-    return { window = num(v[1], idiv(now, q.p)), prev = num(v[2], 0), curr = num(v[3], 0) }
   else
-    local m = redis.call('GET', q.meta)
-    if m == false then m = nil end
-    local mv = split(m)
-    return { sum = num(mv[1], 0), seq = num(mv[2], 0) }
+    return { window = num(v[1], idiv(now, q.p)), prev = num(v[2], 0), curr = num(v[3], 0) }
   end
 end
 
@@ -87,20 +116,9 @@ local function counter_window(s, p)
   return w, 0, 0, now
 end
 
-local function cost_of(member) return tonumber(string.match(member, ':(%d+)$')) or 0 end
-
--- Sum of the log's expired entries (score <= now - p).
-local function expired_sum(q)
-  local sum = 0
-  local old = redis.call('ZRANGEBYSCORE', q.key, '-inf', fmt(now - q.p))
-  for _, m in ipairs(old) do sum = sum + cost_of(m) end
-  return sum
-end
-
-local function newest_reset(q)
-  local last = redis.call('ZRANGE', q.key, -1, -1, 'WITHSCORES')
-  if #last == 0 then return 0 end
-  return max0(tonumber(last[2]) + q.p - now)
+local function newest_reset(q, s)
+  if s.newest == nil then return 0 end
+  return max0(s.newest + q.p - now)
 end
 
 -- check: returns allowed (bool), remaining, reset_us, retry_us (-1: never / admitted).
@@ -158,40 +176,24 @@ local function check(q, s, c)
     end
     return allowed, remaining, reset, retry
   else
-    local live = s.sum - expired_sum(q)
+    local live = s.total - s.expired
     if live + c <= limit then
       local reset
-      if c > 0 then reset = p else reset = newest_reset(q) end
+      if c > 0 then reset = p else reset = newest_reset(q, s) end
       return true, limit - live - c, reset, -1
     end
-    local reset = newest_reset(q)
     local retry = -1
     if c <= limit then
-      local freed = 0
-      local start = 0
-      local done = false
-      while not done do
-        local batch = redis.call('ZRANGEBYSCORE', q.key, '(' .. fmt(now - p), '+inf', 'WITHSCORES', 'LIMIT', start, 64)
-        if #batch == 0 then break end
-        for j = 1, #batch, 2 do
-          freed = freed + cost_of(batch[j])
-          if live - freed + c <= limit then
-            retry = max0(tonumber(batch[j + 1]) + p - now)
-            done = true
-            break
-          end
-        end
-        start = start + 64
-      end
+      -- The first live entry by whose expiry enough has left the window: its running total
+      -- reaches expired + (live + c - limit). Binary search, from the first live rank.
+      local target = s.expired + live + c - limit
+      local first_live = redis.call('ZCOUNT', q.key, '-inf', fmt(now - p))
+      local rank = first_rank(q, first_live, s.n - 1, function(total) return total >= target end)
+      local _, _, ts = log_entry(q, rank)
+      retry = max0(ts + p - now)
     end
-    return false, max0(limit - live), reset, retry
+    return false, max0(limit - live), newest_reset(q, s), retry
   end
-end
-
-local function save_log_meta(q, s)
-  local ttl = ttl_ms(q)
-  redis.call('SET', q.meta, fmt(s.sum) .. ':' .. fmt(s.seq), 'PX', ttl)
-  redis.call('PEXPIRE', q.key, ttl)
 end
 
 -- consume: apply an admitted request of cost c.
@@ -211,14 +213,14 @@ local function consume(q, s, c)
     local w, prev, curr = counter_window(s, q.p)
     redis.call('SET', q.key, fmt(w) .. ':' .. fmt(prev) .. ':' .. fmt(curr + c), 'PX', ttl)
   else
-    s.sum = s.sum - expired_sum(q)
+    -- Expired entries go (each once: amortised over the admissions that logged them).
     redis.call('ZREMRANGEBYSCORE', q.key, '-inf', fmt(now - q.p))
     if c > 0 then
-      s.seq = s.seq + 1
-      redis.call('ZADD', q.key, fmt(now), fmt(s.seq) .. ':' .. fmt(c))
-      s.sum = s.sum + c
+      local at = now
+      if s.newest ~= nil and s.newest > now then at = s.newest end
+      redis.call('ZADD', q.key, fmt(at), member(s.total + c, c))
     end
-    save_log_meta(q, s)
+    redis.call('PEXPIRE', q.key, ttl)
   end
 end
 
@@ -239,21 +241,19 @@ local function refund(q, s, c)
   elseif alg == 'swc' then
     local w, prev, curr = counter_window(s, q.p)
     redis.call('SET', q.key, fmt(w) .. ':' .. fmt(prev) .. ':' .. fmt(max0(curr - c)), 'PX', ttl)
-  else
-    local left = c
-    while left > 0 do
-      local top = redis.call('ZPOPMAX', q.key)
-      if #top == 0 then break end
-      local mc = cost_of(top[1])
-      local take = math.min(left, mc)
-      left = left - take
-      s.sum = s.sum - take
-      if mc > take then
-        s.seq = s.seq + 1
-        redis.call('ZADD', q.key, top[2], fmt(s.seq) .. ':' .. fmt(mc - take))
-      end
+  elseif s.n > 0 and c > 0 then
+    -- Newest first: entries whose running total is above total - c go; the one that
+    -- straddles it keeps the part below.
+    local target = s.total - c
+    if target <= s.before then
+      redis.call('DEL', q.key)
+      return
     end
-    if s.sum < 0 then s.sum = 0 end
-    save_log_meta(q, s)
+    local rank = first_rank(q, 0, s.n - 1, function(total) return total > target end)
+    local total, cost, ts = log_entry(q, rank)
+    redis.call('ZREMRANGEBYRANK', q.key, rank, -1)
+    local keep = cost - (total - target)
+    if keep > 0 then redis.call('ZADD', q.key, fmt(ts), member(target, keep)) end
+    redis.call('PEXPIRE', q.key, ttl)
   end
 end
