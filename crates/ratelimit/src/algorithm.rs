@@ -62,6 +62,7 @@ impl Params {
 
 /// What one quota says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Verdict {
     /// Whether this quota admits the request.
     pub allowed: bool,

@@ -36,7 +36,9 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// The backend failed (connection refused, connection reset, pool exhausted, server error).
-    #[error("rate-limit backend error: {source}")]
+    /// `Display` does not repeat the source: walk [`source()`](std::error::Error::source)
+    /// (or print with an error reporter) for the backend's own message.
+    #[error("rate-limit backend error")]
     Backend {
         /// The backend's own error.
         #[source]

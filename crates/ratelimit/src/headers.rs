@@ -43,6 +43,7 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Which header families to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct HeaderStyle {
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
     pub legacy: bool,

@@ -37,6 +37,10 @@
 //! [`RateLimiter`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
+// The crate contract: every public type that may grow is `#[non_exhaustive]`; the few that
+// are complete by nature say so with an `allow` and a reason. (Restriction lints, so they are
+// turned on here rather than for the whole workspace.)
+#![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
 pub mod algorithm;
 mod clock;

@@ -39,6 +39,7 @@ const MAX_SHARDS: usize = 64;
 /// # Ok::<(), palisade_ratelimit::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Subject<'a> {
     /// A text key, as [`Store`](crate::Store) calls pass it.
     Text(&'a str),

@@ -37,6 +37,7 @@ pub const MAX_LIMIT: u64 = 1 << 40;
 /// assert_eq!(Quota::per_second(10).with_burst(50).burst(), 50);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Quota {
     limit: u64,
     #[serde(with = "humantime_serde")]
@@ -245,15 +246,52 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// A named quota inside a [`Policy`].
+/// A named quota inside a [`Policy`]. In configuration it is one table:
+/// `{ name = "per_minute", limit = 60, period = "1m", burst = 10 }` (unknown fields are
+/// refused, so a misspelt `burts` is an error, not a silently default burst).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "NamedQuotaConfig", into = "NamedQuotaConfig")]
+#[non_exhaustive]
 pub struct NamedQuota {
     /// The quota's name (`per_minute`), unique within its policy; it names the quota in
     /// decisions, headers and storage keys.
     pub name: Arc<str>,
     /// The quota.
-    #[serde(flatten)]
     pub quota: Quota,
+}
+
+/// [`NamedQuota`]'s configuration form: one flat table (serde's `flatten` cannot refuse
+/// unknown fields).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedQuotaConfig {
+    name: Arc<str>,
+    limit: u64,
+    #[serde(with = "humantime_serde")]
+    period: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
+}
+
+impl From<NamedQuotaConfig> for NamedQuota {
+    fn from(c: NamedQuotaConfig) -> Self {
+        let quota = Quota::new(c.limit, c.period);
+        Self {
+            name: c.name,
+            quota: c.burst.map_or(quota, |b| quota.with_burst(b)),
+        }
+    }
+}
+
+impl From<NamedQuota> for NamedQuotaConfig {
+    fn from(q: NamedQuota) -> Self {
+        Self {
+            name: q.name,
+            limit: q.quota.limit,
+            period: q.quota.period,
+            burst: q.quota.burst,
+        }
+    }
 }
 
 /// One or more named quotas checked together for the same key, all counted with one
@@ -282,6 +320,7 @@ pub struct Policy {
 }
 
 #[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PolicyInner {
     name: Arc<str>,
     #[serde(default)]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -106,6 +107,7 @@ impl std::fmt::Debug for RedisConnection {
 pub struct RedisStore {
     conn: RedisConnection,
     namespace: Arc<str>,
+    timeout: Option<Duration>,
     clock: Option<Arc<dyn Clock>>,
     // With a pool: one multiplexed connection taken from it and shared by every call, so a
     // call costs one round trip (deadpool-redis pings every connection it hands out). Dropped
@@ -117,7 +119,8 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("conn", &self.conn)
-            .field("namespace", &self.namespace)
+            .field("prefix", &self.namespace)
+            .field("timeout", &self.timeout)
             .field("clock", &self.clock)
             .finish()
     }
@@ -139,16 +142,36 @@ impl RedisStore {
         Self {
             conn,
             namespace: Arc::from(encode("palisade:rl").as_str()),
+            timeout: None,
             clock: None,
             shared: Arc::new(ArcSwapOption::empty()),
         }
     }
 
-    /// Prefix every key with `namespace` (percent-encoded like the rest of the key), to keep
-    /// several applications apart on one Redis.
+    /// Prefix every key with `prefix` (default `palisade:rl`, percent-encoded like the rest
+    /// of the key), to keep several applications apart on one Redis.
     #[must_use]
-    pub fn with_namespace(mut self, namespace: &str) -> Self {
-        self.namespace = Arc::from(encode(namespace).as_str());
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.namespace = Arc::from(encode(prefix).as_str());
+        self
+    }
+
+    /// The former name of [`with_prefix`](Self::with_prefix).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `with_prefix`, as in every palisade crate"
+    )]
+    #[must_use]
+    pub fn with_namespace(self, namespace: &str) -> Self {
+        self.with_prefix(namespace)
+    }
+
+    /// Give up on a call after `timeout` with [`Error::Timeout`] (default: no timeout of the
+    /// store's own; a [`RateLimiter`](crate::RateLimiter) bounds every call with its own,
+    /// 50 ms by default). An abandoned call's connection is not reused.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -215,6 +238,18 @@ impl RedisStore {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T> {
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, self.run_unbounded(inv))
+                .await
+                .unwrap_or(Err(Error::Timeout(limit))),
+            None => self.run_unbounded(inv).await,
+        }
+    }
+
+    async fn run_unbounded<T: redis::FromRedisValue>(
+        &self,
+        inv: ScriptInvocation<'_>,
+    ) -> Result<T> {
         let result = match &self.conn {
             RedisConnection::Pool(pool) => {
                 let mut conn = match self.shared.load_full() {

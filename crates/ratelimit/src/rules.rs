@@ -55,6 +55,7 @@ use crate::quota::Policy;
 
 /// A borrowed view of an HTTP request: what rules may look at.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestParts<'a> {
     /// The method.
     pub method: &'a Method,
@@ -67,6 +68,21 @@ pub struct RequestParts<'a> {
 }
 
 impl<'a> RequestParts<'a> {
+    /// A view of the parts of a request, for servers that do not hold an `http::Request`.
+    pub fn new(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
+    ) -> Self {
+        Self {
+            method,
+            uri,
+            headers,
+            extensions,
+        }
+    }
+
     /// View a request.
     pub fn from_request<B>(req: &'a http::Request<B>) -> Self {
         Self {
@@ -85,6 +101,7 @@ impl<'a> RequestParts<'a> {
 
 /// The authenticated user, put into request extensions by authentication middleware.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(clippy::exhaustive_structs, reason = "a newtype, complete by nature")]
 pub struct UserId(pub String);
 
 impl From<&str> for UserId {
@@ -96,6 +113,7 @@ impl From<&str> for UserId {
 /// The caller's tier (`free`, `premium`, …), put into request extensions by authentication
 /// middleware and read by [`TierResolver::extension`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(clippy::exhaustive_structs, reason = "a newtype, complete by nature")]
 pub struct Tier(pub String);
 
 impl From<&str> for Tier {
@@ -108,6 +126,7 @@ impl From<&str> for Tier {
 /// [`ClientIp`] also reads a plain [`SocketAddr`] extension; for axum's
 /// `ConnectInfo<SocketAddr>` use [`ClientIp::peer_from`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(clippy::exhaustive_structs, reason = "a newtype, complete by nature")]
 pub struct PeerAddr(pub IpAddr);
 
 type KeyFn = dyn Fn(&RequestParts<'_>) -> Option<String> + Send + Sync;
@@ -732,6 +751,7 @@ fn canonical_segments(path: &str) -> Vec<Vec<u8>> {
 
 /// The limit of one tier on one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Limit {
     /// Not limited.
     Unlimited,

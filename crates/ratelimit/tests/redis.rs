@@ -20,7 +20,7 @@ async fn conformance_redis() {
     let redis = test_redis().expect("a Redis for the test");
     let clock = FakeClock::new();
     let store = RedisStore::new(redis.pool())
-        .with_namespace(redis.prefix().as_str())
+        .with_prefix(redis.prefix().as_str())
         .with_clock(clock.clone());
     common::run_all(&store, &clock).await;
 }
@@ -65,7 +65,7 @@ async fn redis_decides_exactly_like_memory() {
     let redis = test_redis().unwrap();
     let clock = FakeClock::new();
     let remote = RedisStore::new(redis.pool())
-        .with_namespace(redis.prefix().as_str())
+        .with_prefix(redis.prefix().as_str())
         .with_clock(clock.clone());
     let local = MemoryStore::builder().clock(clock.clone()).build();
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -142,7 +142,7 @@ async fn concurrency_is_exact_through_redis() {
     let redis = test_redis().unwrap();
     // Server time: a daily sliding log (no refill can happen during the test).
     let store: Arc<dyn Store> =
-        Arc::new(RedisStore::new(redis.pool()).with_namespace(redis.prefix().as_str()));
+        Arc::new(RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str()));
     let policy = Policy::builder("hot-log")
         .algorithm(Algorithm::SlidingWindowLog)
         .quota("per_day", Quota::per_day(5_000))
@@ -160,7 +160,7 @@ async fn concurrency_is_exact_through_redis() {
         .unwrap();
     let store: Arc<dyn Store> = Arc::new(
         RedisStore::from_connection(RedisConnection::Multiplexed(conn))
-            .with_namespace(redis.prefix().as_str())
+            .with_prefix(redis.prefix().as_str())
             .with_clock(FakeClock::new()),
     );
     for alg in [
@@ -181,7 +181,7 @@ async fn concurrency_is_exact_through_redis() {
 #[tokio::test]
 async fn keys_are_tagged_encoded_and_expire() {
     let redis = test_redis().unwrap();
-    let store = RedisStore::new(redis.pool()).with_namespace(redis.prefix().as_str());
+    let store = RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str());
     let policy = Policy::builder("tagged")
         .algorithm(Algorithm::SlidingWindowLog)
         .quota("per_minute", Quota::per_minute(5))
@@ -222,7 +222,7 @@ async fn keys_are_tagged_encoded_and_expire() {
 #[tokio::test]
 async fn server_time_refills() {
     let redis = test_redis().unwrap();
-    let store = RedisStore::new(redis.pool()).with_namespace(redis.prefix().as_str());
+    let store = RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str());
     let policy = Policy::single(
         "time",
         Algorithm::Gcra,
@@ -472,4 +472,33 @@ async fn a_denied_log_request_does_logarithmic_work() {
     );
     let d = remote.acquire("k", &policy, N / 2).await.unwrap();
     assert_eq!(d, local.acquire("k", &policy, N / 2).await.unwrap());
+}
+
+/// The store's own timeout (the crate contract's `with_timeout`), for callers that use the
+/// store without a limiter: a paused server is an `Error::Timeout`, and the store answers
+/// again once the server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_times_out_on_its_own() {
+    let server = RedisServer::builder().start_async().await.unwrap();
+    let store = RedisStore::new(server.pool()).with_timeout(Duration::from_millis(50));
+    let policy = fault_policy();
+    assert!(store.acquire("k", &policy, 1).await.unwrap().allowed);
+    server.pause(Duration::from_secs(2));
+    let started = Instant::now();
+    let err = store.acquire("k", &policy, 1).await.unwrap_err();
+    assert!(
+        matches!(err, palisade_ratelimit::Error::Timeout(t) if t == Duration::from_millis(50)),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(started.elapsed() < Duration::from_millis(250));
+    server.resume();
+    let started = Instant::now();
+    while store.acquire("k", &policy, 1).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not back after resume"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
