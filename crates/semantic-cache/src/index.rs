@@ -249,3 +249,55 @@ mod tests {
         }
     }
 }
+
+/// The index of one partition: a [`FlatIndex`] (exact). Small partitions stay flat; see the
+/// crate guide for the crossover measurements.
+#[derive(Clone, Debug)]
+pub struct VectorIndex {
+    flat: FlatIndex,
+}
+
+impl VectorIndex {
+    /// An empty index for vectors of `dimension` components.
+    pub fn new(dimension: usize) -> Self {
+        Self {
+            flat: FlatIndex::new(dimension),
+        }
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.flat.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.flat.is_empty()
+    }
+
+    /// Add or replace the vector of `id`.
+    ///
+    /// # Errors
+    /// As [`FlatIndex::insert`].
+    pub fn insert(&mut self, id: EntryId, vector: &[f32]) -> Result<()> {
+        self.flat.insert(id, vector)
+    }
+
+    /// Remove `id`; returns whether it was there.
+    pub fn remove(&mut self, id: &EntryId) -> bool {
+        self.flat.remove(id)
+    }
+
+    /// The `limit` nearest rows with similarity at least `min_similarity`, best first.
+    ///
+    /// # Errors
+    /// As [`FlatIndex::search`].
+    pub fn search(
+        &self,
+        query: &[f32],
+        limit: usize,
+        min_similarity: f32,
+    ) -> Result<Vec<Neighbor>> {
+        self.flat.search(query, limit, min_similarity)
+    }
+}

@@ -60,6 +60,7 @@ pub mod guard;
 pub mod http;
 pub mod index;
 pub mod key;
+mod local;
 pub mod memory;
 #[cfg(feature = "candle")]
 #[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
@@ -94,3 +95,12 @@ pub use provider::{
 pub use stats::StatsSnapshot;
 pub use store::{Invalidation, PartitionUsage, Store};
 pub use value::ValueCache;
+
+/// The `deadpool_redis` crate whose pools [`RedisStore::new`] and [`RedisStore::cluster`]
+/// take, so that callers build them with the same version.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use deadpool_redis;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisConfig, RedisStore};

@@ -1,55 +1,66 @@
-//! The Redis backend: entries live in Redis with their TTL and are shared by every
-//! instance; each instance keeps a local vector index fed from a Redis Stream of inserts
-//! and invalidations, and checks every candidate in Redis before serving it.
+//! The Redis backend (standalone, TLS or Cluster): entries live in Redis with their TTL
+//! and are shared by every instance; each instance keeps a local vector index fed from a
+//! Redis Stream of inserts and invalidations, and re-reads every candidate from Redis
+//! before serving it.
 //!
-//! Works on plain Redis 7 (no search module). Key layout, with `P` the configured prefix
-//! and `T` the percent-encoded tenant (every key of one tenant shares the hash tag `{T}`,
-//! so each script touches one Redis Cluster slot):
+//! Works on plain Redis 7 (no search module). Key layout, with `P` the prefix and `T` the
+//! percent-encoded tenant (every key of one tenant shares the hash tag `{T}`, so each
+//! script touches one Redis Cluster slot):
 //!
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:{T}:e:<id>` | string, `PX` = TTL | the entry as JSON |
-//! | `P:{T}:ns:<N>` | set | ids of namespace `N` |
-//! | `P:{T}:tag:<G>` | set | ids tagged `G` |
-//! | `P:{T}:nss` | set | the tenant's namespaces |
-//! | `P:stream` | stream | `ins` (id, partition, scope, embedder, vector) and `del` (ids) events |
+//! | `P:{T}:ns:<N>` | sorted set | ids of namespace `N`, scored by expiry |
+//! | `P:{T}:tag:<G>` | sorted set | ids tagged `G`, scored by expiry |
+//! | `P:{T}:nss` | sorted set | the tenant's namespaces, scored by their last expiry |
+//! | `P:stream` | stream | `ins` (id, partition, scope, embedder, f16 vector, expiry) and `del` (ids) events |
 //!
-//! Sets get the longest TTL of their members and may name expired ids; deleting those is
-//! a no-op. The stream is capped (`MAXLEN ~`), so a new instance only learns the vectors of
-//! the most recent inserts; older entries still serve exact hits.
+//! The sorted sets forget an id once its entry has expired (each insert into a set drops up
+//! to 100 expired members), and each set itself expires with its last member, so under a
+//! steady load they hold the live ids and a bounded backlog. Invalidations work through a
+//! set in batches (`RedisConfig::invalidation_batch`, default 500 ids per script call), so
+//! no script blocks Redis for long whatever the set's size. The stream is trimmed by length
+//! (`MAXLEN ~`) and by age (events older than the longest TTL this instance wrote, at least
+//! a minute, describe entries that have expired anyway).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
-use redis::Value;
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, RetryMethod, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::entry::Entry;
-use crate::error::{BoxError, Error, Result};
-use crate::index::FlatIndex;
+use crate::error::{Error, Result};
+use crate::index::dot;
 use crate::key::{EntryId, Partition, ScopeId, encode_key_part};
+use crate::local::{IndexKey, LocalIndex};
 use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
 
-/// Settings of a [`RedisStore`].
+/// Settings of a [`RedisStore`] (serde: unknown fields refused, durations as `"1s"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Prefix of every key (default `"psc"`).
+    /// Prefix of every key (default `"psc"`); `{` and `}` are encoded so that the prefix
+    /// never changes a key's hash tag.
     pub prefix: String,
     /// Approximate length the event stream is trimmed to (default 100 000).
     pub stream_max_len: u64,
-    /// Most vectors the local index keeps (default 1 000 000); inserts beyond are still
-    /// stored and served exactly, but not found by meaning on this instance.
+    /// Most vectors this instance's local index keeps (default 1 000 000), shared fairly
+    /// between tenants; entries beyond are still stored and served exactly.
     pub max_local_entries: usize,
-    /// Timeout of one Redis operation (default 1 s); a timeout is a transient
-    /// [`Error::Backend`], which a [`crate::FallbackStore`] answers from memory.
+    /// Timeout of one Redis operation (default 1 s); a timeout is [`Error::Timeout`].
+    #[serde(with = "humantime_serde")]
     pub op_timeout: Duration,
     /// How long one stream read waits for new events (default 100 ms).
+    #[serde(with = "humantime_serde")]
     pub poll_block: Duration,
+    /// Most ids one invalidation script call works through (default 500).
+    pub invalidation_batch: usize,
 }
 
 impl Default for RedisConfig {
@@ -60,69 +71,89 @@ impl Default for RedisConfig {
             max_local_entries: 1_000_000,
             op_timeout: Duration::from_secs(1),
             poll_block: Duration::from_millis(100),
+            invalidation_batch: 500,
         }
     }
 }
 
-type IndexKey = (Partition, ScopeId, Arc<str>);
-
-#[derive(Debug, Default)]
-struct LocalIndex {
-    indexes: HashMap<IndexKey, FlatIndex>,
-    location: HashMap<EntryId, IndexKey>,
-}
-
-impl LocalIndex {
-    fn insert(&mut self, key: IndexKey, id: EntryId, vector: &[f32], max: usize) -> Result<()> {
-        if self.location.len() >= max && !self.location.contains_key(&id) {
-            return Ok(());
+impl RedisConfig {
+    fn check(&self) -> Result<()> {
+        if self.stream_max_len == 0
+            || self.max_local_entries == 0
+            || self.op_timeout.is_zero()
+            || self.poll_block.is_zero()
+            || self.invalidation_batch == 0
+        {
+            return Err(Error::InvalidConfig(
+                "stream_max_len, max_local_entries, op_timeout, poll_block and invalidation_batch must be above zero".into(),
+            ));
         }
-        self.remove(&id);
-        let index = self
-            .indexes
-            .entry(key.clone())
-            .or_insert_with(|| FlatIndex::new(vector.len()));
-        index.insert(id, vector)?;
-        self.location.insert(id, key);
         Ok(())
     }
+}
 
-    fn remove(&mut self, id: &EntryId) {
-        if let Some(key) = self.location.remove(id)
-            && let Some(index) = self.indexes.get_mut(&key)
-        {
-            index.remove(id);
-            if index.is_empty() {
-                self.indexes.remove(&key);
-            }
+/// Most expired members one insert drops from each set it touches.
+const TRIM_PER_INSERT: u64 = 100;
+/// Stream events younger than this are kept whatever the TTLs.
+const MIN_STREAM_RETENTION_MS: u64 = 60_000;
+
+#[derive(Clone)]
+enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+enum Conn {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
-    fn clear(&mut self) {
-        self.indexes.clear();
-        self.location.clear();
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
     }
 }
 
-struct Shared {
-    pool: Pool,
-    config: RedisConfig,
-    index: Mutex<LocalIndex>,
-    insert_script: redis::Script,
-    drop_set_script: redis::Script,
-    drop_tenant_script: redis::Script,
-    usage_script: redis::Script,
+struct Scripts {
+    insert: Script,
+    drop_entry: Script,
+    drop_set: Script,
+    drop_tenant: Script,
+    usage: Script,
 }
 
-/// Entries in Redis, shared by every instance; see the [module docs](self) for the design.
-///
-/// Cost: an exact lookup is one `GET`; a semantic lookup scans the local index and reads
-/// the candidates with one `MGET`; an insert is one script call plus one `XADD`.
-/// Invalidation by tag, namespace or tenant is one script call plus one `XADD`.
-#[derive(Clone)]
-pub struct RedisStore {
-    shared: Arc<Shared>,
-    _reader: Arc<ReaderHandle>,
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            insert: Script::new(include_str!("lua/insert.lua")),
+            drop_entry: Script::new(include_str!("lua/drop_entry.lua")),
+            drop_set: Script::new(include_str!("lua/drop_set.lua")),
+            drop_tenant: Script::new(include_str!("lua/drop_tenant.lua")),
+            usage: Script::new(include_str!("lua/usage.lua")),
+        }
+    }
 }
 
 struct ReaderHandle(tokio::task::JoinHandle<()>);
@@ -133,63 +164,53 @@ impl Drop for ReaderHandle {
     }
 }
 
+struct Shared {
+    pool: Pool,
+    config: RedisConfig,
+    index: Mutex<LocalIndex>,
+    scripts: Scripts,
+    /// The stream reader, started by the first operation that needs the index.
+    reader: tokio::sync::OnceCell<ReaderHandle>,
+    /// Longest TTL this instance wrote (ms): how long stream events stay useful.
+    longest_ttl_ms: AtomicU64,
+}
+
+/// Entries in Redis, shared by every instance; see the [module docs](self) for the design.
+///
+/// Built synchronously with no I/O ([`new`](Self::new) for a standalone or TLS server,
+/// [`cluster`](Self::cluster) for Redis Cluster); the first insert, search or invalidation
+/// replays the event stream into the local index and starts following it in a background
+/// task (stopped when the last clone drops). [`ready`](Self::ready) does that up front.
+///
+/// Cost: an exact lookup is one `GET`; a semantic lookup searches the local index and reads
+/// the candidates with one `MGET`; an insert is one script call plus one pipelined
+/// `XADD`/`XTRIM`. Invalidation by tag, namespace or tenant is one script call per
+/// [`RedisConfig::invalidation_batch`] ids plus one `XADD` per batch.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use palisade_semantic_cache::{FailureMode, RedisStore, SemanticCache};
+/// use palisade_semantic_cache::deadpool_redis::{Config, Runtime};
+///
+/// let pool = Config::from_url("redis://127.0.0.1:6379").create_pool(Some(Runtime::Tokio1))?;
+/// let cache = SemanticCache::builder()
+///     .store(RedisStore::new(pool).with_prefix("myapp:cache"))
+///     .failure_mode(FailureMode::FallbackToMemory)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.shared.pool, Pool::Cluster(_)))
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
-}
-
-const INSERT: &str = r"
-local ttl = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-local function track(key, member)
-  redis.call('SADD', key, member)
-  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-end
-track(KEYS[2], ARGV[3])
-track(KEYS[3], ARGV[4])
-for i = 4, #KEYS do track(KEYS[i], ARGV[3]) end
-return 1
-";
-
-// KEYS[1]: a set of ids. ARGV[1]: the entry key prefix. Deletes the entries and the set.
-const DROP_SET: &str = r"
-local removed = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('DEL', ARGV[1] .. id) == 1 then table.insert(removed, id) end
-end
-redis.call('DEL', KEYS[1])
-return removed
-";
-
-// KEYS[1]: the tenant's namespace set. ARGV[1]: entry key prefix, ARGV[2]: namespace set prefix.
-const DROP_TENANT: &str = r"
-local removed = {}
-for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local set = ARGV[2] .. ns
-  for _, id in ipairs(redis.call('SMEMBERS', set)) do
-    if redis.call('DEL', ARGV[1] .. id) == 1 then table.insert(removed, id) end
-  end
-  redis.call('DEL', set)
-end
-redis.call('DEL', KEYS[1])
-return removed
-";
-
-// KEYS[1]: a namespace set. ARGV[1]: entry key prefix. Returns {live entries, bytes}.
-const USAGE: &str = r"
-local n, bytes = 0, 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local len = redis.call('STRLEN', ARGV[1] .. id)
-  if len > 0 then n = n + 1; bytes = bytes + len end
-end
-return {n, bytes}
-";
-
-fn backend(err: impl Into<BoxError>) -> Error {
-    Error::backend(err, true)
 }
 
 fn lock(index: &Mutex<LocalIndex>) -> MutexGuard<'_, LocalIndex> {
@@ -197,16 +218,57 @@ fn lock(index: &Mutex<LocalIndex>) -> MutexGuard<'_, LocalIndex> {
     index.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn redis_error(e: redis::RedisError) -> Error {
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry);
+    Error::backend(e, transient)
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> Error {
+    let transient = !matches!(
+        e,
+        deadpool_redis::PoolError::Closed | deadpool_redis::PoolError::NoRuntimeSpecified
+    );
+    Error::backend(e, transient)
+}
+
+fn cluster_pool_error(e: deadpool_redis::cluster::PoolError) -> Error {
+    let transient = !matches!(
+        e,
+        deadpool_redis::cluster::PoolError::Closed
+            | deadpool_redis::cluster::PoolError::NoRuntimeSpecified
+    );
+    Error::backend(e, transient)
+}
+
+/// Vectors travel in the stream as little-endian IEEE f16 (half the bytes of f32); a
+/// receiving instance re-scores every candidate with the entry's own f32 vector.
 fn vector_bytes(vector: &[f32]) -> Vec<u8> {
-    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+    vector
+        .iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 fn vector_from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
         .collect()
 }
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// f16 rounding of the stream's vectors moves a similarity by well under this; the local
+/// index is searched this much below the threshold and the candidates re-scored exactly.
+const SEARCH_MARGIN: f32 = 0.01;
 
 impl Shared {
     fn tenant_tag(&self, tenant: &str) -> String {
@@ -217,24 +279,72 @@ impl Shared {
         format!("{}:e:", self.tenant_tag(tenant))
     }
 
+    fn namespace_key(&self, partition: &Partition) -> String {
+        format!(
+            "{}:ns:{}",
+            self.tenant_tag(partition.tenant.as_str()),
+            encode_key_part(partition.namespace.as_str())
+        )
+    }
+
     fn stream_key(&self) -> String {
         format!("{}:stream", self.config.prefix)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        match tokio::time::timeout(self.config.op_timeout, self.pool.get()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(backend(e)),
-            Err(_) => Err(backend("timed out waiting for a Redis connection")),
+    fn timeout_error(&self) -> Error {
+        Error::Timeout(self.config.op_timeout)
+    }
+
+    async fn conn(&self) -> Result<Conn> {
+        let get = async {
+            match &self.pool {
+                Pool::Single(p) => p.get().await.map(Conn::Single).map_err(pool_error),
+                Pool::Cluster(p) => p.get().await.map(Conn::Cluster).map_err(cluster_pool_error),
+            }
+        };
+        tokio::time::timeout(self.config.op_timeout, get)
+            .await
+            .map_err(|_| self.timeout_error())?
+    }
+
+    /// One command or script call on a pooled connection, within the operation timeout.
+    async fn timed<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.config.op_timeout, fut).await {
+            Ok(r) => r.map_err(redis_error),
+            Err(_) => Err(self.timeout_error()),
         }
     }
 
-    async fn timed<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        match tokio::time::timeout(self.config.op_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(backend(e)),
-            Err(_) => Err(backend("Redis operation timed out")),
+    fn stream_trim_id(&self) -> String {
+        let keep = self
+            .longest_ttl_ms
+            .load(Ordering::Relaxed)
+            .max(MIN_STREAM_RETENTION_MS);
+        format!("{}-0", wall_ms().saturating_sub(keep))
+    }
+
+    /// Publish one event, trimming the stream by length and by age in the same round trip.
+    async fn publish(&self, conn: &mut Conn, fields: &[(&str, Vec<u8>)]) -> Result<()> {
+        let key = self.stream_key();
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.stream_max_len)
+            .arg("*");
+        for (name, value) in fields {
+            xadd.arg(*name).arg(value.as_slice());
         }
+        let mut pipe = redis::pipe();
+        pipe.add_command(xadd)
+            .ignore()
+            .cmd("XTRIM")
+            .arg(&key)
+            .arg("MINID")
+            .arg("~")
+            .arg(self.stream_trim_id())
+            .ignore();
+        self.timed(pipe.query_async::<()>(conn)).await
     }
 
     async fn publish_removed(&self, ids: &[String]) -> Result<()> {
@@ -244,20 +354,19 @@ impl Shared {
                 index.remove(&id);
             }
         }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
         for chunk in ids.chunks(1000) {
-            let mut conn = self.conn().await?;
-            let cmd = redis::cmd("XADD")
-                .arg(self.stream_key())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.stream_max_len)
-                .arg("*")
-                .arg("op")
-                .arg("del")
-                .arg("ids")
-                .arg(chunk.join(","))
-                .to_owned();
-            let _: String = self.timed(cmd.query_async(&mut conn)).await?;
+            self.publish(
+                &mut conn,
+                &[
+                    ("op", b"del".to_vec()),
+                    ("ids", chunk.join(",").into_bytes()),
+                ],
+            )
+            .await?;
         }
         Ok(())
     }
@@ -267,6 +376,7 @@ impl Shared {
             map.get(name)
                 .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
         };
+        let number = |name: &str| text(name).and_then(|t| t.parse::<u64>().ok());
         match text("op").as_deref() {
             Some("ins") => {
                 let parsed = (|| {
@@ -275,13 +385,22 @@ impl Shared {
                     let scope = ScopeId::from_hex(&text("s")?)?;
                     let embedder: Arc<str> = Arc::from(text("m")?.as_str());
                     let bytes: Vec<u8> = redis::from_redis_value_ref(map.get("v")?).ok()?;
-                    Some((id, (partition, scope, embedder), vector_from_bytes(&bytes)))
+                    let expires = number("x")?;
+                    let created = number("c")?;
+                    let key: IndexKey = (partition, scope, embedder);
+                    Some((id, key, vector_from_bytes(&bytes), expires, created))
                 })();
-                if let Some((id, key, vector)) = parsed {
-                    let max = self.config.max_local_entries;
-                    if let Err(e) = lock(&self.index).insert(key, id, &vector, max) {
-                        tracing::warn!(error = %e, "ignoring a bad vector from the stream");
+                match parsed {
+                    Some((id, key, vector, expires, created)) => {
+                        if let Err(e) = lock(&self.index).insert(key, id, &vector, expires, created)
+                        {
+                            tracing::warn!(
+                                error = &e as &dyn std::error::Error,
+                                "ignoring a bad vector from the semantic cache stream"
+                            );
+                        }
                     }
+                    None => tracing::warn!("ignoring a malformed semantic cache stream event"),
                 }
             }
             Some("del") => {
@@ -303,7 +422,7 @@ impl Shared {
         cmd.arg("COUNT").arg(1000);
         if block {
             cmd.arg("BLOCK")
-                .arg(self.config.poll_block.as_millis() as u64);
+                .arg(u64::try_from(self.config.poll_block.as_millis()).unwrap_or(u64::MAX));
         }
         cmd.arg("STREAMS").arg(self.stream_key()).arg(last);
         let reply: Option<redis::streams::StreamReadReply> = match tokio::time::timeout(
@@ -312,8 +431,8 @@ impl Shared {
         )
         .await
         {
-            Ok(r) => r.map_err(backend)?,
-            Err(_) => return Err(backend("stream read timed out")),
+            Ok(r) => r.map_err(redis_error)?,
+            Err(_) => return Err(self.timeout_error()),
         };
         let mut new_last = None;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
@@ -356,7 +475,10 @@ async fn follow(shared: Weak<Shared>, mut last: String) {
             Ok(()) => healthy = true,
             Err(e) => {
                 if healthy {
-                    tracing::warn!(error = %e, "semantic cache stream reader lost Redis; retrying");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "semantic cache stream reader lost Redis; retrying"
+                    );
                 }
                 healthy = false;
                 tokio::time::sleep(pause).await;
@@ -366,46 +488,122 @@ async fn follow(shared: Weak<Shared>, mut last: String) {
 }
 
 impl RedisStore {
-    /// A store on `pool` with default settings; replays the event stream into the local
-    /// index, then follows it in a background task (stopped when the last clone drops).
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when Redis cannot be reached.
-    pub async fn connect(pool: Pool) -> Result<Self> {
-        Self::connect_with(pool, RedisConfig::default()).await
+    fn with_pool(pool: Pool, config: RedisConfig) -> Self {
+        let max = config.max_local_entries;
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                config,
+                index: Mutex::new(LocalIndex::new(max)),
+                scripts: Scripts::new(),
+                reader: tokio::sync::OnceCell::new(),
+                longest_ttl_ms: AtomicU64::new(0),
+            }),
+        }
     }
 
-    /// A store with these settings.
+    /// A store on a standalone (or TLS, `rediss://`) Redis with default settings. No I/O
+    /// happens until the store is first used.
+    pub fn new(pool: deadpool_redis::Pool) -> Self {
+        Self::with_pool(Pool::Single(pool), RedisConfig::default())
+    }
+
+    /// A store on a Redis Cluster with default settings. No I/O until first use.
+    pub fn cluster(pool: deadpool_redis::cluster::Pool) -> Self {
+        Self::with_pool(Pool::Cluster(pool), RedisConfig::default())
+    }
+
+    /// The same store with these settings (the prefix is encoded as by
+    /// [`with_prefix`](Self::with_prefix)). Call it before the store is used: a fresh,
+    /// empty local index comes with it.
     ///
     /// # Errors
-    /// [`Error::Backend`] when Redis cannot be reached, [`Error::InvalidConfig`] for an
-    /// empty prefix or zero limits.
-    pub async fn connect_with(pool: Pool, config: RedisConfig) -> Result<Self> {
-        if config.prefix.is_empty() || config.stream_max_len == 0 || config.op_timeout.is_zero() {
-            return Err(Error::InvalidConfig(
-                "prefix, stream_max_len and op_timeout must be set".into(),
-            ));
-        }
-        let shared = Arc::new(Shared {
-            pool,
-            config,
-            index: Mutex::new(LocalIndex::default()),
-            insert_script: redis::Script::new(INSERT),
-            drop_set_script: redis::Script::new(DROP_SET),
-            drop_tenant_script: redis::Script::new(DROP_TENANT),
-            usage_script: redis::Script::new(USAGE),
-        });
-        let last = shared.resync().await?;
-        let reader = tokio::spawn(follow(Arc::downgrade(&shared), last));
-        Ok(Self {
-            shared,
-            _reader: Arc::new(ReaderHandle(reader)),
-        })
+    /// [`Error::InvalidConfig`] for a zero limit, timeout or batch.
+    pub fn with_config(self, mut config: RedisConfig) -> Result<Self> {
+        config.check()?;
+        config.prefix = config.prefix.replace('{', "%7B").replace('}', "%7D");
+        Ok(Self::with_pool(self.shared.pool.clone(), config))
+    }
+
+    fn reconfigured(self, change: impl FnOnce(&mut RedisConfig)) -> Self {
+        let mut config = self.shared.config.clone();
+        change(&mut config);
+        Self::with_pool(self.shared.pool.clone(), config)
+    }
+
+    /// Put every key under `prefix` (default `psc`); `{` and `}` are encoded so that the
+    /// prefix never changes the hash tag. Call it before the store is used.
+    #[must_use]
+    pub fn with_prefix(self, prefix: &str) -> Self {
+        let prefix = prefix.replace('{', "%7B").replace('}', "%7D");
+        self.reconfigured(|c| c.prefix = prefix)
+    }
+
+    /// Give up on one Redis operation after `timeout` (default 1 s) with
+    /// [`Error::Timeout`]. A zero timeout is refused at first use
+    /// ([`Error::InvalidConfig`]). Call it before the store is used.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.reconfigured(|c| c.op_timeout = timeout)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.shared.config
+    }
+
+    /// A store on `pool`, replaying the event stream now.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] / [`Error::Timeout`] when Redis cannot be reached.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `RedisStore::new(pool)` (no I/O until first use)"
+    )]
+    pub async fn connect(pool: deadpool_redis::Pool) -> Result<Self> {
+        let store = Self::new(pool);
+        store.ready().await?;
+        Ok(store)
+    }
+
+    /// A store with these settings, replaying the event stream now.
+    ///
+    /// # Errors
+    /// As [`with_config`](Self::with_config) and [`ready`](Self::ready).
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `RedisStore::new(pool).with_config(config)` (no I/O until first use)"
+    )]
+    pub async fn connect_with(pool: deadpool_redis::Pool, config: RedisConfig) -> Result<Self> {
+        let store = Self::new(pool).with_config(config)?;
+        store.ready().await?;
+        Ok(store)
+    }
+
+    /// Replay the event stream into the local index and start following it, if not done
+    /// yet (the first insert, search or invalidation does it otherwise). A failed attempt is
+    /// retried by the next call.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero timeout; [`Error::Backend`] / [`Error::Timeout`]
+    /// when Redis cannot be reached.
+    pub async fn ready(&self) -> Result<()> {
+        let shared = &self.shared;
+        shared
+            .reader
+            .get_or_try_init(|| async {
+                shared.config.check()?;
+                let last = shared.resync().await?;
+                let task = tokio::spawn(follow(Arc::downgrade(shared), last));
+                Ok::<_, Error>(ReaderHandle(task))
+            })
+            .await?;
+        Ok(())
     }
 
     /// Vectors in this instance's local index.
     pub fn local_entries(&self) -> usize {
-        lock(&self.shared.index).location.len()
+        lock(&self.shared.index).len()
     }
 
     async fn fetch(&self, tenant: &str, ids: &[EntryId]) -> Result<Vec<Option<Entry>>> {
@@ -418,14 +616,33 @@ impl RedisStore {
             .map(|id| format!("{prefix}{}", id.to_hex()))
             .collect();
         let mut conn = self.shared.conn().await?;
-        let raw: Vec<Option<Vec<u8>>> = self
-            .shared
-            .timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
-            .await?;
+        let mut cmd = redis::cmd(if keys.len() == 1 { "GET" } else { "MGET" });
+        cmd.arg(&keys);
+        let raw: Vec<Option<Vec<u8>>> = if keys.len() == 1 {
+            vec![self.shared.timed(cmd.query_async(&mut conn)).await?]
+        } else {
+            self.shared.timed(cmd.query_async(&mut conn)).await?
+        };
         Ok(raw
             .into_iter()
             .map(|bytes| bytes.and_then(|b| serde_json::from_slice::<Entry>(&b).ok()))
             .collect())
+    }
+
+    /// Run a batched drop script until the set it works on is empty.
+    async fn drain(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Vec<String>> {
+        let s = &self.shared;
+        let mut removed = Vec::new();
+        let mut conn = s.conn().await?;
+        loop {
+            let (left, batch): (u64, Vec<String>) =
+                s.timed(invocation.invoke_async(&mut conn)).await?;
+            s.publish_removed(&batch).await?;
+            removed.extend(batch);
+            if left == 0 {
+                return Ok(removed);
+            }
+        }
     }
 }
 
@@ -436,13 +653,15 @@ impl Store for RedisStore {
         if !entry.vector.is_empty() {
             crate::embed::check_vector(&entry.vector, entry.vector.len())?;
         }
+        self.ready().await?;
         let tenant = entry.scope.partition.tenant.as_str();
         let tag = s.tenant_tag(tenant);
         let ns = encode_key_part(entry.scope.partition.namespace.as_str());
         let id = entry.id.to_hex();
         let payload = serde_json::to_vec(&*entry)?;
-        let ttl_ms = (ttl.as_millis() as u64).max(1);
-        let mut invocation = s.insert_script.prepare_invoke();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        s.longest_ttl_ms.fetch_max(ttl_ms, Ordering::Relaxed);
+        let mut invocation = s.scripts.insert.prepare_invoke();
         invocation
             .key(format!("{tag}:e:{id}"))
             .key(format!("{tag}:ns:{ns}"))
@@ -450,7 +669,12 @@ impl Store for RedisStore {
         for t in &entry.tags {
             invocation.key(format!("{tag}:tag:{}", encode_key_part(t.as_str())));
         }
-        invocation.arg(payload).arg(ttl_ms).arg(&id).arg(&ns);
+        invocation
+            .arg(payload)
+            .arg(ttl_ms)
+            .arg(&id)
+            .arg(&ns)
+            .arg(TRIM_PER_INSERT);
         let mut conn = s.conn().await?;
         let _: i64 = s.timed(invocation.invoke_async(&mut conn)).await?;
         if !entry.vector.is_empty() {
@@ -459,29 +683,28 @@ impl Store for RedisStore {
                 entry.scope_id(),
                 Arc::from(entry.embedder.as_str()),
             );
-            lock(&s.index).insert(key, entry.id, &entry.vector, s.config.max_local_entries)?;
-            let cmd = redis::cmd("XADD")
-                .arg(s.stream_key())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(s.config.stream_max_len)
-                .arg("*")
-                .arg("op")
-                .arg("ins")
-                .arg("id")
-                .arg(&id)
-                .arg("t")
-                .arg(tenant)
-                .arg("n")
-                .arg(entry.scope.partition.namespace.as_str())
-                .arg("s")
-                .arg(entry.scope_id().to_hex())
-                .arg("m")
-                .arg(&entry.embedder)
-                .arg("v")
-                .arg(vector_bytes(&entry.vector))
-                .to_owned();
-            let _: String = s.timed(cmd.query_async(&mut conn)).await?;
+            lock(&s.index).insert(
+                key,
+                entry.id,
+                &entry.vector,
+                entry.expires_at_ms,
+                entry.created_at_ms,
+            )?;
+            let fields: [(&str, Vec<u8>); 9] = [
+                ("op", b"ins".to_vec()),
+                ("id", id.into_bytes()),
+                ("t", tenant.as_bytes().to_vec()),
+                (
+                    "n",
+                    entry.scope.partition.namespace.as_str().as_bytes().to_vec(),
+                ),
+                ("s", entry.scope_id().to_hex().into_bytes()),
+                ("m", entry.embedder.as_bytes().to_vec()),
+                ("v", vector_bytes(&entry.vector)),
+                ("x", entry.expires_at_ms.to_string().into_bytes()),
+                ("c", entry.created_at_ms.to_string().into_bytes()),
+            ];
+            s.publish(&mut conn, &fields).await?;
         }
         Ok(())
     }
@@ -503,30 +726,40 @@ impl Store for RedisStore {
     }
 
     async fn search(&self, query: SearchQuery<'_>) -> Result<Vec<(Arc<Entry>, f32)>> {
-        let neighbors = {
-            let index = lock(&self.shared.index);
-            let key: IndexKey = (
-                query.partition.clone(),
-                query.scope,
-                Arc::from(query.embedder),
-            );
-            match index.indexes.get(&key) {
-                Some(flat) => flat.search(query.vector, query.limit, query.min_similarity)?,
-                None => {
-                    crate::embed::check_vector(query.vector, query.vector.len())?;
-                    Vec::new()
-                }
-            }
-        };
+        crate::embed::check_vector(query.vector, query.vector.len())?;
+        self.ready().await?;
+        let key: IndexKey = (
+            query.partition.clone(),
+            query.scope,
+            Arc::from(query.embedder),
+        );
+        let neighbors = lock(&self.shared.index)
+            .search(
+                &key,
+                query.vector,
+                query.limit.saturating_mul(2).saturating_add(2),
+                query.min_similarity - SEARCH_MARGIN,
+                query.now_ms,
+            )?
+            .unwrap_or_default();
         let ids: Vec<EntryId> = neighbors.iter().map(|n| n.id).collect();
         let entries = self.fetch(query.partition.tenant.as_str(), &ids).await?;
         let mut found = Vec::new();
         let mut gone = Vec::new();
         for (n, entry) in neighbors.into_iter().zip(entries) {
             match entry {
-                Some(e) if e.scope.partition == *query.partition && e.scope_id() == query.scope => {
+                Some(e)
+                    if e.scope.partition == *query.partition
+                        && e.scope_id() == query.scope
+                        && e.embedder == query.embedder
+                        && e.vector.len() == query.vector.len() =>
+                {
                     if !e.is_expired(query.now_ms) {
-                        found.push((Arc::new(e), n.similarity));
+                        // Exact similarity from the entry's own f32 vector.
+                        let similarity = dot(&e.vector, query.vector);
+                        if similarity >= query.min_similarity {
+                            found.push((Arc::new(e), similarity));
+                        }
                     }
                 }
                 // Expired in Redis or invalidated: forget it here too.
@@ -539,133 +772,166 @@ impl Store for RedisStore {
                 index.remove(id);
             }
         }
+        found.sort_by(|a, b| b.1.total_cmp(&a.1));
+        found.truncate(query.limit);
         Ok(found)
     }
 
     async fn invalidate(&self, what: &Invalidation) -> Result<u64> {
         let s = &self.shared;
+        self.ready().await?;
+        let batch = s.config.invalidation_batch;
         let removed: Vec<String> = match what {
-            Invalidation::Entry { partition, id } => match self.get(partition, id, 0).await? {
-                Some(_) => {
-                    let key = format!(
-                        "{}{}",
-                        s.entry_prefix(partition.tenant.as_str()),
-                        id.to_hex()
-                    );
-                    let mut conn = s.conn().await?;
-                    let n: i64 = s
-                        .timed(redis::cmd("DEL").arg(key).query_async(&mut conn))
-                        .await?;
-                    if n == 1 {
-                        vec![id.to_hex()]
-                    } else {
-                        Vec::new()
-                    }
-                }
-                None => Vec::new(),
-            },
+            Invalidation::Entry { partition, id } => {
+                let tenant = partition.tenant.as_str();
+                let mut invocation = s.scripts.drop_entry.prepare_invoke();
+                invocation
+                    .key(format!("{}{}", s.entry_prefix(tenant), id.to_hex()))
+                    .key(s.namespace_key(partition))
+                    .arg(id.to_hex());
+                let mut conn = s.conn().await?;
+                let n: i64 = s.timed(invocation.invoke_async(&mut conn)).await?;
+                let removed = if n == 1 {
+                    vec![id.to_hex()]
+                } else {
+                    Vec::new()
+                };
+                s.publish_removed(&removed).await?;
+                removed
+            }
             Invalidation::Tag { tenant, tag } => {
                 let set = format!(
                     "{}:tag:{}",
                     s.tenant_tag(tenant.as_str()),
                     encode_key_part(tag.as_str())
                 );
-                let mut invocation = s.drop_set_script.prepare_invoke();
-                invocation.key(set).arg(s.entry_prefix(tenant.as_str()));
-                let mut conn = s.conn().await?;
-                s.timed(invocation.invoke_async(&mut conn)).await?
+                let mut invocation = s.scripts.drop_set.prepare_invoke();
+                invocation
+                    .key(set)
+                    .arg(s.entry_prefix(tenant.as_str()))
+                    .arg(batch);
+                self.drain(&invocation).await?
             }
             Invalidation::Namespace(partition) => {
                 let tenant = partition.tenant.as_str();
-                let set = format!(
-                    "{}:ns:{}",
-                    s.tenant_tag(tenant),
-                    encode_key_part(partition.namespace.as_str())
-                );
-                let mut invocation = s.drop_set_script.prepare_invoke();
-                invocation.key(set).arg(s.entry_prefix(tenant));
-                let mut conn = s.conn().await?;
-                s.timed(invocation.invoke_async(&mut conn)).await?
+                let mut invocation = s.scripts.drop_set.prepare_invoke();
+                invocation
+                    .key(s.namespace_key(partition))
+                    .key(format!("{}:nss", s.tenant_tag(tenant)))
+                    .arg(s.entry_prefix(tenant))
+                    .arg(batch)
+                    .arg(encode_key_part(partition.namespace.as_str()));
+                self.drain(&invocation).await?
             }
             Invalidation::Tenant(tenant) => {
                 let tag = s.tenant_tag(tenant.as_str());
-                let mut invocation = s.drop_tenant_script.prepare_invoke();
+                let mut invocation = s.scripts.drop_tenant.prepare_invoke();
                 invocation
                     .key(format!("{tag}:nss"))
                     .arg(s.entry_prefix(tenant.as_str()))
-                    .arg(format!("{tag}:ns:"));
-                let mut conn = s.conn().await?;
-                s.timed(invocation.invoke_async(&mut conn)).await?
+                    .arg(format!("{tag}:ns:"))
+                    .arg(batch);
+                self.drain(&invocation).await?
             }
             Invalidation::EmbedderOtherThan(version) => self.drop_other_embedders(version).await?,
         };
-        if !removed.is_empty() {
-            s.publish_removed(&removed).await?;
-        }
         Ok(removed.len() as u64)
     }
 
     async fn usage(&self, partition: &Partition) -> Result<PartitionUsage> {
         let s = &self.shared;
-        let tenant = partition.tenant.as_str();
-        let set = format!(
-            "{}:ns:{}",
-            s.tenant_tag(tenant),
-            encode_key_part(partition.namespace.as_str())
-        );
-        let mut invocation = s.usage_script.prepare_invoke();
-        invocation.key(set).arg(s.entry_prefix(tenant));
+        let mut invocation = s.scripts.usage.prepare_invoke();
+        invocation.key(s.namespace_key(partition));
         let mut conn = s.conn().await?;
-        let (entries, bytes): (u64, u64) = s.timed(invocation.invoke_async(&mut conn)).await?;
+        let entries: u64 = s.timed(invocation.invoke_async(&mut conn)).await?;
         Ok(PartitionUsage {
             entries,
-            bytes: Some(bytes),
+            bytes: None,
         })
     }
 }
 
 impl RedisStore {
-    /// SCAN every entry key and delete those of another embedder version (an operator's
-    /// clean-up: O(entries), one `GET` each).
-    async fn drop_other_embedders(&self, version: &str) -> Result<Vec<String>> {
-        let s = &self.shared;
-        let pattern = format!("{}:{{*}}:e:*", s.config.prefix);
-        let mut cursor: u64 = 0;
-        let mut removed = Vec::new();
-        loop {
-            let mut conn = s.conn().await?;
-            let (next, keys): (u64, Vec<String>) = s
-                .timed(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for key in keys {
-                let raw: Option<Vec<u8>> = s
-                    .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
-                    .await?;
-                let Some(entry) = raw.and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) else {
-                    continue;
-                };
-                if entry.embedder != version {
-                    let n: i64 = s
-                        .timed(redis::cmd("DEL").arg(&key).query_async(&mut conn))
-                        .await?;
-                    if n == 1 {
-                        removed.push(entry.id.to_hex());
-                    }
-                }
+    /// The masters to SCAN: the one server, or every master of the cluster.
+    async fn scan_targets(&self, conn: &mut Conn) -> Result<Vec<Option<(String, u16)>>> {
+        let Conn::Cluster(_) = conn else {
+            return Ok(vec![None]);
+        };
+        let nodes: String = self
+            .shared
+            .timed(redis::cmd("CLUSTER").arg("NODES").query_async(conn))
+            .await?;
+        let mut masters = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+                continue;
             }
-            cursor = next;
-            if cursor == 0 {
-                break;
+            if fields[2].split(',').any(|f| f == "fail" || f == "noaddr") {
+                continue;
+            }
+            let address = fields[1].split('@').next().unwrap_or_default();
+            if let Some((host, port)) = address.rsplit_once(':')
+                && let Ok(port) = port.parse()
+            {
+                masters.push(Some((host.to_owned(), port)));
             }
         }
+        Ok(masters)
+    }
+
+    /// SCAN every entry key (on every master of a cluster) and delete those of another
+    /// embedder version: an operator's clean-up, O(entries), one `GET` each.
+    async fn drop_other_embedders(&self, version: &str) -> Result<Vec<String>> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let s = &self.shared;
+        let pattern = format!("{}:{{*}}:e:*", s.config.prefix);
+        let mut conn = s.conn().await?;
+        let mut removed = Vec::new();
+        for target in self.scan_targets(&mut conn).await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let (next, keys): (u64, Vec<String>) = match (&target, &mut conn) {
+                    (Some((host, port)), Conn::Cluster(c)) => {
+                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        let value = s.timed(c.route_command(scan, routing)).await?;
+                        redis::from_redis_value(value).map_err(|e| Error::backend(e, false))?
+                    }
+                    _ => s.timed(scan.query_async(&mut conn)).await?,
+                };
+                for key in keys {
+                    let raw: Option<Vec<u8>> = s
+                        .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
+                        .await?;
+                    let Some(entry) = raw.and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+                    else {
+                        continue;
+                    };
+                    if entry.embedder != version {
+                        let n: i64 = s
+                            .timed(redis::cmd("DEL").arg(&key).query_async(&mut conn))
+                            .await?;
+                        if n == 1 {
+                            removed.push(entry.id.to_hex());
+                        }
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        s.publish_removed(&removed).await?;
         Ok(removed)
     }
 }

@@ -364,7 +364,7 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
 async fn store_rejects_bad_config() {
     let redis = test_redis().unwrap();
     let bad = RedisConfig {
-        prefix: String::new(),
+        stream_max_len: 0,
         ..RedisConfig::default()
     };
     assert!(matches!(
@@ -452,4 +452,187 @@ async fn an_invalidation_during_an_outage_is_surfaced_and_replayed() {
         .await
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// Members of every tracking structure (`ns`, `nss`, `tag` keys) of one tenant, whatever
+/// their Redis type.
+async fn tracked_members(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> u64 {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut total = 0;
+    for key in keys.iter().filter(|k| !k.contains(":e:")) {
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap();
+        let n: u64 = match kind.as_str() {
+            "set" => redis::cmd("SCARD")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .unwrap(),
+            "zset" => redis::cmd("ZCARD")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .unwrap(),
+            _ => 0,
+        };
+        total += n;
+    }
+    total
+}
+
+async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    ["cmdstat_evalsha:", "cmdstat_eval:"]
+        .iter()
+        .filter_map(|name| {
+            let line = info.lines().find(|l| l.starts_with(name))?;
+            let calls = line.split("calls=").nth(1)?.split(',').next()?;
+            calls.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Review finding: the namespace, namespace-list and tag sets only ever grew (SADD, never
+/// SREM) and invalidation read them whole inside one script. Now they forget expired ids as
+/// inserts go, and an invalidation works through them in bounded batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() {
+    let server = RedisServer::builder().start_async().await.unwrap();
+    let cfg = RedisConfig {
+        poll_block: Duration::from_millis(20),
+        ..RedisConfig::default()
+    };
+    let store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
+    let clock = FakeClock::default();
+    let cache = conformance::cache(Arc::new(store), &clock);
+    let tag = Tag::new("user:1").unwrap();
+    let short = |ms| InsertOptions {
+        tags: vec![tag.clone()],
+        ttl: Some(Duration::from_millis(ms)),
+    };
+    // One long-lived entry keeps the structures alive while short-lived ones come and go.
+    let key = conformance::key("t1", "chat", "a lasting question");
+    cache
+        .insert_with(&key, "x", Usage::default(), short(60_000))
+        .await
+        .unwrap();
+    for i in 0..300 {
+        let key = conformance::key("t1", "chat", &format!("short-lived question {i}"));
+        cache
+            .insert_with(&key, "x", Usage::default(), short(100))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each insert drops up to 100 expired ids from every set it touches.
+    for i in 0..3 {
+        let key = conformance::key("t1", "chat", &format!("another lasting question {i}"));
+        cache
+            .insert_with(&key, "x", Usage::default(), short(60_000))
+            .await
+            .unwrap();
+    }
+    let mut conn = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let members = tracked_members(&mut conn, "psc:{t1}").await;
+    assert!(
+        members <= 9,
+        "four live entries (namespace, tag, namespace list: 9 members), but the tracking structures hold {members}"
+    );
+
+    // 2,500 live entries in one namespace: invalidated in several bounded script calls.
+    for i in 0..2_500 {
+        let key = conformance::key("t2", "chat", &format!("question {i}"));
+        cache.insert(&key, "x", Usage::default()).await.unwrap();
+    }
+    let before = script_calls(&mut conn).await;
+    let removed = cache
+        .invalidate(palisade_semantic_cache::Invalidation::Namespace(
+            palisade_semantic_cache::Partition::new("t2", "chat").unwrap(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2_500);
+    let calls = script_calls(&mut conn).await - before;
+    assert!(
+        calls >= 3,
+        "one script call went through all 2,500 ids ({calls} calls)"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("psc:{t2}:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{} keys left", keys.len());
+}
+
+/// Review finding: the local vector index kept expired rows until they came up in a
+/// search, and one busy tenant could fill `max_local_entries` and stop semantic hits for
+/// every other tenant on the instance. Rows now carry their expiry and are pruned, and a
+/// full index makes room from the tenant holding the most rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_index_prunes_expired_rows_and_shares_its_budget_fairly() {
+    let redis = test_redis().unwrap();
+    let cfg = RedisConfig {
+        max_local_entries: 100,
+        ..config(&redis)
+    };
+    let store = RedisStore::connect_with(redis.pool(), cfg).await.unwrap();
+    let clock = FakeClock::default();
+    let cache = conformance::cache(Arc::new(store.clone()), &clock);
+    // Expired rows go without being searched for.
+    for i in 0..40 {
+        let key = conformance::key("t0", "short", &format!("short-lived question {i}"));
+        cache.insert(&key, "x", Usage::default()).await.unwrap();
+    }
+    clock.advance(Duration::from_secs(6));
+    for i in 0..100 {
+        let key = conformance::key("busy", "chat", &format!("busy tenant question {i}"));
+        cache.insert(&key, "x", Usage::default()).await.unwrap();
+    }
+    conformance::settle().await;
+    assert!(store.local_entries() <= 100, "{}", store.local_entries());
+    let busy_rows = store.local_entries();
+    assert_eq!(
+        busy_rows, 100,
+        "expired rows were kept in place of live ones"
+    );
+
+    // A quiet tenant still gets semantic hits on a full index.
+    let quiet = conformance::key("quiet", "chat", "How do I reset my password?");
+    cache
+        .insert(&quiet, "Settings", Usage::default())
+        .await
+        .unwrap();
+    conformance::settle().await;
+    let hit = cache
+        .lookup(&conformance::key(
+            "quiet",
+            "chat",
+            "how can I reset my password",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        hit.hit().is_some_and(|h| h.kind == HitKind::Semantic),
+        "a full index refused the quiet tenant's vector"
+    );
+    assert!(store.local_entries() <= 100, "{}", store.local_entries());
+
+    // Once everything has expired, the next insert leaves only itself.
+    clock.advance(Duration::from_secs(61));
+    let last = conformance::key("quiet", "chat", "What are your opening hours?");
+    cache.insert(&last, "9-5", Usage::default()).await.unwrap();
+    conformance::settle().await;
+    assert_eq!(store.local_entries(), 1, "expired rows stay in the index");
 }
