@@ -154,14 +154,17 @@ impl Redactor {
             return;
         }
         let mut spellings = vec![Zeroizing::new(value.to_owned())];
-        let debug = Zeroizing::new(value.escape_debug().to_string());
-        let json = Zeroizing::new(serde_json::to_string(value).unwrap_or_default());
-        let json = Zeroizing::new(
-            json.get(1..json.len().saturating_sub(1))
-                .unwrap_or("")
-                .to_owned(),
-        );
-        for s in [debug, json] {
+        let unquote = |s: Zeroizing<String>| {
+            Zeroizing::new(s.get(1..s.len().saturating_sub(1)).unwrap_or("").to_owned())
+        };
+        // `{:?}` (escapes grapheme extenders anywhere), `str::escape_debug` (only at the
+        // start) and JSON each spell some values differently.
+        let debug = unquote(Zeroizing::new(format!("{value:?}")));
+        let escape_debug = Zeroizing::new(value.escape_debug().to_string());
+        let json = unquote(Zeroizing::new(
+            serde_json::to_string(value).unwrap_or_default(),
+        ));
+        for s in [debug, escape_debug, json] {
             if s.len() >= MIN_VALUE_LEN && !spellings.iter().any(|v| **v == *s) {
                 spellings.push(s);
             }
