@@ -31,6 +31,7 @@
 mod cluster;
 mod error;
 mod logs;
+pub mod pgbouncer;
 mod ports;
 mod postgres;
 mod prefix;

@@ -1,0 +1,3 @@
+//! The `palisade-migrate` command-line tool (feature `cli`).
+
+fn main() {}
