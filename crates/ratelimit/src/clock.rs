@@ -30,7 +30,10 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 /// Every algorithm also treats time that goes backwards as time that stands still, so no
 /// clock can admit extra requests by stepping back.
 #[derive(Debug, Clone, Copy, Default)]
-#[allow(clippy::exhaustive_structs, reason = "a unit value users write as `SystemClock`")]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a unit value users write as `SystemClock`"
+)]
 pub struct SystemClock;
 
 struct Anchor {

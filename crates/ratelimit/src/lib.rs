@@ -58,6 +58,9 @@ mod quota;
 mod redis;
 pub mod rules;
 mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use crate::clock::{Clock, FakeClock, SystemClock};
 pub use crate::decision::{Decision, DecisionSource, QuotaDecision};

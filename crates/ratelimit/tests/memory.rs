@@ -1,18 +1,22 @@
 //! The conformance suite and concurrency on the in-memory store.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_ratelimit::{Algorithm, FakeClock, MemoryStore, Policy, Quota, Store};
 
-#[tokio::test]
-async fn conformance_memory() {
-    let clock = FakeClock::new();
-    let store = MemoryStore::builder().clock(clock.clone()).build();
-    common::run_all(&store, &clock).await;
+/// The public conformance suite, one test per case, each on a fresh store.
+mod conformance {
+    use palisade_ratelimit::testing::Fixture;
+    use palisade_ratelimit::{FakeClock, MemoryStore};
+
+    fn memory() -> Fixture {
+        let clock = FakeClock::new();
+        Fixture::new(MemoryStore::builder().clock(clock.clone()).build(), clock)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(memory());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,6 @@
 //! 64 concurrent tasks, and failure modes with the server killed, paused and restarted.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,26 +13,49 @@ use palisade_ratelimit::{
 };
 use palisade_testkit::{RedisCluster, RedisServer, redis, test_redis};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_redis() {
-    let redis = test_redis().expect("a Redis for the test");
-    let clock = FakeClock::new();
-    let store = RedisStore::new(redis.pool())
-        .with_prefix(redis.prefix().as_str())
-        .with_clock(clock.clone());
-    common::run_all(&store, &clock).await;
+/// The public conformance suite on one server, one test per case (each under a key prefix
+/// of its own).
+mod conformance_redis {
+    use palisade_ratelimit::testing::Fixture;
+    use palisade_ratelimit::{FakeClock, RedisStore};
+
+    fn redis() -> Fixture {
+        let redis = palisade_testkit::test_redis().expect("a Redis for the test");
+        let clock = FakeClock::new();
+        let store = RedisStore::new(redis.pool())
+            .with_prefix(redis.prefix().as_str())
+            .with_clock(clock.clone());
+        Fixture::new(store, clock).keep_alive(redis)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(redis());
 }
 
+/// The public conformance suite on a real 3-master Redis Cluster, one test (and cluster) per
+/// case.
+mod conformance_redis_cluster {
+    use palisade_ratelimit::testing::Fixture;
+    use palisade_ratelimit::{FakeClock, RedisStore};
+
+    async fn cluster() -> Fixture {
+        let cluster = palisade_testkit::RedisCluster::start_async(3)
+            .await
+            .expect("a 3-master cluster");
+        let clock = FakeClock::new();
+        let store = RedisStore::cluster(cluster.pool()).with_clock(clock.clone());
+        Fixture::new(store, clock).keep_alive(cluster)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(cluster());
+}
+
+/// Keys spread over every master of a cluster, through one multiplexed cluster connection
+/// with server time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_redis_cluster() {
+async fn cluster_keys_spread_over_every_master() {
     let cluster = RedisCluster::start_async(3)
         .await
         .expect("a 3-master cluster");
-    let clock = FakeClock::new();
-    let store = RedisStore::cluster(cluster.pool()).with_clock(clock.clone());
-    common::run_all(&store, &clock).await;
-
-    // The same through one multiplexed cluster connection, with server time.
     let conn = cluster.async_connection().await.unwrap();
     let store = RedisStore::from_connection(RedisConnection::Cluster(conn));
     let policy = Policy::builder("cluster-time")
@@ -187,7 +208,7 @@ async fn keys_are_tagged_encoded_and_expire() {
         .quota("per_minute", Quota::per_minute(5))
         .build()
         .unwrap();
-    for key in common::hostile_keys() {
+    for key in palisade_ratelimit::testing::hostile_keys() {
         let keys = store.keys_for(&key, &policy);
         for k in &keys {
             assert_eq!(k.matches('{').count(), 1, "{k:.60}");
@@ -207,7 +228,11 @@ async fn keys_are_tagged_encoded_and_expire() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(found.len(), common::hostile_keys().len(), "{pattern}");
+    assert_eq!(
+        found.len(),
+        palisade_ratelimit::testing::hostile_keys().len(),
+        "{pattern}"
+    );
     for k in found {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&k)

@@ -3,9 +3,7 @@
 //! certificate is not trusted.
 #![cfg(feature = "redis")]
 
-mod common;
-
-use palisade_ratelimit::{Algorithm, Error, FakeClock, Policy, Quota, RedisStore, Store};
+use palisade_ratelimit::{Algorithm, Error, Policy, Quota, RedisStore, Store};
 use palisade_testkit::{RedisServer, deadpool_redis};
 
 async fn tls_server() -> RedisServer {
@@ -16,13 +14,20 @@ async fn tls_server() -> RedisServer {
         .expect("a TLS redis-server")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_over_tls() {
-    let server = tls_server().await;
-    assert!(server.url().starts_with("rediss://"));
-    let clock = FakeClock::new();
-    let store = RedisStore::new(server.pool()).with_clock(clock.clone());
-    common::run_all(&store, &clock).await;
+/// The public conformance suite over `rediss://`, one test (and TLS server) per case.
+mod conformance_over_tls {
+    use palisade_ratelimit::testing::Fixture;
+    use palisade_ratelimit::{FakeClock, RedisStore};
+
+    async fn tls() -> Fixture {
+        let server = super::tls_server().await;
+        assert!(server.url().starts_with("rediss://"));
+        let clock = FakeClock::new();
+        let store = RedisStore::new(server.pool()).with_clock(clock.clone());
+        Fixture::new(store, clock).keep_alive(server)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(tls());
 }
 
 #[tokio::test]
