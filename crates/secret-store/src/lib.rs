@@ -11,6 +11,9 @@ mod memory;
 mod policy;
 mod provider;
 pub mod redact;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+mod redis;
 mod secrets;
 mod snapshot;
 #[cfg(feature = "testing")]
@@ -18,7 +21,12 @@ mod snapshot;
 pub mod testing;
 mod value;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisProvider;
 pub use clock::{Clock, FakeClock, SystemClock};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use deadpool_redis;
 pub use env::EnvProvider;
 pub use error::{BoxError, Error, Result};
 pub use events::{

@@ -210,8 +210,31 @@ pub async fn debug_never_shows_values(p: Arc<dyn Provider>) {
     assert!(!format!("{f:?}").contains("hunter2"));
 }
 
-/// One `#[tokio::test]` per conformance case for the provider `$make` builds (an async
-/// expression answering `Arc<impl Provider>` seeded with [`SEED`](crate::testing::SEED)).
+/// Every case in turn on one provider (seeded with [`SEED`]), for backends too costly to
+/// start once per case (a Redis Cluster); a failure names its case.
+pub async fn run_all(p: Arc<dyn Provider>) {
+    macro_rules! case {
+        ($($case:ident),*) => {$(
+            tracing::info!(case = stringify!($case), "conformance case");
+            $case(p.clone()).await;
+        )*};
+    }
+    case!(
+        reads_seeded_values,
+        missing_is_none,
+        unknown_version_is_none,
+        latest_is_readable_by_version,
+        lists_seeded_names,
+        health_is_ok,
+        put_keeps_previous_versions,
+        concurrent_puts_get_distinct_versions,
+        debug_never_shows_values
+    );
+}
+
+/// One `#[tokio::test]` per conformance case for the provider `$make` builds: an expression
+/// (it may `.await`) answering `Arc<impl Provider>` seeded with
+/// [`SEED`](crate::testing::SEED), or `(guard, Arc<impl Provider>)` ([`CaseSetup`]).
 #[macro_export]
 macro_rules! provider_conformance {
     ($make:expr) => {
@@ -228,10 +251,29 @@ macro_rules! provider_conformance {
     (@case $make:expr, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            let p: ::std::sync::Arc<dyn $crate::Provider> = $make;
+            let (_guard, p) = $crate::testing::CaseSetup::split($make);
             $crate::testing::$case(p).await;
         }
     };
+}
+
+/// What a conformance factory answers: a provider, or `(guard, provider)` where the guard
+/// (a test server, a temporary directory) lives until the case ends.
+pub trait CaseSetup {
+    /// The guard and the provider.
+    fn split(self) -> (Box<dyn std::any::Any + Send>, Arc<dyn Provider>);
+}
+
+impl<P: Provider + 'static> CaseSetup for Arc<P> {
+    fn split(self) -> (Box<dyn std::any::Any + Send>, Arc<dyn Provider>) {
+        (Box::new(()), self)
+    }
+}
+
+impl<G: Send + 'static, P: Provider + 'static> CaseSetup for (G, Arc<P>) {
+    fn split(self) -> (Box<dyn std::any::Any + Send>, Arc<dyn Provider>) {
+        (Box::new(self.0), self.1)
+    }
 }
 
 const OK: u8 = 0;

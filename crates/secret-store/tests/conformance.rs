@@ -24,12 +24,11 @@ mod env {
     });
 }
 
-fn file(name: &str, text: String) -> Arc<FileProvider> {
-    // The directory lives for the rest of the test binary: the provider reads on every call.
-    let dir = tempfile::tempdir().unwrap().keep();
-    let path = dir.join(name);
+fn file(name: &str, text: String) -> (tempfile::TempDir, Arc<FileProvider>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
-    Arc::new(FileProvider::new(path))
+    (dir, Arc::new(FileProvider::new(path)))
 }
 
 mod dotenv_file {
