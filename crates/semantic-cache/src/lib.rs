@@ -72,6 +72,9 @@ pub mod quality;
 pub mod redis;
 pub mod stats;
 pub mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 pub mod value;
 
 pub use cache::{

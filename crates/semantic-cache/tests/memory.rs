@@ -1,39 +1,10 @@
-//! The conformance suite against the memory backend, plus memory-only bounds.
+//! Memory-only bounds (the conformance suite runs in `tests/store_conformance.rs`).
 
 mod conformance;
 
 use std::sync::Arc;
 
 use palisade_semantic_cache::{MemoryConfig, MemoryStore, Store};
-
-fn store() -> Arc<dyn Store> {
-    Arc::new(MemoryStore::default())
-}
-
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                conformance::$name(store()).await;
-            }
-        )*
-    };
-}
-
-conformance_tests!(
-    exact_hit_needs_no_embedding,
-    semantic_hit_within_threshold,
-    guard_vetoes_near_opposites,
-    exact_only_namespace_never_embeds,
-    tenants_namespaces_models_and_contexts_never_mix,
-    ttl_expires_with_the_fake_clock,
-    invalidation_by_entry_tag_namespace_and_tenant,
-    embedder_version_change_is_a_miss,
-    bad_input_is_a_typed_error,
-    usage_counts_entries_per_partition,
-    replacing_an_entry_keeps_one,
-);
 
 #[tokio::test]
 async fn max_entries_bound_evicts() {

@@ -1,6 +1,7 @@
-//! The conformance suite against real Redis servers (testkit), plus what only a shared
-//! backend has: two instances seeing each other's inserts and invalidations, a late
-//! instance replaying the stream, TTL in Redis, and the memory fallback when Redis dies.
+//! What only a shared backend has (the conformance suite runs in
+//! `tests/store_conformance.rs`): two instances seeing each other's inserts and
+//! invalidations, a late instance replaying the stream, TTL in Redis, the failure modes
+//! when Redis dies, bounded tracking structures and a fair local index.
 #![cfg(feature = "redis")]
 
 mod conformance;
@@ -23,69 +24,18 @@ fn config(redis: &TestRedis) -> RedisConfig {
     }
 }
 
-async fn store(redis: &TestRedis) -> RedisStore {
-    RedisStore::connect_with(redis.pool(), config(redis))
-        .await
+fn store(redis: &TestRedis) -> RedisStore {
+    RedisStore::new(redis.pool())
+        .with_config(config(redis))
         .unwrap()
-}
-
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let redis = test_redis().unwrap();
-                conformance::$name(Arc::new(store(&redis).await)).await;
-            }
-        )*
-    };
-}
-
-conformance_tests!(
-    exact_hit_needs_no_embedding,
-    semantic_hit_within_threshold,
-    guard_vetoes_near_opposites,
-    exact_only_namespace_never_embeds,
-    tenants_namespaces_models_and_contexts_never_mix,
-    ttl_expires_with_the_fake_clock,
-    invalidation_by_entry_tag_namespace_and_tenant,
-    embedder_version_change_is_a_miss,
-    bad_input_is_a_typed_error,
-    usage_counts_entries_per_partition,
-    replacing_an_entry_keeps_one,
-);
-
-/// `rediss://`: the store over TLS against a TLS `redis-server` with a throwaway CA.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_over_tls() {
-    let server = RedisServer::builder()
-        .tls()
-        .start_async()
-        .await
-        .expect("a TLS redis-server");
-    assert!(server.url().starts_with("rediss://"));
-    let config = RedisConfig {
-        poll_block: Duration::from_millis(20),
-        ..RedisConfig::default()
-    };
-    let store = || async {
-        Arc::new(
-            RedisStore::connect_with(server.pool(), config.clone())
-                .await
-                .unwrap(),
-        )
-    };
-    conformance::exact_hit_needs_no_embedding(store().await).await;
-    conformance::tenants_namespaces_models_and_contexts_never_mix(store().await).await;
-    conformance::invalidation_by_entry_tag_namespace_and_tenant(store().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_see_each_others_inserts_and_invalidations() {
     let redis = test_redis().unwrap();
     let clock = FakeClock::default();
-    let a = conformance::cache(Arc::new(store(&redis).await), &clock);
-    let b = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let a = conformance::cache(Arc::new(store(&redis)), &clock);
+    let b = conformance::cache(Arc::new(store(&redis)), &clock);
     let tag = Tag::new("user:42").unwrap();
     let opts = InsertOptions {
         tags: vec![tag.clone()],
@@ -156,7 +106,7 @@ async fn two_instances_see_each_others_inserts_and_invalidations() {
 async fn a_late_instance_replays_the_stream() {
     let redis = test_redis().unwrap();
     let clock = FakeClock::default();
-    let a = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let a = conformance::cache(Arc::new(store(&redis)), &clock);
     a.insert(
         &conformance::key("t1", "chat", "What is the refund policy?"),
         "30 days",
@@ -174,7 +124,9 @@ async fn a_late_instance_replays_the_stream() {
     a.invalidate_key(&conformance::key("t1", "chat", "Where is the office?"))
         .await
         .unwrap();
-    let late = store(&redis).await;
+    let late = store(&redis);
+    assert_eq!(late.local_entries(), 0, "no I/O before first use");
+    late.ready().await.unwrap();
     assert_eq!(
         late.local_entries(),
         1,
@@ -192,7 +144,7 @@ async fn a_late_instance_replays_the_stream() {
 async fn entries_carry_their_ttl_in_redis() {
     let redis = test_redis().unwrap();
     let clock = FakeClock::default();
-    let c = conformance::cache(Arc::new(store(&redis).await), &clock);
+    let c = conformance::cache(Arc::new(store(&redis)), &clock);
     let entry = c
         .insert(
             &conformance::key("t1", "short", "ttl check"),
@@ -219,47 +171,6 @@ async fn entries_carry_their_ttl_in_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_tenant_names_stay_apart() {
-    let redis = test_redis().unwrap();
-    let clock = FakeClock::default();
-    let c = conformance::cache(Arc::new(store(&redis).await), &clock);
-    let tenants = ["x", "x}", "{x", "x:e:", "x%7D", "*", "x\u{0}y"];
-    for t in tenants {
-        c.insert(
-            &conformance::key(t, "chat", "same prompt everywhere"),
-            t,
-            Usage::default(),
-        )
-        .await
-        .unwrap();
-    }
-    conformance::settle().await;
-    for t in tenants {
-        let hit = c
-            .lookup(&conformance::key(t, "chat", "same prompt everywhere"))
-            .await
-            .unwrap()
-            .hit()
-            .unwrap();
-        assert_eq!(hit.entry.response, t.as_bytes());
-    }
-    c.invalidate(palisade_semantic_cache::Invalidation::Tenant(
-        Tenant::new("x").unwrap(),
-    ))
-    .await
-    .unwrap();
-    for t in &tenants[1..] {
-        assert!(
-            c.lookup(&conformance::key(t, "chat", "same prompt everywhere"))
-                .await
-                .unwrap()
-                .is_hit(),
-            "{t}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_falls_back_to_memory_and_recovers() {
     let mut server = RedisServer::start().unwrap();
     let cfg = RedisConfig {
@@ -267,7 +178,7 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
         poll_block: Duration::from_millis(20),
         ..RedisConfig::default()
     };
-    let redis_store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
+    let redis_store = RedisStore::new(server.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let with = |mode| {
         conformance::builder(Arc::new(redis_store.clone()), &clock)
@@ -368,10 +279,13 @@ async fn store_rejects_bad_config() {
         ..RedisConfig::default()
     };
     assert!(matches!(
-        RedisStore::connect_with(redis.pool(), bad).await,
+        RedisStore::new(redis.pool()).with_config(bad),
         Err(Error::InvalidConfig(_))
     ));
-    let _ = Arc::new(store(&redis).await) as Arc<dyn Store>;
+    // A zero timeout is refused at first use, before any I/O.
+    let zero = RedisStore::new(redis.pool()).with_timeout(Duration::ZERO);
+    assert!(matches!(zero.ready().await, Err(Error::InvalidConfig(_))));
+    let _ = Arc::new(store(&redis)) as Arc<dyn Store>;
 }
 
 /// Review finding: the memory fallback reported an invalidation as done while Redis was
@@ -392,7 +306,7 @@ async fn an_invalidation_during_an_outage_is_surfaced_and_replayed() {
         poll_block: Duration::from_millis(20),
         ..RedisConfig::default()
     };
-    let redis_store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
+    let redis_store = RedisStore::new(server.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let cache = conformance::builder(Arc::new(redis_store), &clock)
         .failure_mode(FailureMode::FallbackToMemory)
@@ -509,7 +423,7 @@ async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() 
         poll_block: Duration::from_millis(20),
         ..RedisConfig::default()
     };
-    let store = RedisStore::connect_with(server.pool(), cfg).await.unwrap();
+    let store = RedisStore::new(server.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let cache = conformance::cache(Arc::new(store), &clock);
     let tag = Tag::new("user:1").unwrap();
@@ -587,7 +501,7 @@ async fn the_local_index_prunes_expired_rows_and_shares_its_budget_fairly() {
         max_local_entries: 100,
         ..config(&redis)
     };
-    let store = RedisStore::connect_with(redis.pool(), cfg).await.unwrap();
+    let store = RedisStore::new(redis.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let cache = conformance::cache(Arc::new(store.clone()), &clock);
     // Expired rows go without being searched for.
