@@ -236,7 +236,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let Some(key) = extract(layer.header.as_ref(), req.headers()).map(str::to_owned) else {
+            let Some(key) = extract(layer.header.as_ref(), req.headers())
+                .map(|k| zeroize::Zeroizing::new(k.to_owned()))
+            else {
                 return Ok(problem(
                     StatusCode::UNAUTHORIZED,
                     "missing",

@@ -432,18 +432,9 @@ async fn follow(shared: Weak<Shared>, stream: String) {
     loop {
         let Some(s) = shared.upgrade() else { return };
         let step: Result<()> = async {
-            let from = match &last {
-                Some(id) => id.clone(),
-                None => {
-                    // Start at the stream's end: older changes are already in the store.
-                    let mut cmd = redis::cmd("XREVRANGE");
-                    cmd.arg(&stream).arg("+").arg("-").arg("COUNT").arg(1);
-                    let r: redis::streams::StreamRangeReply = s.query(&cmd).await?;
-                    r.ids
-                        .first()
-                        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
-                }
-            };
+            // From the stream's start: the capped stream (about 10 000 ids) is replayed once,
+            // so a change made while this follower was starting is never missed.
+            let from = last.clone().unwrap_or_else(|| "0-0".to_owned());
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(1000)

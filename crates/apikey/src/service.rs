@@ -342,6 +342,9 @@ pub struct CreatedKey {
     pub record: KeyRecord,
 }
 
+/// Most balances kept for [`FailureMode::FallbackToMemory`].
+const MAX_LOCAL_BALANCES: usize = 100_000;
+
 #[derive(Clone)]
 struct CacheEntry {
     record: Option<Arc<KeyRecord>>,
@@ -936,7 +939,16 @@ impl ApiKeys {
             .await
         {
             Ok(outcome) => {
-                self.inner.local_credits.lock().remove(&record.id);
+                if self.inner.config.failure_mode == FailureMode::FallbackToMemory
+                    && let CreditOutcome::Charged { remaining, .. }
+                    | CreditOutcome::OutOfCredits { remaining } = outcome
+                {
+                    // The last balance seen, for charging in memory while the store is down.
+                    let mut local = self.inner.local_credits.lock();
+                    if local.len() < MAX_LOCAL_BALANCES || local.contains_key(&record.id) {
+                        local.insert(record.id, remaining);
+                    }
+                }
                 Ok(outcome)
             }
             Err(e) => {
@@ -955,7 +967,7 @@ impl ApiKeys {
                             credits.remaining = *left;
                         }
                         let outcome = credits.charge(now, req.cost);
-                        if local.len() < 100_000 || local.contains_key(&record.id) {
+                        if local.len() < MAX_LOCAL_BALANCES || local.contains_key(&record.id) {
                             local.insert(record.id, credits.remaining);
                         }
                         Ok(outcome)
