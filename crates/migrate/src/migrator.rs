@@ -768,12 +768,21 @@ impl Migrator {
         Ok(validate::validate(&self.inner.set, &ledger, &invalid))
     }
 
+    /// Whether a failure of `m` can leave partial changes (and so needs a restore).
+    fn may_leave_partial_changes(&self, m: &Migration) -> bool {
+        !m.is_transactional() || !self.inner.store.rolls_back_failed_scripts()
+    }
+
     fn backup_scope(&self, m: &Migration) -> Option<BackupScope> {
-        self.inner.backup.as_ref()?;
+        let (backup, _) = self.inner.backup.as_ref()?;
+        let scope = BackupScope::of(&m.directives().backup);
+        if scope == BackupScope::Everything && !backup.supports_everything() {
+            return None;
+        }
         match self.inner.config.backup_mode {
             BackupMode::Off => None,
-            BackupMode::NonTransactional if m.is_transactional() => None,
-            _ => Some(BackupScope::of(&m.directives().backup)),
+            BackupMode::NonTransactional if !self.may_leave_partial_changes(m) => None,
+            _ => Some(scope),
         }
     }
 
@@ -1007,7 +1016,7 @@ impl Migrator {
                     });
                     let mut restored = false;
                     let mut error = source.to_string();
-                    if !m.is_transactional()
+                    if self.may_leave_partial_changes(m)
                         && let (Some(id), Some(scope)) = (&backup_id, self.backup_scope(m))
                     {
                         match self.restore_dump(id, &scope).await {

@@ -64,6 +64,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether scripts of this kind can run here.
     fn supports(&self, kind: ScriptKind) -> bool;
 
+    /// Whether a script that fails half-way is undone by the target (a transaction).
+    /// Redis has no rollback: the migrator restores the declared keys' backup instead.
+    fn rolls_back_failed_scripts(&self) -> bool {
+        true
+    }
+
     /// Create the ledger, audit, lease and app tables (or keys) if they do not exist.
     /// Idempotent; safe to run from many migrators at once.
     ///
@@ -165,6 +171,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn supports(&self, kind: ScriptKind) -> bool {
         (**self).supports(kind)
     }
+    fn rolls_back_failed_scripts(&self) -> bool {
+        (**self).rolls_back_failed_scripts()
+    }
     async fn prepare(&self) -> Result<()> {
         (**self).prepare().await
     }
@@ -241,6 +250,12 @@ impl BackupScope {
 pub trait Backup: Send + Sync + std::fmt::Debug {
     /// What kind of dump this makes (`pg_dump`, `redis_dump`, `memory`).
     fn kind(&self) -> &'static str;
+
+    /// Whether it can dump [`BackupScope::Everything`] (a Redis cannot: only declared
+    /// keys). Migrations that declare nothing get no backup from such a target.
+    fn supports_everything(&self) -> bool {
+        true
+    }
 
     /// Dump `scope`.
     ///

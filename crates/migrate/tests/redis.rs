@@ -1,0 +1,105 @@
+//! The Redis target: keyspace data migrations as command files and Lua, the ledger in a
+//! hash, and the declared keys' backup restored when a migration fails half-way (Redis has
+//! no rollback).
+#![cfg(feature = "redis")]
+
+use palisade_migrate::{
+    BackupKey, BackupVault, Error, MigrationSet, Migrator, RedisStore, RowState,
+};
+use palisade_testkit::redis::AsyncCommands;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_and_lua_migrations_run_and_the_ledger_is_a_hash() {
+    let redis = palisade_testkit::test_redis().unwrap();
+    let p = redis.key("");
+    let store = RedisStore::new(redis.pool()).with_prefix(format!("{p}m"));
+    let v1 = format!("HSET {p}user:1 plan free name \"Ada Lovelace\"\nHSET {p}user:2 plan pro");
+    let v2 = format!(
+        "-- palisade: backup = {p}user:1, {p}user:2\nfor _, k in ipairs(KEYS) do\n  local plan = redis.call('HGET', k, 'plan')\n  redis.call('HSET', k, 'tier', plan)\n  redis.call('HDEL', k, 'plan')\nend"
+    );
+    let v2_down = format!(
+        "-- palisade: backup = {p}user:1, {p}user:2\nfor _, k in ipairs(KEYS) do\n  redis.call('HSET', k, 'plan', redis.call('HGET', k, 'tier'))\n  redis.call('HDEL', k, 'tier')\nend"
+    );
+    let set = MigrationSet::from_embedded(&[
+        ("V1__users.up.redis", &v1),
+        ("V2__rename_plan.up.lua", &v2),
+        ("V2__rename_plan.down.lua", &v2_down),
+    ])
+    .unwrap();
+    let m = Migrator::builder(store.clone(), set).build().unwrap();
+    assert_eq!(
+        m.up()
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
+            .applied,
+        [1, 2]
+    );
+    let mut c = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let tier: String = c.hget(format!("{p}user:2"), "tier").await.unwrap();
+    assert_eq!(tier, "pro");
+    let name: String = c.hget(format!("{p}user:1"), "name").await.unwrap();
+    assert_eq!(name, "Ada Lovelace", "quoted arguments keep their blanks");
+    let ledger: Vec<String> = c.hkeys(format!("{{{p}m}}:ledger")).await.unwrap();
+    assert_eq!(
+        ledger.len(),
+        2,
+        "the ledger is a hash under the prefix's hash tag"
+    );
+    m.down_to(1).await.unwrap();
+    let plan: String = c.hget(format!("{p}user:2"), "plan").await.unwrap();
+    assert_eq!(plan, "pro");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_failing_half_way_restores_the_declared_keys() {
+    let redis = palisade_testkit::test_redis().unwrap();
+    let p = redis.key("");
+    let store = RedisStore::new(redis.pool()).with_prefix(format!("{p}m"));
+    let mut c = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = c.set_ex(format!("{p}counter"), "41", 3600).await.unwrap();
+    let _: () = c.hset(format!("{p}cfg"), "mode", "old").await.unwrap();
+    // Two commands succeed, the third fails: Redis keeps the first two unless restored.
+    let bad = format!(
+        "-- palisade: backup = {p}counter, {p}cfg, {p}fresh\nINCR {p}counter\nHSET {p}cfg mode new\nSET {p}fresh 1\nINCR {p}cfg"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = Migrator::builder(
+        store.clone(),
+        MigrationSet::from_embedded(&[("V1__bump.up.redis", &bad)]).unwrap(),
+    )
+    .backups(store, BackupVault::new(dir.path(), BackupKey::generate()))
+    .build()
+    .unwrap();
+    let err = m.up().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Migration {
+                version: 1,
+                restored: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let counter: String = c.get(format!("{p}counter")).await.unwrap();
+    assert_eq!(counter, "41");
+    let ttl: i64 = c.ttl(format!("{p}counter")).await.unwrap();
+    assert!(ttl > 3000, "the TTL is restored too: {ttl}");
+    let mode: String = c.hget(format!("{p}cfg"), "mode").await.unwrap();
+    assert_eq!(mode, "old");
+    let fresh: bool = c.exists(format!("{p}fresh")).await.unwrap();
+    assert!(!fresh, "a key created by the failed migration is removed");
+    let status = m.status().await.unwrap();
+    assert_eq!(status.migrations[0].state, Some(RowState::Failed));
+    assert!(status.migrations[0].backup_id.is_some());
+    assert_eq!(m.backups().unwrap().len(), 1);
+}
