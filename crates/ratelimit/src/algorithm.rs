@@ -31,34 +31,11 @@
 
 use std::collections::VecDeque;
 
-use crate::quota::{Algorithm, Policy, Quota};
+use crate::quota::{Algorithm, Params, Policy, Quota};
 
 /// Times beyond 2^53 µs (year 2255) are treated as 2^53 µs: every value the algorithms
 /// store stays exact in a double (Lua) and no arithmetic can overflow.
 pub const MAX_MICROS: u64 = 1 << 53;
-
-/// A quota's figures in the units the arithmetic uses, worked out once when its policy is
-/// built, so that a decision does no `Duration` conversion and no division it can avoid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Params {
-    limit: u64,
-    burst: u64,
-    /// Period in microseconds (at least 1).
-    period: u64,
-    /// Emission interval of the bucket algorithms in microseconds (at least 1).
-    interval: u64,
-}
-
-impl Params {
-    pub(crate) fn new(q: &Quota) -> Self {
-        Self {
-            limit: q.limit(),
-            burst: q.burst(),
-            period: q.period_micros(),
-            interval: q.interval_micros(),
-        }
-    }
-}
 
 /// What one quota says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,16 +248,6 @@ fn align(states: &mut Vec<QuotaState>, policy: &Policy, now: u64) {
             Some(_) => states[i] = QuotaState::new(policy.algorithm(), &q.quota, now),
             None => states.push(QuotaState::new(policy.algorithm(), &q.quota, now)),
         }
-    }
-}
-
-/// How long an idle key's state stays meaningful, in microseconds.
-pub(crate) fn horizon_micros(algorithm: Algorithm, q: &Quota) -> u64 {
-    let p = q.period_micros();
-    match algorithm {
-        Algorithm::TokenBucket | Algorithm::Gcra => q.burst().saturating_mul(q.interval_micros()),
-        Algorithm::FixedWindow | Algorithm::SlidingWindowLog => p,
-        Algorithm::SlidingWindowCounter => p.saturating_mul(2),
     }
 }
 

@@ -9,11 +9,11 @@ use parking_lot::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use hashbrown::HashTable;
 
-use crate::algorithm::{self, LogEnds, Params, QuotaState};
+use crate::algorithm::{self, LogEnds, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::Result;
-use crate::quota::{Algorithm, Policy};
+use crate::quota::{Algorithm, Params, Policy};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;

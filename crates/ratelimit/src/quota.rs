@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::algorithm::Params;
 use crate::error::{Error, Result};
 
 /// The longest period a quota may have (366 days).
@@ -158,6 +157,40 @@ impl Quota {
             p
         } else {
             p.div_ceil(self.limit).max(1)
+        }
+    }
+}
+
+/// A quota's figures in the units the arithmetic uses, worked out once when its policy is
+/// built, so that a decision does no `Duration` conversion and no division it can avoid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Params {
+    pub(crate) limit: u64,
+    pub(crate) burst: u64,
+    /// Period in microseconds (at least 1).
+    pub(crate) period: u64,
+    /// Emission interval of the bucket algorithms in microseconds (at least 1).
+    pub(crate) interval: u64,
+}
+
+impl Params {
+    /// How long an idle key's state of `algorithm` stays meaningful, in microseconds: a
+    /// bucket refills in `burst × interval`, a window's count lasts its period, a sliding
+    /// counter's two.
+    pub(crate) fn horizon(&self, algorithm: Algorithm) -> u64 {
+        match algorithm {
+            Algorithm::TokenBucket | Algorithm::Gcra => self.burst.saturating_mul(self.interval),
+            Algorithm::FixedWindow | Algorithm::SlidingWindowLog => self.period,
+            Algorithm::SlidingWindowCounter => self.period.saturating_mul(2),
+        }
+    }
+
+    pub(crate) fn new(q: &Quota) -> Self {
+        Self {
+            limit: q.limit(),
+            burst: q.burst(),
+            period: q.period_micros(),
+            interval: q.interval_micros(),
         }
     }
 }
@@ -491,7 +524,7 @@ impl PolicyBuilder {
         let idle_micros = self
             .quotas
             .iter()
-            .map(|q| crate::algorithm::horizon_micros(self.algorithm, &q.quota))
+            .map(|q| Params::new(&q.quota).horizon(self.algorithm))
             .max()
             .unwrap_or(0);
         let name_hash = foldhash::fast::FixedState::with_seed(0).hash_one(&*self.name);
