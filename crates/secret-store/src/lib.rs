@@ -1,11 +1,16 @@
 //! Secrets that never print, survive a vault outage and rotate safely.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
+pub mod azure;
 mod clock;
 mod env;
 mod error;
 mod events;
 mod file;
+#[cfg(any(feature = "vault", feature = "azure"))]
+mod http;
 mod key;
 mod memory;
 mod policy;
@@ -20,6 +25,9 @@ mod snapshot;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod value;
+#[cfg(feature = "vault")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
+pub mod vault;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisProvider;
