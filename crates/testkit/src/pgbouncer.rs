@@ -75,7 +75,13 @@ impl PgBouncer {
         );
         let ini = d.join("pgbouncer.ini");
         std::fs::write(&ini, config)?;
-        let mut command = Command::new("pgbouncer");
+        // Debian installs it in /usr/sbin, which is not on every user's PATH.
+        let binary = if Path::new("/usr/sbin/pgbouncer").exists() {
+            "/usr/sbin/pgbouncer"
+        } else {
+            "pgbouncer"
+        };
+        let mut command = Command::new(binary);
         // PgBouncer refuses to run as root: switch to the `postgres` user, who must be able
         // to write its log and pid files here.
         if running_as_root() {
