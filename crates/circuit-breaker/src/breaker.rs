@@ -290,32 +290,23 @@ impl Permit<'_> {
     fn record_leased(
         breaker: &CircuitBreaker,
         lease: Box<crate::store::Lease>,
-        kind: Kind,
+        _kind: Kind,
         outcome: Outcome,
         elapsed: Option<Duration>,
     ) {
-        let breaker = breaker.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(
-                    async move { breaker.finish_shared_probe(lease, outcome, elapsed).await },
-                );
-            }
-            Err(_) => breaker.finish(kind, outcome, elapsed),
-        }
+        // Detached: the report reaches the store even though nobody waits for it.
+        drop(breaker.report(lease, outcome, elapsed));
     }
 
-    async fn record_async(mut self, outcome: Outcome) {
-        let kind = std::mem::replace(&mut self.kind, Kind::PASS);
+    /// Record a leased probe's `outcome`: the report to the store runs as a task of its own,
+    /// so a caller that stops waiting (a dropped call future) loses neither the outcome nor
+    /// the lease; the handle only tells when the store has answered.
+    #[cold]
+    fn record_detached(mut self, outcome: Outcome) -> tokio::task::JoinHandle<()> {
         let elapsed = self.elapsed();
-        match self.lease.take() {
-            Some(lease) => {
-                self.breaker
-                    .finish_shared_probe(lease, outcome, elapsed)
-                    .await;
-            }
-            None => self.breaker.finish(kind, outcome, elapsed),
-        }
+        self.kind = Kind::PASS;
+        let lease = self.lease.take().expect("only leased permits are reported");
+        self.breaker.report(lease, outcome, elapsed)
     }
 
     #[inline]
@@ -341,14 +332,7 @@ fn abandon(breaker: &CircuitBreaker, kind: Kind, lease: Option<Box<crate::store:
         breaker.release_probe(generation);
     }
     if let Some(lease) = lease {
-        let breaker = breaker.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                breaker
-                    .finish_shared_probe(lease, Outcome::Ignored, None)
-                    .await;
-            });
-        }
+        drop(breaker.report(lease, Outcome::Ignored, None));
     }
 }
 
@@ -508,7 +492,7 @@ impl CircuitBreaker {
                 Ok(result) => result,
                 Err(timeout) => {
                     if permit.lease.is_some() {
-                        Box::pin(permit.record_async(Outcome::Failure)).await;
+                        let _ = permit.record_detached(Outcome::Failure).await;
                     } else {
                         permit.record(Outcome::Failure);
                     }
@@ -518,7 +502,7 @@ impl CircuitBreaker {
         };
         let outcome = classifier.classify(&result);
         if permit.lease.is_some() {
-            Box::pin(permit.record_async(outcome)).await;
+            let _ = permit.record_detached(outcome).await;
         } else {
             permit.record(outcome);
         }
@@ -614,7 +598,7 @@ impl CircuitBreaker {
     /// Lease a fleet-wide probe permit for a local probe `permit`.
     async fn lease<'a>(&'a self, mut permit: Permit<'a>) -> Result<Permit<'a>> {
         if let Some(shared) = &self.inner.shared {
-            match shared.lease_probe(self).await {
+            match self.lease_detached(shared).await {
                 crate::sync::LeaseAnswer::Granted(lease) => permit.lease = Some(Box::new(lease)),
                 crate::sync::LeaseAnswer::Denied { retry_after } => {
                     drop(permit);
@@ -638,6 +622,45 @@ impl CircuitBreaker {
             }
         }
         Ok(permit)
+    }
+
+    /// Ask the store for a fleet-wide probe lease in a task of its own: when the caller
+    /// stops waiting (a dropped call future), the task gives a lease granted meanwhile back
+    /// at once instead of leaving it taken until it expires.
+    #[cold]
+    fn lease_detached(
+        &self,
+        shared: &Shared,
+    ) -> impl Future<Output = crate::sync::LeaseAnswer> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let breaker = self.clone();
+        shared.spawn(async move {
+            let Some(shared) = &breaker.inner.shared else {
+                return;
+            };
+            let answer = shared.lease_probe(&breaker).await;
+            if let Err(crate::sync::LeaseAnswer::Granted(lease)) = tx.send(answer) {
+                shared
+                    .complete_probe(&breaker, lease, Outcome::Ignored)
+                    .await;
+            }
+        });
+        async move { rx.await.unwrap_or(crate::sync::LeaseAnswer::StoreDown) }
+    }
+
+    /// Report a leased probe's outcome to the store in a task of its own (see
+    /// [`Permit::record_detached`]).
+    fn report(
+        &self,
+        lease: Box<crate::store::Lease>,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+    ) -> tokio::task::JoinHandle<()> {
+        let breaker = self.clone();
+        let Some(shared) = &self.inner.shared else {
+            unreachable!("only a shared breaker leases probes")
+        };
+        shared.spawn(async move { breaker.finish_shared_probe(lease, outcome, elapsed).await })
     }
 
     #[inline]
@@ -1079,9 +1102,10 @@ enum Stage<'a, T, E> {
         permit: Permit<'a>,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
     },
-    /// A leased probe is being reported to the store; `result` is returned once it is.
+    /// A leased probe is being reported to the store (by a task of its own, which goes on
+    /// if this future is dropped); `result` is returned once it is.
     Reporting {
-        report: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+        report: tokio::task::JoinHandle<()>,
         result: Result<T, Error<E>>,
     },
     /// Finished (or given up): polling again stays pending.
@@ -1124,7 +1148,7 @@ impl<'a, T, E> Stage<'a, T, E> {
             return Some(result);
         }
         *self = Stage::Reporting {
-            report: Box::pin(permit.record_async(outcome)),
+            report: permit.record_detached(outcome),
             result,
         };
         None
@@ -1217,7 +1241,7 @@ where
                     }
                 }
                 Stage::Reporting { report, .. } => {
-                    if report.as_mut().poll(cx).is_pending() {
+                    if Pin::new(report).poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     if let Stage::Reporting { result, .. } =
@@ -1413,9 +1437,15 @@ impl CircuitBreakerBuilder {
         } else {
             None
         };
-        let shared = self
-            .store
-            .map(|store| Shared::new(store, self.instance_id, &self.config, &self.name));
+        let shared = match (self.store, &runtime) {
+            (Some(store), Some(runtime)) => Some(Shared::new(
+                store,
+                self.instance_id,
+                &self.config,
+                runtime.clone(),
+            )),
+            _ => None,
+        };
         let metrics = Metrics::new(&name);
         metrics.state.set(State::Closed.as_gauge());
         let breaker = CircuitBreaker {

@@ -153,8 +153,9 @@ return r
 const COMPLETE: &str = r"
 local req_gen, lease, outcome = tonumber(ARGV[15]), ARGV[16], ARGV[17]
 advance()
+local expiry = tonumber(redis.call('ZSCORE', LK, lease))
 redis.call('ZREM', LK, lease)
-if st == 'half_open' and gen == req_gen then
+if expiry ~= nil and expiry > now and st == 'half_open' and gen == req_gen then
   if outcome == 'failure' then
     open()
   elseif outcome == 'success' then

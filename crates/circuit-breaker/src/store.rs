@@ -243,7 +243,9 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
         lease_id: &str,
     ) -> Result<ProbeGrant>;
 
-    /// Report the outcome of a probe; results for an older generation change nothing.
+    /// Report the outcome of a probe and give its lease back. Only a report that holds a
+    /// live lease of the current half-open period counts: one with a lease id that was never
+    /// granted, already reported or expired, or of an older generation, changes nothing.
     /// One round trip.
     async fn complete_probe(
         &self,
@@ -405,8 +407,13 @@ impl SharedMachine {
         outcome: Outcome,
     ) -> SharedState {
         self.advance(p, now);
-        self.leases.remove(lease_id);
-        if self.state() == State::HalfOpen && self.generation == generation {
+        // Only the holder of a live lease reports: a made-up id, a second report and a report
+        // after the lease expired (it may be another instance's permit by now) count nothing.
+        let held = self
+            .leases
+            .remove(lease_id)
+            .is_some_and(|expiry| expiry > now);
+        if held && self.state() == State::HalfOpen && self.generation == generation {
             match outcome {
                 Outcome::Failure => self.open(p, now),
                 Outcome::Success => {

@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     manual: AtomicU8,
     generation: AtomicU64,
     lease_seq: AtomicU64,
+    /// The runtime the breaker was built in: probe leases and reports run as its tasks, so
+    /// they finish even when the call that started them is dropped.
+    runtime: tokio::runtime::Handle,
 }
 
 pub(crate) enum LeaseAnswer {
@@ -52,7 +55,7 @@ impl Shared {
         store: Arc<dyn StateStore>,
         instance: Option<String>,
         config: &Config,
-        _name: &str,
+        runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
             store,
@@ -66,7 +69,16 @@ impl Shared {
             manual: AtomicU8::new(0),
             generation: AtomicU64::new(NO_GENERATION),
             lease_seq: AtomicU64::new(0),
+            runtime,
         }
+    }
+
+    /// Run `task` on the breaker's runtime, detached from whoever started it.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(task)
     }
 
     #[inline]

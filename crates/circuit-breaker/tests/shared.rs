@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_circuit_breaker::{
-    CircuitBreaker, Config, Error, FailureMode, MemoryStore, RedisStore, SlidingWindow, State,
-    StateStore,
+    CircuitBreaker, Config, Error, FailureMode, MemoryStore, Outcome, Policy, RedisStore,
+    SlidingWindow, State, StateStore,
 };
 use palisade_testkit::{RedisCluster, RedisServer};
 
@@ -466,4 +466,141 @@ async fn quorum_keeps_one_bad_node_from_opening_the_fleet() {
         || fleet.iter().all(|b| b.state() == State::Open),
     )
     .await;
+}
+
+/// Two instances on their own Redis (the tests pause it), tripped and past the open wait:
+/// one probe fleet-wide, which one success closes.
+async fn half_open_pair(server: &RedisServer, name: &str) -> (CircuitBreaker, CircuitBreaker) {
+    let store: Arc<dyn StateStore> =
+        Arc::new(RedisStore::new(server.pool()).with_timeout(Duration::from_secs(5)));
+    let mut c = config();
+    c.half_open_probes = 1;
+    c.success_threshold = 1;
+    let pair = (0..2)
+        .map(|i| {
+            CircuitBreaker::builder(name)
+                .config(c.clone())
+                .store(store.clone())
+                .instance_id(format!("{name}-{i}"))
+                .build()
+                .unwrap()
+        })
+        .collect::<Vec<_>>();
+    // Load the probe scripts on this fresh server first (a script's first use is answered
+    // NOSCRIPT and sent again, and a caller that goes away in between sends nothing).
+    let policy = Policy::from_config(&c);
+    let _ = store
+        .acquire_probe("warm-up", &policy, "warm-up")
+        .await
+        .unwrap();
+    let _ = store
+        .complete_probe("warm-up", &policy, 0, "warm-up", Outcome::Ignored)
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        let _ = pair[0].call(async { Err::<(), _>("upstream 500") }).await;
+    }
+    wait_until("both open", Duration::from_secs(2), || {
+        pair.iter().all(|b| b.state() == State::Open)
+    })
+    .await;
+    tokio::time::sleep(OPEN_WAIT + FLUSH).await;
+    (pair[0].clone(), pair[1].clone())
+}
+
+/// A call whose caller goes away while its probe's result is on its way to the store: the
+/// result still reaches the store (it closes the fleet), and neither the fleet-wide lease
+/// (30 s) nor the local probe slot (the maximum half-open wait) stays taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_while_reporting_still_reports_and_frees_its_probe() {
+    let server = start_server().await;
+    let (a, b) = half_open_pair(&server, "drop-reporting").await;
+    let (ran_tx, ran_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let probe = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.call(async move {
+                let _ = ran_tx.send(());
+                let _ = go_rx.await;
+                Ok::<_, ()>(())
+            })
+            .await
+        }
+    });
+    ran_rx
+        .await
+        .expect("the probe runs (it holds the fleet's lease)");
+    server.pause(Duration::from_secs(3));
+    go_tx.send(()).unwrap(); // the call succeeds; its report now waits on the frozen Redis
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    probe.abort();
+    assert!(probe.await.unwrap_err().is_cancelled());
+    server.resume();
+    wait_until(
+        "the dropped call's success closed the fleet",
+        Duration::from_secs(3),
+        || a.state() == State::Closed && b.state() == State::Closed,
+    )
+    .await;
+    a.call(async { Ok::<_, ()>(()) }).await.unwrap();
+}
+
+/// A call whose caller goes away while it waits for its fleet-wide lease: the lease Redis
+/// grants it is given back, and so is its local probe slot, so another probe runs at once
+/// instead of after the 30 s lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_while_leasing_gives_back_its_lease_and_probe() {
+    let server = start_server().await;
+    let (a, b) = half_open_pair(&server, "drop-leasing").await;
+    // Scripts wait while Redis answers everything else: the lease request is sent and held,
+    // and Redis grants it once the pause ends, to a caller that is gone by then.
+    let mut admin = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = palisade_testkit::redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let leasing = tokio::spawn({
+        let (a, ran) = (a.clone(), ran.clone());
+        async move {
+            a.call(async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(())
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    leasing.abort();
+    assert!(leasing.await.unwrap_err().is_cancelled());
+    let _: () = palisade_testkit::redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the call never ran");
+    // The same instance probes again: its local slot and the fleet's lease must both be free.
+    let prober = tokio::spawn({
+        let a = a.clone();
+        async move {
+            while a.call(async { Ok::<_, ()>(()) }).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    wait_until(
+        "a new probe closes the fleet",
+        Duration::from_secs(3),
+        || a.state() == State::Closed && b.state() == State::Closed,
+    )
+    .await;
+    prober.await.unwrap();
 }

@@ -228,6 +228,77 @@ async fn expired_leases_are_handed_out_again(store: Arc<dyn StateStore>, name: S
     ));
 }
 
+/// Only a completion that holds a live lease counts: a made-up lease id, a duplicate report
+/// and a report after the lease expired change nothing (the lease may have been handed to
+/// another instance meanwhile).
+async fn only_a_held_lease_completes_a_probe(store: Arc<dyn StateStore>, name: String) {
+    let p = policy(|c| {
+        c.half_open_probes = 3;
+        c.success_threshold = 2;
+        c.shared.probe_lease = Duration::from_millis(150);
+    });
+    store
+        .flush(&name, &p, &batch("a", 4, 4, 0, true))
+        .await
+        .unwrap();
+    sleep_past(WAIT).await;
+    let ProbeGrant::Granted { generation } = store.acquire_probe(&name, &p, "p1").await.unwrap()
+    else {
+        panic!("no probe")
+    };
+    assert!(matches!(
+        store.acquire_probe(&name, &p, "p2").await.unwrap(),
+        ProbeGrant::Granted { .. }
+    ));
+    for (lease, outcome) in [
+        ("made-up", Outcome::Success),
+        ("made-up-too", Outcome::Failure),
+    ] {
+        let s = store
+            .complete_probe(&name, &p, generation, lease, outcome)
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.state, s.generation),
+            (State::HalfOpen, generation),
+            "a lease nobody was granted counts for nothing ({outcome:?})"
+        );
+    }
+    let s = store
+        .complete_probe(&name, &p, generation, "p1", Outcome::Success)
+        .await
+        .unwrap();
+    assert_eq!(s.state, State::HalfOpen, "one success of the two needed");
+    let s = store
+        .complete_probe(&name, &p, generation, "p1", Outcome::Success)
+        .await
+        .unwrap();
+    assert_eq!(s.state, State::HalfOpen, "a duplicate report counts once");
+    sleep_past(Duration::from_millis(150)).await;
+    let s = store
+        .complete_probe(&name, &p, generation, "p2", Outcome::Success)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.state,
+        State::HalfOpen,
+        "a report after its lease expired is late"
+    );
+    let ProbeGrant::Granted { generation: g } = store.acquire_probe(&name, &p, "p3").await.unwrap()
+    else {
+        panic!("p2's expired lease and p1's success leave room for a third probe")
+    };
+    let s = store
+        .complete_probe(&name, &p, g, "p3", Outcome::Success)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.state, s.generation),
+        (State::Closed, generation + 1),
+        "the second held lease closes"
+    );
+}
+
 async fn quorum_needs_enough_failing_instances(store: Arc<dyn StateStore>, name: String) {
     let p = policy(|c| {
         c.shared.quorum = Some(Quorum {
@@ -314,6 +385,7 @@ pub async fn run(store: Arc<dyn StateStore>, tag: &str) {
         failed_probe_reopens_with_backoff(store.clone(), n("backoff")),
         max_half_open_wait_reopens(store.clone(), n("maxhalf")),
         expired_leases_are_handed_out_again(store.clone(), n("lease")),
+        only_a_held_lease_completes_a_probe(store.clone(), n("held")),
         quorum_needs_enough_failing_instances(store.clone(), n("quorum")),
         manual_control_is_fleet_wide(store.clone(), n("manual")),
         hostile_names_are_isolated(store.clone(), n("names")),
