@@ -12,6 +12,7 @@
 //! | `ratelimit` | [`ratelimit`] | [`palisade-ratelimit`](https://docs.rs/palisade-ratelimit): token bucket, GCRA, fixed/sliding windows, multi-window quotas, tiers, headers, 429 layer (default) |
 //! | `circuit-breaker` | [`circuit_breaker`] | [`palisade-circuit-breaker`](https://docs.rs/palisade-circuit-breaker): lock-free breaker with count/time windows, slow calls, half-open probes, registry, tower layer, state shared through Redis (default) |
 //! | `semantic-cache` | [`semantic_cache`] | [`palisade-semantic-cache`](https://docs.rs/palisade-semantic-cache): AI response cache keyed by meaning with exact fast path, lexical guard, tenant isolation, single-flight, Redis backend (default) |
+//! | `migrate` | [`migrate`] | [`palisade-migrate`](https://docs.rs/palisade-migrate): versioned PostgreSQL/Redis migrations with a lease lock that works through PgBouncer, encrypted backups restored on failure, expand/contract phases (default) |
 //! | `candle` | — | all-MiniLM-L6-v2 embeddings for the semantic cache (heavy build) |
 //! | `http` | — | OpenAI-compatible HTTP embedder for the semantic cache |
 //! | `full` | — | everything above |
@@ -44,3 +45,9 @@ pub use palisade_circuit_breaker as circuit_breaker;
 #[cfg_attr(docsrs, doc(cfg(feature = "semantic-cache")))]
 #[doc(inline)]
 pub use palisade_semantic_cache as semantic_cache;
+
+// -- migrate --
+#[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
+#[doc(inline)]
+pub use palisade_migrate as migrate;
