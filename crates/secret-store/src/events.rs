@@ -114,7 +114,7 @@ pub mod names {
     pub const PROVIDER_DURATION: &str = "palisade_secret_store_provider_duration_seconds";
     /// Counter: rotations, label `source` = `written`/`observed`.
     pub const ROTATIONS: &str = "palisade_secret_store_rotations_total";
-    /// Gauge: secrets in the cache.
+    /// Gauge: secret names the cache tracks.
     pub const CACHED: &str = "palisade_secret_store_cached_secrets";
     /// Counter: snapshot writes, label `outcome` = `ok`/`error`.
     pub const SNAPSHOT_WRITES: &str = "palisade_secret_store_snapshot_writes_total";

@@ -6,7 +6,7 @@
 //! ([`seed_vars`], [`seed_dotenv`], [`seed_json`]), writable ones are filled with [`seed`].
 //! Every case gets a fresh provider from the factory.
 //!
-//! ```ignore
+//! ```text
 //! palisade_secret_store::provider_conformance!(memory, async {
 //!     let p = std::sync::Arc::new(palisade_secret_store::MemoryProvider::new());
 //!     palisade_secret_store::testing::seed(&*p).await;

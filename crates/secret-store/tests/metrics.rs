@@ -1,0 +1,79 @@
+//! The documented metric names and labels are the ones emitted; secret names appear as a
+//! label only when opted in.
+
+use std::time::Duration;
+
+use metrics_util::debugging::DebuggingRecorder;
+use palisade_secret_store::testing::Switch;
+use palisade_secret_store::{FakeClock, MemoryProvider, Secrets};
+
+fn run(labels: bool) -> Vec<String> {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let clock = FakeClock::new();
+            let p = std::sync::Arc::new(Switch::new(
+                MemoryProvider::new()
+                    .with_secret("db", "password-1")
+                    .unwrap(),
+            ));
+            let s = Secrets::builder()
+                .clock(clock.clone())
+                .refresh_jitter(0.0)
+                .stale_while_revalidate(Duration::ZERO)
+                .secret_name_labels(labels)
+                .shared_provider(p.clone())
+                .build()
+                .unwrap();
+            s.get("db").await.unwrap(); // loaded
+            s.get("db").await.unwrap(); // fresh
+            assert!(s.get("nope").await.is_err()); // not found
+            s.rotate("db", "password-2".into()).await.unwrap();
+            p.fail_transiently();
+            clock.advance(Duration::from_secs(3601));
+            s.get("db").await.unwrap(); // resurrected
+            s.health().await;
+        });
+    });
+    palisade_testkit::metric_lines(&snapshotter)
+}
+
+#[test]
+fn metrics_have_the_documented_names_and_bounded_labels() {
+    let lines = run(false);
+    let expected = [
+        "palisade_secret_store_cached_secrets{} 2",
+        "palisade_secret_store_provider_calls_total{outcome=error,provider=memory} 1",
+        "palisade_secret_store_provider_calls_total{outcome=hit,provider=memory} 1",
+        "palisade_secret_store_provider_calls_total{outcome=miss,provider=memory} 1",
+        "palisade_secret_store_provider_duration_seconds{provider=memory} 3",
+        "palisade_secret_store_provider_errors_total{kind=transient,provider=memory} 1",
+        "palisade_secret_store_provider_up{provider=memory} 0",
+        "palisade_secret_store_reads_total{outcome=error} 0",
+        "palisade_secret_store_reads_total{outcome=fresh} 1",
+        "palisade_secret_store_reads_total{outcome=loaded} 1",
+        "palisade_secret_store_reads_total{outcome=not_found} 1",
+        "palisade_secret_store_reads_total{outcome=resurrected} 1",
+        "palisade_secret_store_reads_total{outcome=stale} 0",
+        "palisade_secret_store_rotations_total{source=observed} 0",
+        "palisade_secret_store_rotations_total{source=written} 1",
+        "palisade_secret_store_snapshot_writes_total{outcome=error} 0",
+        "palisade_secret_store_snapshot_writes_total{outcome=ok} 0",
+    ];
+    assert_eq!(lines, expected);
+    assert!(lines.iter().all(|l| !l.contains("secret=")));
+}
+
+#[test]
+fn secret_name_labels_are_opt_in() {
+    let lines = run(true);
+    assert!(
+        lines.contains(&"palisade_secret_store_reads_total{outcome=fresh,secret=db} 1".to_owned()),
+        "{lines:#?}"
+    );
+}
