@@ -158,44 +158,5 @@ async fn main() {
         assert_eq!(store.get("plans:default"), None);
     }
 
-    // -- apikey --
-    #[cfg(feature = "apikey")]
-    {
-        use palisade::apikey::{ApiKeys, KeySpec, MemoryStore, Pepper, Peppers};
-        use std::time::Duration;
-
-        // The pepper would come from a secret store; the key is shown once, stored as an HMAC.
-        let peppers = Peppers::new(
-            Pepper::new(1, *b"quickstart pepper (32 bytes min)").expect("a valid pepper"),
-        );
-        let keys = ApiKeys::builder(peppers)
-            .store(MemoryStore::new())
-            .build()
-            .expect("a valid service");
-        let created = keys
-            .create(KeySpec::new("team-42", "quickstart").scopes(["read:*"]))
-            .await
-            .expect("created");
-        let text = created.key.expose_secret();
-        println!(
-            "apikey: created key {} for team-42 (printed: {:?})",
-            created.record.id, created.key
-        );
-        let ok = keys.verify(text, "read:reports").await.expect("verified");
-        println!("apikey: read:reports -> {}", ok.is_verified());
-        let no = keys.verify(text, "admin:users").await.expect("checked");
-        println!("apikey: admin:users -> {:?}", no.denial());
-        let new = keys
-            .rotate(&created.record.id, Duration::from_secs(3600))
-            .await
-            .expect("rotated");
-        let old = keys.verify(text, "read:reports").await.expect("checked");
-        println!(
-            "apikey: rotated to {}; the old key still works for an hour (in grace: {})",
-            new.record.id,
-            old.verified().is_some_and(|v| v.in_grace)
-        );
-    }
-
     println!("done");
 }
