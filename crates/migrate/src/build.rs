@@ -80,3 +80,34 @@ macro_rules! include_migrations {
         )))
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_an_include_list_of_the_migration_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("V2__b.up.sql"), "SELECT 2;").unwrap();
+        std::fs::write(dir.path().join("V1__a.up.sql"), "SELECT 1;").unwrap();
+        std::fs::write(dir.path().join("README.md"), "not a migration").unwrap();
+        let source = generate(dir.path()).unwrap();
+        let lines: Vec<&str> = source.lines().collect();
+        assert_eq!(lines.len(), 4, "{source}");
+        assert!(
+            lines[1].starts_with("    (\"V1__a.up.sql\", include_str!(\""),
+            "{source}"
+        );
+        assert!(lines[2].contains("V2__b.up.sql"));
+        assert!(!source.contains("README"));
+        std::fs::write(dir.path().join("V3_typo.up.sql"), "").unwrap();
+        assert!(
+            generate(dir.path()).is_err(),
+            "a misnamed migration is an error"
+        );
+        assert!(
+            embed_dir(dir.path()).is_err(),
+            "outside a build script there is no OUT_DIR"
+        );
+    }
+}

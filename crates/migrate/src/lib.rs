@@ -63,8 +63,9 @@
 //! | `palisade_migrate_backups_total` | counter | `outcome` = `ok`/`error` |
 //! | `palisade_migrate_blocked_total` | counter | — (contract migrations held back) |
 //!
-//! Spans: `migrate.run` (field `operation`) around each locked operation, `migrate.migration`
-//! (`version`, `name`, `direction`) around each script. Every state change is appended to
+//! Spans: `migrate.up`, `migrate.down`, `migrate.baseline`, `migrate.repair`,
+//! `migrate.backup`, `migrate.restore` (field `target`) around each locked operation,
+//! `migrate.migration` (`version`, `name`, `direction`) around each script. Every state change is appended to
 //! the target's audit log and logged at INFO under the `palisade_migrate::audit` target.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

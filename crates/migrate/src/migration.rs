@@ -225,7 +225,7 @@ impl Migration {
 /// lines dropped. A file re-saved by an editor with other line endings keeps its checksum;
 /// any change a database would see changes it.
 pub fn normalize(text: &str) -> String {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = text.trim_start_matches('\u{feff}');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     loop {
@@ -709,6 +709,29 @@ mod tests {
         let v: Vec<u64> = s.iter().map(Migration::version).collect();
         assert_eq!(v, [1, 2]);
         assert_eq!(s.get(1).unwrap().down(), Some("select -1"));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary file names, headers and SQL never panic; normalising is idempotent and
+        /// line endings never change a checksum.
+        #[test]
+        fn arbitrary_input_never_panics(name in ".{0,40}", text in "(?s).{0,200}") {
+            let _ = parse_file_name(&name);
+            let _ = parse_directives(&text);
+            let _ = split_statements(&text);
+            let _ = Migration::new(1, "x", ScriptKind::Sql, text.clone(), None);
+            let n = normalize(&text);
+            proptest::prop_assert_eq!(&normalize(&n), &n);
+            let crlf = n.replace('\n', "\r\n");
+            proptest::prop_assert_eq!(checksum(&crlf), checksum(&n));
+        }
+
+        /// Plain statements come back one by one, trimmed.
+        #[test]
+        fn split_statements_keeps_plain_statements(words in proptest::collection::vec("[a-z]{1,8}( [a-z0-9]{1,8}){0,3}", 0..8)) {
+            let sql = words.iter().map(|w| format!("{w};")).collect::<Vec<_>>().join("\n");
+            proptest::prop_assert_eq!(split_statements(&sql), words.iter().map(String::as_str).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -654,11 +654,16 @@ impl Migrator {
         F: FnOnce(Lease, Arc<AtomicBool>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let span = tracing::info_span!(
-            "migrate.run",
-            operation,
-            target = self.inner.store.backend_name()
-        );
+        let target = self.inner.store.backend_name();
+        let span = match operation {
+            "up" => tracing::info_span!("migrate.up", target),
+            "down" => tracing::info_span!("migrate.down", target),
+            "baseline" => tracing::info_span!("migrate.baseline", target),
+            "repair" => tracing::info_span!("migrate.repair", target),
+            "backup" => tracing::info_span!("migrate.backup", target),
+            "restore" => tracing::info_span!("migrate.restore", target),
+            _ => tracing::info_span!("migrate.run", operation, target),
+        };
         async {
             let held = self.acquire().await;
             let r = match held {

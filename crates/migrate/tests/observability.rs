@@ -72,7 +72,7 @@ async fn runs_migrations_durations_lock_waits_and_audit_are_recorded() {
         ]
     );
     let text = logs.text();
-    assert!(text.contains("migrate.run{operation=\"up\""), "{text}");
+    assert!(text.contains("migrate.up{target=\"memory\"}"), "{text}");
     assert!(
         text.contains("migrate.migration{version=2 name=\"b\" direction=\"up\"}"),
         "{text}"
