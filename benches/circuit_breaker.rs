@@ -6,6 +6,11 @@
 //! * `*_2_threads/*`: two threads hammering one shared breaker (time per call per thread).
 //! * `palisade_count` uses the last-100-calls window, `palisade_time` a 10 s time window
 //!   (one clock read per call).
+//! * `store/*`: the shared-state store's operations, memory and Redis (feature `redis`):
+//!   `flush` (one round trip, what every instance sends each `flush_interval`) and
+//!   `probe_lease` (lease a half-open probe and report it: two round trips). The Redis rows
+//!   start their own `redis-server` through the test kit, or use `REDIS_URL`. No peer library
+//!   shares breaker state, so these rows have none beside them.
 //!
 //! Futures are polled once with a no-op waker (they are always ready), so no executor cost
 //! is included for anyone. Run with `cargo bench --bench circuit_breaker`.
@@ -16,8 +21,13 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use palisade::circuit_breaker::{CircuitBreaker, Outcome};
+#[cfg(feature = "redis")]
+use palisade::circuit_breaker::RedisStore;
+use palisade::circuit_breaker::store::{Batch, ProbeGrant, SharedPolicy, Store};
+use palisade::circuit_breaker::{CircuitBreaker, Config, FakeClock, MemoryStore, Outcome, State};
 
 fn ready<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
@@ -195,11 +205,104 @@ fn two_threads(c: &mut Criterion, state: &str) {
     g.finish();
 }
 
+/// A store made half-open on a fake clock, with room for every probe the bench leases.
+fn store_rows(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    backend: &str,
+    store: Arc<dyn Store>,
+    clock: &FakeClock,
+) {
+    let config = Config {
+        minimum_calls: 1,
+        half_open_probes: 1 << 20,
+        success_threshold: 1,
+        ..Config::default()
+    };
+    let policy = SharedPolicy::from_config(&config);
+    let batch = Batch::new("bench-instance", 20, 1, 0, false);
+    g.bench_function(BenchmarkId::new("flush", backend), |b| {
+        b.iter(|| {
+            rt.block_on(store.flush("bench-flush", &policy, &batch))
+                .unwrap()
+        });
+    });
+    rt.block_on(async {
+        let s = store
+            .flush("bench-probe", &policy, &Batch::new("a", 1, 1, 0, true))
+            .await
+            .unwrap();
+        assert_eq!(s.state, State::Open);
+        clock.advance(config.open_wait);
+    });
+    let mut n = 0u64;
+    g.bench_function(BenchmarkId::new("probe_lease", backend), |b| {
+        b.iter(|| {
+            n += 1;
+            let lease = format!("bench-{n}");
+            rt.block_on(async {
+                let ProbeGrant::Granted { generation } = store
+                    .acquire_probe("bench-probe", &policy, &lease)
+                    .await
+                    .unwrap()
+                else {
+                    panic!("the bench store is half-open with room for every probe")
+                };
+                store
+                    .complete_probe("bench-probe", &policy, generation, &lease, Outcome::Ignored)
+                    .await
+                    .unwrap()
+            })
+        });
+    });
+}
+
+fn stores(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let clock = FakeClock::new();
+    store_rows(
+        &mut g,
+        &rt,
+        "memory",
+        Arc::new(MemoryStore::with_clock(clock.clone())),
+        &clock,
+    );
+    #[cfg(feature = "redis")]
+    {
+        let server = match std::env::var("REDIS_URL") {
+            Ok(_) => None,
+            Err(_) => {
+                Some(palisade_testkit::RedisServer::start().expect("redis-server for the bench"))
+            }
+        };
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| server.as_ref().unwrap().url());
+        let pool = palisade::circuit_breaker::deadpool_redis::Config::from_url(url.as_str())
+            .create_pool(Some(
+                palisade::circuit_breaker::deadpool_redis::Runtime::Tokio1,
+            ))
+            .unwrap();
+        let clock = FakeClock::new();
+        let prefix = format!("palisade-bench:{}:", std::process::id());
+        let store = RedisStore::new(pool)
+            .with_prefix(prefix)
+            .with_clock(clock.clone());
+        store_rows(&mut g, &rt, "redis", Arc::new(store), &clock);
+        drop(server);
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     single_thread(c, "closed");
     single_thread(c, "open");
     two_threads(c, "closed");
     two_threads(c, "open");
+    stores(c);
 }
 
 criterion_group!(circuit_breaker, benches);

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade::circuit_breaker::{CircuitBreaker, RedisStore, State, StateStore, deadpool_redis};
+use palisade::circuit_breaker::{CircuitBreaker, RedisStore, State, Store, deadpool_redis};
 
 #[tokio::main]
 async fn main() {
@@ -18,7 +18,7 @@ async fn main() {
         .expect("a valid REDIS_URL");
     // A prefix of our own so repeated runs start from a clean slate.
     let prefix = format!("palisade-example:{}:", std::process::id());
-    let store: Arc<dyn StateStore> = Arc::new(RedisStore::new(pool).with_prefix(prefix));
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(pool).with_prefix(prefix));
 
     let fleet: Vec<CircuitBreaker> = (0..3)
         .map(|i| {

@@ -32,7 +32,7 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::state::{State, Word};
-use crate::store::StateStore;
+use crate::store::Store;
 use crate::sync::Shared;
 use crate::window::{Mark, Snapshot, Window};
 
@@ -359,7 +359,7 @@ impl CircuitBreaker {
     /// A breaker with `config`, the system clock and no shared state.
     ///
     /// # Errors
-    /// [`Error::Config`] when `config` is invalid.
+    /// [`Error::InvalidConfig`] when `config` is invalid.
     pub fn new(name: impl Into<String>, config: Config) -> Result<Self> {
         Self::builder(name).config(config).build()
     }
@@ -606,7 +606,7 @@ impl CircuitBreaker {
                 }
                 crate::sync::LeaseAnswer::StoreDown => {
                     match self.inner.config.shared.failure_mode {
-                        FailureMode::Local => {}
+                        FailureMode::FallbackToMemory => {}
                         FailureMode::FailOpen => {
                             drop(permit);
                             return Ok(self.permit(Kind::PASS));
@@ -685,7 +685,7 @@ impl CircuitBreaker {
             && !shared.is_healthy()
         {
             match inner.config.shared.failure_mode {
-                FailureMode::Local => {}
+                FailureMode::FallbackToMemory => {}
                 FailureMode::FailOpen => {
                     // Manual states still win over the failure mode.
                     let w = self.word();
@@ -1262,7 +1262,7 @@ pub struct CircuitBreakerBuilder {
     name: String,
     config: Config,
     clock: Clock,
-    store: Option<Arc<dyn StateStore>>,
+    store: Option<Arc<dyn Store>>,
     instance_id: Option<String>,
 }
 
@@ -1374,7 +1374,7 @@ impl CircuitBreakerBuilder {
     /// Share state with other instances through `store`. [`build`](Self::build) must then run
     /// inside a tokio runtime: it spawns the task that flushes every
     /// [`flush_interval`](Self::flush_interval).
-    pub fn store(mut self, store: Arc<dyn StateStore>) -> Self {
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
     }
@@ -1412,12 +1412,12 @@ impl CircuitBreakerBuilder {
     /// Build the breaker.
     ///
     /// # Errors
-    /// [`Error::Config`] when the configuration is invalid, or when a store is set and no
+    /// [`Error::InvalidConfig`] when the configuration is invalid, or when a store is set and no
     /// tokio runtime is running.
     pub fn build(self) -> Result<CircuitBreaker> {
         self.config.validate()?;
         if self.name.is_empty() {
-            return Err(Error::Config(
+            return Err(Error::InvalidConfig(
                 "a circuit breaker needs a non-empty name".into(),
             ));
         }
@@ -1430,7 +1430,7 @@ impl CircuitBreakerBuilder {
         });
         let runtime = if self.store.is_some() {
             Some(tokio::runtime::Handle::try_current().map_err(|_| {
-                Error::Config(
+                Error::InvalidConfig(
                     "a circuit breaker with a store must be built inside a tokio runtime".into(),
                 )
             })?)

@@ -59,18 +59,24 @@ pub struct Backoff {
     pub max_wait: Duration,
 }
 
-/// What a breaker with shared state does while its [`StateStore`](crate::StateStore) fails.
+/// What a breaker with shared state does while its [`Store`](crate::Store) fails (the same
+/// three words in every palisade crate; serde names `fail_open`, `fail_closed`,
+/// `fallback_to_memory`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureMode {
-    /// Go on deciding with the local window and rules alone, and resynchronise when the store
-    /// answers again (default).
-    #[default]
-    Local,
-    /// "Fail open": let every call through (outcomes are still recorded locally).
+    /// "Fail open": let every call through (outcomes are still recorded locally) until the
+    /// store answers again. Manual states (forced open, disabled) still hold.
     FailOpen,
     /// "Fail closed": reject every call until the store answers again.
     FailClosed,
+    /// Go on deciding with this instance's own window and rules, in memory, and resynchronise
+    /// (push what was seen meanwhile) when the store answers again. The default: the breaker
+    /// keeps protecting and keeps serving. (`local` in configs written before 0.1.)
+    #[default]
+    #[serde(alias = "local")]
+    FallbackToMemory,
 }
 
 /// Open fleet-wide only when enough instances see failures, so one bad node cannot open the
@@ -94,7 +100,7 @@ impl Default for Quorum {
 }
 
 /// Settings used only when the breaker shares its state through a
-/// [`StateStore`](crate::StateStore).
+/// [`Store`](crate::Store).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SharedConfig {
@@ -120,7 +126,7 @@ impl Default for SharedConfig {
         Self {
             flush_interval: Duration::from_millis(100),
             window_seconds: 10,
-            failure_mode: FailureMode::Local,
+            failure_mode: FailureMode::FallbackToMemory,
             quorum: None,
             probe_lease: Duration::from_secs(30),
         }
@@ -214,7 +220,7 @@ pub enum TripReason {
 }
 
 fn bad(msg: String) -> Error {
-    Error::Config(msg)
+    Error::InvalidConfig(msg)
 }
 
 fn check_percent(name: &str, v: f64, allow_zero: bool) -> Result<(), Error> {
@@ -233,7 +239,7 @@ impl Config {
     /// calls this.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first invalid field.
+    /// [`Error::InvalidConfig`] naming the first invalid field.
     pub fn validate(&self) -> Result<(), Error> {
         match self.window {
             SlidingWindow::Count { size } if size == 0 || size > MAX_WINDOW_CALLS => {

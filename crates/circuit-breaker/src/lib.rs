@@ -19,7 +19,10 @@
 //! * **[`Registry`]** of named breakers from a default config plus per-name overrides, with a
 //!   [`health`](Registry::health) snapshot.
 //! * **tower** `CircuitBreakerLayer` (feature `tower`).
-//! * **Shared state** ([`StateStore`]): [`MemoryStore`] and `RedisStore` (feature `redis`).
+//! * **Shared state** ([`Store`]): [`MemoryStore`] and `RedisStore` (feature `redis`,
+//!   standalone, TLS or Cluster); the wire types and the pure fleet-wide machine live in
+//!   [`store`]; the conformance suite every store passes is public in `testing` (feature
+//!   `testing`).
 //!
 //! # Example
 //! ```
@@ -75,9 +78,13 @@ mod event;
 mod memory;
 mod registry;
 mod state;
-mod store;
+pub mod store;
 mod sync;
 pub mod window;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -104,7 +111,5 @@ pub use event::Event;
 pub use memory::MemoryStore;
 pub use registry::{Registry, RegistryConfig};
 pub use state::State;
-pub use store::{
-    Batch, Lease, ManualOp, Policy, ProbeGrant, SharedMachine, SharedState, StateStore,
-};
+pub use store::Store;
 pub use window::Snapshot;

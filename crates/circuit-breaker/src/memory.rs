@@ -1,4 +1,4 @@
-//! The in-memory [`StateStore`]: breakers of one process (or tests standing in for several
+//! The in-memory [`Store`]: breakers of one process (or tests standing in for several
 //! instances) share state through it.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::Outcome;
 use crate::clock::Clock;
 use crate::error::Result;
-use crate::store::{Batch, ManualOp, Policy, ProbeGrant, SharedMachine, SharedState, StateStore};
+use crate::store::{Batch, ManualOp, ProbeGrant, SharedMachine, SharedPolicy, SharedState, Store};
 
 /// Shared state in this process's memory, decided by [`SharedMachine`] on the store's own
 /// [`Clock`]. The mutex is held only for the few microseconds of one operation, never around
@@ -47,15 +47,15 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl StateStore for MemoryStore {
-    async fn flush(&self, name: &str, policy: &Policy, batch: &Batch) -> Result<SharedState> {
+impl Store for MemoryStore {
+    async fn flush(&self, name: &str, policy: &SharedPolicy, batch: &Batch) -> Result<SharedState> {
         Ok(self.with(name, |m, now| m.flush(policy, now, batch)))
     }
 
     async fn acquire_probe(
         &self,
         name: &str,
-        policy: &Policy,
+        policy: &SharedPolicy,
         lease_id: &str,
     ) -> Result<ProbeGrant> {
         Ok(self.with(name, |m, now| m.acquire_probe(policy, now, lease_id)))
@@ -64,7 +64,7 @@ impl StateStore for MemoryStore {
     async fn complete_probe(
         &self,
         name: &str,
-        policy: &Policy,
+        policy: &SharedPolicy,
         generation: u64,
         lease_id: &str,
         outcome: Outcome,
@@ -74,7 +74,7 @@ impl StateStore for MemoryStore {
         }))
     }
 
-    async fn apply(&self, name: &str, policy: &Policy, op: ManualOp) -> Result<SharedState> {
+    async fn apply(&self, name: &str, policy: &SharedPolicy, op: ManualOp) -> Result<SharedState> {
         Ok(self.with(name, |m, now| m.apply(policy, now, op)))
     }
 }

@@ -1,4 +1,5 @@
-//! The Redis [`StateStore`]: one Lua script per operation, decided on Redis server time.
+//! The Redis [`Store`]: one Lua script per operation (`src/lua/*.lua`), decided on Redis
+//! server time (or on a [`Clock`] given with [`RedisStore::with_clock`], for tests).
 //!
 //! # Keys
 //! Every breaker uses five keys that share one hash tag, so a Redis Cluster keeps them in
@@ -16,168 +17,42 @@
 //! the hash tag, reach another breaker's keys or collide with another name. All keys expire
 //! after twice the longest configured period plus a minute without activity.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::{FromRedisValue, RetryMethod, Script, ScriptInvocation};
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::store::{Batch, ManualOp, Policy, ProbeGrant, SharedState, StateStore};
+use crate::store::{Batch, ManualOp, ProbeGrant, SharedPolicy, SharedState, Store};
 use crate::{Outcome, Snapshot, State};
 
-const COMMON: &str = r"
-local SK, BK, IK, FK, LK = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local WINDOW = tonumber(ARGV[1])
-local MIN_CALLS = tonumber(ARGV[2])
-local FAIL_RATE = tonumber(ARGV[3])
-local SLOW_RATE = tonumber(ARGV[4])
-local OPEN_WAIT = tonumber(ARGV[5])
-local MULT = tonumber(ARGV[6])
-local MAX_WAIT = tonumber(ARGV[7])
-local PROBES = tonumber(ARGV[8])
-local SUCC_NEEDED = tonumber(ARGV[9])
-local MAX_HALF = tonumber(ARGV[10])
-local LEASE = tonumber(ARGV[11])
-local Q_MIN = tonumber(ARGV[12])
-local Q_PCT = tonumber(ARGV[13])
-local TTL = tonumber(ARGV[14])
+struct Scripts {
+    flush: Script,
+    acquire: Script,
+    complete: Script,
+    apply: Script,
+}
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local S = redis.call('HMGET', SK, 'st', 'gen', 'dl', 'trips', 'succ')
-local st = S[1] or 'closed'
-local gen = tonumber(S[2]) or 0
-local dl = tonumber(S[3]) or 0
-local trips = tonumber(S[4]) or 0
-local succ = tonumber(S[5]) or 0
-
-local function int(x) return string.format('%.0f', x) end
-local function wait_for(k)
-  local w = OPEN_WAIT * (MULT ^ (k - 1))
-  if w >= MAX_WAIT then return MAX_WAIT end
-  return math.floor(w)
-end
-local function go(to, deadline) st = to; gen = gen + 1; dl = deadline end
-local function open()
-  trips = trips + 1
-  go('open', now + wait_for(trips))
-  redis.call('DEL', LK)
-end
-local function close()
-  go('closed', 0); trips = 0; succ = 0
-  redis.call('DEL', BK, FK, LK)
-end
-local function advance()
-  if st == 'open' and now >= dl then
-    go('half_open', now + MAX_HALF); succ = 0
-    redis.call('DEL', LK)
-  elseif st == 'half_open' and now >= dl then
-    open()
-  end
-end
-local function window()
-  local min_sec = math.floor(now / 1000) + 1 - WINDOW
-  local all = redis.call('HGETALL', BK)
-  local c, f, s = 0, 0, 0
-  for i = 1, #all, 2 do
-    local field = all[i]
-    local sec = tonumber(string.sub(field, 3))
-    if sec == nil or sec < min_sec then
-      redis.call('HDEL', BK, field)
-    else
-      local v = tonumber(all[i + 1])
-      local kind = string.sub(field, 1, 1)
-      if kind == 'c' then c = c + v elseif kind == 'f' then f = f + v else s = s + v end
-    end
-  end
-  return c, f, s
-end
-local function save()
-  redis.call('HSET', SK, 'st', st, 'gen', int(gen), 'dl', int(dl), 'trips', int(trips), 'succ', int(succ))
-  for _, k in ipairs({SK, BK, IK, FK, LK}) do redis.call('PEXPIRE', k, TTL) end
-end
-local function reply()
-  local c, f, s = window()
-  local retry = 0
-  if st == 'open' then retry = math.max(dl - now, 0) elseif st == 'forced_open' then retry = OPEN_WAIT end
-  return {st, int(gen), retry, c, f, s}
-end
-";
-
-const FLUSH: &str = r"
-local instance = ARGV[15]
-local calls, fails, slows = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
-advance()
-local sec = int(math.floor(now / 1000))
-if calls > 0 then
-  redis.call('HINCRBY', BK, 'c:' .. sec, calls)
-  if fails > 0 then redis.call('HINCRBY', BK, 'f:' .. sec, fails) end
-  if slows > 0 then redis.call('HINCRBY', BK, 's:' .. sec, slows) end
-end
-redis.call('ZADD', IK, now, instance)
-if ARGV[19] == '1' then redis.call('ZADD', FK, now, instance) end
-local horizon = '(' .. int(now - WINDOW * 1000)
-redis.call('ZREMRANGEBYSCORE', IK, '-inf', horizon)
-redis.call('ZREMRANGEBYSCORE', FK, '-inf', horizon)
-local c, f, s = window()
-if st == 'closed' and c > 0 and c >= MIN_CALLS then
-  local trip = f * 100 >= FAIL_RATE * c or (SLOW_RATE >= 0 and s * 100 >= SLOW_RATE * c)
-  local nf, ni = redis.call('ZCARD', FK), redis.call('ZCARD', IK)
-  if trip and nf >= Q_MIN and nf * 100 >= Q_PCT * ni then
-    trips = 0
-    open()
-  end
-end
-save()
-return reply()
-";
-
-const ACQUIRE: &str = r"
-local lease = ARGV[15]
-advance()
-local granted = 0
-if st == 'half_open' then
-  redis.call('ZREMRANGEBYSCORE', LK, '-inf', int(now))
-  if redis.call('ZCARD', LK) + succ < PROBES then
-    redis.call('ZADD', LK, int(now + LEASE), lease)
-    granted = 1
-  end
-end
-save()
-local r = reply()
-table.insert(r, 1, granted)
-return r
-";
-
-const COMPLETE: &str = r"
-local req_gen, lease, outcome = tonumber(ARGV[15]), ARGV[16], ARGV[17]
-advance()
-local expiry = tonumber(redis.call('ZSCORE', LK, lease))
-redis.call('ZREM', LK, lease)
-if expiry ~= nil and expiry > now and st == 'half_open' and gen == req_gen then
-  if outcome == 'failure' then
-    open()
-  elseif outcome == 'success' then
-    succ = succ + 1
-    if succ >= SUCC_NEEDED then close() end
-  end
-end
-save()
-return reply()
-";
-
-const APPLY: &str = r"
-local op = ARGV[15]
-if op == 'force_open' then go('forced_open', 0)
-elseif op == 'close' then local k = trips; close(); trips = k
-elseif op == 'reset' then close()
-elseif op == 'disable' then go('disabled', 0)
-elseif op == 'metrics_only' then go('metrics_only', 0)
-else return redis.error_reply('unknown circuit breaker operation') end
-save()
-return reply()
-";
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    flush: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/flush.lua")
+    )),
+    acquire: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/acquire.lua")
+    )),
+    complete: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/complete.lua")
+    )),
+    apply: Script::new(concat!(
+        include_str!("lua/common.lua"),
+        include_str!("lua/apply.lua")
+    )),
+});
 
 #[derive(Clone)]
 enum Conn {
@@ -187,9 +62,10 @@ enum Conn {
 
 /// Shared circuit-breaker state in Redis (standalone, TLS or Cluster).
 ///
-/// Each [`StateStore`] operation is one `EVALSHA` (the script is loaded automatically on
+/// Each [`Store`] operation is one `EVALSHA` (the script is loaded automatically on
 /// `NOSCRIPT`, for example after a Redis restart) bounded by an operation timeout (default
-/// 1 s) so that a hung Redis looks like a failed one.
+/// 1 s, [`Error::Timeout`]) so that a hung Redis looks like a failed one. Building a store
+/// does no I/O; the first operation takes a connection from the pool.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() {
@@ -208,10 +84,7 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     timeout: Duration,
-    flush: Script,
-    acquire: Script,
-    complete: Script,
-    apply: Script,
+    clock: Option<Clock>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -220,16 +93,18 @@ impl std::fmt::Debug for RedisStore {
             .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}{body}"))
-}
-
-/// Percent-encode every byte outside `A-Z a-z 0-9 _ . -`.
+/// Percent-encode every byte outside `A-Z a-z 0-9 _ . -`; the empty name becomes `%` (no
+/// other name encodes to it), because an empty hash tag `{}` would hash each key on its own
+/// and split a breaker's keys over several Cluster slots.
 fn encode(name: &str) -> String {
+    if name.is_empty() {
+        return "%".to_owned();
+    }
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
@@ -247,10 +122,7 @@ impl RedisStore {
             conn,
             prefix: "palisade:cb:".to_owned(),
             timeout: Duration::from_secs(1),
-            flush: script(FLUSH),
-            acquire: script(ACQUIRE),
-            complete: script(COMPLETE),
-            apply: script(APPLY),
+            clock: None,
         }
     }
 
@@ -279,13 +151,28 @@ impl RedisStore {
         self
     }
 
+    /// Decide on `clock` instead of Redis server time: each operation sends the clock's
+    /// milliseconds. Meant for tests (the conformance suite runs on a
+    /// [`FakeClock`](crate::FakeClock), so no test sleeps); every store sharing these keys
+    /// must then use the same clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = Some(clock.into());
+        self
+    }
+
     /// The five keys of breaker `name`.
     pub fn keys(&self, name: &str) -> [String; 5] {
         let base = format!("{}{{{}}}:", self.prefix, encode(name));
         ["s", "b", "i", "f", "l"].map(|k| format!("{base}{k}"))
     }
 
-    fn invocation<'a>(&self, script: &'a Script, name: &str, p: &Policy) -> ScriptInvocation<'a> {
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        name: &str,
+        p: &SharedPolicy,
+    ) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         for key in self.keys(name) {
             inv.key(key);
@@ -303,7 +190,12 @@ impl RedisStore {
             .arg(p.probe_lease_ms)
             .arg(p.quorum_min_instances)
             .arg(p.quorum_min_percent)
-            .arg(p.key_ttl_ms());
+            .arg(p.key_ttl_ms())
+            .arg(
+                self.clock
+                    .as_ref()
+                    .map_or(-1, |c| i64::try_from(c.now_ms()).unwrap_or(i64::MAX)),
+            );
         inv
     }
 
@@ -311,23 +203,42 @@ impl RedisStore {
         let work = async {
             match &self.conn {
                 Conn::Single(pool) => {
-                    let mut conn = pool.get().await.map_err(Error::store)?;
-                    inv.invoke_async(&mut conn).await.map_err(Error::store)
+                    let mut conn = pool.get().await.map_err(pool_error)?;
+                    inv.invoke_async(&mut conn).await.map_err(redis_error)
                 }
                 Conn::Cluster(pool) => {
-                    let mut conn = pool.get().await.map_err(Error::store)?;
-                    inv.invoke_async(&mut conn).await.map_err(Error::store)
+                    let mut conn = pool.get().await.map_err(pool_error)?;
+                    inv.invoke_async(&mut conn).await.map_err(redis_error)
                 }
             }
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(Error::store(format!(
-                "redis did not answer within {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(Error::Timeout(self.timeout)),
         }
     }
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> Error {
+    let transient = !matches!(
+        e,
+        deadpool_redis::PoolError::Closed | deadpool_redis::PoolError::NoRuntimeSpecified
+    );
+    Error::backend(e, transient)
+}
+
+fn redis_error(e: redis::RedisError) -> Error {
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry);
+    Error::backend(e, transient)
+}
+
+/// An answer this crate cannot read (a foreign value under one of its keys).
+fn protocol(what: String) -> Error {
+    Error::backend(what, false)
 }
 
 type Reply = (String, String, u64, u64, u64, u64);
@@ -335,10 +246,10 @@ type Reply = (String, String, u64, u64, u64, u64);
 fn state(reply: Reply) -> Result<SharedState> {
     let (st, generation, retry, calls, failures, slow) = reply;
     let state = State::from_name(&st)
-        .ok_or_else(|| Error::store(format!("unknown circuit breaker state {st:?} in redis")))?;
+        .ok_or_else(|| protocol(format!("unknown circuit breaker state {st:?} in redis")))?;
     let generation = generation
         .parse()
-        .map_err(|_| Error::store(format!("bad generation {generation:?} in redis")))?;
+        .map_err(|_| protocol(format!("bad generation {generation:?} in redis")))?;
     Ok(SharedState {
         state,
         generation,
@@ -352,9 +263,9 @@ fn state(reply: Reply) -> Result<SharedState> {
 }
 
 #[async_trait]
-impl StateStore for RedisStore {
-    async fn flush(&self, name: &str, policy: &Policy, batch: &Batch) -> Result<SharedState> {
-        let mut inv = self.invocation(&self.flush, name, policy);
+impl Store for RedisStore {
+    async fn flush(&self, name: &str, policy: &SharedPolicy, batch: &Batch) -> Result<SharedState> {
+        let mut inv = self.invocation(&SCRIPTS.flush, name, policy);
         inv.arg(&batch.instance)
             .arg(batch.calls)
             .arg(batch.failures)
@@ -366,10 +277,10 @@ impl StateStore for RedisStore {
     async fn acquire_probe(
         &self,
         name: &str,
-        policy: &Policy,
+        policy: &SharedPolicy,
         lease_id: &str,
     ) -> Result<ProbeGrant> {
-        let mut inv = self.invocation(&self.acquire, name, policy);
+        let mut inv = self.invocation(&SCRIPTS.acquire, name, policy);
         inv.arg(lease_id);
         let (granted, st, generation, retry, calls, failures, slow): (
             i64,
@@ -393,12 +304,12 @@ impl StateStore for RedisStore {
     async fn complete_probe(
         &self,
         name: &str,
-        policy: &Policy,
+        policy: &SharedPolicy,
         generation: u64,
         lease_id: &str,
         outcome: Outcome,
     ) -> Result<SharedState> {
-        let mut inv = self.invocation(&self.complete, name, policy);
+        let mut inv = self.invocation(&SCRIPTS.complete, name, policy);
         let outcome = match outcome {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
@@ -408,8 +319,8 @@ impl StateStore for RedisStore {
         state(self.run(&inv).await?)
     }
 
-    async fn apply(&self, name: &str, policy: &Policy, op: ManualOp) -> Result<SharedState> {
-        let mut inv = self.invocation(&self.apply, name, policy);
+    async fn apply(&self, name: &str, policy: &SharedPolicy, op: ManualOp) -> Result<SharedState> {
+        let mut inv = self.invocation(&SCRIPTS.apply, name, policy);
         inv.arg(op.as_str());
         state(self.run(&inv).await?)
     }
@@ -426,5 +337,6 @@ mod tests {
         assert_ne!(encode("a:b"), encode("a%3Ab"));
         assert_eq!(encode("a%3Ab"), "a%253Ab");
         assert!(!encode("x}:s\n").contains(['{', '}', ':', '\n']));
+        assert_eq!(encode(""), "%");
     }
 }

@@ -9,7 +9,7 @@ use crate::breaker::{CircuitBreaker, Health};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigOverride};
 use crate::error::Result;
-use crate::store::StateStore;
+use crate::store::Store;
 
 /// A registry's configuration: a default for every breaker and overrides by name.
 ///
@@ -52,15 +52,15 @@ impl RegistryConfig {
     /// Validate the default and every override.
     ///
     /// # Errors
-    /// [`Error::Config`](crate::Error::Config) naming the breaker whose configuration is invalid.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the breaker whose configuration is invalid.
     pub fn validate(&self) -> Result<()> {
         self.default
             .validate()
-            .map_err(|e| crate::Error::Config(format!("default: {e}")))?;
+            .map_err(|e| crate::Error::InvalidConfig(format!("default: {e}")))?;
         for name in self.breakers.keys() {
             self.config_for(name)
                 .validate()
-                .map_err(|e| crate::Error::Config(format!("breaker `{name}`: {e}")))?;
+                .map_err(|e| crate::Error::InvalidConfig(format!("breaker `{name}`: {e}")))?;
         }
         Ok(())
     }
@@ -87,7 +87,7 @@ impl RegistryConfig {
 pub struct Registry {
     config: RegistryConfig,
     clock: Clock,
-    store: Option<Arc<dyn StateStore>>,
+    store: Option<Arc<dyn Store>>,
     instance_id: Option<String>,
     breakers: RwLock<HashMap<String, CircuitBreaker>>,
 }
@@ -96,7 +96,7 @@ impl Registry {
     /// A registry with `config`, the system clock and no shared state.
     ///
     /// # Errors
-    /// [`Error::Config`](crate::Error::Config) when any configuration is invalid.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when any configuration is invalid.
     pub fn new(config: RegistryConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
@@ -116,7 +116,7 @@ impl Registry {
 
     /// Share every breaker's state through `store` (breakers are then created inside a tokio
     /// runtime), identifying this instance as `instance_id` (random when `None`).
-    pub fn with_store(mut self, store: Arc<dyn StateStore>, instance_id: Option<String>) -> Self {
+    pub fn with_store(mut self, store: Arc<dyn Store>, instance_id: Option<String>) -> Self {
         self.store = Some(store);
         self.instance_id = instance_id;
         self
@@ -130,7 +130,7 @@ impl Registry {
     /// The breaker called `name`, created from its configuration on first use.
     ///
     /// # Errors
-    /// [`Error::Config`](crate::Error::Config) when a shared breaker is created outside a
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when a shared breaker is created outside a
     /// tokio runtime, or `name` is empty.
     pub fn get(&self, name: &str) -> Result<CircuitBreaker> {
         if let Some(b) = self.read().get(name) {

@@ -1,9 +1,13 @@
-//! The shared-state backend trait, its wire types and the pure fleet-wide state machine that
-//! every backend implements: [`MemoryStore`](crate::MemoryStore) runs [`SharedMachine`]
-//! directly, the Redis backend runs the same rules as Lua scripts on Redis server time.
+//! The shared-state backend: the [`Store`] trait, the values its operations exchange
+//! ([`SharedPolicy`], [`Batch`], [`SharedState`], [`ProbeGrant`], [`ManualOp`]) and the pure
+//! fleet-wide state machine every backend implements: [`MemoryStore`](crate::MemoryStore)
+//! runs [`SharedMachine`] directly, `RedisStore` runs the same rules as Lua scripts
+//! (`src/lua/*.lua`, written line by line from [`SharedMachine`]).
 //!
-//! The trait uses `async-trait` because breakers hold their store as `Arc<dyn StateStore>`:
-//! one breaker type whatever the backend, chosen by value at run time.
+//! Breakers only need this module to plug in a backend of their own; a store is handed to
+//! [`CircuitBreakerBuilder::store`](crate::CircuitBreakerBuilder::store) as `Arc<dyn Store>`.
+//! The trait uses `async-trait` for that reason: one breaker type whatever the backend,
+//! chosen by value at run time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -15,12 +19,12 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::{Outcome, Snapshot, State};
 
-/// The fleet-wide rules, sent with every store operation so that the store itself is
-/// stateless about configuration (two deployments with different settings simply converge
-/// on whatever the last writer sent).
+/// The fleet-wide rules, derived from a breaker's [`Config`] and sent with every store
+/// operation so that the store itself is stateless about configuration (two deployments with
+/// different settings simply converge on whatever the last writer sent).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub struct Policy {
+pub struct SharedPolicy {
     /// Shared window length, seconds of store time.
     pub window_seconds: u32,
     /// Calls needed in the shared window before the rate rules apply.
@@ -53,7 +57,7 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Policy {
+impl SharedPolicy {
     /// The policy a breaker with `config` sends.
     pub fn from_config(config: &Config) -> Self {
         let (mult, max) = match &config.backoff {
@@ -229,17 +233,17 @@ pub struct Lease {
 /// Names are passed as given; backends must encode them so that no name can collide with
 /// another or escape its keys.
 #[async_trait]
-pub trait StateStore: Send + Sync + fmt::Debug + 'static {
+pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Add `batch` to the shared window, apply the trip rule and return the shared state
     /// (an empty batch is a plain read). One round trip.
-    async fn flush(&self, name: &str, policy: &Policy, batch: &Batch) -> Result<SharedState>;
+    async fn flush(&self, name: &str, policy: &SharedPolicy, batch: &Batch) -> Result<SharedState>;
 
     /// Lease one half-open probe permit, fleet-wide; at most `policy.half_open_probes`
     /// permits (leased or successful) exist per half-open period. One round trip.
     async fn acquire_probe(
         &self,
         name: &str,
-        policy: &Policy,
+        policy: &SharedPolicy,
         lease_id: &str,
     ) -> Result<ProbeGrant>;
 
@@ -250,14 +254,14 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     async fn complete_probe(
         &self,
         name: &str,
-        policy: &Policy,
+        policy: &SharedPolicy,
         generation: u64,
         lease_id: &str,
         outcome: Outcome,
     ) -> Result<SharedState>;
 
     /// Apply manual control fleet-wide. One round trip.
-    async fn apply(&self, name: &str, policy: &Policy, op: ManualOp) -> Result<SharedState>;
+    async fn apply(&self, name: &str, policy: &SharedPolicy, op: ManualOp) -> Result<SharedState>;
 }
 
 /// The fleet-wide state machine, pure: every method takes the store's current time.
@@ -292,7 +296,7 @@ impl SharedMachine {
         self.deadline_ms = deadline_ms;
     }
 
-    fn open(&mut self, p: &Policy, now: u64) {
+    fn open(&mut self, p: &SharedPolicy, now: u64) {
         self.trips = self.trips.saturating_add(1);
         self.go(State::Open, now + p.open_wait_ms_for(self.trips));
         self.leases.clear();
@@ -307,7 +311,7 @@ impl SharedMachine {
         self.leases.clear();
     }
 
-    fn advance(&mut self, p: &Policy, now: u64) {
+    fn advance(&mut self, p: &SharedPolicy, now: u64) {
         match self.state() {
             State::Open if now >= self.deadline_ms => {
                 self.go(State::HalfOpen, now + p.max_half_open_ms);
@@ -319,7 +323,7 @@ impl SharedMachine {
         }
     }
 
-    fn window(&mut self, p: &Policy, now: u64) -> Snapshot {
+    fn window(&mut self, p: &SharedPolicy, now: u64) -> Snapshot {
         let min_sec = (now / 1000 + 1).saturating_sub(u64::from(p.window_seconds));
         self.buckets.retain(|&sec, _| sec >= min_sec);
         let mut s = Snapshot::default();
@@ -331,7 +335,7 @@ impl SharedMachine {
         s
     }
 
-    fn view(&mut self, p: &Policy, now: u64) -> SharedState {
+    fn view(&mut self, p: &SharedPolicy, now: u64) -> SharedState {
         let window = self.window(p, now);
         let retry_after = match self.state() {
             State::Open => Duration::from_millis(self.deadline_ms.saturating_sub(now)),
@@ -346,8 +350,8 @@ impl SharedMachine {
         }
     }
 
-    /// [`StateStore::flush`] at time `now` (milliseconds).
-    pub fn flush(&mut self, p: &Policy, now: u64, batch: &Batch) -> SharedState {
+    /// [`Store::flush`] at time `now` (milliseconds).
+    pub fn flush(&mut self, p: &SharedPolicy, now: u64, batch: &Batch) -> SharedState {
         self.advance(p, now);
         if batch.calls > 0 {
             let b = self.buckets.entry(now / 1000).or_default();
@@ -379,8 +383,8 @@ impl SharedMachine {
         self.view(p, now)
     }
 
-    /// [`StateStore::acquire_probe`] at time `now`.
-    pub fn acquire_probe(&mut self, p: &Policy, now: u64, lease_id: &str) -> ProbeGrant {
+    /// [`Store::acquire_probe`] at time `now`.
+    pub fn acquire_probe(&mut self, p: &SharedPolicy, now: u64, lease_id: &str) -> ProbeGrant {
         self.advance(p, now);
         if self.state() == State::HalfOpen {
             self.leases.retain(|_, &mut expiry| expiry > now);
@@ -397,10 +401,10 @@ impl SharedMachine {
         ProbeGrant::Denied(self.view(p, now))
     }
 
-    /// [`StateStore::complete_probe`] at time `now`.
+    /// [`Store::complete_probe`] at time `now`.
     pub fn complete_probe(
         &mut self,
-        p: &Policy,
+        p: &SharedPolicy,
         now: u64,
         generation: u64,
         lease_id: &str,
@@ -428,8 +432,8 @@ impl SharedMachine {
         self.view(p, now)
     }
 
-    /// [`StateStore::apply`] at time `now`.
-    pub fn apply(&mut self, p: &Policy, now: u64, op: ManualOp) -> SharedState {
+    /// [`Store::apply`] at time `now`.
+    pub fn apply(&mut self, p: &SharedPolicy, now: u64, op: ManualOp) -> SharedState {
         match op {
             ManualOp::ForceOpen => self.go(State::ForcedOpen, 0),
             ManualOp::Close => {

@@ -1,4 +1,4 @@
-//! Glue between a breaker's lock-free local state and its [`StateStore`]: the pending batch,
+//! Glue between a breaker's lock-free local state and its [`Store`]: the pending batch,
 //! the flush task and how a shared state is applied locally.
 //!
 //! The protected call never waits on the store in `Closed` or `Open`: outcomes go into three
@@ -15,15 +15,15 @@ use tracing::Instrument;
 use crate::breaker::CircuitBreaker;
 use crate::config::Config;
 use crate::event::Event;
-use crate::store::{Batch, Lease, ManualOp, Policy, ProbeGrant, SharedState, StateStore};
+use crate::store::{Batch, Lease, ManualOp, ProbeGrant, SharedPolicy, SharedState, Store};
 use crate::{Outcome, State, TripReason};
 
 const NO_GENERATION: u64 = u64::MAX;
 
 pub(crate) struct Shared {
-    store: Arc<dyn StateStore>,
+    store: Arc<dyn Store>,
     instance: String,
-    policy: Policy,
+    policy: SharedPolicy,
     healthy: AtomicBool,
     /// Set after an outage: the next successful flush pushes the local window.
     resync: AtomicBool,
@@ -52,7 +52,7 @@ fn random_id() -> String {
 
 impl Shared {
     pub(crate) fn new(
-        store: Arc<dyn StateStore>,
+        store: Arc<dyn Store>,
         instance: Option<String>,
         config: &Config,
         runtime: tokio::runtime::Handle,
@@ -60,7 +60,7 @@ impl Shared {
         Self {
             store,
             instance: instance.unwrap_or_else(random_id),
-            policy: Policy::from_config(config),
+            policy: SharedPolicy::from_config(config),
             healthy: AtomicBool::new(true),
             resync: AtomicBool::new(false),
             calls: AtomicU64::new(0),

@@ -392,10 +392,10 @@ fn invalid_config_is_an_error_not_a_panic() {
         .success_threshold(9)
         .build()
         .unwrap_err();
-    assert!(matches!(e, Error::Config(_)));
+    assert!(matches!(e, Error::InvalidConfig(_)));
     assert!(!e.is_transient());
     let e = CircuitBreaker::builder("").build().unwrap_err();
-    assert!(matches!(e, Error::Config(_)));
+    assert!(matches!(e, Error::InvalidConfig(_)));
 }
 
 #[tokio::test]

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use palisade_circuit_breaker::store::SharedPolicy;
 use palisade_circuit_breaker::{
-    CircuitBreaker, Config, Error, FailureMode, MemoryStore, Outcome, Policy, RedisStore,
-    SlidingWindow, State, StateStore,
+    CircuitBreaker, Config, Error, FailureMode, MemoryStore, Outcome, RedisStore, SlidingWindow,
+    State, Store,
 };
 use palisade_testkit::{RedisCluster, RedisServer};
 
@@ -33,7 +34,7 @@ fn config() -> Config {
     c
 }
 
-fn fleet(store: &Arc<dyn StateStore>, name: &str, n: usize) -> Vec<CircuitBreaker> {
+fn fleet(store: &Arc<dyn Store>, name: &str, n: usize) -> Vec<CircuitBreaker> {
     (0..n)
         .map(|i| {
             CircuitBreaker::builder(name)
@@ -58,7 +59,7 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
 /// 4 instances, 3 failures each: no instance has the 8 calls its own rule needs, the fleet
 /// has 12 at 100 %. All open within about one flush interval; after the wait, 256 callers
 /// (64 per instance) race for probes and exactly 3 run fleet-wide; then all close.
-async fn four_instances_trip_together_and_probe_fleet_wide(store: Arc<dyn StateStore>, name: &str) {
+async fn four_instances_trip_together_and_probe_fleet_wide(store: Arc<dyn Store>, name: &str) {
     let breakers = fleet(&store, name, 4);
     let mut tasks = Vec::new();
     for b in &breakers {
@@ -136,14 +137,14 @@ async fn four_instances_trip_together_and_probe_fleet_wide(store: Arc<dyn StateS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_fleet_trips_together_and_probes_fleet_wide() {
-    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     four_instances_trip_together_and_probe_fleet_wide(store, "mem-fleet").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_fleet_trips_together_and_probes_fleet_wide() {
     let redis = palisade_testkit::test_redis().unwrap();
-    let store: Arc<dyn StateStore> =
+    let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(redis.pool()).with_prefix(redis.prefix().key("")));
     four_instances_trip_together_and_probe_fleet_wide(store, "redis-fleet").await;
 }
@@ -151,7 +152,7 @@ async fn redis_fleet_trips_together_and_probes_fleet_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_fleet_trips_together_and_probes_fleet_wide() {
     let cluster = RedisCluster::start_async(3).await.unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(RedisStore::cluster(cluster.pool()));
+    let store: Arc<dyn Store> = Arc::new(RedisStore::cluster(cluster.pool()));
     four_instances_trip_together_and_probe_fleet_wide(store, "cluster-fleet").await;
 }
 
@@ -169,10 +170,10 @@ async fn start_server() -> RedisServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_keeps_working_locally_and_resyncs_after_restart() {
     let mut server = start_server().await;
-    let store: Arc<dyn StateStore> =
+    let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(server.pool()).with_timeout(Duration::from_millis(300)));
     let a = CircuitBreaker::builder("killed")
-        .config(local_rules(FailureMode::Local))
+        .config(local_rules(FailureMode::FallbackToMemory))
         .store(store.clone())
         .instance_id("a")
         .build()
@@ -204,7 +205,7 @@ async fn redis_killed_keeps_working_locally_and_resyncs_after_restart() {
     tokio::task::block_in_place(|| server.restart()).unwrap();
     // A fresh instance on the restarted (empty) Redis learns what `a` saw during the outage.
     let b = CircuitBreaker::builder("killed")
-        .config(local_rules(FailureMode::Local))
+        .config(local_rules(FailureMode::FallbackToMemory))
         .store(store.clone())
         .instance_id("b")
         .build()
@@ -229,7 +230,7 @@ async fn redis_killed_keeps_working_locally_and_resyncs_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_rejects_and_fail_open_admits_while_redis_is_down() {
     let mut server = start_server().await;
-    let store: Arc<dyn StateStore> =
+    let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(server.pool()).with_timeout(Duration::from_millis(300)));
     let closed = CircuitBreaker::builder("fc")
         .config(local_rules(FailureMode::FailClosed))
@@ -272,7 +273,7 @@ async fn fail_closed_rejects_and_fail_open_admits_while_redis_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_force_open_reaches_the_whole_fleet() {
     let redis = palisade_testkit::test_redis().unwrap();
-    let store: Arc<dyn StateStore> =
+    let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(redis.pool()).with_prefix(redis.prefix().key("")));
     let breakers = fleet(&store, "manual", 3);
     breakers[0].force_open();
@@ -347,7 +348,7 @@ async fn child_process_instance() {
     let pool = deadpool_redis::Config::from_url(url)
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(RedisStore::new(pool).with_prefix(prefix));
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(pool).with_prefix(prefix));
     let b = CircuitBreaker::builder("process-fleet")
         .config(config())
         .store(store)
@@ -385,7 +386,7 @@ async fn a_separate_process_joins_the_fleet() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(RedisStore::new(redis.pool()).with_prefix(prefix));
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(redis.pool()).with_prefix(prefix));
     let breakers = fleet(&store, "process-fleet", 3);
     let mut tasks = Vec::new();
     for b in &breakers {
@@ -428,7 +429,7 @@ async fn a_separate_process_joins_the_fleet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_keeps_one_bad_node_from_opening_the_fleet() {
     let redis = palisade_testkit::test_redis().unwrap();
-    let store: Arc<dyn StateStore> =
+    let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(redis.pool()).with_prefix(redis.prefix().key("")));
     let fleet: Vec<CircuitBreaker> = (0..4)
         .map(|i| {
@@ -471,7 +472,7 @@ async fn quorum_keeps_one_bad_node_from_opening_the_fleet() {
 /// Two instances on their own Redis (the tests pause it), tripped and past the open wait:
 /// one probe fleet-wide, which one success closes.
 async fn half_open_pair(server: &RedisServer, name: &str) -> (CircuitBreaker, CircuitBreaker) {
-    let store: Arc<dyn StateStore> =
+    let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(server.pool()).with_timeout(Duration::from_secs(5)));
     let mut c = config();
     c.half_open_probes = 1;
@@ -488,7 +489,7 @@ async fn half_open_pair(server: &RedisServer, name: &str) -> (CircuitBreaker, Ci
         .collect::<Vec<_>>();
     // Load the probe scripts on this fresh server first (a script's first use is answered
     // NOSCRIPT and sent again, and a caller that goes away in between sends nothing).
-    let policy = Policy::from_config(&c);
+    let policy = SharedPolicy::from_config(&c);
     let _ = store
         .acquire_probe("warm-up", &policy, "warm-up")
         .await

@@ -1,2 +1,0 @@
-#![allow(dead_code, unreachable_pub)]
-pub mod conformance;
