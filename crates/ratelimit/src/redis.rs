@@ -13,30 +13,60 @@ use crate::algorithm::Verdict;
 use crate::clock::Clock;
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
-use crate::quota::Policy;
+use crate::quota::{Algorithm, Policy};
 
+/// One algorithm's scripts: the shared prelude, the algorithm's file, one operation.
 struct Scripts {
     acquire: Script,
     peek: Script,
     refund: Script,
-    reset: Script,
 }
 
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    acquire: Script::new(concat!(
-        include_str!("lua/common.lua"),
-        include_str!("lua/acquire.lua")
-    )),
-    peek: Script::new(concat!(
-        include_str!("lua/common.lua"),
-        include_str!("lua/peek.lua")
-    )),
-    refund: Script::new(concat!(
-        include_str!("lua/common.lua"),
-        include_str!("lua/refund.lua")
-    )),
-    reset: Script::new(include_str!("lua/reset.lua")),
+macro_rules! scripts {
+    ($algorithm:literal) => {
+        Scripts {
+            acquire: Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/acquire.lua")
+            )),
+            peek: Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/peek.lua")
+            )),
+            refund: Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/refund.lua")
+            )),
+        }
+    };
+}
+
+static SCRIPTS: LazyLock<[Scripts; 5]> = LazyLock::new(|| {
+    [
+        scripts!("token_bucket"),
+        scripts!("gcra"),
+        scripts!("fixed_window"),
+        scripts!("sliding_log"),
+        scripts!("sliding_counter"),
+    ]
 });
+
+static RESET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reset.lua")));
+
+/// The scripts of `algorithm`.
+fn scripts(algorithm: Algorithm) -> &'static Scripts {
+    let i = match algorithm {
+        Algorithm::TokenBucket => 0,
+        Algorithm::Gcra => 1,
+        Algorithm::FixedWindow => 2,
+        Algorithm::SlidingWindowLog => 3,
+        Algorithm::SlidingWindowCounter => 4,
+    };
+    &SCRIPTS[i]
+}
 
 /// The connection a [`RedisStore`] talks through. Every variant is a handle that many tasks
 /// share; scripts are sent with `EVALSHA` and loaded again after a `NOSCRIPT` (a restarted
@@ -376,22 +406,24 @@ fn encode_into(out: &mut String, s: &str) {
 #[async_trait]
 impl crate::store::Store for RedisStore {
     async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Result<Decision> {
-        self.decision(&SCRIPTS.acquire, key, policy, cost).await
+        self.decision(&scripts(policy.algorithm()).acquire, key, policy, cost)
+            .await
     }
 
     async fn peek(&self, key: &str, policy: &Policy) -> Result<Decision> {
-        self.decision(&SCRIPTS.peek, key, policy, 1).await
+        self.decision(&scripts(policy.algorithm()).peek, key, policy, 1)
+            .await
     }
 
     async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()> {
         let _: i64 = self
-            .run(self.invocation(&SCRIPTS.refund, key, policy, cost))
+            .run(self.invocation(&scripts(policy.algorithm()).refund, key, policy, cost))
             .await?;
         Ok(())
     }
 
     async fn reset(&self, key: &str, policy: &Policy) -> Result<()> {
-        let mut inv = SCRIPTS.reset.prepare_invoke();
+        let mut inv = RESET.prepare_invoke();
         for k in self.keys_for(key, policy) {
             inv.key(k);
         }
