@@ -536,13 +536,23 @@ impl Store for PostgresStore {
             let (rows, delete) = split(step.record.as_ref().map(finish));
             self.write(&*tx, &rows, &delete, std::slice::from_ref(&step.audit))
                 .await?;
-            // Renew at the end: the row lock kept every other migrator out meanwhile.
-            self.fence(&*tx, lease).await.or_else(|e| match e {
-                // The lease may have run out during a long migration; nobody could take it
-                // over (the row was locked), so renew it unconditionally by token.
-                Error::LeaseLost { .. } => Ok(()),
-                e => Err(e),
-            })?;
+            // Renew at the end. The lease may have run out during a long migration, but the
+            // row lock taken by the first fence kept every other migrator from taking it
+            // over, so the token is still ours: extend by token alone.
+            let token = to_i64(lease.token)?;
+            let ttl = i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX);
+            let renew = format!(
+                "UPDATE {} SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' \
+                 WHERE name = '{LOCK_NAME}' AND token = $1 AND holder IS NOT NULL RETURNING 1",
+                self.t("_lock")
+            );
+            if tx
+                .typed(&renew, &[(&token, Type::INT8), (&ttl, Type::INT8)])
+                .await?
+                .is_empty()
+            {
+                return Err(Error::LeaseLost { token: lease.token });
+            }
             tx.commit().await.map_err(pg_err)?;
             return Ok(Ok(()));
         }

@@ -305,7 +305,7 @@ async fn two_concurrent_migrators_one_wins_the_other_waits_or_fails_naming_the_h
     let slow = set(&[
         (
             "V1__slow.up.sql",
-            "CREATE TABLE t (x int);\nSELECT pg_sleep(1.5);",
+            "CREATE TABLE t (x int);\nSELECT pg_sleep(4);",
         ),
         ("V2__next.up.sql", "INSERT INTO t VALUES (1);"),
     ]);
