@@ -13,8 +13,11 @@
 //! | `circuit-breaker` | [`circuit_breaker`] | [`palisade-circuit-breaker`](https://docs.rs/palisade-circuit-breaker): lock-free breaker with count/time windows, slow calls, half-open probes, registry, tower layer, state shared through Redis (default) |
 //! | `semantic-cache` | [`semantic_cache`] | [`palisade-semantic-cache`](https://docs.rs/palisade-semantic-cache): AI response cache keyed by meaning with exact fast path, lexical guard, tenant isolation, single-flight, Redis backend (default) |
 //! | `migrate` | [`migrate`] | [`palisade-migrate`](https://docs.rs/palisade-migrate): versioned PostgreSQL/Redis migrations with a lease lock that works through PgBouncer, encrypted backups restored on failure, expand/contract phases (default) |
+//! | `secret-store` | [`secret_store`] | [`palisade-secret-store`](https://docs.rs/palisade-secret-store): secrets that never print (zeroized, redacted, scrubbed from logs), env/file/memory/encrypted-Redis providers in a fallback chain, TTL cache that bridges outages, encrypted snapshot, rotation (default) |
 //! | `candle` | — | all-MiniLM-L6-v2 embeddings for the semantic cache (heavy build) |
 //! | `http` | — | OpenAI-compatible HTTP embedder for the semantic cache |
+//! | `vault` | — | HashiCorp Vault KV v2 provider for the secret store |
+//! | `azure` | — | Azure Key Vault provider for the secret store |
 //! | `full` | — | everything above |
 //!
 //! The crates arrive one by one; see the repository's `CHANGELOG.md` for what has landed.
@@ -45,6 +48,12 @@ pub use palisade_circuit_breaker as circuit_breaker;
 #[cfg_attr(docsrs, doc(cfg(feature = "semantic-cache")))]
 #[doc(inline)]
 pub use palisade_semantic_cache as semantic_cache;
+
+// -- secret-store --
+#[cfg(feature = "secret-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "secret-store")))]
+#[doc(inline)]
+pub use palisade_secret_store as secret_store;
 
 // -- migrate --
 #[cfg(feature = "migrate")]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use futures::future::Either;
 use metrics::{Counter, Gauge};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{broadcast, watch};
@@ -59,6 +60,9 @@ struct Inner {
     snapshot: Option<Snapshot>,
     redactor: Redactor,
     audit: broadcast::Sender<AuditEvent>,
+    /// Set once anyone subscribed to audit events: the cached path checks this atomic, not
+    /// the channel (whose receiver count takes a lock).
+    audit_subscribed: AtomicBool,
     rotations: watch::Sender<Option<Rotation>>,
     reads: ReadCounters,
     rotations_written: Counter,
@@ -289,6 +293,7 @@ impl SecretsBuilder {
                 snapshot,
                 redactor: self.redactor.unwrap_or_default(),
                 audit: broadcast::channel(1024).0,
+                audit_subscribed: AtomicBool::new(false),
                 rotations: watch::channel(None).0,
                 reads: ReadCounters::new(None),
                 rotations_written: metrics::counter!(names::ROTATIONS, "source" => "written"),
@@ -356,19 +361,22 @@ impl Secrets {
 
     /// The secret `name`, from the cache when fresh, else from the chain.
     ///
-    /// Cost: cached, one lock-free map read and a reference-count increment (no allocation,
-    /// tens of nanoseconds); stale, the same plus one background refresh per TTL; otherwise
-    /// one call per provider until one has it.
+    /// Cost: cached, two lock-free reads, a clock read and a reference-count increment (no
+    /// allocation, tens of nanoseconds; the cache is consulted when `get` is called and the
+    /// future is then already complete); stale, the same plus one background refresh per
+    /// TTL; otherwise one boxed future and one call per provider until one has it.
     ///
     /// # Errors
     /// [`Error::InvalidName`]; [`Error::NotFound`] when no provider has it; the first
     /// provider's error when the chain failed and no last-known-good value may be served
     /// (always for [`Error::Denied`]).
-    pub async fn get(&self, name: &str) -> Result<Secret> {
-        if let Some(s) = self.cached(name) {
-            return Ok(s);
+    pub fn get<'a>(&'a self, name: &'a str) -> impl Future<Output = Result<Secret>> + Send + 'a {
+        // The cached path is decided before any future exists: the future handed back is
+        // then a small ready value, and only a load pays for the (boxed) slow path.
+        match self.cached(name) {
+            Some(s) => Either::Left(std::future::ready(Ok(s))),
+            None => Either::Right(Box::pin(self.load(name, false))),
         }
-        self.load(name, false).await
     }
 
     /// The cached value of `name` if it may be served now, without any I/O (`None` when it
@@ -379,17 +387,19 @@ impl Secrets {
         let state = slot.state.load();
         let c = state.as_ref()?;
         let reads = slot.reads.as_ref().unwrap_or(&self.inner.reads);
-        match c.fresh.read(self.inner.clock.now_micros()) {
-            Read::Fresh => {}
-            Read::Stale if self.refresh_in_background(slot) => {}
+        let stale = match c.fresh.read(self.inner.clock.now_micros()) {
+            Read::Fresh => false,
+            Read::Stale if self.refresh_in_background(slot) => true,
             Read::Stale | Read::Expired => return None,
-        }
+        };
         if c.resurrected {
             reads.resurrected.increment(1);
+        } else if stale {
+            reads.stale.increment(1);
         } else {
             reads.fresh.increment(1);
         }
-        if self.inner.audit.receiver_count() > 0 {
+        if self.inner.audit_subscribed.load(Ordering::Relaxed) {
             self.audit(AuditKind::Read, &c.secret, None);
         }
         Some(c.secret.clone())
@@ -575,6 +585,7 @@ impl Secrets {
     /// 1024 events behind loses the oldest). Events are also logged under the target
     /// `palisade_secret_store::audit`.
     pub fn audit_events(&self) -> broadcast::Receiver<AuditEvent> {
+        self.inner.audit_subscribed.store(true, Ordering::Relaxed);
         self.inner.audit.subscribe()
     }
 
@@ -669,8 +680,6 @@ impl Secrets {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return false;
         };
-        let reads = slot.reads.as_ref().unwrap_or(&self.inner.reads);
-        reads.stale.increment(1);
         if slot.refreshing.swap(true, Ordering::AcqRel) {
             return true;
         }

@@ -77,3 +77,43 @@ fn secret_name_labels_are_opt_in() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn a_stale_read_counts_as_stale_only() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let clock = FakeClock::new();
+            let s = Secrets::builder()
+                .clock(clock.clone())
+                .refresh_jitter(0.0)
+                .stale_while_revalidate(Duration::from_secs(60))
+                .provider(
+                    MemoryProvider::new()
+                        .with_secret("db", "password-1")
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            s.get("db").await.unwrap();
+            clock.advance(Duration::from_secs(3600));
+            s.get("db").await.unwrap();
+        });
+    });
+    let lines = palisade_testkit::metric_lines(&snapshotter);
+    for expected in [
+        "palisade_secret_store_reads_total{outcome=fresh} 0",
+        "palisade_secret_store_reads_total{outcome=stale} 1",
+        "palisade_secret_store_reads_total{outcome=loaded} 1",
+    ] {
+        assert!(
+            lines.contains(&expected.to_owned()),
+            "{expected} not in {lines:#?}"
+        );
+    }
+}
