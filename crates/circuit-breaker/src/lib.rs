@@ -71,11 +71,16 @@
 #![deny(missing_docs)]
 
 mod breaker;
+mod builder;
+mod call;
 mod clock;
 mod config;
 mod error;
 mod event;
+mod fleet;
 mod memory;
+mod outcome;
+mod permit;
 mod registry;
 mod state;
 pub mod store;
@@ -95,9 +100,8 @@ mod redis;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-pub use breaker::{
-    CircuitBreaker, CircuitBreakerBuilder, Classifier, DefaultClassifier, Health, Outcome, Permit,
-};
+pub use breaker::{CircuitBreaker, Health};
+pub use builder::CircuitBreakerBuilder;
 pub use clock::{Clock, FakeClock};
 pub use config::{
     Backoff, Config, ConfigOverride, FailureMode, MAX_WINDOW_CALLS, MAX_WINDOW_SECONDS, Quorum,
@@ -109,6 +113,8 @@ pub use deadpool_redis;
 pub use error::{BoxError, Error, Result};
 pub use event::Event;
 pub use memory::MemoryStore;
+pub use outcome::{Classifier, DefaultClassifier, Outcome};
+pub use permit::Permit;
 pub use registry::{Registry, RegistryConfig};
 pub use state::State;
 pub use store::Store;

@@ -1,5 +1,8 @@
-//! Glue between a breaker's lock-free local state and its [`Store`]: the pending batch,
-//! the flush task and how a shared state is applied locally.
+//! What a shared breaker keeps about its [`Store`]: the pending batch, the store's health,
+//! the fleet's generation, and the answers of store operations turned into values (a
+//! [`Transition`] to make, a [`LeaseAnswer`], what [`WhileDown`] means for a call). Nothing
+//! here reads or changes the breaker's own state: the breaker (`crate::breaker`) applies what
+//! these functions return.
 //!
 //! The protected call never waits on the store in `Closed` or `Open`: outcomes go into three
 //! relaxed counters that the flush task swaps out every `flush_interval`, and the flush's
@@ -12,10 +15,10 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::breaker::CircuitBreaker;
-use crate::config::Config;
-use crate::event::Event;
+use crate::config::{Config, FailureMode};
+use crate::error::Result;
 use crate::store::{Batch, Lease, ManualOp, ProbeGrant, SharedPolicy, SharedState, Store};
+use crate::window::Snapshot;
 use crate::{Outcome, State, TripReason};
 
 const NO_GENERATION: u64 = u64::MAX;
@@ -24,6 +27,8 @@ pub(crate) struct Shared {
     store: Arc<dyn Store>,
     instance: String,
     policy: SharedPolicy,
+    failure_mode: FailureMode,
+    flush_interval: Duration,
     healthy: AtomicBool,
     /// Set after an outage: the next successful flush pushes the local window.
     resync: AtomicBool,
@@ -38,10 +43,45 @@ pub(crate) struct Shared {
     runtime: tokio::runtime::Handle,
 }
 
+/// A change of the local state that the store's answer calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) to: State,
+    pub(crate) deadline_ms: u64,
+    pub(crate) reason: Option<TripReason>,
+}
+
+/// The store's answer to a probe-lease request.
+#[derive(Debug)]
 pub(crate) enum LeaseAnswer {
+    /// The probe may run.
     Granted(Lease),
-    Denied { retry_after: Duration },
-    StoreDown,
+    /// No permit: the fleet's state to follow, and when to come back.
+    Denied {
+        state: SharedState,
+        retry_after: Duration,
+    },
+    /// The store did not answer.
+    StoreDown(crate::Error),
+}
+
+/// What a call does while the store fails: the one place the failure mode is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WhileDown {
+    /// Decide on local state alone (`FallbackToMemory`).
+    Local,
+    /// Admit, record locally, never trip (`FailOpen`); manual states still hold.
+    Admit,
+    /// Reject, with this retry-after (`FailClosed`).
+    Reject(Duration),
+}
+
+/// How the store's health changed with one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HealthChange {
+    Unchanged,
+    Recovered,
+    Failed,
 }
 
 fn random_id() -> String {
@@ -61,6 +101,8 @@ impl Shared {
             store,
             instance: instance.unwrap_or_else(random_id),
             policy: SharedPolicy::from_config(config),
+            failure_mode: config.shared.failure_mode,
+            flush_interval: config.shared.flush_interval,
             healthy: AtomicBool::new(true),
             resync: AtomicBool::new(false),
             calls: AtomicU64::new(0),
@@ -81,15 +123,21 @@ impl Shared {
         self.runtime.spawn(task)
     }
 
+    /// Whether the store answered its last operation; while it does, it decides transitions.
     #[inline]
     pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Relaxed)
     }
 
-    /// Whether the store decides transitions right now.
+    /// What a call does while the store is down, by the configured [`FailureMode`].
     #[inline]
-    pub(crate) fn is_active(&self) -> bool {
-        self.is_healthy()
+    pub(crate) fn while_down(&self) -> WhileDown {
+        match self.failure_mode {
+            FailureMode::FailOpen => WhileDown::Admit,
+            FailureMode::FailClosed => WhileDown::Reject(self.flush_interval),
+            // `FallbackToMemory` and any mode added later: the breaker keeps protecting.
+            _ => WhileDown::Local,
+        }
     }
 
     #[inline]
@@ -107,43 +155,43 @@ impl Shared {
         self.manual.store(op.code(), Relaxed);
     }
 
-    fn set_health(&self, breaker: &CircuitBreaker, healthy: bool, error: Option<&crate::Error>) {
-        if self.healthy.swap(healthy, Relaxed) != healthy {
-            if healthy {
-                tracing::info!(breaker = %breaker.name(), "circuit breaker store answers again; resynchronising");
-            } else {
-                self.resync.store(true, Relaxed);
-                tracing::warn!(breaker = %breaker.name(), error = ?error, "circuit breaker store failed; deciding locally");
-            }
-            breaker.emit(Event::Store {
-                name: Arc::from(breaker.name()),
-                healthy,
-            });
+    /// Note whether the store answered; an outage also asks the next flush to resync.
+    pub(crate) fn note_health(&self, healthy: bool) -> HealthChange {
+        if self.healthy.swap(healthy, Relaxed) == healthy {
+            return HealthChange::Unchanged;
         }
-        if error.is_some() {
-            metrics::counter!("palisade_circuit_breaker_store_errors_total", "name" => breaker.name().to_owned())
-                .increment(1);
+        if healthy {
+            HealthChange::Recovered
+        } else {
+            self.resync.store(true, Relaxed);
+            HealthChange::Failed
         }
     }
 
-    /// One flush: push manual control, then the pending batch, then apply the answer.
-    pub(crate) async fn flush(&self, breaker: &CircuitBreaker) {
-        let name = breaker.name();
+    /// One flush: manual control first (if any is queued), then the pending batch. `local`
+    /// is the breaker's window and `config` its rules (to tell the store whether this
+    /// instance sees its own window failing, for the quorum). Each answer is returned in
+    /// order, for the breaker to follow.
+    pub(crate) async fn flush(
+        &self,
+        name: &str,
+        local: Snapshot,
+        config: &Config,
+    ) -> Vec<Result<SharedState>> {
+        let mut answers = Vec::with_capacity(2);
         if let Some(op) = ManualOp::from_code(self.manual.swap(0, Relaxed)) {
             let span =
                 tracing::debug_span!("circuit_breaker.apply", breaker = %name, op = op.as_str());
-            match self
+            let answer = self
                 .store
                 .apply(name, &self.policy, op)
                 .instrument(span)
-                .await
-            {
-                Ok(state) => self.apply(breaker, &state),
-                Err(e) => {
-                    self.manual.store(op.code(), Relaxed);
-                    self.set_health(breaker, false, Some(&e));
-                    return;
-                }
+                .await;
+            let failed = answer.is_err();
+            answers.push(answer);
+            if failed {
+                self.manual.store(op.code(), Relaxed);
+                return answers;
             }
         }
         let resync = self.resync.swap(false, Relaxed);
@@ -154,81 +202,77 @@ impl Shared {
             self.slow.swap(0, Relaxed),
             false,
         );
-        let local = breaker.snapshot();
         if resync {
             // Back from an outage: what this instance saw meanwhile counts fleet-wide.
             batch.calls = local.calls;
             batch.failures = local.failures;
             batch.slow = local.slow;
         }
-        let config = breaker.config();
         batch.failing = local.failures > 0 && local.failure_rate() >= config.failure_rate_threshold
             || config
                 .slow_call
                 .is_some_and(|s| local.slow > 0 && local.slow_rate() >= s.rate_threshold);
         let span =
             tracing::debug_span!("circuit_breaker.flush", breaker = %name, calls = batch.calls);
-        match self
+        let answer = self
             .store
             .flush(name, &self.policy, &batch)
             .instrument(span)
-            .await
-        {
-            Ok(state) => {
-                self.set_health(breaker, true, None);
-                self.apply(breaker, &state);
-            }
-            Err(e) => {
-                if resync {
-                    self.resync.store(true, Relaxed);
-                }
-                self.set_health(breaker, false, Some(&e));
-            }
+            .await;
+        if answer.is_err() && resync {
+            self.resync.store(true, Relaxed);
         }
+        answers.push(answer);
+        answers
     }
 
-    /// Make the local state follow the shared one.
-    pub(crate) fn apply(&self, breaker: &CircuitBreaker, shared: &SharedState) {
+    /// The transition that makes a local state `local` follow the fleet's `shared` state at
+    /// local time `now_ms`; `None` when there is nothing to do.
+    pub(crate) fn follow(
+        &self,
+        local: State,
+        now_ms: u64,
+        shared: &SharedState,
+    ) -> Option<Transition> {
         let previous = self.generation.swap(shared.generation, Relaxed);
-        let local = breaker.state();
         if previous == shared.generation && local == shared.state {
-            return;
+            return None;
         }
         if previous == shared.generation && shared.state == State::Open && local == State::HalfOpen
         {
             // Our local wait ended first; the store moves on at the next probe request.
-            return;
+            return None;
         }
-        let now = breaker.inner.clock.now_ms();
-        let deadline = match shared.state {
-            State::Open => now.saturating_add(shared.retry_after.as_millis() as u64),
-            State::HalfOpen => now.saturating_add(self.policy.max_half_open_ms),
-            _ => 0,
-        };
-        let reason = (shared.state == State::Open).then_some(TripReason::Shared);
         if local == shared.state
             && matches!(local, State::Closed | State::Disabled | State::MetricsOnly)
         {
-            return;
+            return None;
         }
-        breaker.set_state(shared.state, deadline, reason);
+        let deadline_ms = match shared.state {
+            State::Open => now_ms
+                .saturating_add(u64::try_from(shared.retry_after.as_millis()).unwrap_or(u64::MAX)),
+            State::HalfOpen => now_ms.saturating_add(self.policy.max_half_open_ms),
+            _ => 0,
+        };
+        Some(Transition {
+            to: shared.state,
+            deadline_ms,
+            reason: (shared.state == State::Open).then_some(TripReason::Shared),
+        })
     }
 
-    pub(crate) async fn lease_probe(&self, breaker: &CircuitBreaker) -> LeaseAnswer {
+    /// Ask the store for a fleet-wide probe lease for breaker `name`.
+    pub(crate) async fn lease_probe(&self, name: &str, local_generation: u32) -> LeaseAnswer {
         let id = format!("{}:{}", self.instance, self.lease_seq.fetch_add(1, Relaxed));
-        let local_generation = breaker.local_generation();
+        let span =
+            tracing::debug_span!("circuit_breaker.lease_probe", breaker = %name, lease = %id);
         match self
             .store
-            .acquire_probe(breaker.name(), &self.policy, &id)
-            .instrument(tracing::debug_span!(
-                "circuit_breaker.lease_probe",
-                breaker = %breaker.name(),
-                lease = %id
-            ))
+            .acquire_probe(name, &self.policy, &id)
+            .instrument(span)
             .await
         {
             Ok(ProbeGrant::Granted { generation }) => {
-                self.set_health(breaker, true, None);
                 self.generation.store(generation, Relaxed);
                 LeaseAnswer::Granted(Lease {
                     id,
@@ -237,87 +281,33 @@ impl Shared {
                 })
             }
             Ok(ProbeGrant::Denied(state)) => {
-                self.set_health(breaker, true, None);
                 let retry_after = if state.state == State::Open {
                     state.retry_after
                 } else {
-                    self.policy_flush_hint()
+                    Duration::from_millis(self.policy.open_wait_ms.min(1000))
                 };
-                self.apply(breaker, &state);
-                LeaseAnswer::Denied { retry_after }
+                LeaseAnswer::Denied { state, retry_after }
             }
-            Err(e) => {
-                self.set_health(breaker, false, Some(&e));
-                LeaseAnswer::StoreDown
-            }
+            Err(e) => LeaseAnswer::StoreDown(e),
         }
     }
 
-    fn policy_flush_hint(&self) -> Duration {
-        Duration::from_millis(self.policy.open_wait_ms.min(1000))
-    }
-
-    /// Report a probe; `false` when the store did not answer.
+    /// Report a probe's outcome (and give its lease back).
     pub(crate) async fn complete_probe(
         &self,
-        breaker: &CircuitBreaker,
-        lease: Lease,
+        name: &str,
+        lease: &Lease,
         outcome: Outcome,
-    ) -> bool {
-        match self
-            .store
-            .complete_probe(
-                breaker.name(),
-                &self.policy,
-                lease.generation,
-                &lease.id,
-                outcome,
-            )
-            .instrument(tracing::debug_span!(
-                "circuit_breaker.complete_probe",
-                breaker = %breaker.name(),
-                lease = %lease.id,
-                ?outcome
-            ))
+    ) -> Result<SharedState> {
+        let span = tracing::debug_span!(
+            "circuit_breaker.complete_probe",
+            breaker = %name,
+            lease = %lease.id,
+            ?outcome
+        );
+        self.store
+            .complete_probe(name, &self.policy, lease.generation, &lease.id, outcome)
+            .instrument(span)
             .await
-        {
-            Ok(state) => {
-                self.set_health(breaker, true, None);
-                self.apply(breaker, &state);
-                true
-            }
-            Err(e) => {
-                self.set_health(breaker, false, Some(&e));
-                false
-            }
-        }
-    }
-}
-
-/// Spawn the task that flushes `breaker` every `flush_interval` until the breaker is dropped.
-pub(crate) fn spawn_flusher(breaker: &CircuitBreaker, runtime: &tokio::runtime::Handle) {
-    let weak = Arc::downgrade(&breaker.inner);
-    let every = breaker.config().shared.flush_interval;
-    runtime.spawn(async move {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let Some(inner) = weak.upgrade() else { return };
-            let breaker = CircuitBreaker { inner };
-            if let Some(shared) = &breaker.inner.shared {
-                shared.flush(&breaker).await;
-            }
-        }
-    });
-}
-
-impl CircuitBreaker {
-    /// For a shared breaker: flush to the store now instead of waiting for the next tick
-    /// (tests and graceful shutdown). Does nothing for a local breaker.
-    pub async fn flush(&self) {
-        if let Some(shared) = &self.inner.shared {
-            shared.flush(self).await;
-        }
     }
 }

@@ -232,6 +232,50 @@ async fn per_call_timeout_fails_the_call_and_counts() {
     assert_eq!(breaker.state(), State::Open);
 }
 
+/// `call_with` runs on the same path as `call`: its future is made only once admitted, and
+/// the per-call timeout, the classifier and the records are the same.
+#[tokio::test(start_paused = true)]
+async fn call_with_makes_its_future_only_when_admitted_and_times_out_alike() {
+    let breaker = CircuitBreaker::builder("made")
+        .call_timeout(Duration::from_secs(1))
+        .consecutive_failures(2)
+        .build()
+        .unwrap();
+    let made = AtomicUsize::new(0);
+    let make = || {
+        made.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, ()>(())
+        }
+    };
+    let classify = |r: &Result<(), ()>| {
+        if r.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    };
+    for _ in 0..2 {
+        let r = breaker.call_with(make, classify).await;
+        assert!(
+            matches!(r, Err(Error::Timeout(d)) if d == Duration::from_secs(1)),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        (made.load(Ordering::SeqCst), breaker.state()),
+        (2, State::Open)
+    );
+    let r = breaker.call_with(make, classify).await;
+    assert!(r.unwrap_err().is_rejected());
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        2,
+        "a rejected call is never made"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_emitted_once_per_transition() {
     let clock = FakeClock::new();
