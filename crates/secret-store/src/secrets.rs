@@ -712,7 +712,27 @@ impl Secrets {
             // Loaded by the caller we waited for.
             return Ok(c.secret.clone());
         }
-        self.load_slot(&slot).await
+        let result = self.load_slot(&slot).await;
+        if result.is_err() && slot.state.load().is_none() {
+            // Nothing to keep for this name: forget it, so that names that fail (a typo, a
+            // caller probing names) do not use up `max_secrets`.
+            self.forget_slot(&slot);
+        }
+        result
+    }
+
+    fn forget_slot(&self, slot: &Arc<Slot>) {
+        let _g = self.inner.insert_lock.lock();
+        let current = self.inner.slots.load_full();
+        if current
+            .get(&slot.name)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+        {
+            let mut map = SlotMap::clone(&current);
+            map.remove(&slot.name);
+            self.inner.cached.set(map.len() as f64);
+            self.inner.slots.store(Arc::new(map));
+        }
     }
 
     async fn load_slot(&self, slot: &Arc<Slot>) -> Result<Secret> {

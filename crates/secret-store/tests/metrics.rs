@@ -47,7 +47,7 @@ fn run(labels: bool) -> Vec<String> {
 fn metrics_have_the_documented_names_and_bounded_labels() {
     let lines = run(false);
     let expected = [
-        "palisade_secret_store_cached_secrets{} 2",
+        "palisade_secret_store_cached_secrets{} 1",
         "palisade_secret_store_provider_calls_total{outcome=error,provider=memory} 1",
         "palisade_secret_store_provider_calls_total{outcome=hit,provider=memory} 1",
         "palisade_secret_store_provider_calls_total{outcome=miss,provider=memory} 1",

@@ -458,6 +458,22 @@ async fn builder_checks_its_settings() {
         .unwrap();
     s.get("a").await.unwrap();
     assert!(matches!(s.get("b").await, Err(Error::InvalidConfig(_))));
+    // Names that are not found take no room: they never fill the cache.
+    let s = Secrets::builder()
+        .provider(MemoryProvider::new().with_secret("a", "value-a").unwrap())
+        .max_secrets(2)
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        assert!(
+            s.get(&format!("probe-{i}"))
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+    }
+    s.get("a").await.unwrap();
+    assert_eq!(s.health().await.cached_secrets, 1);
     let provider: &dyn Provider = &MemoryProvider::new();
     assert_eq!(provider.name(), "memory");
 }
