@@ -1,18 +1,21 @@
-//! Semantic cache benchmarks: the exact-match fast path, nearest-neighbour lookup at
-//! 1k/10k/100k 384-dimensional entries, insert, and embedder throughput.
+//! Semantic cache benchmarks: the exact-match fast path, the flat scan against the HNSW
+//! graph (the crossover, and 100k rows), full semantic lookups at 10k / 100k entries (1M
+//! with `PALISADE_BENCH_1M=1`: building it takes minutes), insert, embedder throughput.
 //!
 //! `cargo bench -p palisade --bench semantic_cache`
 //!
 //! There is no Rust semantic-cache crate among the workspace's dependencies to measure in
 //! the same run; the flat index is compared with the plain iterator dot product it replaces
-//! (`naive_scan`), the baseline any hand-written cache starts from.
+//! (`naive_scan`), the baseline any hand-written cache starts from, and the graph with the
+//! flat scan it replaces above `ANN_MIN_ROWS`.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use palisade::semantic_cache::index::{FlatIndex, dot};
+use palisade::semantic_cache::index::{FlatIndex, HnswIndex, dot};
 use palisade::semantic_cache::{
-    CacheKey, EntryId, GuardConfig, HashingEmbedder, NamespacePolicy, SemanticCache, Usage,
+    CacheKey, EntryId, GuardConfig, HashingEmbedder, MemoryConfig, MemoryStore, NamespacePolicy,
+    SemanticCache, Usage,
 };
 
 const DIM: usize = 384;
@@ -101,16 +104,68 @@ fn index_search(c: &mut Criterion) {
     group.finish();
 }
 
+/// Flat scan against the graph over the same random unit vectors: where the graph starts
+/// to pay (`ANN_MIN_ROWS`), and at 100k rows.
+fn crossover(c: &mut Criterion) {
+    let mut group = c.benchmark_group("semantic_cache/crossover_384d");
+    for n in [1_000usize, 2_000, 4_000, 8_000, 16_000, 100_000] {
+        let mut rng = Rng(0x51ed ^ n as u64);
+        let rows: Vec<Vec<f32>> = (0..n).map(|_| rng.unit_vector()).collect();
+        let mut flat = FlatIndex::new(DIM);
+        let mut graph = HnswIndex::new(DIM);
+        for (i, row) in rows.iter().enumerate() {
+            flat.insert(id(i), row).unwrap();
+            graph.insert(id(i), row).unwrap();
+        }
+        // A rephrasing of a stored prompt: what a semantic hit looks like.
+        let query = {
+            let noise = rng.unit_vector();
+            let mut q: Vec<f32> = rows[n / 2]
+                .iter()
+                .zip(&noise)
+                .map(|(a, b)| a + 0.5 * b)
+                .collect();
+            let norm = dot(&q, &q).sqrt();
+            q.iter_mut().for_each(|x| *x /= norm);
+            q
+        };
+        eprintln!(
+            "crossover {n}: graph {} bytes/row, flat {} bytes/row",
+            graph.approx_bytes() / n,
+            DIM * 4 + 16
+        );
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("flat", n), &n, |b, _| {
+            b.iter(|| black_box(flat.search(black_box(&query), 4, 0.8).unwrap()));
+        });
+        group.bench_with_input(BenchmarkId::new("hnsw", n), &n, |b, _| {
+            b.iter(|| black_box(graph.search(black_box(&query), 8, 0.78).unwrap()));
+        });
+    }
+    group.finish();
+}
+
 fn semantic_lookup(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("semantic_cache/semantic_lookup");
     group.sample_size(20);
-    for n in [1_000usize, 10_000, 100_000] {
+    let mut sizes = vec![1_000usize, 10_000, 100_000];
+    if std::env::var_os("PALISADE_BENCH_1M").is_some() {
+        sizes.push(1_000_000);
+    }
+    for n in sizes {
+        let store = MemoryStore::new(MemoryConfig {
+            max_entries: n as u64 + 1_000,
+            max_bytes: 1 << 40,
+        })
+        .unwrap();
         let cache = SemanticCache::builder()
+            .store(store)
             .default_policy(NamespacePolicy::default().threshold(0.0))
             .guard(GuardConfig::default())
             .build()
             .unwrap();
+        let started = std::time::Instant::now();
         rt.block_on(async {
             for i in 0..n {
                 let prompt = format!("question {i} about order {} and invoice {}", i * 7, i % 13);
@@ -121,6 +176,10 @@ fn semantic_lookup(c: &mut Criterion) {
                     .unwrap();
             }
         });
+        eprintln!(
+            "semantic_lookup {n}: filled in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let key = CacheKey::new(
             "acme",
             "support",
@@ -227,6 +286,7 @@ criterion_group!(
     benches,
     exact_hit,
     index_search,
+    crossover,
     semantic_lookup,
     insert,
     embedder,

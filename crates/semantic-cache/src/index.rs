@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::embed::check_vector;
 use crate::error::Result;
+pub use crate::hnsw::HnswIndex;
 use crate::key::EntryId;
 
 const LANES: usize = 8;
@@ -131,6 +132,12 @@ impl FlatIndex {
         &self.ids
     }
 
+    /// The vector of `id`, if present.
+    pub fn row(&self, id: &EntryId) -> Option<&[f32]> {
+        let row = *self.positions.get(id)?;
+        Some(&self.rows[row * self.dimension..(row + 1) * self.dimension])
+    }
+
     /// The `limit` rows most similar to `query` with similarity at least `min_similarity`,
     /// best first.
     ///
@@ -250,54 +257,222 @@ mod tests {
     }
 }
 
-/// The index of one partition: a [`FlatIndex`] (exact). Small partitions stay flat; see the
-/// crate guide for the crossover measurements.
+/// Partitions with at least this many vectors move from the flat scan to the approximate
+/// [`HnswIndex`]; below a quarter of it they move back. Chosen from the crossover measured
+/// in `benches/semantic_cache.rs` (see the crate guide).
+pub const ANN_MIN_ROWS: usize = 4_096;
+
+/// How far below the asked similarity an approximate search reaches, so that callers who
+/// re-score candidates exactly (both stores do) miss nothing int8 rounding pushed under.
+pub const APPROX_MARGIN: f32 = 0.02;
+
+/// Graph inserts done per insert or remove while a partition moves to the graph.
+const CATCH_UP_PER_OP: usize = 8;
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Flat(FlatIndex),
+    /// Moving to the graph: the flat index answers (exactly) while the graph is built a
+    /// few rows per operation, so crossing [`ANN_MIN_ROWS`] costs no pause.
+    Building {
+        flat: FlatIndex,
+        graph: HnswIndex,
+        pending: std::collections::VecDeque<EntryId>,
+    },
+    Hnsw(HnswIndex),
+}
+
+/// The index of one partition: exact [`FlatIndex`] while small, approximate [`HnswIndex`]
+/// (int8 codes, about 950 bytes per 384-d row instead of 1,600) from [`ANN_MIN_ROWS`]
+/// vectors on.
+///
+/// Crossing the threshold costs no pause: the graph is built
+/// eight rows per later insert or remove while the flat index keeps answering, and takes
+/// over once it holds every row.
 #[derive(Clone, Debug)]
 pub struct VectorIndex {
-    flat: FlatIndex,
+    kind: Kind,
+    ann_min_rows: usize,
 }
 
 impl VectorIndex {
     /// An empty index for vectors of `dimension` components.
     pub fn new(dimension: usize) -> Self {
+        Self::with_ann_min_rows(dimension, ANN_MIN_ROWS)
+    }
+
+    /// An empty index that moves to the graph at `rows` vectors instead of
+    /// [`ANN_MIN_ROWS`] (tests exercise the graph at small sizes with it).
+    #[doc(hidden)]
+    pub fn with_ann_min_rows(dimension: usize, rows: usize) -> Self {
         Self {
-            flat: FlatIndex::new(dimension),
+            kind: Kind::Flat(FlatIndex::new(dimension)),
+            ann_min_rows: rows.max(4),
         }
     }
 
     /// Number of vectors.
     pub fn len(&self) -> usize {
-        self.flat.len()
+        match &self.kind {
+            Kind::Flat(f) | Kind::Building { flat: f, .. } => f.len(),
+            Kind::Hnsw(h) => h.len(),
+        }
     }
 
     /// Whether the index is empty.
     pub fn is_empty(&self) -> bool {
-        self.flat.is_empty()
+        self.len() == 0
+    }
+
+    /// Whether searches are approximate (the partition is large and its graph is built).
+    pub fn is_approximate(&self) -> bool {
+        matches!(self.kind, Kind::Hnsw(_))
     }
 
     /// Add or replace the vector of `id`.
     ///
     /// # Errors
-    /// As [`FlatIndex::insert`].
+    /// A vector error (dimension, `NaN`, zero); the index is unchanged then.
     pub fn insert(&mut self, id: EntryId, vector: &[f32]) -> Result<()> {
-        self.flat.insert(id, vector)
+        match &mut self.kind {
+            Kind::Flat(flat) => {
+                flat.insert(id, vector)?;
+                if flat.len() >= self.ann_min_rows {
+                    let flat = std::mem::replace(flat, FlatIndex::new(0));
+                    let pending = flat.ids().iter().copied().collect();
+                    self.kind = Kind::Building {
+                        graph: HnswIndex::new(flat.dimension()),
+                        flat,
+                        pending,
+                    };
+                }
+            }
+            Kind::Building {
+                flat,
+                graph,
+                pending,
+            } => {
+                flat.insert(id, vector)?;
+                graph.remove(&id);
+                pending.push_back(id);
+            }
+            Kind::Hnsw(graph) => graph.insert(id, vector)?,
+        }
+        self.catch_up();
+        Ok(())
     }
 
-    /// Remove `id`; returns whether it was there.
+    /// Build a little more of the graph; hand over once it is complete.
+    fn catch_up(&mut self) {
+        let Kind::Building {
+            flat,
+            graph,
+            pending,
+        } = &mut self.kind
+        else {
+            return;
+        };
+        for _ in 0..CATCH_UP_PER_OP {
+            let Some(id) = pending.pop_front() else { break };
+            if let Some(row) = flat.row(&id) {
+                // Rows of the flat index were checked on the way in.
+                let _ = graph.insert(id, row);
+            }
+        }
+        if pending.is_empty() {
+            let graph = std::mem::replace(graph, HnswIndex::new(0));
+            self.kind = Kind::Hnsw(graph);
+        }
+    }
+
+    /// Remove `id`; returns whether it was there. Falling under a quarter of
+    /// [`ANN_MIN_ROWS`] moves the rows back to a flat index (decoded from the codes).
     pub fn remove(&mut self, id: &EntryId) -> bool {
-        self.flat.remove(id)
+        let removed = match &mut self.kind {
+            Kind::Flat(flat) => return flat.remove(id),
+            Kind::Building { flat, graph, .. } => {
+                graph.remove(id);
+                flat.remove(id)
+            }
+            Kind::Hnsw(graph) => graph.remove(id),
+        };
+        match &mut self.kind {
+            Kind::Hnsw(graph) if graph.len() < self.ann_min_rows / 4 => {
+                let mut flat = FlatIndex::new(graph.dimension());
+                for (id, v) in graph.decoded() {
+                    // Decoded codes of checked vectors are finite and non-zero.
+                    let _ = flat.insert(id, &v);
+                }
+                self.kind = Kind::Flat(flat);
+            }
+            Kind::Building { flat, .. } if flat.len() < self.ann_min_rows / 4 => {
+                let flat = std::mem::replace(flat, FlatIndex::new(0));
+                self.kind = Kind::Flat(flat);
+            }
+            _ => self.catch_up(),
+        }
+        removed
     }
 
-    /// The `limit` nearest rows with similarity at least `min_similarity`, best first.
+    /// Up to `limit` nearest rows, best first. Flat: exact, similarity at least
+    /// `min_similarity`. Approximate: up to `2 * limit` candidates with similarity (from
+    /// int8 codes) at least `min_similarity - APPROX_MARGIN`; re-score them exactly.
     ///
     /// # Errors
-    /// As [`FlatIndex::search`].
+    /// A vector error for a bad query.
     pub fn search(
         &self,
         query: &[f32],
         limit: usize,
         min_similarity: f32,
     ) -> Result<Vec<Neighbor>> {
-        self.flat.search(query, limit, min_similarity)
+        match &self.kind {
+            Kind::Flat(flat) | Kind::Building { flat, .. } => {
+                flat.search(query, limit, min_similarity)
+            }
+            Kind::Hnsw(graph) => graph.search(
+                query,
+                limit.saturating_mul(2),
+                min_similarity - APPROX_MARGIN,
+            ),
+        }
+    }
+
+    /// Approximate heap bytes of the vectors and links.
+    pub fn approx_bytes(&self) -> usize {
+        let flat_bytes = |f: &FlatIndex| {
+            f.rows.capacity() * 4 + f.ids.capacity() * 16 + f.positions.capacity() * 32
+        };
+        match &self.kind {
+            Kind::Flat(f) => flat_bytes(f),
+            Kind::Building { flat, graph, .. } => flat_bytes(flat) + graph.approx_bytes(),
+            Kind::Hnsw(h) => h.approx_bytes(),
+        }
+    }
+}
+
+/// Deterministic random unit vectors for tests and benches.
+#[doc(hidden)]
+pub mod tests_support {
+    /// xorshift64*.
+    #[derive(Debug)]
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        /// Uniform in `[-1, 1)`.
+        pub fn next_f32(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+
+        /// A random unit vector.
+        pub fn unit_vector(&mut self, dimension: usize) -> Vec<f32> {
+            let mut v: Vec<f32> = (0..dimension).map(|_| self.next_f32()).collect();
+            crate::embed::normalize(&mut v);
+            v
+        }
     }
 }

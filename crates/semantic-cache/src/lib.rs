@@ -55,11 +55,13 @@ pub mod entry;
 pub mod error;
 pub mod fallback;
 pub mod guard;
+mod hnsw;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod index;
 pub mod key;
+#[cfg(feature = "redis")]
 mod local;
 pub mod memory;
 #[cfg(feature = "candle")]

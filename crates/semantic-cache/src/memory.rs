@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::index::FlatIndex;
+use crate::index::{VectorIndex, dot};
 use crate::key::{EntryId, Partition, ScopeId};
 use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
 
@@ -42,7 +42,7 @@ type IndexKey = (ScopeId, Arc<str>);
 
 #[derive(Debug, Default)]
 struct Indexes {
-    by_partition: HashMap<Partition, HashMap<IndexKey, FlatIndex>>,
+    by_partition: HashMap<Partition, HashMap<IndexKey, VectorIndex>>,
 }
 
 impl Indexes {
@@ -95,7 +95,7 @@ impl moka::Expiry<EntryId, Arc<Entry>> for PerEntryTtl {
 /// `moka`'s TinyLFU policy) and by each entry's TTL.
 ///
 /// Lookups by id cost one hash-map read. A search scans the flat index of the query's
-/// scope (see [`FlatIndex`]). Invalidation by tag, namespace or tenant walks all entries,
+/// scope (see [`VectorIndex`](crate::index::VectorIndex)). Invalidation by tag, namespace or tenant walks all entries,
 /// O(n). Expiry is also checked against the cache's clock on every read, so a fake clock
 /// expires entries in tests without waiting.
 #[derive(Clone, Debug)]
@@ -203,7 +203,7 @@ impl Store for MemoryStore {
                 .or_default();
             let index = scopes
                 .entry((entry.scope_id(), Arc::from(entry.embedder.as_str())))
-                .or_insert_with(|| FlatIndex::new(entry.vector.len()));
+                .or_insert_with(|| VectorIndex::new(entry.vector.len()));
             index.insert(entry.id, &entry.vector)?;
         }
         Ok(())
@@ -238,11 +238,22 @@ impl Store for MemoryStore {
         let mut gone = Vec::new();
         for n in neighbors {
             match self.live(query.partition, &n.id, query.now_ms) {
-                Some(entry) if entry.scope_id() == query.scope => found.push((entry, n.similarity)),
+                Some(entry)
+                    if entry.scope_id() == query.scope
+                        && entry.vector.len() == query.vector.len() =>
+                {
+                    // Exact similarity: large partitions are searched approximately.
+                    let similarity = dot(&entry.vector, query.vector);
+                    if similarity >= query.min_similarity {
+                        found.push((entry, similarity));
+                    }
+                }
                 _ => gone.push(n.id),
             }
         }
         self.forget(&query, &gone);
+        found.sort_by(|a, b| b.1.total_cmp(&a.1));
+        found.truncate(query.limit);
         Ok(found)
     }
 
