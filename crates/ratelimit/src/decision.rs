@@ -1,6 +1,5 @@
 //! The answer to one request: [`Decision`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::algorithm::Verdict;
@@ -35,12 +34,11 @@ impl DecisionSource {
     }
 }
 
-/// What one quota of the policy said.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one quota of the policy said. Plain numbers (`Copy`); the quota's name is the
+/// policy's ([`Decision::named`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QuotaDecision {
-    /// The quota's name in its policy.
-    pub name: Arc<str>,
     /// The quota's limit per period.
     pub limit: u64,
     /// The quota's period.
@@ -56,17 +54,45 @@ pub struct QuotaDecision {
     pub retry_after: Option<Duration>,
 }
 
+/// Every quota's [`QuotaDecision`], in policy order; a slice (`decision.quotas[0]`,
+/// `.iter()`, `.len()`). A single quota is held inline, so the decision of a one-quota
+/// policy allocates nothing; several take one allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Quotas(Repr);
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Repr {
+    #[default]
+    None,
+    One(QuotaDecision),
+    Many(Box<[QuotaDecision]>),
+}
+
+impl std::ops::Deref for Quotas {
+    type Target = [QuotaDecision];
+    fn deref(&self) -> &[QuotaDecision] {
+        match &self.0 {
+            Repr::None => &[],
+            Repr::One(q) => std::slice::from_ref(q),
+            Repr::Many(q) => q,
+        }
+    }
+}
+
 /// The answer to one request: admitted or not, and what every quota of the policy says.
+///
+/// Cost: for a policy of one quota, building a decision allocates nothing (its figures are
+/// inline and the policy is one reference count); several quotas take one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Decision {
     /// Whether the request is admitted.
     pub allowed: bool,
-    /// The policy that decided.
-    pub policy: Arc<str>,
+    /// The policy that decided (names the policy and its quotas for headers).
+    pub policy: Policy,
     /// One entry per quota, in policy order (empty for fail-open and fail-closed decisions,
     /// which counted nothing).
-    pub quotas: Vec<QuotaDecision>,
+    pub quotas: Quotas,
     /// When denied: how long to wait before a request of the same cost can pass every quota
     /// that denied it; `None` when admitted or when it can never pass (cost above a
     /// quota's capacity, or a fail-closed decision).
@@ -86,26 +112,28 @@ impl Decision {
         verdicts: &[Verdict],
         source: DecisionSource,
     ) -> Self {
-        let quotas: Vec<QuotaDecision> = policy
-            .quotas()
-            .iter()
-            .zip(verdicts)
-            .map(|(q, v)| QuotaDecision {
-                name: Arc::clone(&q.name),
-                limit: q.quota.limit(),
-                period: q.quota.period(),
-                remaining: v.remaining,
-                reset: Duration::from_micros(v.reset),
-                allowed: v.allowed,
-                retry_after: v.retry_after.map(Duration::from_micros),
-            })
-            .collect();
+        let quota = |(q, v): (&crate::quota::NamedQuota, &Verdict)| QuotaDecision {
+            limit: q.quota.limit(),
+            period: q.quota.period(),
+            remaining: v.remaining,
+            reset: Duration::from_micros(v.reset),
+            allowed: v.allowed,
+            retry_after: v.retry_after.map(Duration::from_micros),
+        };
+        let mut pairs = policy.quotas().iter().zip(verdicts);
+        let quotas = match (pairs.len(), pairs.next()) {
+            (_, None) => Repr::None,
+            (1, Some(only)) => Repr::One(quota(only)),
+            (_, Some(first)) => {
+                Repr::Many(std::iter::once(first).chain(pairs).map(quota).collect())
+            }
+        };
+        let quotas = Quotas(quotas);
         let retry_after = if allowed {
             None
         } else {
-            let denying = quotas.iter().filter(|q| !q.allowed);
             let mut max = Some(Duration::ZERO);
-            for q in denying {
+            for q in quotas.iter().filter(|q| !q.allowed) {
                 max = match (max, q.retry_after) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     _ => None,
@@ -115,7 +143,7 @@ impl Decision {
         };
         Self {
             allowed,
-            policy: Arc::clone(policy.name_arc()),
+            policy: policy.clone(),
             quotas,
             retry_after,
             from_fallback: !matches!(source, DecisionSource::Store),
@@ -127,8 +155,8 @@ impl Decision {
     pub fn uncounted(policy: &Policy, allowed: bool) -> Self {
         Self {
             allowed,
-            policy: Arc::clone(policy.name_arc()),
-            quotas: Vec::new(),
+            policy: policy.clone(),
+            quotas: Quotas::default(),
             retry_after: None,
             from_fallback: true,
             source: if allowed {
@@ -137,6 +165,15 @@ impl Decision {
                 DecisionSource::FailClosed
             },
         }
+    }
+
+    /// Each quota's name (from the policy) with what it said, in policy order.
+    pub fn named(&self) -> impl ExactSizeIterator<Item = (&str, &QuotaDecision)> {
+        self.policy
+            .quotas()
+            .iter()
+            .map(|q| &*q.name)
+            .zip(self.quotas.iter())
     }
 
     /// The quota closest to denying: the one that denied (longest wait first), else the one

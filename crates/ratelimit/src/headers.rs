@@ -102,12 +102,11 @@ pub fn ratelimit_policy(decision: &Decision) -> Option<HeaderValue> {
         return None;
     }
     let items: Vec<String> = decision
-        .quotas
-        .iter()
-        .map(|q| {
+        .named()
+        .map(|(name, q)| {
             format!(
                 "{};q={};w={}",
-                sf_string(&q.name),
+                sf_string(name),
                 q.limit,
                 ceil_secs(q.period)
             )
@@ -122,12 +121,11 @@ pub fn ratelimit(decision: &Decision) -> Option<HeaderValue> {
         return None;
     }
     let items: Vec<String> = decision
-        .quotas
-        .iter()
-        .map(|q| {
+        .named()
+        .map(|(name, q)| {
             format!(
                 "{};r={};t={}",
-                sf_string(&q.name),
+                sf_string(name),
                 q.remaining,
                 ceil_secs(q.reset)
             )

@@ -132,16 +132,19 @@ pub fn too_many_requests<B: From<String>>(decision: &Decision, style: HeaderStyl
     let detail = match retry {
         Some(s) => format!(
             "Rate limit of policy `{}` exceeded; retry in {s} s.",
-            decision.policy
+            decision.policy.name()
         ),
-        None => format!("Rate limit of policy `{}` exceeded.", decision.policy),
+        None => format!(
+            "Rate limit of policy `{}` exceeded.",
+            decision.policy.name()
+        ),
     };
     let body = serde_json::json!({
         "type": "about:blank",
         "title": "Too Many Requests",
         "status": 429,
         "detail": detail,
-        "policy": &*decision.policy,
+        "policy": decision.policy.name(),
         "retry_after": retry,
     });
     let mut response = Response::new(B::from(body.to_string()));

@@ -63,7 +63,7 @@ mod store;
 pub mod testing;
 
 pub use crate::clock::{Clock, FakeClock, SystemClock};
-pub use crate::decision::{Decision, DecisionSource, QuotaDecision};
+pub use crate::decision::{Decision, DecisionSource, QuotaDecision, Quotas};
 pub use crate::error::{BoxError, Error, Result};
 pub use crate::limiter::{DEFAULT_TIMEOUT, FailureMode, RateLimiter, RateLimiterBuilder};
 pub use crate::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder, Subject};

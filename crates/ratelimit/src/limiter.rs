@@ -12,6 +12,9 @@ use crate::memory::MemoryStore;
 use crate::quota::Policy;
 use crate::store::Store;
 
+/// The `tier` label of decisions made outside the rules engine.
+static NO_TIER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
+
 /// The default per-call backend timeout: 50 ms.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -119,8 +122,13 @@ impl RateLimiter {
     ///
     /// Costs one store call (one Redis round trip with the Redis store), bounded by the
     /// timeout.
+    ///
+    /// With a store that decides without waiting (the memory store, see
+    /// [`Store::acquire_now`]) no future is boxed and, for a single-quota policy, nothing is
+    /// allocated at all.
     pub async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Decision {
-        self.acquire_labeled(key, policy, cost, "none", false).await
+        self.acquire_labeled(key, policy, cost, &NO_TIER, false)
+            .await
     }
 
     /// Like [`acquire`](Self::acquire), but a store failure is returned instead of being
@@ -180,45 +188,54 @@ impl RateLimiter {
         key: &str,
         policy: &Policy,
         cost: u64,
-        tier: &str,
+        tier: &Arc<str>,
         shadow: bool,
     ) -> Decision {
         let backend = self.inner.store.backend_name();
         let span = tracing::debug_span!("ratelimit.acquire", policy = policy.name(), cost, backend);
-        async move {
-            let started = Instant::now();
-            let decision = match self.try_acquire(key, policy, cost).await {
-                Ok(d) => d,
-                Err(error) => self.on_failure(key, policy, cost, &error),
-            };
-            metrics::histogram!(
-                "palisade_ratelimit_decision_duration_seconds",
-                "backend" => backend,
-                "source" => decision.source.as_str(),
-            )
-            .record(started.elapsed().as_secs_f64());
-            let outcome = match (decision.allowed, shadow) {
-                (true, _) => "allowed",
-                (false, false) => "denied",
-                (false, true) => "shadow_denied",
-            };
-            metrics::counter!(
-                "palisade_ratelimit_decisions_total",
-                "outcome" => outcome,
-                "policy" => policy.name().to_owned(),
-                "tier" => tier.to_owned(),
-                "source" => decision.source.as_str(),
-            )
-            .increment(1);
-            tracing::trace!(
-                allowed = decision.allowed,
-                source = decision.source.as_str(),
-                "decided"
-            );
-            decision
-        }
-        .instrument(span)
-        .await
+        let started = Instant::now();
+        // A store that decides at once needs neither the timeout nor a boxed future.
+        let decision = match self.inner.store.acquire_now(key, policy, cost) {
+            Some(Ok(d)) => d,
+            Some(Err(error)) => span.in_scope(|| self.on_failure(key, policy, cost, &error)),
+            None => {
+                async {
+                    match self.try_acquire(key, policy, cost).await {
+                        Ok(d) => d,
+                        Err(error) => self.on_failure(key, policy, cost, &error),
+                    }
+                }
+                .instrument(span.clone())
+                .await
+            }
+        };
+        let _entered = span.enter();
+        metrics::histogram!(
+            "palisade_ratelimit_decision_duration_seconds",
+            "backend" => backend,
+            "source" => decision.source.as_str(),
+        )
+        .record(started.elapsed().as_secs_f64());
+        let outcome = match (decision.allowed, shadow) {
+            (true, _) => "allowed",
+            (false, false) => "denied",
+            (false, true) => "shadow_denied",
+        };
+        // Label values share the policy's and tier's names (a reference count, no copy).
+        metrics::counter!(
+            "palisade_ratelimit_decisions_total",
+            "outcome" => outcome,
+            "policy" => metrics::SharedString::from(Arc::clone(policy.name_arc())),
+            "tier" => metrics::SharedString::from(Arc::clone(tier)),
+            "source" => decision.source.as_str(),
+        )
+        .increment(1);
+        tracing::trace!(
+            allowed = decision.allowed,
+            source = decision.source.as_str(),
+            "decided"
+        );
+        decision
     }
 
     fn on_failure(&self, key: &str, policy: &Policy, cost: u64, error: &Error) -> Decision {

@@ -766,7 +766,7 @@ pub struct Route {
     methods: Vec<Method>,
     cost: u64,
     default: Option<Limit>,
-    tiers: Vec<(String, Limit)>,
+    tiers: Vec<(Arc<str>, Limit)>,
     key: Option<Key>,
     shadow: Option<bool>,
 }
@@ -822,14 +822,15 @@ impl Route {
     /// The policy of one tier.
     #[must_use]
     pub fn tier(mut self, tier: impl Into<String>, policy: Policy) -> Self {
-        self.tiers.push((tier.into(), Limit::Policy(policy)));
+        self.tiers
+            .push((Arc::from(tier.into()), Limit::Policy(policy)));
         self
     }
 
     /// A tier that this route does not limit.
     #[must_use]
     pub fn unlimited_tier(mut self, tier: impl Into<String>) -> Self {
-        self.tiers.push((tier.into(), Limit::Unlimited));
+        self.tiers.push((Arc::from(tier.into()), Limit::Unlimited));
         self
     }
 
@@ -859,14 +860,14 @@ impl Route {
     /// [`RulesBuilder::build`] refuses.
     fn limit_for<'r>(
         &'r self,
-        tier: &'r str,
-        default_tier: &'r str,
-    ) -> Option<(&'r str, &'r Limit)> {
+        tier: &str,
+        default_tier: &'r Arc<str>,
+    ) -> Option<(&'r Arc<str>, &'r Limit)> {
         let find = |name: &str| {
             self.tiers
                 .iter()
-                .find(|(t, _)| t == name)
-                .map(|(t, l)| (t.as_str(), l))
+                .find(|(t, _)| &**t == name)
+                .map(|(t, l)| (t, l))
         };
         find(tier)
             .or_else(|| self.default.as_ref().map(|l| (default_tier, l)))
@@ -883,7 +884,7 @@ pub struct Rules {
     routes: Vec<Route>,
     key: Key,
     tiers: Option<TierResolver>,
-    default_tier: String,
+    default_tier: Arc<str>,
     shadow: bool,
 }
 
@@ -896,7 +897,7 @@ impl Rules {
                 routes: Vec::new(),
                 key: Key::global(),
                 tiers: None,
-                default_tier: String::from("default"),
+                default_tier: Arc::from("default"),
                 shadow: false,
             },
         }
@@ -937,7 +938,7 @@ impl RulesBuilder {
     #[must_use]
     pub fn tiers(mut self, resolver: TierResolver, default_tier: impl Into<String>) -> Self {
         self.rules.tiers = Some(resolver);
-        self.rules.default_tier = default_tier.into();
+        self.rules.default_tier = Arc::from(default_tier.into());
         self
     }
 
@@ -1061,12 +1062,12 @@ impl RequestLimiter {
             .tiers
             .as_ref()
             .and_then(|t| t.resolve(req))
-            .unwrap_or_else(|| rules.default_tier.clone());
+            .unwrap_or_else(|| rules.default_tier.to_string());
         let (counted_as, policy) = match route.limit_for(&tier, &rules.default_tier) {
             None | Some((_, Limit::Unlimited)) => return Outcome::Unlimited { tier },
             Some((t, Limit::Policy(p))) => (t, p),
         };
-        let tier = counted_as.to_owned();
+        let tier = counted_as;
         let key = route
             .key
             .as_ref()
@@ -1076,19 +1077,19 @@ impl RequestLimiter {
         let shadow = route.shadow.unwrap_or(rules.shadow);
         let decision = self
             .limiter
-            .acquire_labeled(&key, policy, route.cost, &tier, shadow)
+            .acquire_labeled(&key, policy, route.cost, tier, shadow)
             .await;
         if shadow && !decision.allowed {
             // Never the key: it may be derived from a credential or name a person.
             tracing::info!(
                 policy = policy.name(),
-                tier,
+                tier = &**tier,
                 "shadow mode: request would be rate limited"
             );
         }
         Outcome::Limited {
             decision,
-            tier,
+            tier: tier.to_string(),
             shadow,
         }
     }

@@ -52,6 +52,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A short name for metrics and logs (`memory`, `redis`).
     fn backend_name(&self) -> &'static str;
+
+    /// [`acquire`](Self::acquire) for a store that decides without waiting (in memory):
+    /// `Some` answer right away, without the boxed future an `async_trait` call allocates.
+    /// The default, `None`, sends callers to `acquire`; a store wrapping another may
+    /// forward. [`RateLimiter`](crate::RateLimiter) asks here first.
+    fn acquire_now(&self, key: &str, policy: &Policy, cost: u64) -> Option<Result<Decision>> {
+        let _ = (key, policy, cost);
+        None
+    }
 }
 
 #[async_trait]
@@ -70,5 +79,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn backend_name(&self) -> &'static str {
         (**self).backend_name()
+    }
+    fn acquire_now(&self, key: &str, policy: &Policy, cost: u64) -> Option<Result<Decision>> {
+        (**self).acquire_now(key, policy, cost)
     }
 }

@@ -56,7 +56,7 @@ async fn an_unlisted_tier_is_limited_as_the_default_tier() {
         let Outcome::Limited { decision, tier, .. } = o else {
             panic!("an unlisted tier went unlimited: {o:?}");
         };
-        assert_eq!(&*decision.policy, "free-ai");
+        assert_eq!(decision.policy.name(), "free-ai");
         assert_eq!(
             tier, "free",
             "counted (and labelled) under the default tier"

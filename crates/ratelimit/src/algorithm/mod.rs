@@ -71,6 +71,16 @@ pub struct Verdict {
     pub retry_after: Option<u64>,
 }
 
+impl Verdict {
+    /// A placeholder, overwritten before it is read.
+    pub(crate) const NONE: Self = Self {
+        allowed: false,
+        remaining: 0,
+        reset: 0,
+        retry_after: None,
+    };
+}
+
 /// One algorithm: its state of one quota for one key, and every transition of it. Time is
 /// capped at [`MAX_MICROS`] by each transition; time that goes backwards is time that stands
 /// still, so no clock admits extra requests by stepping back.
@@ -248,34 +258,39 @@ pub(crate) fn decide_aligned(
     now: u64,
     cost: u64,
 ) -> (bool, Vec<Verdict>) {
+    let mut verdicts = vec![Verdict::NONE; states.len()];
+    let allowed = decide_into(states, policy, now, cost, &mut verdicts);
+    (allowed, verdicts)
+}
+
+/// [`decide_aligned`] writing one verdict per quota into `out` (as long as `states`),
+/// so that a caller with a buffer on its stack allocates nothing.
+pub(crate) fn decide_into(
+    states: &mut [QuotaState],
+    policy: &Policy,
+    now: u64,
+    cost: u64,
+    out: &mut [Verdict],
+) -> bool {
     let params = policy.params();
-    let verdicts: Vec<Verdict> = params
-        .iter()
-        .zip(states.iter())
-        .map(|(q, s)| s.check_with(q, now, cost))
-        .collect();
-    let allowed = verdicts.iter().all(|v| v.allowed);
+    for ((q, s), v) in params.iter().zip(states.iter()).zip(out.iter_mut()) {
+        *v = s.check_with(q, now, cost);
+    }
+    let allowed = out.iter().all(|v| v.allowed);
     if allowed {
         for (q, s) in params.iter().zip(states.iter_mut()) {
             let taken = s.take(q, now, cost);
             debug_assert!(taken, "every quota admitted the request");
         }
-        return (true, verdicts);
+        return true;
     }
     // Nothing was consumed: quotas that would have admitted report what they still have.
-    let verdicts = params
-        .iter()
-        .zip(states.iter())
-        .zip(verdicts)
-        .map(|((q, s), v)| {
-            if v.allowed {
-                s.check_with(q, now, 0)
-            } else {
-                v
-            }
-        })
-        .collect();
-    (false, verdicts)
+    for ((q, s), v) in params.iter().zip(states.iter()).zip(out.iter_mut()) {
+        if v.allowed {
+            *v = s.check_with(q, now, 0);
+        }
+    }
+    false
 }
 
 /// [`decide`] without the verdicts: whether the request is admitted (and, if so, consumed

@@ -345,7 +345,7 @@ impl Call for Look<Peek> {
             .read::<K, F, Peek>(h, policy, key, self.0)
             .unwrap_or_else(|| {
                 let (allowed, v) = algorithm::peek(&[], policy, self.0.now);
-                (allowed, Verdicts::Many(v))
+                (allowed, Verdicts::many(&v))
             })
     }
 }
@@ -432,6 +432,9 @@ impl crate::store::Store for MemoryStore {
     }
     fn backend_name(&self) -> &'static str {
         "memory"
+    }
+    fn acquire_now(&self, key: &str, policy: &Policy, cost: u64) -> Option<Result<Decision>> {
+        Some(Ok(self.acquire_sync(key, policy, cost)))
     }
 }
 

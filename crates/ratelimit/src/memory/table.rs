@@ -11,7 +11,7 @@ use crate::algorithm::{
     self, FixedWindow, Gcra, LogEnds, Machine, OneWord, QuotaState, SlidingCounter, SlidingLog,
     TokenBucket, Verdict, WordLayout,
 };
-use crate::quota::{Algorithm, Params, Policy};
+use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy};
 
 /// The one quota of a single-quota group's policy.
 #[inline]
@@ -62,19 +62,29 @@ impl Op for Admit {
     }
 }
 
-/// Every quota's verdict: one inline for a single quota, a list for several.
+/// Every quota's verdict, on the stack (a policy has at most [`MAX_QUOTAS`]).
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per call, on the stack instead of a heap allocation"
+)]
 pub(super) enum Verdicts {
     One(Verdict),
-    Many(Vec<Verdict>),
+    Many([Verdict; MAX_QUOTAS], usize),
 }
 
 impl Verdicts {
     pub(super) fn as_slice(&self) -> &[Verdict] {
         match self {
             Self::One(v) => std::slice::from_ref(v),
-            Self::Many(v) => v,
+            Self::Many(v, n) => &v[..*n],
         }
+    }
+
+    pub(super) fn many(v: &[Verdict]) -> Self {
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        out[..v.len()].copy_from_slice(v);
+        Self::Many(out, v.len())
     }
 }
 
@@ -96,8 +106,11 @@ impl Op for Decide {
         (v.allowed, Verdicts::One(v))
     }
     fn list(self, states: &mut [QuotaState], policy: &Policy) -> Self::Out {
-        let (allowed, v) = algorithm::decide_aligned(states, policy, self.now, self.cost);
-        (allowed, Verdicts::Many(v))
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        let n = states.len().min(MAX_QUOTAS);
+        let allowed =
+            algorithm::decide_into(&mut states[..n], policy, self.now, self.cost, &mut out[..n]);
+        (allowed, Verdicts::Many(out, n))
     }
 }
 
@@ -158,7 +171,7 @@ impl Read for Peek {
     }
     fn list(self, states: &[QuotaState], policy: &Policy) -> Self::Out {
         let (allowed, v) = algorithm::peek(states, policy, self.now);
-        (allowed, Verdicts::Many(v))
+        (allowed, Verdicts::many(&v))
     }
 }
 
