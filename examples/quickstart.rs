@@ -201,5 +201,87 @@ async fn main() {
         println!("secret-store: {answer}");
     }
 
+    // -- apikey --
+    #[cfg(feature = "apikey")]
+    {
+        use palisade::apikey::{ApiKeys, KeySpec, MemoryStore, Pepper, Peppers};
+        use std::time::Duration;
+
+        // The pepper would come from a secret store; the key is shown once, stored as an HMAC.
+        let peppers = Peppers::new(
+            Pepper::new(1, *b"quickstart pepper (32 bytes min)").expect("a valid pepper"),
+        );
+        let keys = ApiKeys::builder(peppers)
+            .store(MemoryStore::new())
+            .build()
+            .expect("a valid service");
+        let created = keys
+            .create(KeySpec::new("team-42", "quickstart").scopes(["read:*"]))
+            .await
+            .expect("created");
+        let text = created.key.expose_secret();
+        println!(
+            "apikey: created key {} for team-42 (printed: {:?})",
+            created.record.id, created.key
+        );
+        let ok = keys.verify(text, "read:reports").await.expect("verified");
+        println!("apikey: read:reports -> {}", ok.is_verified());
+        let no = keys.verify(text, "admin:users").await.expect("checked");
+        println!("apikey: admin:users -> {:?}", no.denial());
+        let new = keys
+            .rotate(&created.record.id, Duration::from_secs(3600))
+            .await
+            .expect("rotated");
+        let old = keys.verify(text, "read:reports").await.expect("checked");
+        println!(
+            "apikey: rotated to {}; the old key still works for an hour (in grace: {})",
+            new.record.id,
+            old.verified().is_some_and(|v| v.in_grace)
+        );
+    }
+
+    // -- secret-store --
+    #[cfg(feature = "secret-store")]
+    {
+        use palisade::secret_store::{EnvProvider, ExposeSecret, MemoryProvider, Refused, Secrets};
+
+        // The environment first (an explicit map here), then a writable in-memory store.
+        let secrets = Secrets::builder()
+            .provider(EnvProvider::from_vars(
+                "APP_",
+                [("APP_OPENAI_API_KEY", "sk-quickstart-0123456789abcdef")],
+            ))
+            .provider(MemoryProvider::new())
+            .build()
+            .expect("a valid secret store");
+        let key = secrets
+            .get("openai/api-key")
+            .await
+            .expect("from the environment");
+        println!("secret-store: loaded {key:?}");
+        let line = format!("calling upstream with {}", key.expose_secret());
+        let scrubbed = secrets.redactor().scrub(&line);
+        println!("secret-store: a log line that leaked it reads {scrubbed:?}");
+        secrets
+            .rotate("db/password", "first-password".into())
+            .await
+            .expect("written");
+        secrets
+            .rotate("db/password", "second-password".into())
+            .await
+            .expect("rotated");
+        // The database has not caught up: the previous version is tried next.
+        let answer = secrets
+            .with_secret("db/password", |pw| async move {
+                match pw.expose_secret() {
+                    "first-password" => Ok(format!("connected with version {}", pw.version())),
+                    _ => Err(Refused::Credential("password authentication failed")),
+                }
+            })
+            .await
+            .expect("one version works");
+        println!("secret-store: {answer}");
+    }
+
     println!("done");
 }

@@ -231,6 +231,7 @@ impl KeyStatus {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_name(s: &str) -> Option<Self> {
         Some(match s {
             "active" => Self::Active,

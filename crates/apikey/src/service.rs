@@ -578,6 +578,44 @@ async fn cache_follower(inner: Weak<Inner>, mut rx: tokio::sync::broadcast::Rece
     }
 }
 
+/// Count one verification. Every label value is spelled out as a literal so the `metrics`
+/// macros use static keys: a runtime label value costs a heap allocation per call.
+fn record_verification(outcome: &'static str, backend: &'static str, took: Duration) {
+    macro_rules! by_outcome {
+        ($($l:literal),*) => {
+            match outcome {
+                $($l => metrics::counter!("palisade_apikey_verifications_total", "outcome" => $l).increment(1),)*
+                other => metrics::counter!("palisade_apikey_verifications_total", "outcome" => other).increment(1),
+            }
+        };
+    }
+    by_outcome!(
+        "verified",
+        "malformed",
+        "bad_checksum",
+        "not_found",
+        "revoked",
+        "expired",
+        "insufficient_scope",
+        "ip_not_allowed",
+        "out_of_credits",
+        "error"
+    );
+    let secs = took.as_secs_f64();
+    match backend {
+        "memory" => {
+            metrics::histogram!("palisade_apikey_verify_duration_seconds", "backend" => "memory")
+                .record(secs);
+        }
+        "redis" => {
+            metrics::histogram!("palisade_apikey_verify_duration_seconds", "backend" => "redis")
+                .record(secs);
+        }
+        other => metrics::histogram!("palisade_apikey_verify_duration_seconds", "backend" => other)
+            .record(secs),
+    }
+}
+
 fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max || s.chars().any(char::is_control) {
         return Err(Error::InvalidConfig(format!(
@@ -807,9 +845,7 @@ impl ApiKeys {
             Ok(Verification::Denied(d)) => d.as_str(),
             Err(_) => "error",
         };
-        metrics::counter!("palisade_apikey_verifications_total", "outcome" => label).increment(1);
-        metrics::histogram!("palisade_apikey_verify_duration_seconds", "backend" => self.inner.store.backend_name())
-            .record(started.elapsed().as_secs_f64());
+        record_verification(label, self.inner.store.backend_name(), started.elapsed());
         outcome
     }
 
@@ -1172,5 +1208,71 @@ impl ApiKeys {
         Self::lifecycle("scopes_updated");
         self.audit(AuditKind::ScopesUpdated, Some(&record), None);
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_humantime_and_refuses_unknown_fields() {
+        let c: Config = serde_json::from_str(
+            r#"{"prefix":"acme","env":"test","default_expiry":"90days","cache_ttl":"250ms",
+                "failure_mode":"fallback_to_memory","usage_flush_interval":"1m"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.prefix, "acme");
+        assert_eq!(c.env, Env::Test);
+        assert_eq!(c.default_expiry, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(c.cache_ttl, Duration::from_millis(250));
+        assert_eq!(c.failure_mode, FailureMode::FallbackToMemory);
+        assert_eq!(c.cache_capacity, Config::default().cache_capacity);
+        let back: Config = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<Config>(r#"{"cache_tll":"1s"}"#).is_err());
+        assert_eq!(Config::default().failure_mode, FailureMode::FailClosed);
+    }
+
+    #[test]
+    fn bad_builder_settings_are_refused() {
+        let p = || Peppers::new(crate::Pepper::new(1, [1u8; 32]).unwrap());
+        assert!(ApiKeys::builder(p()).prefix("Bad_Prefix").build().is_err());
+        let c = Config {
+            usage_flush_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(ApiKeys::builder(p()).config(c).build().is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_specs_are_refused_before_any_write() {
+        let store = Arc::new(MemoryStore::new());
+        let keys = ApiKeys::builder(Peppers::new(crate::Pepper::new(1, [1u8; 32]).unwrap()))
+            .shared_store(store.clone())
+            .build()
+            .unwrap();
+        let mut many = KeySpec::new("o", "n");
+        for i in 0..65 {
+            many = many.metadata(i.to_string(), "v");
+        }
+        for spec in [
+            KeySpec::new("", "no owner"),
+            KeySpec::new("o\nwner", "control character"),
+            KeySpec::new("o".repeat(257), "long owner"),
+            KeySpec::new("o", "n").scopes(["read *"]),
+            KeySpec::new("o", "n").allowed_ips(["not-an-ip"]),
+            KeySpec::new("o", "n").metadata("k", "v".repeat(1025)),
+            many,
+        ] {
+            assert!(
+                matches!(
+                    keys.create(spec.clone()).await,
+                    Err(Error::InvalidConfig(_))
+                ),
+                "{spec:?}"
+            );
+        }
+        assert!(store.is_empty());
     }
 }

@@ -14,6 +14,7 @@
 //! | `semantic-cache` | [`semantic_cache`] | [`palisade-semantic-cache`](https://docs.rs/palisade-semantic-cache): AI response cache keyed by meaning with exact fast path, lexical guard, tenant isolation, single-flight, Redis backend (default) |
 //! | `migrate` | [`migrate`] | [`palisade-migrate`](https://docs.rs/palisade-migrate): versioned PostgreSQL/Redis migrations with a lease lock that works through PgBouncer, encrypted backups restored on failure, expand/contract phases (default) |
 //! | `secret-store` | [`secret_store`] | [`palisade-secret-store`](https://docs.rs/palisade-secret-store): secrets that never print (zeroized, redacted, scrubbed from logs), env/file/memory/encrypted-Redis providers in a fallback chain, TTL cache that bridges outages, encrypted snapshot, rotation (default) |
+//! | `apikey` | [`apikey`] | [`palisade-apikey`](https://docs.rs/palisade-apikey): API keys with a checksummed format, HMAC-SHA256 at rest, scopes, expiry, revocation, rotation with grace, credits, audit, HS256 tokens, tower layer, Redis backend (default) |
 //! | `candle` | — | all-MiniLM-L6-v2 embeddings for the semantic cache (heavy build) |
 //! | `http` | — | OpenAI-compatible HTTP embedder for the semantic cache |
 //! | `vault` | — | HashiCorp Vault KV v2 provider for the secret store |
@@ -54,6 +55,12 @@ pub use palisade_semantic_cache as semantic_cache;
 #[cfg_attr(docsrs, doc(cfg(feature = "secret-store")))]
 #[doc(inline)]
 pub use palisade_secret_store as secret_store;
+
+// -- apikey --
+#[cfg(feature = "apikey")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apikey")))]
+#[doc(inline)]
+pub use palisade_apikey as apikey;
 
 // -- migrate --
 #[cfg(feature = "migrate")]
