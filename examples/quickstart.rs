@@ -240,48 +240,5 @@ async fn main() {
         );
     }
 
-    // -- secret-store --
-    #[cfg(feature = "secret-store")]
-    {
-        use palisade::secret_store::{EnvProvider, ExposeSecret, MemoryProvider, Refused, Secrets};
-
-        // The environment first (an explicit map here), then a writable in-memory store.
-        let secrets = Secrets::builder()
-            .provider(EnvProvider::from_vars(
-                "APP_",
-                [("APP_OPENAI_API_KEY", "sk-quickstart-0123456789abcdef")],
-            ))
-            .provider(MemoryProvider::new())
-            .build()
-            .expect("a valid secret store");
-        let key = secrets
-            .get("openai/api-key")
-            .await
-            .expect("from the environment");
-        println!("secret-store: loaded {key:?}");
-        let line = format!("calling upstream with {}", key.expose_secret());
-        let scrubbed = secrets.redactor().scrub(&line);
-        println!("secret-store: a log line that leaked it reads {scrubbed:?}");
-        secrets
-            .rotate("db/password", "first-password".into())
-            .await
-            .expect("written");
-        secrets
-            .rotate("db/password", "second-password".into())
-            .await
-            .expect("rotated");
-        // The database has not caught up: the previous version is tried next.
-        let answer = secrets
-            .with_secret("db/password", |pw| async move {
-                match pw.expose_secret() {
-                    "first-password" => Ok(format!("connected with version {}", pw.version())),
-                    _ => Err(Refused::Credential("password authentication failed")),
-                }
-            })
-            .await
-            .expect("one version works");
-        println!("secret-store: {answer}");
-    }
-
     println!("done");
 }
