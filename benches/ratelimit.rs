@@ -5,6 +5,8 @@
 //! Two like-for-like pairs per memory group: keys read from a table of `String`s
 //! (`palisade_allow` against `governor/keyed_gcra_string_keys`), and integer ids
 //! (`palisade_allow_ids`, `Subject::Id`, against `governor/keyed_gcra`, keyed by `usize`).
+//! `palisade/{alg}` is the full `Decision` (`MemoryStore::acquire_sync`, what headers need)
+//! and `palisade_limiter/{alg}` the async `RateLimiter::acquire` a service calls (one thread).
 //!
 //! ```sh
 //! cargo bench -p palisade --bench ratelimit            # full run
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use palisade::ratelimit::{
-    Algorithm, MemoryStore, Policy, Quota, RedisConnection, RedisStore, Store,
+    Algorithm, MemoryStore, Policy, Quota, RateLimiter, RedisConnection, RedisStore, Store,
 };
 
 const KEYS: usize = 100_000;
@@ -96,6 +98,31 @@ fn memory(c: &mut Criterion) {
                         });
                     },
                 );
+                // The async `RateLimiter::acquire` over the same store (its metrics and span
+                // included, no recorder installed), on a current-thread runtime: what a
+                // service calls.
+                if threads == 1 {
+                    let limiter = RateLimiter::builder(store.clone()).build();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    group.bench_function(
+                        BenchmarkId::from_parameter(format!("palisade_limiter/{alg}")),
+                        |b| {
+                            b.iter_custom(|iters| {
+                                rt.block_on(async {
+                                    let start = Instant::now();
+                                    for i in 0..iters as usize {
+                                        black_box(
+                                            limiter.acquire(&names[i % nkeys], &policy, 1).await,
+                                        );
+                                    }
+                                    start.elapsed()
+                                })
+                            });
+                        },
+                    );
+                }
                 // Only admit/deny, like governor's check_key.
                 group.bench_function(
                     BenchmarkId::from_parameter(format!("palisade_allow/{alg}")),
