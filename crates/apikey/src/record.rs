@@ -295,7 +295,7 @@ pub struct KeyRecord {
     pub allowed_ips: Vec<IpNet>,
     /// Credit balance, if the key is metered.
     pub credits: Option<Credits>,
-    /// The pepper version [`hash`](Self::hash) was computed under.
+    /// The pepper version the key's HMAC was computed under.
     pub hash_version: u16,
     #[serde(skip)]
     pub(crate) hash: [u8; 32],

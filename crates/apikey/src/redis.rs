@@ -1,19 +1,6 @@
 //! [`RedisStore`]: key records in Redis (standalone, TLS or Cluster).
 //!
-//! Layout under the prefix `P` (default `palisade:apikey:`), `F` being the first six
-//! characters of the key id (its rotation family):
-//!
-//! | key | type | what |
-//! |---|---|---|
-//! | `P{F}:k:<id>` | hash | the record: status, expiry, scopes, credits, usage, hash version and HMAC (hex), the rest as JSON |
-//! | `P{F}:i:<id>:<idempotency key>` | string | a charge's answer, for the idempotency window |
-//! | `P{o:<owner>}` | set | the owner's key ids (updated in a separate, idempotent step) |
-//! | `Pchanges` | stream | ids of changed keys (revoked, rotated, rescoped, re-hashed), capped at about 10 000 entries |
-//!
-//! A key, its successors and their idempotency records share the hash tag `{F}`, so
-//! rotate, revoke and charge are each one Lua script (`src/lua/*.lua`, written line by line
-//! from [`KeyRecord`]'s rules) on one Redis Cluster slot. Neither the key's text nor its
-//! secret is ever sent to Redis: only the HMAC.
+//! See [`RedisStore`] for the layout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -72,8 +59,22 @@ impl Drop for Shared {
     }
 }
 
-/// Key records in Redis, shared by every instance; see the [module docs](self) for the
-/// layout.
+/// Key records in Redis, shared by every instance.
+///
+/// Layout under the prefix `P` (default `palisade:apikey:`), `F` being the first six
+/// characters of the key id (its rotation family):
+///
+/// | key | type | what |
+/// |---|---|---|
+/// | `P{F}:k:<id>` | hash | the record: status, expiry, scopes, credits, usage, hash version and HMAC (hex), the rest as JSON |
+/// | `P{F}:i:<id>:<idempotency key>` | string | a charge's answer, for the idempotency window |
+/// | `P{o:<owner>}` | set | the owner's key ids (updated in a separate, idempotent step) |
+/// | `Pchanges` | stream | ids of changed keys (revoked, rotated, rescoped, re-hashed), capped at about 10 000 entries |
+///
+/// A key, its successors and their idempotency records share the hash tag `{F}`, so
+/// rotate, revoke and charge are each one Lua script (`src/lua/*.lua`, written line by line
+/// from [`KeyRecord`]'s rules) on one Redis Cluster slot. Neither the key's text nor its
+/// secret is ever sent to Redis: only the HMAC.
 ///
 /// Each operation is one round trip (`EVALSHA`, the script loaded again on `NOSCRIPT`)
 /// bounded by an operation timeout (default 1 s), except `create`/`rotate` (plus one `SADD`
