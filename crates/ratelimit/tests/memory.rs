@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use palisade_ratelimit::{Algorithm, FakeClock, MemoryStore, Policy, Quota, Store};
+use palisade_ratelimit::{Algorithm, FakeClock, MemoryStore, Policy, Quota, Store, Subject};
 
 /// The public conformance suite, one test per case, each on a fresh store.
 mod conformance {
@@ -124,4 +124,81 @@ fn a_policy_changed_under_the_same_name_starts_fresh() {
     store.refund_sync("k", &one, 1);
     assert_eq!(store.peek_sync("k", &two).quotas[0].remaining, 1);
     assert!(store.allow_sync("k", &one, 1));
+}
+
+/// A policy replaced under the same name by one of another algorithm starts its keys
+/// fresh; going back finds the states it left (as the Redis store, whose keys name the
+/// algorithm, does), until they expire.
+#[test]
+fn a_changed_algorithm_keeps_its_own_states() {
+    let clock = FakeClock::new();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
+    let gcra = Policy::single("s", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
+    let fw = Policy::single("s", Algorithm::FixedWindow, Quota::per_minute(1)).unwrap();
+    assert!(store.allow_sync("k", &gcra, 1));
+    assert!(store.allow_sync("k", &fw, 1));
+    assert!(!store.allow_sync("k", &fw, 1));
+    assert!(!store.allow_sync("k", &gcra, 1));
+    assert_eq!(store.key_count(), 2);
+    // A fresh object of the same layout takes over the states.
+    let gcra_again = Policy::single("s", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
+    assert!(!store.allow_sync("k", &gcra_again, 1));
+    clock.advance(std::time::Duration::from_secs(61));
+    assert_eq!(store.key_count(), 0);
+    // Reset forgets the key under the form it is given, as the Redis store does.
+    assert!(store.allow_sync("k", &gcra, 1));
+    assert!(store.allow_sync("k", &fw, 1));
+    store.reset_sync("k", &gcra);
+    assert_eq!(store.key_count(), 1);
+    assert!(!store.allow_sync("k", &fw, 1));
+    store.reset_sync("k", &fw);
+    assert_eq!(store.key_count(), 0);
+}
+
+/// Ids and texts are separate subjects, each exact.
+#[test]
+fn ids_and_texts_are_separate_subjects() {
+    let store = MemoryStore::builder().clock(FakeClock::new()).build();
+    for alg in Algorithm::ALL {
+        let p = Policy::single(format!("ids-{alg}"), alg, Quota::per_minute(1)).unwrap();
+        for id in [0_u64, 7, u64::MAX] {
+            assert!(store.allow_sync(id, &p, 1), "{alg} {id}");
+            assert!(!store.allow_sync(Subject::Id(id), &p, 1), "{alg} {id}");
+            assert!(
+                store.allow_sync(id.to_string().as_str(), &p, 1),
+                "{alg} {id}"
+            );
+        }
+        assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 0, "{alg}");
+        store.refund_sync(7_u64, &p, 1);
+        assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 1, "{alg}");
+        assert_eq!(store.peek_sync("7", &p).quotas[0].remaining, 0, "{alg}");
+        store.reset_sync(0_u64, &p);
+        assert!(store.acquire_sync(0_u64, &p, 1).allowed, "{alg}");
+        assert!(!store.allow_sync("0", &p, 1), "{alg}");
+    }
+}
+/// Keys longer than the inline buffer, and keys that differ only past it.
+#[test]
+fn long_keys_stay_apart() {
+    let store = MemoryStore::builder().clock(FakeClock::new()).build();
+    let policy = Policy::single("l", Algorithm::Gcra, Quota::per_minute(1)).unwrap();
+    let base = "x".repeat(15);
+    let keys = [
+        base.clone(),
+        format!("{base}a"),
+        format!("{base}b"),
+        "x".repeat(15 - 1),
+        "x\u{0}".to_owned(),
+        "x".to_owned(),
+        "ключ".to_owned(),
+        String::new(),
+    ];
+    for k in &keys {
+        assert!(store.allow_sync(k, &policy, 1), "{k}");
+    }
+    for k in &keys {
+        assert!(!store.allow_sync(k, &policy, 1), "{k}");
+    }
+    assert_eq!(store.key_count(), keys.len() as u64);
 }
