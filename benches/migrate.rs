@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N as u64));
 
     g.bench_function(BenchmarkId::new("load", "palisade"), |b| {
-        b.iter(|| load(&files))
+        b.iter(|| load(&files));
     });
 
     g.bench_function(BenchmarkId::new("plan", "palisade"), |b| {

@@ -360,7 +360,8 @@ impl Store for PostgresStore {
                state text NOT NULL, phase text NOT NULL DEFAULT 'none', started_at_us bigint NOT NULL, finished_at_us bigint, \
                applied_by text NOT NULL, backup_id text, error text);
              CREATE TABLE IF NOT EXISTS {lock} (name text PRIMARY KEY, holder text, token bigint NOT NULL, expires_at timestamptz NOT NULL);
-             INSERT INTO {lock} (name, holder, token, expires_at) VALUES ('{LOCK_NAME}', NULL, 0, to_timestamp(0)) ON CONFLICT (name) DO NOTHING;
+             INSERT INTO {lock} (name, holder, token, expires_at) SELECT '{LOCK_NAME}', NULL, 0, to_timestamp(0) \
+               WHERE NOT EXISTS (SELECT 1 FROM {lock} WHERE name = '{LOCK_NAME}') ON CONFLICT (name) DO NOTHING;
              CREATE TABLE IF NOT EXISTS {audit} (id bigserial PRIMARY KEY, at_us bigint NOT NULL, actor text NOT NULL, \
                action text NOT NULL, version bigint, detail text NOT NULL);
              CREATE TABLE IF NOT EXISTS {apps} (version text PRIMARY KEY, built_against bigint NOT NULL, live boolean NOT NULL, \
@@ -371,8 +372,10 @@ impl Store for PostgresStore {
             apps = self.t("_apps"),
         );
         self.bounded(async {
+            // The lease row is inserted only when absent, read without locking: an insert
+            // that met the row would wait for a migration holding it locked.
             // Two migrators creating the tables at once can collide on the catalog's unique
-            // index (CREATE TABLE IF NOT EXISTS is not race-free): try again once.
+            // index (CREATE TABLE IF NOT EXISTS is not race-free): try again.
             for attempt in 0..3 {
                 let client = self.client().await?;
                 match client.batch_execute(&ddl).await {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{AppVersion, LedgerRow, RowState};
 use crate::migration::{Migration, MigrationSet, Phase};
 
-/// One finding of [`validate`].
+/// One finding of [`Migrator::validate`](crate::Migrator::validate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -116,7 +116,7 @@ impl fmt::Display for Issue {
     }
 }
 
-/// What [`validate`] found: a value, empty when everything matches.
+/// What [`Migrator::validate`](crate::Migrator::validate) found: a value, empty when everything matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validation {
     /// The findings, in version order.

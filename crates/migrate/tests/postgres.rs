@@ -909,3 +909,38 @@ async fn a_crashed_migrators_lease_expires() {
         Some(RowState::Applied)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_migration_longer_than_the_lease_ttl_keeps_the_lease() {
+    let schema = PgSchema::create().unwrap();
+    // V1 holds the lease row locked for 2.5 s with a 1 s TTL: nobody can take it over, and
+    // the lease must still be ours (renewed at commit) for V2.
+    let long = set(&[
+        (
+            "V1__long.up.sql",
+            "CREATE TABLE t (x int);\nSELECT pg_sleep(2.5);",
+        ),
+        ("V2__after.up.sql", "INSERT INTO t VALUES (1);"),
+    ]);
+    let m = Migrator::builder(store(&schema), long.clone())
+        .label("long")
+        .lease_ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let other = Migrator::builder(store(&schema), long)
+        .label("other")
+        .lock_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let run = tokio::spawn({
+        let m = m.clone();
+        async move { m.up().await }
+    });
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // Past the TTL, mid-migration: the row is locked, so the other migrator is told it is
+    // held rather than taking it over.
+    let r = other.up().await;
+    assert!(matches!(r, Err(Error::Locked { .. })), "{r:?}");
+    assert_eq!(run.await.unwrap().unwrap().applied, [1, 2]);
+    assert_eq!(count(&schema, "SELECT count(*) FROM t").await, 1);
+}
