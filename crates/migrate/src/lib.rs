@@ -69,6 +69,11 @@
 //! the target's audit log and logged at INFO under the `palisade_migrate::audit` target.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The crate's README, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod backup;
 pub mod build;
 mod clock;
