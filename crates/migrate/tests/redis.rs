@@ -103,3 +103,55 @@ async fn a_migration_failing_half_way_restores_the_declared_keys() {
     assert!(status.migrations[0].backup_id.is_some());
     assert_eq!(m.backups().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_lua_and_command_migrations_run_and_a_failure_restores_the_keys() {
+    let cluster = palisade_testkit::RedisCluster::start_async(3)
+        .await
+        .expect("a 3-master Redis Cluster");
+    let store = RedisStore::cluster(cluster.pool()).with_prefix("billing");
+    // Commands route one by one (keys on different masters); a Lua body keeps its keys in one
+    // slot with a hash tag.
+    let v1 = "SET plan:alice free\nSET plan:bob pro\nSET plan:carol pro";
+    let v2 = "-- palisade: backup = {acct}:alice, {acct}:bob\nfor _, k in ipairs(KEYS) do redis.call('HSET', k, 'credits', 100) end";
+    let v2_down = "-- palisade: backup = {acct}:alice, {acct}:bob\nfor _, k in ipairs(KEYS) do redis.call('DEL', k) end";
+    let v3 = "-- palisade: backup = plan:alice, plan:bob\nSET plan:alice enterprise\nHSET plan:bob oops 1";
+    let set = MigrationSet::from_embedded(&[
+        ("V1__plans.up.redis", v1),
+        ("V2__credits.up.lua", v2),
+        ("V2__credits.down.lua", v2_down),
+        ("V3__broken.up.redis", v3),
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = Migrator::builder(store.clone(), set)
+        .backups(store, BackupVault::new(dir.path(), BackupKey::generate()))
+        .build()
+        .unwrap();
+    let err = m.up().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Migration {
+                version: 3,
+                restored: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut c = cluster.async_connection().await.unwrap();
+    let alice: String = c.get("plan:alice").await.unwrap();
+    assert_eq!(
+        alice, "free",
+        "V3's first command was undone by the restore"
+    );
+    let credits: i64 = c.hget("{acct}:bob", "credits").await.unwrap();
+    assert_eq!(credits, 100);
+    let status = m.status().await.unwrap();
+    assert_eq!(status.current_version, Some(2));
+    assert_eq!(status.migrations[2].state, Some(RowState::Failed));
+    m.down_to(1).await.unwrap();
+    let exists: bool = c.exists("{acct}:alice").await.unwrap();
+    assert!(!exists);
+}
