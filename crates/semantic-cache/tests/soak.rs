@@ -144,9 +144,12 @@ async fn redis_memory_tracking_and_local_index_stay_flat() {
         })
     };
 
+    // One sample a second while the writer runs: tenants rotate every ~2.5 s, and the
+    // regression over many periods averages that saw-tooth out (samples every 5 s would
+    // alias it into a slow trend).
     let mut samples = Vec::new();
-    while started.elapsed() < total {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    while started.elapsed() + Duration::from_secs(2) < total {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let sample = Sample {
             at: started.elapsed().as_secs_f64(),
             used_memory: info_field(&mut conn, "memory", "used_memory").await,
@@ -162,7 +165,9 @@ async fn redis_memory_tracking_and_local_index_stay_flat() {
                 .unwrap() as f64,
             local: store.local_entries() as f64,
         };
-        eprintln!("{sample:?}");
+        if samples.len() % 5 == 0 {
+            eprintln!("{sample:?}");
+        }
         samples.push(sample);
     }
     let inserts = writer.await.unwrap();
