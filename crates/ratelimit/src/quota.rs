@@ -262,6 +262,7 @@ impl Algorithm {
         matches!(self, Self::FixedWindow | Self::SlidingWindowCounter)
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) const fn code(&self) -> &'static str {
         match self {
             Self::TokenBucket => "tb",

@@ -3,10 +3,20 @@
 #![no_main]
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use palisade_ratelimit::rules::{ClientIp, ForwardedHeader};
+
+static WALKS: LazyLock<[ClientIp; 2]> = LazyLock::new(|| {
+    [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded].map(|header| {
+        ClientIp::new()
+            .trust(["10.0.0.0/8", "2001:db8::/32"])
+            .unwrap()
+            .header(header)
+    })
+});
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
@@ -25,11 +35,7 @@ fuzz_target!(|data: &[u8]| {
             headers.append("forwarded", v);
         }
     }
-    for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
-        let ip = ClientIp::new()
-            .trust(["10.0.0.0/8", "2001:db8::/32"])
-            .unwrap()
-            .header(header);
+    for ip in WALKS.iter() {
         let found = ip.resolve(Some(peer), &headers);
         assert!(found.is_some(), "a trusted peer always resolves to someone");
         let _ = ip.group(found.unwrap());
