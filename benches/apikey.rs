@@ -4,7 +4,9 @@
 //! * `verify/memory`: a valid key against a `MemoryStore`, whole path: parse, CRC32, one
 //!   lookup, HMAC-SHA256 of the secret, constant-time compare, status, scope, usage note.
 //!   Target: at most 1 µs.
-//! * `verify/memory_bad_checksum`: a mistyped key, refused before any lookup.
+//! * `verify/memory_bad_checksum`: a mistyped key, refused before any lookup (with its
+//!   audit event and metrics).
+//! * `parse/checksum_only`: format and CRC32 of a valid key, nothing else.
 //! * `verify/redis_uncached`: cache off, one `HGETALL` round trip per verification.
 //! * `verify/redis_cached`: the verify cache in front of Redis (within its 5 s bound).
 //! * `token_verify/palisade` vs `token_verify/jsonwebtoken`, and `token_issue/*`.
@@ -48,6 +50,13 @@ fn verify(c: &mut Criterion) {
     assert!(ready(keys.verify(&text, "read:x")).unwrap().is_verified());
     g.bench_function(BenchmarkId::new("verify", "memory"), |b| {
         b.iter(|| ready(keys.verify(black_box(&text), "read:reports")).unwrap());
+    });
+    g.bench_function(BenchmarkId::new("parse", "checksum_only"), |b| {
+        b.iter(|| {
+            palisade::apikey::ParsedKey::parse(black_box(&text))
+                .unwrap()
+                .id()
+        });
     });
     let mut typo = text.clone().into_bytes();
     let i = typo.len() - 3;
