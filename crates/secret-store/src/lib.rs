@@ -127,5 +127,5 @@ pub use policy::{Failed, FailureMode, Freshness, Read, SecretsConfig};
 pub use provider::Provider;
 pub use redact::{RedactingMakeWriter, Redactor};
 pub use secrecy::{self, ExposeSecret, SecretString};
-pub use secrets::{Refused, Secrets, SecretsBuilder, UseError};
+pub use secrets::{GetFuture, Refused, Secrets, SecretsBuilder, UseError};
 pub use value::{Fetched, MAX_NAME_LEN, MAX_VERSION_LEN, Secret, SecretName, Version};

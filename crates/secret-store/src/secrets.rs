@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use futures::future::Either;
 use metrics::{Counter, Gauge};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{broadcast, watch};
@@ -347,6 +346,44 @@ pub enum UseError<E> {
     Other(E),
 }
 
+/// The future of [`Secrets::get`]: already complete when the value was cached (it holds
+/// only the handle), otherwise a boxed load.
+#[must_use = "futures do nothing unless polled"]
+pub struct GetFuture<'a>(GetState<'a>);
+
+type BoxedLoad<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Secret>> + Send + 'a>>;
+
+enum GetState<'a> {
+    Hit(Option<Secret>),
+    Load(BoxedLoad<'a>),
+}
+
+impl fmt::Debug for GetFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            GetState::Hit(_) => "GetFuture(cached)",
+            GetState::Load(_) => "GetFuture(loading)",
+        })
+    }
+}
+
+impl Future for GetFuture<'_> {
+    type Output = Result<Secret>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            GetState::Hit(s) => {
+                std::task::Poll::Ready(Ok(s.take().expect("GetFuture polled after it completed")))
+            }
+            GetState::Load(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
 impl Secrets {
     /// A builder with the default settings ([`SecretsConfig::default`]).
     pub fn builder() -> SecretsBuilder {
@@ -370,17 +407,27 @@ impl Secrets {
     /// [`Error::InvalidName`]; [`Error::NotFound`] when no provider has it; the first
     /// provider's error when the chain failed and no last-known-good value may be served
     /// (always for [`Error::Denied`]).
-    pub fn get<'a>(&'a self, name: &'a str) -> impl Future<Output = Result<Secret>> + Send + 'a {
-        // The cached path is decided before any future exists: the future handed back is
-        // then a small ready value, and only a load pays for the (boxed) slow path.
+    #[inline]
+    pub fn get<'a>(&'a self, name: &'a str) -> GetFuture<'a> {
+        // The cached path is decided before any future exists: the future handed back then
+        // holds just the handle (8 bytes), and only a load pays for the (boxed) slow path.
         match self.cached(name) {
-            Some(s) => Either::Left(std::future::ready(Ok(s))),
-            None => Either::Right(Box::pin(self.load(name, false))),
+            Some(s) => GetFuture(GetState::Hit(Some(s))),
+            None => GetFuture(GetState::Load(self.load_boxed(name))),
         }
+    }
+
+    /// The slow path, boxed in a function of its own: the load future is large, and building
+    /// it inline would give `get` a stack frame (and stack probes) that every cached read
+    /// would pay for.
+    #[inline(never)]
+    fn load_boxed<'a>(&'a self, name: &'a str) -> BoxedLoad<'a> {
+        Box::pin(self.load(name, false))
     }
 
     /// The cached value of `name` if it may be served now, without any I/O (`None` when it
     /// is not cached or must be loaded). Starts a background refresh when it is stale.
+    #[inline]
     pub fn cached(&self, name: &str) -> Option<Secret> {
         let slots = self.inner.slots.load();
         let slot = slots.get(name)?;
