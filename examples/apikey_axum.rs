@@ -2,9 +2,11 @@
 //! the key and puts an `Identity` into the request, and the handler rate-limits on the
 //! *key id* (never the key's text) under the policy named on the key.
 //!
-//! The pepper is read from `APIKEY_PEPPER` (32 bytes or more); in production feed it from
-//! your secret store (palisade-secret-store, Vault, a mounted file), never from source code.
-//! Everything runs in memory; requests are sent to the router in-process.
+//! The pepper comes from the secret store (`palisade::secret_store`): secret
+//! `apikey/pepper-v1`, here from the environment variable `APP_APIKEY_PEPPER_V1` (32 bytes or
+//! more) or a demo value when it is unset. In production put a Vault, Azure or encrypted
+//! Redis provider behind it; never source code. Everything runs in memory; requests are sent
+//! to the router in-process.
 //!
 //! `cargo run --example apikey_axum`
 
@@ -17,6 +19,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use palisade::apikey::{ApiKeyLayer, ApiKeys, Identity, KeySpec, MemoryStore, Pepper, Peppers};
 use palisade::ratelimit::{Algorithm, Policy, Quota, RateLimiter};
+use palisade::secret_store::{EnvProvider, ExposeSecret, Secrets};
 use tower::ServiceExt;
 
 struct Limits {
@@ -40,12 +43,25 @@ async fn reports(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let pepper = std::env::var("APIKEY_PEPPER")
-        .unwrap_or_else(|_| "example pepper: set APIKEY_PEPPER in production".to_owned());
-    let keys = ApiKeys::builder(Peppers::new(Pepper::new(1, pepper.into_bytes())?))
-        .store(MemoryStore::new())
-        .prefix("acme")
-        .build()?;
+    let env = match std::env::var("APP_APIKEY_PEPPER_V1") {
+        Ok(_) => EnvProvider::from_env("APP_"),
+        Err(_) => EnvProvider::from_vars(
+            "APP_",
+            [(
+                "APP_APIKEY_PEPPER_V1",
+                "demo pepper: set APP_APIKEY_PEPPER_V1 in production",
+            )],
+        ),
+    };
+    let secrets = Secrets::builder().provider(env).build()?;
+    let pepper = secrets.get("apikey/pepper-v1").await?;
+    let keys = ApiKeys::builder(Peppers::new(Pepper::new(
+        1,
+        pepper.expose_secret().as_bytes(),
+    )?))
+    .store(MemoryStore::new())
+    .prefix("acme")
+    .build()?;
 
     let free = keys
         .create(
