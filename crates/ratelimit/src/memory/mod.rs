@@ -19,7 +19,7 @@ mod key;
 mod table;
 
 use key::{KeyBuf, Probe, StoredKey};
-use table::{Admit, Decide, Form, List, Log, Op, Peek, Refund, Shard, Verdicts, Word};
+use table::{Admit, Decide, Form, List, Log, Op, Peek, Refund, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
@@ -247,9 +247,11 @@ impl MemoryStore {
         cost: u64,
     ) -> Decision {
         let now = self.clock.now();
-        let (allowed, verdicts) =
-            self.call(subject.into(), policy, Slot(Decide { now, cost }, now));
-        Decision::from_verdicts(policy, allowed, verdicts.as_slice(), DecisionSource::Store)
+        self.call(
+            subject.into(),
+            policy,
+            Slot(Decide { policy, now, cost }, now),
+        )
     }
 
     /// Only whether a request of `cost` is admitted (consuming it if so), without building a
@@ -269,8 +271,7 @@ impl MemoryStore {
     /// [`Store::peek`](crate::Store::peek), synchronously.
     pub fn peek_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) -> Decision {
         let now = self.clock.now();
-        let (allowed, verdicts) = self.call(subject.into(), policy, Look(Peek { now }));
-        Decision::from_verdicts(policy, allowed, verdicts.as_slice(), DecisionSource::Store)
+        self.call(subject.into(), policy, Look(Peek { policy, now }))
     }
 
     /// [`Store::refund`](crate::Store::refund), synchronously.
@@ -339,8 +340,8 @@ impl<O: Op> Call for Existing<O> {
 /// Reads the states, or fresh ones when the key is not held.
 struct Look<R>(R);
 
-impl Call for Look<Peek> {
-    type Out = (bool, Verdicts);
+impl Call for Look<Peek<'_>> {
+    type Out = Decision;
     fn on<K: StoredKey, F: Form>(
         self,
         store: &MemoryStore,
@@ -349,10 +350,10 @@ impl Call for Look<Peek> {
     ) -> Self::Out {
         let (h, shard) = store.shard::<K>(policy, key);
         shard
-            .read::<K, F, Peek>(h, policy, key, self.0)
+            .read::<K, F, Peek<'_>>(h, policy, key, self.0)
             .unwrap_or_else(|| {
                 let (allowed, v) = algorithm::peek(&[], policy, self.0.now);
-                (allowed, Verdicts::many(&v))
+                Decision::from_verdicts(policy, allowed, &v, DecisionSource::Store)
             })
     }
 }

@@ -11,6 +11,7 @@ use crate::algorithm::{
     self, FixedWindow, Gcra, LogEnds, Machine, OneWord, QuotaState, SlidingCounter, SlidingLog,
     TokenBucket, Verdict, WordLayout,
 };
+use crate::decision::{Decision, DecisionSource};
 use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy};
 
 /// The one quota of a single-quota group's policy.
@@ -62,55 +63,31 @@ impl Op for Admit {
     }
 }
 
-/// Every quota's verdict, on the stack (a policy has at most [`MAX_QUOTAS`]).
-#[derive(Debug)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "returned once per call, on the stack instead of a heap allocation"
-)]
-pub(super) enum Verdicts {
-    One(Verdict),
-    Many([Verdict; MAX_QUOTAS], usize),
-}
-
-impl Verdicts {
-    pub(super) fn as_slice(&self) -> &[Verdict] {
-        match self {
-            Self::One(v) => std::slice::from_ref(v),
-            Self::Many(v, n) => &v[..*n],
-        }
-    }
-
-    pub(super) fn many(v: &[Verdict]) -> Self {
-        let mut out = [Verdict::NONE; MAX_QUOTAS];
-        out[..v.len()].copy_from_slice(v);
-        Self::Many(out, v.len())
-    }
-}
-
-/// The decision with every quota's verdict.
+/// The decision with every quota's verdict, built where the verdicts are (a single quota's
+/// on the stack, several in a buffer on the stack): nothing is allocated for one quota.
 #[derive(Clone, Copy)]
-pub(super) struct Decide {
+pub(super) struct Decide<'p> {
+    pub(super) policy: &'p Policy,
     pub(super) now: u64,
     pub(super) cost: u64,
 }
 
-impl Op for Decide {
-    type Out = (bool, Verdicts);
-    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Self::Out {
+impl Op for Decide<'_> {
+    type Out = Decision;
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
         let v = m.check(q, self.now, self.cost);
         if v.allowed {
             let taken = m.take(q, self.now, self.cost);
             debug_assert!(taken, "check admitted the request");
         }
-        (v.allowed, Verdicts::One(v))
+        Decision::from_verdicts(self.policy, v.allowed, &[v], DecisionSource::Store)
     }
-    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Self::Out {
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
         let mut out = [Verdict::NONE; MAX_QUOTAS];
         let n = states.len().min(MAX_QUOTAS);
         let allowed =
             algorithm::decide_into(&mut states[..n], policy, self.now, self.cost, &mut out[..n]);
-        (allowed, Verdicts::Many(out, n))
+        Decision::from_verdicts(policy, allowed, &out[..n], DecisionSource::Store)
     }
 }
 
@@ -156,22 +133,23 @@ impl Read for Expiry {
 
 /// What a request of cost 1 would get, consuming nothing.
 #[derive(Clone, Copy)]
-pub(super) struct Peek {
+pub(super) struct Peek<'p> {
+    pub(super) policy: &'p Policy,
     pub(super) now: u64,
 }
 
-impl Read for Peek {
-    type Out = (bool, Verdicts);
-    fn one<M: Machine>(self, m: &M, q: &Params) -> Self::Out {
+impl Read for Peek<'_> {
+    type Out = Decision;
+    fn one<M: Machine>(self, m: &M, q: &Params) -> Decision {
         let mut v = m.check(q, self.now, 1);
         if v.allowed {
             v.remaining += 1;
         }
-        (v.allowed, Verdicts::One(v))
+        Decision::from_verdicts(self.policy, v.allowed, &[v], DecisionSource::Store)
     }
-    fn list(self, states: &[QuotaState], policy: &Policy) -> Self::Out {
+    fn list(self, states: &[QuotaState], policy: &Policy) -> Decision {
         let (allowed, v) = algorithm::peek(states, policy, self.now);
-        (allowed, Verdicts::many(&v))
+        Decision::from_verdicts(policy, allowed, &v, DecisionSource::Store)
     }
 }
 
