@@ -36,6 +36,7 @@ pub(crate) fn client(timeout: std::time::Duration) -> Result<reqwest::Client, Er
 
 /// Percent-encode one URL path segment (secret names are `A-Z a-z 0-9 _ - . /`; `/` stays a
 /// separator where the caller wants it).
+#[cfg(feature = "vault")]
 pub(crate) fn path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
