@@ -32,6 +32,13 @@
 /// The version of the `palisade` facade.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The `deadpool_redis` crate whose pools every Redis backend takes (`RedisStore::new(pool)`),
+/// re-exported so a service builds its pool with the very version the crates were built
+/// against: `palisade::deadpool_redis::Config::from_url(url).create_pool(…)`.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use deadpool_redis;
+
 // -- ratelimit --
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
