@@ -561,7 +561,7 @@ impl SemanticCache {
     ///
     /// # Errors
     /// [`Error::EmptyPrompt`], [`Error::PromptTooLarge`], embedder and backend errors.
-    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    #[tracing::instrument(name = "semantic_cache.lookup", level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
     pub async fn lookup(&self, key: &CacheKey) -> Result<Lookup> {
         let prepared = self.prepare(key)?;
         Ok(self.lookup_prepared(&prepared).await?.0)
@@ -696,7 +696,7 @@ impl SemanticCache {
     ///
     /// # Errors
     /// Bad prompt, zero TTL, embedder and backend errors.
-    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    #[tracing::instrument(name = "semantic_cache.insert", level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
     pub async fn insert_with(
         &self,
         key: &CacheKey,
@@ -817,7 +817,7 @@ impl SemanticCache {
     /// # Errors
     /// [`Error::Provider`] with `compute`'s error, and everything [`lookup`](Self::lookup)
     /// and [`insert`](Self::insert) return.
-    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    #[tracing::instrument(name = "semantic_cache.get_or_compute", level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
     pub async fn get_or_compute<F, Fut, E>(&self, key: &CacheKey, compute: F) -> Result<Served>
     where
         F: FnOnce() -> Fut,
@@ -865,7 +865,7 @@ impl SemanticCache {
     ///
     /// # Errors
     /// [`Error::Backend`] when the backend fails.
-    #[tracing::instrument(level = "debug", skip(self))]
+    #[tracing::instrument(name = "semantic_cache.invalidate", level = "debug", skip(self))]
     pub async fn invalidate(&self, what: Invalidation) -> Result<u64> {
         let removed = self.inner.store.invalidate(&what).await?;
         metrics::counter!(crate::stats::names::INVALIDATIONS, "kind" => what.kind())
