@@ -113,7 +113,15 @@ impl Visited {
     }
 }
 
-/// An HNSW graph over int8 codes; see the [module docs](self).
+/// An HNSW graph (Malkov & Yashunin) over int8-quantised unit vectors.
+///
+/// Vectors are stored as int8 codes with one f32 scale each (384 + 4 bytes for 384-d);
+/// similarities from codes are off by about 1e-3, so callers re-score their final
+/// candidates with exact vectors. Deletes are tombstones (O(1)) that keep routing searches
+/// but are never returned; each later insert or delete consolidates up to two of them
+/// (their neighbours are re-linked, the slot is reused), so there is no full-rebuild pause.
+/// [`VectorIndex`](crate::index::VectorIndex) uses it for partitions of
+/// [`ANN_MIN_ROWS`](crate::index::ANN_MIN_ROWS) rows and more.
 #[derive(Clone, Debug)]
 pub struct HnswIndex {
     dimension: usize,

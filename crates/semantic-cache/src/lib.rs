@@ -38,7 +38,7 @@
 //! ```
 //!
 //! # Features
-//! - `redis` (default): [`RedisStore`](redis::RedisStore), entries shared by all instances.
+//! - `redis` (default): [`RedisStore`] (standalone, TLS or Cluster), entries shared by all instances.
 //! - `candle` (off): `minilm::MiniLmEmbedder`, all-MiniLM-L6-v2 from local
 //!   files (fetched by `scripts/fetch-minilm.sh`).
 //! - `http` (off): `http::HttpEmbedder` for OpenAI-compatible `/embeddings`

@@ -95,7 +95,7 @@ impl moka::Expiry<EntryId, Arc<Entry>> for PerEntryTtl {
 /// `moka`'s TinyLFU policy) and by each entry's TTL.
 ///
 /// Lookups by id cost one hash-map read. A search scans the flat index of the query's
-/// scope (see [`VectorIndex`](crate::index::VectorIndex)). Invalidation by tag, namespace or tenant walks all entries,
+/// scope (see [`VectorIndex`]). Invalidation by tag, namespace or tenant walks all entries,
 /// O(n). Expiry is also checked against the cache's clock on every read, so a fake clock
 /// expires entries in tests without waiting.
 #[derive(Clone, Debug)]
