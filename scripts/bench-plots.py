@@ -10,8 +10,8 @@ a horizontal bar per row: time per iteration on the bottom axis, the confidence 
 error bar, the median written beside it. Rows of peer libraries and baselines are drawn in
 grey: a row is a peer's when one of its id's parts names a dev-dependency of the `palisade`
 facade (crates/palisade/Cargo.toml, where every bench's peers are declared) that is not a
-palisade crate or a tool (criterion, tokio, ...), or, in a group where some rows name
-`palisade`, when it does not. Nothing here names a bench or a group, so a group added later
+palisade crate or a tool (criterion, tokio, ...), when it says `naive` or `baseline`, or, in a
+group where some rows name `palisade`, when it does not. Nothing here names a bench or a group, so a group added later
 gets its chart on the next run without editing this script. A chart is named after its
 group, as criterion names its folders.
 
@@ -56,10 +56,15 @@ def peer_names():
     return {norm(d) for d in deps if not norm(d).startswith("palisade") and norm(d) not in TOOLS}
 
 
+# Words that mark a row as a baseline written for the bench (a plain scan, a bare map).
+BASELINE_WORDS = ("naive", "baseline")
+
+
 def is_peer(row_id, peers):
     parts = re.split(r"[/\s]+", norm(row_id))
     return any(p == peer or p.startswith(peer + "_") or p.startswith(peer + "::")
-               for p in parts for peer in peers)
+               for p in parts for peer in peers) or any(
+        w in p for p in parts for w in BASELINE_WORDS)
 
 
 def load(criterion_dir, only):
@@ -108,9 +113,14 @@ def slug(group):
 
 
 def draw(group, rows, peers, out):
-    # Rows sorted by their id's first part, then by median: each operation's rows (ours and
-    # the peers') sit together, fastest first.
-    rows = sorted(rows, key=lambda r: (r[0].split("/")[0], r[1]))
+    # Rows sorted by their id's first part, then by size when the id ends in a number (a
+    # scaling series reads in order), else by median: each operation's rows (ours and the
+    # peers') sit together, fastest first.
+    def order(r):
+        parts = r[0].split("/")
+        size = float(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else math.inf
+        return (parts[0], size, r[1])
+    rows = sorted(rows, key=order)
     scale, unit = unit_for([r[3] for r in rows])
     medians = [r[1] / scale for r in rows]
     lows = [max(r[1] - r[2], 0) / scale for r in rows]
