@@ -6,6 +6,10 @@
 //!   that long is never early.
 //! * `RateLimit-Policy` and `RateLimit` from draft-ietf-httpapi-ratelimit-headers-11, one list
 //!   item per quota: `"per_minute";q=60;w=60` and `"per_minute";r=42;t=18`.
+//! * Opt-in ([`HeaderStyle::with_per_window`]): one `X-RateLimit-Limit-<quota>`,
+//!   `X-RateLimit-Remaining-<quota>` and `X-RateLimit-Reset-<quota>` per quota (Kong's
+//!   per-window headers: name the quotas `minute`, `hour`, `day` to get
+//!   `X-RateLimit-Remaining-Minute`, …), for clients that read one header per window.
 //!
 //! ```
 //! use palisade_ratelimit::{headers, Algorithm, MemoryStore, Policy, Quota};
@@ -40,6 +44,9 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (IETF draft 11).
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// `X-RateLimit-Tier`: the tier a request was counted under (written by the layer when
+/// asked, [`RateLimitLayer::tier_header`](crate::layer::RateLimitLayer::tier_header)).
+pub const X_RATELIMIT_TIER: HeaderName = HeaderName::from_static("x-ratelimit-tier");
 
 /// Which header families to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +56,9 @@ pub struct HeaderStyle {
     pub legacy: bool,
     /// `RateLimit-Policy` and `RateLimit`.
     pub draft: bool,
+    /// `X-RateLimit-{Limit,Remaining,Reset}-<quota name>`, one set per quota (off in every
+    /// constant below; turn it on with [`with_per_window`](Self::with_per_window)).
+    pub per_window: bool,
 }
 
 impl HeaderStyle {
@@ -56,22 +66,36 @@ impl HeaderStyle {
     pub const BOTH: Self = Self {
         legacy: true,
         draft: true,
+        per_window: false,
     };
     /// Only the `X-RateLimit-*` family.
     pub const LEGACY: Self = Self {
         legacy: true,
         draft: false,
+        per_window: false,
     };
     /// Only the IETF draft's fields.
     pub const DRAFT: Self = Self {
         legacy: false,
         draft: true,
+        per_window: false,
     };
     /// No counters (a 429 still gets `Retry-After`).
     pub const NONE: Self = Self {
         legacy: false,
         draft: false,
+        per_window: false,
     };
+
+    /// The same style, with or without the per-window headers (one
+    /// `X-RateLimit-Limit-<quota>`, `-Remaining-<quota>` and `-Reset-<quota>` per quota).
+    /// A quota whose name is not a valid header-name suffix (letters, digits, `-`, `_`,
+    /// `.`) gets none.
+    #[must_use]
+    pub const fn with_per_window(mut self, per_window: bool) -> Self {
+        self.per_window = per_window;
+        self
+    }
 }
 
 impl Default for HeaderStyle {
@@ -152,8 +176,39 @@ pub fn apply(decision: &Decision, headers: &mut HeaderMap, style: HeaderStyle) {
             headers.insert(RATELIMIT, v);
         }
     }
+    if style.per_window {
+        apply_per_window(decision, headers);
+    }
     if let Some(v) = retry_after(decision) {
         headers.insert(http::header::RETRY_AFTER, v);
+    }
+}
+
+/// The per-window headers: `X-RateLimit-Limit-<quota>`, `-Remaining-<quota>`,
+/// `-Reset-<quota>` for each quota whose name makes a valid header name (lower-cased;
+/// others are skipped). Costs three small allocations per quota.
+fn apply_per_window(decision: &Decision, headers: &mut HeaderMap) {
+    for (name, q) in decision.named() {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            continue;
+        }
+        let suffix = name.to_ascii_lowercase();
+        let values = [
+            ("limit", q.limit),
+            ("remaining", q.remaining),
+            ("reset", ceil_secs(q.reset)),
+        ];
+        for (field, value) in values {
+            if let Ok(header) =
+                HeaderName::from_bytes(format!("x-ratelimit-{field}-{suffix}").as_bytes())
+            {
+                headers.insert(header, HeaderValue::from(value));
+            }
+        }
     }
 }
 

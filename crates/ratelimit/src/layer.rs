@@ -3,7 +3,9 @@
 //! Works with any tower service over `http` types, including axum routers. Admitted
 //! requests get the rate-limit headers on their response; denied requests get a `429` with
 //! the same headers, `Retry-After` and an `application/problem+json` body (RFC 9457);
-//! exempt and unmatched routes pass untouched.
+//! exempt and unmatched routes pass untouched. With
+//! [`tier_header(true)`](RateLimitLayer::tier_header), counted and unlimited requests also
+//! get `X-RateLimit-Tier`, the tier they were counted under.
 //!
 //! ```
 //! use palisade_ratelimit::layer::RateLimitLayer;
@@ -48,6 +50,7 @@ use crate::rules::{Outcome, RequestLimiter, RequestParts};
 pub struct RateLimitLayer {
     limiter: RequestLimiter,
     style: HeaderStyle,
+    tier_header: bool,
 }
 
 impl RateLimitLayer {
@@ -56,6 +59,7 @@ impl RateLimitLayer {
         Self {
             limiter,
             style: HeaderStyle::BOTH,
+            tier_header: false,
         }
     }
 
@@ -63,6 +67,17 @@ impl RateLimitLayer {
     #[must_use]
     pub fn headers(mut self, style: HeaderStyle) -> Self {
         self.style = style;
+        self
+    }
+
+    /// Whether to write [`X-RateLimit-Tier`](headers::X_RATELIMIT_TIER) (off by default):
+    /// the tier a counted request was counted under (the rules' default tier for a tier
+    /// its route does not list) or the tier of an unlimited one, on admitted responses and
+    /// on `429`s alike. Exempt and unmatched requests get none. A tier name that is not a
+    /// valid header value is left out.
+    #[must_use]
+    pub fn tier_header(mut self, on: bool) -> Self {
+        self.tier_header = on;
         self
     }
 }
@@ -75,6 +90,7 @@ impl<S> Layer<S> for RateLimitLayer {
             inner,
             limiter: self.limiter.clone(),
             style: self.style,
+            tier_header: self.tier_header,
         }
     }
 }
@@ -85,6 +101,7 @@ pub struct RateLimit<S> {
     inner: S,
     limiter: RequestLimiter,
     style: HeaderStyle,
+    tier_header: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
@@ -109,16 +126,34 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         let style = self.style;
+        let tier_header = self.tier_header;
         Box::pin(async move {
             let outcome = limiter.check(&RequestParts::from_request(&req)).await;
+            let tier = match &outcome {
+                Outcome::Limited { tier, .. } | Outcome::Unlimited { tier } if tier_header => {
+                    HeaderValue::from_str(tier).ok()
+                }
+                _ => None,
+            };
             if outcome.blocks()
                 && let Some(decision) = outcome.decision()
             {
-                return Ok(too_many_requests(decision, style));
+                let mut response = too_many_requests(decision, style);
+                if let Some(tier) = tier {
+                    response
+                        .headers_mut()
+                        .insert(headers::X_RATELIMIT_TIER, tier);
+                }
+                return Ok(response);
             }
             let mut response = inner.call(req).await?;
             if let Outcome::Limited { decision, .. } = &outcome {
                 headers::apply(decision, response.headers_mut(), style);
+            }
+            if let Some(tier) = tier {
+                response
+                    .headers_mut()
+                    .insert(headers::X_RATELIMIT_TIER, tier);
             }
             Ok(response)
         })

@@ -483,3 +483,109 @@ async fn no_spelling_of_a_path_reaches_a_route_without_its_rule() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_layer_writes_the_tier_and_per_window_headers_when_asked() {
+    let day_policy = Policy::builder("windows")
+        .algorithm(Algorithm::FixedWindow)
+        .quota("minute", Quota::per_minute(3))
+        .quota("Hour", Quota::per_hour(10))
+        .quota("not a header", Quota::per_day(100))
+        .build()
+        .unwrap();
+    let rules = Rules::builder()
+        .exempt("/health")
+        .unwrap()
+        .route(
+            Route::new("/**")
+                .unwrap()
+                .tier("free", day_policy)
+                .unlimited_tier("admin"),
+        )
+        .key(Key::user_id())
+        .tiers(TierResolver::extension(), "free")
+        .build()
+        .unwrap();
+    let store = MemoryStore::builder().clock(FakeClock::new()).build();
+    let limiter = RequestLimiter::new(RateLimiter::new(store), rules);
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/other", get(|| async { "other" }))
+        .layer(
+            RateLimitLayer::new(limiter.clone())
+                .headers(palisade_ratelimit::headers::HeaderStyle::BOTH.with_per_window(true))
+                .tier_header(true),
+        );
+
+    // A tier the route does not list is counted, and named, as the default tier.
+    let ok = app
+        .clone()
+        .oneshot(request("/other", Some("u1"), Some("gold")))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let h = ok.headers();
+    assert_eq!(h["x-ratelimit-tier"], "free");
+    assert_eq!(h["x-ratelimit-limit-minute"], "3");
+    assert_eq!(h["x-ratelimit-remaining-minute"], "2");
+    assert_eq!(h["x-ratelimit-limit-hour"], "10");
+    assert_eq!(h["x-ratelimit-remaining-hour"], "9");
+    assert!(h.contains_key("x-ratelimit-reset-minute"));
+    assert!(h.contains_key("x-ratelimit-reset-hour"));
+    // A quota name that cannot be a header name gets no per-window headers; the draft
+    // headers still name it.
+    assert_eq!(
+        h.keys()
+            .filter(|k| k.as_str().starts_with("x-ratelimit-limit-"))
+            .count(),
+        2
+    );
+    assert!(
+        h["ratelimit"]
+            .to_str()
+            .unwrap()
+            .contains("\"not a header\"")
+    );
+
+    for _ in 0..2 {
+        app.clone()
+            .oneshot(request("/other", Some("u1"), Some("free")))
+            .await
+            .unwrap();
+    }
+    let denied = app
+        .clone()
+        .oneshot(request("/other", Some("u1"), Some("free")))
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(denied.headers()["x-ratelimit-tier"], "free");
+    assert_eq!(denied.headers()["x-ratelimit-remaining-minute"], "0");
+    assert_eq!(denied.headers()["x-ratelimit-remaining-hour"], "7");
+
+    // Unlimited: the tier, no counters. Exempt: nothing.
+    let admin = app
+        .clone()
+        .oneshot(request("/other", Some("root"), Some("admin")))
+        .await
+        .unwrap();
+    assert_eq!(admin.headers()["x-ratelimit-tier"], "admin");
+    assert!(!admin.headers().contains_key("x-ratelimit-limit"));
+    let health = app
+        .clone()
+        .oneshot(request("/health", Some("u1"), Some("free")))
+        .await
+        .unwrap();
+    assert!(!health.headers().contains_key("x-ratelimit-tier"));
+
+    // Off by default.
+    let plain = Router::new()
+        .route("/other", get(|| async { "other" }))
+        .layer(RateLimitLayer::new(limiter));
+    let resp = plain
+        .oneshot(request("/other", Some("u2"), Some("free")))
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key("x-ratelimit-tier"));
+    assert!(!resp.headers().contains_key("x-ratelimit-limit-minute"));
+}
