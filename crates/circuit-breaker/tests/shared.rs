@@ -605,3 +605,50 @@ async fn a_call_dropped_while_leasing_gives_back_its_lease_and_probe() {
     .await;
     prober.await.unwrap();
 }
+
+/// A half-open probe whose lease request the store cannot answer (Redis frozen past the
+/// store's timeout) is decided by the failure mode, as admission is while the store is
+/// down: `FailOpen` lets the call through and records it, `FallbackToMemory` runs it as a
+/// local probe, `FailClosed` rejects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_store_cannot_answer_follows_the_failure_mode() {
+    let server = start_server().await;
+    for (mode, admitted) in [
+        (FailureMode::FailOpen, true),
+        (FailureMode::FallbackToMemory, true),
+        (FailureMode::FailClosed, false),
+    ] {
+        let store: Arc<dyn Store> = Arc::new(
+            RedisStore::new(server.pool())
+                .with_prefix(format!("{mode:?}:"))
+                .with_timeout(Duration::from_millis(300)),
+        );
+        let b = CircuitBreaker::builder("lease-down")
+            .config(local_rules(mode))
+            .store(store)
+            .build()
+            .unwrap();
+        for _ in 0..8 {
+            let _ = b.call(async { Err::<(), _>("upstream 500") }).await;
+        }
+        wait_until("open", Duration::from_secs(2), || b.state() == State::Open).await;
+        tokio::time::sleep(OPEN_WAIT + FLUSH).await;
+        assert_eq!(b.health().store_healthy, Some(true));
+        let recorded = b.snapshot().calls;
+        server.pause(Duration::from_secs(2));
+        let r = b.call(async { Ok::<_, ()>(()) }).await;
+        server.resume();
+        assert_eq!(r.is_ok(), admitted, "{mode:?}: {r:?}");
+        if mode == FailureMode::FailOpen {
+            assert_eq!(
+                b.snapshot().calls,
+                recorded + 1,
+                "FailOpen records the call it lets through"
+            );
+        }
+        wait_until("the store answers again", Duration::from_secs(3), || {
+            b.health().store_healthy == Some(true)
+        })
+        .await;
+    }
+}
