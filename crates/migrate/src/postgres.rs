@@ -684,6 +684,14 @@ impl Store for PostgresStore {
         })
         .await
     }
+
+    async fn health(&self) -> Result<()> {
+        self.bounded(async {
+            self.client().await?.typed("SELECT 1", &[]).await?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Backups of a PostgreSQL schema (or of declared tables) with `pg_dump` in custom format,

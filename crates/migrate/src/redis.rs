@@ -534,6 +534,11 @@ impl Store for RedisStore {
         apps.sort_by(|a, b| a.version.cmp(&b.version));
         Ok(apps)
     }
+
+    async fn health(&self) -> Result<()> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -161,6 +161,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend failures.
     async fn apps(&self) -> Result<Vec<AppVersion>>;
+
+    /// Whether the target answers now, for a service's health endpoint: one round trip
+    /// within the store's timeout (PostgreSQL `SELECT 1`, Redis `PING`); the memory target
+    /// always answers. Needs no table and takes no lease.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) or [`Error::Timeout`](crate::Error::Timeout)
+    /// when the target does not answer.
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -218,6 +229,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn apps(&self) -> Result<Vec<AppVersion>> {
         (**self).apps().await
+    }
+    async fn health(&self) -> Result<()> {
+        (**self).health().await
     }
 }
 

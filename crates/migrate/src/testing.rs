@@ -371,6 +371,17 @@ pub async fn status_serialises<F: Fixture>(f: &F) {
     assert_eq!(json["target"], f.store().backend_name());
 }
 
+/// A live target answers its health check, with or without the migrator's tables.
+pub async fn health_answers_on_a_live_target<F: Fixture>(f: &F) {
+    let store = f.store();
+    store.health().await.expect("a fresh target is healthy");
+    let m = migrator(f, set(f, &[(1, "cf_h1")]), "t");
+    m.up().await.unwrap();
+    store.health().await.expect("a migrated target is healthy");
+    let shared: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    shared.health().await.expect("through Arc<dyn Store>");
+}
+
 /// Expands to one `#[tokio::test]` per conformance case in a module `$name`; `$fixture` is
 /// an expression (it may `.await`) evaluated in each test for a fresh [`Fixture`].
 #[macro_export]
@@ -386,7 +397,8 @@ macro_rules! conformance_tests {
             baseline_records_without_running,
             every_state_change_is_audited,
             contract_waits_for_live_old_apps,
-            status_serialises
+            status_serialises,
+            health_answers_on_a_live_target
         );
     };
     (@cases $name:ident, $fixture:expr, $($case:ident),+) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use palisade_migrate::{
     BackupKey, BackupScope, BackupVault, Error, Issue, MigrationSet, Migrator, PgDump,
-    PostgresStore, RowState,
+    PostgresStore, RowState, Store,
 };
 use palisade_testkit::PgSchema;
 
@@ -943,4 +943,22 @@ async fn a_transactional_migration_longer_than_the_lease_ttl_keeps_the_lease() {
     assert!(matches!(r, Err(Error::Locked { .. })), "{r:?}");
     assert_eq!(run.await.unwrap().unwrap().applied, [1, 2]);
     assert_eq!(count(&schema, "SELECT count(*) FROM t").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_only_while_the_server_does() {
+    let schema = PgSchema::create().unwrap();
+    let store = PostgresStore::from_url(&schema.url()).unwrap();
+    store.health().await.expect("a reachable server is healthy");
+    // Nothing listens on port 1: the check fails (promptly), it does not hang.
+    let gone = PostgresStore::from_url("postgres://postgres@127.0.0.1:1/test")
+        .unwrap()
+        .with_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let err = gone.health().await.expect_err("nothing listens on port 1");
+    assert!(
+        matches!(err, Error::Backend { .. } | Error::Timeout(_)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
 }

@@ -4,7 +4,7 @@
 #![cfg(feature = "redis")]
 
 use palisade_migrate::{
-    BackupKey, BackupVault, Error, MigrationSet, Migrator, RedisStore, RowState,
+    BackupKey, BackupVault, Error, MigrationSet, Migrator, RedisStore, RowState, Store,
 };
 use palisade_testkit::redis::AsyncCommands;
 
@@ -154,4 +154,27 @@ async fn on_a_cluster_lua_and_command_migrations_run_and_a_failure_restores_the_
     m.down_to(1).await.unwrap();
     let exists: bool = c.exists("{acct}:alice").await.unwrap();
     assert!(!exists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_server() {
+    let mut server = palisade_testkit::RedisServer::start().unwrap();
+    let store = RedisStore::new(server.pool()).with_timeout(std::time::Duration::from_secs(2));
+    store.health().await.expect("a running server is healthy");
+    server.kill();
+    let err = store.health().await.expect_err("a killed server is not");
+    assert!(
+        matches!(err, Error::Backend { .. } | Error::Timeout(_)),
+        "{err:?}"
+    );
+    server.restart().unwrap();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if store.health().await.is_ok() {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "healthy again after the restart");
 }
