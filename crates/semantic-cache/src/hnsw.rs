@@ -23,10 +23,11 @@ use crate::key::EntryId;
 const M: usize = 16;
 /// Links per node on layer 0.
 const M0: usize = 2 * M;
-/// Candidates kept while linking a new node.
-const EF_CONSTRUCTION: usize = 64;
+/// Candidates kept while linking a new node (100: the 50k recall test after churn needs more
+/// than 64).
+const EF_CONSTRUCTION: usize = 100;
 /// Candidates kept while searching (at least; more when more results are asked for).
-pub(crate) const EF_SEARCH: usize = 128;
+pub(crate) const EF_SEARCH: usize = 64;
 /// Tombstones consolidated per insert or delete.
 const CONSOLIDATE_PER_OP: usize = 2;
 const EMPTY: u32 = u32::MAX;
