@@ -707,6 +707,11 @@ impl Store for RedisStore {
     fn backend_name(&self) -> &'static str {
         "redis"
     }
+
+    async fn health(&self) -> Result<()> {
+        let _: String = self.shared.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -148,4 +148,14 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// A short name for metrics and logs (`memory`, `redis`).
     fn backend_name(&self) -> &'static str;
+
+    /// Whether the backend answers now, for a service's `/health` endpoint: `Ok` for the
+    /// memory store; for Redis one `PING` within the store's timeout.
+    ///
+    /// # Errors
+    /// The backend did not answer ([`Error::Backend`](crate::Error::Backend),
+    /// [`Error::Timeout`](crate::Error::Timeout)).
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -62,7 +62,8 @@ macro_rules! store_conformance {
             charging_a_revoked_key_charges_nothing,
             ip_allowlist_is_enforced,
             usage_is_batched_and_flushed,
-            a_key_moves_to_the_current_pepper_on_use
+            a_key_moves_to_the_current_pepper_on_use,
+            health_answers
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -627,4 +628,15 @@ pub async fn a_key_moves_to_the_current_pepper_on_use(store: Arc<dyn Store>) {
         Some(Denial::NotFound),
         "a service without pepper 2 cannot check the moved key"
     );
+}
+
+/// A store that serves says so through [`Store::health`].
+pub async fn health_answers(store: Arc<dyn Store>) {
+    store.health().await.expect("a serving store is healthy");
+    let clock = FakeClock::new();
+    let keys = service(Arc::clone(&store), &clock);
+    keys.create(KeySpec::new("health", "k"))
+        .await
+        .expect("create");
+    store.health().await.expect("still healthy after a write");
 }

@@ -317,6 +317,31 @@ async fn failure_modes_when_redis_dies() {
     }
 }
 
+/// `Store::health` says whether Redis answers: ok while it serves, an error (backend or
+/// timeout) once it is killed, ok again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_server() {
+    let mut server = RedisServer::builder().start_async().await.unwrap();
+    let store = RedisStore::new(server.pool()).with_timeout(Duration::from_millis(500));
+    store.health().await.unwrap();
+    tokio::task::block_in_place(|| server.kill());
+    let e = store.health().await.unwrap_err();
+    assert!(
+        matches!(e, Error::Backend { .. } | Error::Timeout(_)) && e.is_transient(),
+        "{e:?}"
+    );
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if store.health().await.is_ok() {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "health after the restart");
+}
+
 /// A rotated key's successor and the old key live in one hash tag; a revoke from one
 /// instance and the cache of another agree through the feed on a Redis Cluster too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
