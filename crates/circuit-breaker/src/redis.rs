@@ -324,6 +324,26 @@ impl Store for RedisStore {
         inv.arg(op.as_str());
         state(self.run(&inv).await?)
     }
+
+    async fn health(&self) -> Result<()> {
+        let ping = redis::cmd("PING");
+        let work = async {
+            match &self.conn {
+                Conn::Single(pool) => {
+                    let mut conn = pool.get().await.map_err(pool_error)?;
+                    ping.query_async::<()>(&mut conn).await.map_err(redis_error)
+                }
+                Conn::Cluster(pool) => {
+                    let mut conn = pool.get().await.map_err(pool_error)?;
+                    ping.query_async::<()>(&mut conn).await.map_err(redis_error)
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -262,6 +262,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Apply manual control fleet-wide. One round trip.
     async fn apply(&self, name: &str, policy: &SharedPolicy, op: ManualOp) -> Result<SharedState>;
+
+    /// Whether the backend answers right now, for a `/health` endpoint: `Ok(())` from a store
+    /// that needs no server (the default); the Redis store sends one `PING` within its
+    /// operation timeout and returns the error a breaker operation would get.
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The fleet-wide state machine, pure: every method takes the store's current time.

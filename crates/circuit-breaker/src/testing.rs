@@ -97,6 +97,7 @@ pub const CASES: &[&str] = &[
     "quorum_needs_enough_failing_instances",
     "manual_control_is_fleet_wide",
     "hostile_names_are_isolated",
+    "a_reachable_store_is_healthy",
 ];
 
 /// One `#[tokio::test]` per conformance case; `$fixture` is an expression evaluating to a
@@ -117,6 +118,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@case $fixture, quorum_needs_enough_failing_instances);
         $crate::store_conformance_tests!(@case $fixture, manual_control_is_fleet_wide);
         $crate::store_conformance_tests!(@case $fixture, hostile_names_are_isolated);
+        $crate::store_conformance_tests!(@case $fixture, a_reachable_store_is_healthy);
     };
     (@case $fixture:expr, $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,4 +534,13 @@ pub async fn hostile_names_are_isolated(f: &Fixture) {
         let s = f.store().flush(&other, &p, &read()).await.unwrap();
         assert_eq!(s.state, State::Closed, "{other:?}");
     }
+}
+
+/// A store whose backend answers reports itself healthy (and stays so across calls).
+pub async fn a_reachable_store_is_healthy(f: &Fixture) {
+    f.store()
+        .health()
+        .await
+        .expect("a reachable store is healthy");
+    f.store().health().await.expect("and stays healthy");
 }
