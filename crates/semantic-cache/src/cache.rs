@@ -522,6 +522,16 @@ impl SemanticCache {
             .len()
     }
 
+    /// Whether the cache's backend answers right now (one `PING` for Redis; always `Ok` in
+    /// memory). Under [`FailureMode::FallbackToMemory`] this is the primary's health: lookups
+    /// keep working from memory while it says Redis is down.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] or [`Error::Timeout`] when the backend does not answer.
+    pub async fn health(&self) -> Result<()> {
+        self.inner.store.health().await
+    }
+
     /// Entries and bytes held for a partition.
     ///
     /// # Errors

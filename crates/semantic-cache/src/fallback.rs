@@ -186,6 +186,12 @@ impl Store for Fallback {
     async fn usage(&self, partition: &Partition) -> Result<PartitionUsage> {
         or_fallback!(self, "usage", |store| store.usage(partition))
     }
+
+    /// The primary's health: the memory fallback keeps answering, but `/health` should show
+    /// that Redis is gone.
+    async fn health(&self) -> Result<()> {
+        self.primary.health().await
+    }
 }
 
 /// A primary store with a memory fallback.
@@ -241,5 +247,9 @@ impl Store for FallbackStore {
 
     async fn usage(&self, partition: &Partition) -> Result<PartitionUsage> {
         self.inner.usage(partition).await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.inner.health().await
     }
 }

@@ -838,6 +838,13 @@ impl Store for RedisStore {
         Ok(removed.len() as u64)
     }
 
+    async fn health(&self) -> Result<()> {
+        let mut conn = self.shared.conn().await?;
+        self.shared
+            .timed(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
     async fn usage(&self, partition: &Partition) -> Result<PartitionUsage> {
         let s = &self.shared;
         let mut invocation = s.scripts.usage.prepare_invoke();

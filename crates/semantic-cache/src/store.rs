@@ -137,4 +137,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`crate::Error::Backend`] when the backend fails.
     async fn usage(&self, partition: &Partition) -> Result<PartitionUsage>;
+
+    /// Whether the backend answers right now, for a `/health` endpoint: `Ok(())` from a store
+    /// that needs no server (the default); the Redis store sends one `PING` within its
+    /// operation timeout and returns the error an operation would get.
+    ///
+    /// # Errors
+    /// [`crate::Error::Backend`] or [`crate::Error::Timeout`] when the backend does not answer.
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }

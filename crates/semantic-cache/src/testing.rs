@@ -649,7 +649,8 @@ macro_rules! store_conformance_tests {
             usage_counts_entries_per_partition,
             replacing_an_entry_keeps_one,
             hostile_tenant_names_stay_apart,
-            get_or_compute_stores_once
+            get_or_compute_stores_once,
+            a_reachable_store_is_healthy
         );
     };
 }
@@ -690,7 +691,8 @@ where
         usage_counts_entries_per_partition,
         replacing_an_entry_keeps_one,
         hostile_tenant_names_stay_apart,
-        get_or_compute_stores_once
+        get_or_compute_stores_once,
+        a_reachable_store_is_healthy
     );
 }
 
@@ -767,4 +769,10 @@ pub async fn get_or_compute_stores_once(store: Arc<dyn Store>) {
             .unwrap()
             .is_hit()
     );
+}
+
+/// A store whose backend answers reports itself healthy (and stays so across calls).
+pub async fn a_reachable_store_is_healthy(store: Arc<dyn Store>) {
+    store.health().await.expect("a reachable store is healthy");
+    store.health().await.expect("and stays healthy");
 }

@@ -200,7 +200,16 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
         .await
         .unwrap();
 
+    for cache in [&open, &closed, &fallback] {
+        cache.health().await.expect("healthy while Redis runs");
+    }
+
     server.kill();
+    // Health says Redis is gone in every mode, the memory fallback's included.
+    for cache in [&open, &closed, &fallback] {
+        let err = cache.health().await.expect_err("Redis is down");
+        assert!(err.is_backend() && err.is_transient(), "{err:?}");
+    }
     let before = conformance::key("t1", "chat", "before the outage");
     // Fail closed: a transient typed error, never a panic.
     let err = closed.lookup(&before).await.unwrap_err();
@@ -269,6 +278,12 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
             .unwrap()
             .is_hit()
     );
+    for cache in [&open, &closed, &fallback] {
+        cache
+            .health()
+            .await
+            .expect("healthy again after the restart");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
