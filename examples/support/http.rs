@@ -59,19 +59,29 @@ pub fn metrics_route<S: Clone + Send + Sync + 'static>(handle: PrometheusHandle)
 /// An RFC 9457 problem response (`application/problem+json`), the shape every example uses
 /// for its own 4xx/5xx answers (the crates' layers build the same shape for theirs).
 pub fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
+    problem_with(status, title, detail, serde_json::Map::new())
+}
+
+/// [`problem`] with extension members (RFC 9457 §3.2): a machine-readable `code`, the
+/// version of a failed migration, … They never replace the standard members.
+pub fn problem_with(
+    status: StatusCode,
+    title: &str,
+    detail: impl Into<String>,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let mut body = extensions;
+    body.insert("type".to_owned(), "about:blank".into());
+    body.insert("title".to_owned(), title.into());
+    body.insert("status".to_owned(), status.as_u16().into());
+    body.insert("detail".to_owned(), detail.into().into());
     (
         status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         )],
-        body.to_string(),
+        serde_json::Value::Object(body).to_string(),
     )
         .into_response()
 }
