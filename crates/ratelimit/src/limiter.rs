@@ -116,6 +116,16 @@ impl RateLimiter {
         self.inner.failure_mode
     }
 
+    /// Whether the store answers right now, for a `/health` endpoint: one
+    /// [`Store::health`] call (a `PING` with the Redis store) bounded by the limiter's
+    /// timeout. A failure here does not stop decisions: the [`FailureMode`] answers them.
+    ///
+    /// # Errors
+    /// The store's error, or [`Error::Timeout`].
+    pub async fn health(&self) -> Result<()> {
+        self.with_timeout(self.inner.store.health()).await
+    }
+
     /// Count a request of `cost` units for `key`. Never fails: a store failure or timeout
     /// becomes a decision according to the [`FailureMode`] (see
     /// [`Decision::source`](Decision::source)).

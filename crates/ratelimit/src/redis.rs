@@ -268,18 +268,19 @@ impl RedisStore {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T> {
+        self.send(Request::Script(inv)).await
+    }
+
+    async fn send<T: redis::FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
         match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, self.run_unbounded(inv))
+            Some(limit) => tokio::time::timeout(limit, self.send_unbounded(request))
                 .await
                 .unwrap_or(Err(Error::Timeout(limit))),
-            None => self.run_unbounded(inv).await,
+            None => self.send_unbounded(request).await,
         }
     }
 
-    async fn run_unbounded<T: redis::FromRedisValue>(
-        &self,
-        inv: ScriptInvocation<'_>,
-    ) -> Result<T> {
+    async fn send_unbounded<T: redis::FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
         let result = match &self.conn {
             RedisConnection::Pool(pool) => {
                 let mut conn = match self.shared.load_full() {
@@ -297,7 +298,7 @@ impl RedisStore {
                     shared: &self.shared,
                     armed: true,
                 };
-                let result = inv.invoke_async(&mut conn).await;
+                let result = request.send(&mut conn).await;
                 guard.armed = false;
                 if let Err(e) = &result
                     && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
@@ -308,11 +309,11 @@ impl RedisStore {
             }
             RedisConnection::ClusterPool(pool) => {
                 let mut conn = pool.get().await.map_err(pool_error)?;
-                inv.invoke_async(&mut conn).await
+                request.send(&mut conn).await
             }
-            RedisConnection::Multiplexed(conn) => inv.invoke_async(&mut conn.clone()).await,
-            RedisConnection::Manager(conn) => inv.invoke_async(&mut conn.clone()).await,
-            RedisConnection::Cluster(conn) => inv.invoke_async(&mut conn.clone()).await,
+            RedisConnection::Multiplexed(conn) => request.send(&mut conn.clone()).await,
+            RedisConnection::Manager(conn) => request.send(&mut conn.clone()).await,
+            RedisConnection::Cluster(conn) => request.send(&mut conn.clone()).await,
         };
         result.map_err(redis_error)
     }
@@ -352,6 +353,25 @@ impl RedisStore {
             &verdicts,
             DecisionSource::Store,
         ))
+    }
+}
+
+/// What one call sends: a script (every store operation) or a plain command (`PING`).
+enum Request<'a> {
+    Script(ScriptInvocation<'a>),
+    Command(redis::Cmd),
+}
+
+impl Request<'_> {
+    async fn send<T, C>(&self, conn: &mut C) -> redis::RedisResult<T>
+    where
+        T: redis::FromRedisValue,
+        C: redis::aio::ConnectionLike + Send,
+    {
+        match self {
+            Self::Script(inv) => inv.invoke_async(conn).await,
+            Self::Command(cmd) => cmd.query_async(conn).await,
+        }
     }
 }
 
@@ -429,6 +449,10 @@ impl crate::store::Store for RedisStore {
         }
         let _: i64 = self.run(inv).await?;
         Ok(())
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.send(Request::Command(redis::cmd("PING"))).await
     }
 
     fn backend_name(&self) -> &'static str {

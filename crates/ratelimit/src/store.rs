@@ -53,6 +53,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A short name for metrics and logs (`memory`, `redis`).
     fn backend_name(&self) -> &'static str;
 
+    /// Whether the backend answers right now, for a `/health` endpoint: `Ok(())` from a store
+    /// that needs no server (the default); the Redis store sends one `PING` (within its
+    /// timeout, if it has one) and returns the error an operation would get.
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// [`acquire`](Self::acquire) for a store that decides without waiting (in memory):
     /// `Some` answer right away, without the boxed future an `async_trait` call allocates.
     /// The default, `None`, sends callers to `acquire`; a store wrapping another may
@@ -79,6 +89,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn backend_name(&self) -> &'static str {
         (**self).backend_name()
+    }
+    async fn health(&self) -> Result<()> {
+        (**self).health().await
     }
     fn acquire_now(&self, key: &str, policy: &Policy, cost: u64) -> Option<Result<Decision>> {
         (**self).acquire_now(key, policy, cost)

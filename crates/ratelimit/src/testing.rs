@@ -111,7 +111,7 @@ pub async fn run_all(store: &dyn Store, clock: &FakeClock) {
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fixture:expr) => {
-        $crate::__store_conformance_cases!($fixture; limit_and_refill, multi_window_denial_consumes_nothing, weighted_cost, peek_consumes_nothing, refund_gives_back, reset_forgets, hostile_keys_stay_apart, policies_stay_apart, retry_after_is_honest, zero_limit_denies, a_longer_period_strands_no_key, reset_forgets_only_the_form_given);
+        $crate::__store_conformance_cases!($fixture; limit_and_refill, multi_window_denial_consumes_nothing, weighted_cost, peek_consumes_nothing, refund_gives_back, reset_forgets, hostile_keys_stay_apart, policies_stay_apart, retry_after_is_honest, zero_limit_denies, a_longer_period_strands_no_key, reset_forgets_only_the_form_given, a_reachable_store_is_healthy);
     };
 }
 
@@ -522,4 +522,10 @@ async fn reset_forgets_only_the_form_given_for(
     store.reset("k", &p).await.expect("the store answered");
     store.reset("k", &other).await.expect("the store answered");
     clock.advance(Duration::from_secs(120));
+}
+
+/// A store whose backend answers reports itself healthy (and stays so across calls).
+pub async fn a_reachable_store_is_healthy(store: &dyn Store, _clock: &FakeClock) {
+    store.health().await.expect("a reachable store is healthy");
+    store.health().await.expect("and stays healthy");
 }

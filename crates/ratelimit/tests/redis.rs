@@ -283,7 +283,13 @@ async fn killed_redis_follows_the_failure_mode() {
         open.acquire("k", &policy, 1).await.source,
         DecisionSource::Store
     );
+    open.health().await.expect("healthy while Redis runs");
     server.kill();
+    // Health reports the outage whatever the failure mode answers meanwhile.
+    for limiter in [&open, &closed, &fallback] {
+        let err = limiter.health().await.expect_err("Redis is down");
+        assert!(err.is_transient(), "{err:?}");
+    }
 
     for _ in 0..5 {
         let d = open.acquire("k", &policy, 1).await;
@@ -324,6 +330,10 @@ async fn killed_redis_follows_the_failure_mode() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    fallback
+        .health()
+        .await
+        .expect("healthy again after the restart");
 }
 
 async fn futures_lite(limiter: &RateLimiter, policy: &Policy) -> Vec<bool> {
