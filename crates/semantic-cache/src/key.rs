@@ -435,9 +435,16 @@ impl CacheKey {
     }
 }
 
-/// Normalise a prompt for the exact-match path: Unicode NFKC, lower case, runs of
-/// whitespace collapsed to one space, surrounding whitespace and trailing `?`, `!`, `.`
-/// removed. `"  What is  RUST? "` and `"what is rust"` normalise alike.
+/// Normalise a prompt for the exact-match path: Unicode NFC (canonical equivalents are one
+/// key), full-width and half-width forms and the `ﬁ`-style ligatures folded to their plain
+/// letters, lower case, runs of whitespace (any Unicode space) collapsed to one space,
+/// surrounding whitespace and trailing `?`, `!`, `.` removed. `"  What is  RUST? "`,
+/// `"ＷＨＡＴ　ＩＳ　ＲＵＳＴ？"` and `"what is rust"` normalise alike.
+///
+/// Other compatibility characters are kept as they are: full NFKC would make `"2²"` the
+/// exact key of `"22"` and `"10⁶"` that of `"106"`, and exact hits skip the guard.
+/// Superscripts, subscripts, fractions, circled digits and the like therefore miss the
+/// exact path and meet the guard on the semantic one.
 ///
 /// # Errors
 /// [`Error::PromptTooLarge`] when `prompt` has more than `max_bytes` bytes (checked before
@@ -449,17 +456,44 @@ pub fn normalize_prompt(prompt: &str, max_bytes: usize) -> Result<String> {
             max: max_bytes,
         });
     }
-    // ASCII text is its own NFKC form: skip the Unicode pass (the common case, and the
+    // ASCII text is its own normal form: skip the Unicode pass (the common case, and the
     // exact-match fast path's main cost).
     let out = if prompt.is_ascii() {
         collapse(prompt.chars().map(|c| c.to_ascii_lowercase()), prompt.len())
     } else {
-        collapse(prompt.nfkc().flat_map(char::to_lowercase), prompt.len())
+        let folded: String = prompt.chars().flat_map(fold_width).collect();
+        collapse(folded.nfc().flat_map(char::to_lowercase), prompt.len())
     };
     if out.is_empty() {
         return Err(Error::EmptyPrompt);
     }
     Ok(out)
+}
+
+/// Fold the compatibility characters that only change how text looks, never what it says:
+/// the Halfwidth and Fullwidth Forms block (`Ａ` → `A`, `？` → `?`, half-width katakana) and
+/// the Latin ligatures `ﬀ`…`ﬆ`. Everything else passes through unchanged.
+fn fold_width(c: char) -> FoldWidth {
+    if matches!(u32::from(c), 0xFF00..=0xFFEF | 0xFB00..=0xFB06) {
+        FoldWidth::Many(std::iter::once(c).nfkc().collect::<Vec<_>>().into_iter())
+    } else {
+        FoldWidth::One(Some(c))
+    }
+}
+
+enum FoldWidth {
+    One(Option<char>),
+    Many(std::vec::IntoIter<char>),
+}
+
+impl Iterator for FoldWidth {
+    type Item = char;
+    fn next(&mut self) -> Option<char> {
+        match self {
+            Self::One(c) => c.take(),
+            Self::Many(chars) => chars.next(),
+        }
+    }
 }
 
 /// Collapse whitespace runs to one space and drop surrounding whitespace and trailing
