@@ -48,8 +48,9 @@ fn hourly(name: &str, limit: u64) -> Policy {
     Policy::single(name, Algorithm::Gcra, Quota::per_hour(limit)).unwrap()
 }
 
-/// Settings for a test: generous limits, breakers that trip after two failures and rest
-/// 300 ms, a 1 s provider timeout, the outbox retried every 100 ms.
+/// Settings for a test: generous limits, breakers that trip after two failures and rest 1 s
+/// (providers) or 300 ms (database, Redis), a 1 s provider timeout, the outbox retried
+/// every 100 ms.
 fn settings() -> app::Settings {
     let mut s = app::Settings {
         bootstrap_key: false,
@@ -64,7 +65,9 @@ fn settings() -> app::Settings {
     s.breakers.default.window = SlidingWindow::Count { size: 4 };
     s.breakers.default.minimum_calls = 2;
     s.breakers.default.consecutive_failures = Some(2);
-    s.breakers.default.open_wait = Duration::from_millis(300);
+    // Long enough that a loaded machine cannot let an open provider breaker go half-open
+    // between two requests of a test that expects it open.
+    s.breakers.default.open_wait = Duration::from_secs(1);
     s.breakers.default.call_timeout = Some(Duration::from_secs(1));
     let fast: ConfigOverride =
         toml::from_str("open_wait = \"300ms\"\nconsecutive_failures = 2\ncall_timeout = \"1s\"")
@@ -487,7 +490,7 @@ async fn providers_fall_back_and_their_breakers_open_and_close() {
     // alpha recovers: after the open wait, a probe closes its breaker.
     alpha.set_failing(false);
     beta.set_failing(false);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let res = app.generate(&key, prompt.clone()).await;
     assert_eq!(res.body["provider"], "alpha", "{}", res.body);
     let registry = app.get("/health/breakers", None).await;

@@ -610,7 +610,7 @@ async fn limits_change_at_run_time_validated_and_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_answers_expire_and_do_not_outlive_the_process() {
     let mut settings = settings();
-    settings.cache.ttl = Duration::from_millis(400);
+    settings.cache.ttl = Duration::from_secs(1);
     let a = start(settings.clone()).await;
     let admin = a.admin().await;
     let key = a.register(&admin, "clock", &["complete"]).await;
@@ -627,7 +627,7 @@ async fn in_memory_answers_expire_and_do_not_outlive_the_process() {
             .header("x-cache"),
         Some("hit")
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
         a.complete(&token, "what time is it")
             .await
