@@ -780,6 +780,10 @@ async fn the_sample_settings_file_parses() {
     assert_eq!(s.providers.len(), 2);
     assert_eq!(s.limits.per_user.name(), "per-user");
     assert!(s.breakers.breakers.contains_key("database"));
+    assert_eq!(
+        s.secrets.file.as_deref(),
+        Some(std::path::Path::new("examples/agent_api/secrets.env"))
+    );
     // The sample secrets file holds what the demo Vault holds: it can stand in for it.
     let text = std::fs::read_to_string(dir.join("secrets.env")).unwrap();
     let demo = app::fakes::demo_secrets(&["alpha".into(), "beta".into()]);
