@@ -10,8 +10,10 @@
 //! * **per-plugin rate limits** (`palisade::ratelimit`) that an admin changes at run time
 //!   through `/config`, validated and **audited** (who, when, before and after, the request's
 //!   correlation id); with Redis the changes reach every instance and survive restarts;
-//! * a **bounded cache with a TTL** (`palisade::semantic_cache`, exact matches only) in front
-//!   of the expensive work a plugin triggers; on Redis it outlives a restart of the service;
+//! * a **bounded cache with a TTL** (`palisade::semantic_cache`, exact matches only: inputs
+//!   are compared after the cache's normalisation, so case, runs of spaces and trailing
+//!   `?!.` do not matter) in front of the expensive work a plugin triggers, one partition per
+//!   plugin; on Redis it outlives a restart of the service;
 //! * **input validation** with clear `4xx` problem+json answers (`code` says which rule);
 //! * `/health` and `/metrics`; every request carries an `x-request-id`.
 //!
