@@ -12,12 +12,12 @@ pub mod settings;
 #[path = "usage.rs"]
 pub mod usage;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::routing::{delete, get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use palisade::apikey::{ApiKeyLayer, ApiKeys, CreatedKey, Identity, KeySpec, Pepper, Peppers};
@@ -28,6 +28,7 @@ use palisade::ratelimit::rules::{Key, RequestLimiter, Route, Rules, TierResolver
 use palisade::ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimiter};
 use palisade::secret_store::{EnvProvider, ExposeSecret, FileProvider, Secrets, SecretsBuilder};
 use palisade::semantic_cache::{NamespacePolicy, SemanticCache};
+use tower::ServiceBuilder;
 
 use self::providers::Upstreams;
 use self::settings::{SecretSettings, Settings, TierLimits};
@@ -299,6 +300,7 @@ pub async fn build_with_secrets(settings: Settings, secrets: Secrets) -> Result<
         .exempt("/metrics")?
         .route(
             Route::new("/v1/chat/completions")?
+                .methods([Method::POST])
                 .cost(limits.chat_cost)
                 .tier("free", ai_policies.free.clone())
                 .tier("premium", ai_policies.premium.clone())
@@ -360,26 +362,23 @@ pub async fn build_with_secrets(settings: Settings, secrets: Secrets) -> Result<
 fn router(gateway: &Arc<Gateway>, metrics: PrometheusHandle, max_body: usize) -> Router {
     let key = |scope: &str| ApiKeyLayer::new(gateway.keys.clone()).require_scope(scope);
     let limit = RateLimitLayer::new(gateway.limiter.clone()).tier_header(true);
+    // The key first (its Identity carries the tier and the key id the limiter reads), then
+    // the limit; stacked into one layer, so each route boxes one service, not two.
+    let guarded = |scope: &str| ServiceBuilder::new().layer(key(scope)).layer(limit.clone());
     let api = Router::new()
         .route(
             "/v1/chat/completions",
-            post(handlers::chat)
-                .layer::<_, Infallible>(limit.clone())
-                .layer(key("ai:chat")),
+            post(handlers::chat).layer(guarded("ai:chat")),
         )
         // Weighted by its number of prompts, so the handler charges the limiter itself.
         .route("/v1/batch", post(handlers::batch).layer(key("ai:batch")))
         .route(
             "/v1/models",
-            get(handlers::models)
-                .layer::<_, Infallible>(limit.clone())
-                .layer(key("models:read")),
+            get(handlers::models).layer(guarded("models:read")),
         )
         .route(
             "/v1/usage",
-            get(handlers::usage)
-                .layer::<_, Infallible>(limit)
-                .layer(key("usage:read")),
+            get(handlers::usage).layer(guarded("usage:read")),
         );
     let admin = Router::new()
         .route(
