@@ -45,7 +45,7 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 /// `RateLimit` (IETF draft 11).
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// `X-RateLimit-Tier`: the tier a request was counted under (written by the layer when
-/// asked, [`RateLimitLayer::tier_header`](crate::layer::RateLimitLayer::tier_header)).
+/// asked: `RateLimitLayer::tier_header`, feature `tower`).
 pub const X_RATELIMIT_TIER: HeaderName = HeaderName::from_static("x-ratelimit-tier");
 
 /// Which header families to write.
