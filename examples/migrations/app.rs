@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -508,6 +508,27 @@ impl From<MigrateError> for Problem {
 
 type Answer<T> = Result<T, Problem>;
 
+/// A JSON body whose rejection is problem+json like every other error.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(value)| Self(value))
+            .map_err(|rejection| {
+                problem(
+                    rejection.status(),
+                    "Invalid body",
+                    rejection.body_text(),
+                    "invalid_body",
+                )
+            })
+    }
+}
+
 /// Routes that change anything need `Authorization: Bearer <migrations/admin-token>`.
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Answer<()> {
     let presented = headers
@@ -603,7 +624,7 @@ struct DownRequest {
 async fn down(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Json(request): Json<DownRequest>,
+    Body(request): Body<DownRequest>,
 ) -> Answer<Response> {
     require_admin(&state, &headers)?;
     let reverted = state.migrator.down_to(request.to).await?;
@@ -668,7 +689,7 @@ async fn register_app(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(version): Path<String>,
-    Json(request): Json<AppRequest>,
+    Body(request): Body<AppRequest>,
 ) -> Answer<Response> {
     require_admin(&state, &headers)?;
     if version.is_empty() || version.len() > 100 {
@@ -809,7 +830,7 @@ struct NewUser {
 
 async fn create_user(
     State(state): State<Arc<AppState>>,
-    Json(user): Json<NewUser>,
+    Body(user): Body<NewUser>,
 ) -> Answer<Response> {
     let store = postgres(&state)?;
     let name = user.name.trim();

@@ -785,7 +785,7 @@ struct ProjectUpdate {
 async fn update_project(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Identity>,
-    Path((org, id)): Path<(String, u32)>,
+    Path((org, id)): Path<(String, String)>,
     Body(update): Body<ProjectUpdate>,
 ) -> Response {
     if let Err(denied) = authorize(&state, &who, &org, "projects:write") {
@@ -801,6 +801,14 @@ async fn update_project(
             "invalid_name",
         );
     }
+    let Ok(id) = id.parse::<u32>() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "no such project",
+            "unknown_project",
+        );
+    };
     let updated = state.database.update_project(
         &org,
         id,

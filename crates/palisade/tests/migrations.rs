@@ -390,6 +390,16 @@ async fn on_postgres_a_failure_is_restored_and_a_blue_green_deploy_expands_then_
     assert_eq!(status, StatusCode::OK);
     assert_eq!(users.as_array().unwrap().len(), 4);
 
+    let (status, body) = green
+        .admin(
+            reqwest::Method::POST,
+            "/migrations/down",
+            Some(json!({ "to": "three" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["code"], "invalid_body");
+
     // A contract step has no way back: refused before anything runs.
     let (status, body) = green
         .admin(

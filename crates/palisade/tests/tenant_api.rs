@@ -347,6 +347,16 @@ async fn in_memory_limits_per_user_key_and_address_and_a_cache_per_organisation(
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(bad.body["code"], "invalid_body");
+    let no_such = svc
+        .call(
+            reqwest::Method::PUT,
+            "/orgs/acme/projects/abc",
+            Some(&alice),
+            Some(json!({ "budget_cents": 1 })),
+        )
+        .await;
+    assert_eq!(no_such.status, StatusCode::NOT_FOUND);
+    assert_eq!(no_such.body["code"], "unknown_project");
     let fresh = svc.get("/orgs/acme/projects", Some(&alice_ci)).await;
     assert_eq!(fresh.header("x-cache"), Some("miss"));
     assert_eq!(fresh.body[0]["budget_cents"], 2_000_000);
