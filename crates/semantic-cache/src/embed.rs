@@ -29,6 +29,24 @@ pub trait Embedder: Send + Sync + fmt::Debug {
     /// [`Error::Embedder`] when the model or service fails.
     async fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
 
+    /// The similarity threshold this embedder should be used with (the guard on), as
+    /// measured on the crate's held-out quality set. The cache builder applies it to the
+    /// default namespace policy unless a threshold is set explicitly. The provided value is
+    /// [`DEFAULT_THRESHOLD`](crate::DEFAULT_THRESHOLD); an embedder that knows better
+    /// overrides it.
+    fn recommended_threshold(&self) -> f32 {
+        crate::cache::DEFAULT_THRESHOLD
+    }
+
+    /// The lowest similarity of two differing spans for the guard to take one for the other
+    /// (`update` for `change`, not `adults` for `children`); see
+    /// [`GuardConfig::substitutions`](crate::GuardConfig::substitutions). The provided
+    /// value, 1.0, vetoes every substitution: right for an embedder that cannot tell
+    /// synonyms apart.
+    fn recommended_span_similarity(&self) -> f32 {
+        1.0
+    }
+
     /// Embed one text.
     ///
     /// # Errors

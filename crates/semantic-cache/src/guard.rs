@@ -4,8 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::embed::Embedder;
+use crate::error::Result;
+use crate::index::dot;
+use crate::lexicon;
+
 /// Which checks the guard runs. All are on by default.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GuardConfig {
     /// Veto when the number of negations differs (`not`, `never`, `don't`, `without`, …).
@@ -23,6 +28,32 @@ pub struct GuardConfig {
     /// Veto when quantifiers (`all`, `every`, `only`, `some`, …) differ, or when both
     /// prompts name whose thing it is and the owners differ (`my` / `their`).
     pub scope: bool,
+    /// Veto when one prompt says a word and the other its opposite according to the
+    /// WordNet 3.0 antonym table shipped with the crate (`open`/`closed`, `allow`/`deny`,
+    /// `buy`/`sell`, about 2,100 pairs) or a negating prefix or suffix (`safe`/`unsafe`,
+    /// `like`/`dislike`, `careful`/`careless`). Needs `antonyms`.
+    #[serde(default = "yes")]
+    pub lexicon: bool,
+    /// Veto when the same words play other roles: two words both prompts share come in the
+    /// other order with a role word (`from`, `to`, `into`, `than`, `over`, `before`, …)
+    /// between them in both (`from checking to savings` / `from savings to checking`).
+    #[serde(default = "yes")]
+    pub roles: bool,
+    /// Compare what differs: when each prompt has content words the other lacks
+    /// (`for children` / `for adults`), embed the two differing spans and veto unless they
+    /// are at least [`substitution_similarity`](Self::substitution_similarity) alike
+    /// (a synonym passes, another thing does not). Costs one embedding of two short spans,
+    /// only for a candidate that passed every other check.
+    #[serde(default = "yes")]
+    pub substitutions: bool,
+    /// Lowest cosine similarity of the differing spans for a substitution to pass; `None`
+    /// uses the embedder's [`Embedder::recommended_span_similarity`].
+    #[serde(default)]
+    pub substitution_similarity: Option<f32>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for GuardConfig {
@@ -33,6 +64,10 @@ impl Default for GuardConfig {
             entities: true,
             antonyms: true,
             scope: true,
+            lexicon: true,
+            roles: true,
+            substitutions: true,
+            substitution_similarity: None,
         }
     }
 }
@@ -46,6 +81,10 @@ impl GuardConfig {
             entities: false,
             antonyms: false,
             scope: false,
+            lexicon: false,
+            roles: false,
+            substitutions: false,
+            substitution_similarity: None,
         }
     }
 }
@@ -53,6 +92,7 @@ impl GuardConfig {
 /// Why the guard vetoed a hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum VetoReason {
     /// Different negations.
     Negation,
@@ -64,6 +104,11 @@ pub enum VetoReason {
     Antonym,
     /// Different quantifiers or owners.
     Scope,
+    /// The same words in other roles (`from A to B` / `from B to A`).
+    Role,
+    /// A content word replaced by one that means something else (`for children` /
+    /// `for adults`), judged by embedding the differing spans.
+    Substitution,
 }
 
 impl VetoReason {
@@ -75,6 +120,8 @@ impl VetoReason {
             Self::Entity => "entity",
             Self::Antonym => "antonym",
             Self::Scope => "scope",
+            Self::Role => "role",
+            Self::Substitution => "substitution",
         }
     }
 }
@@ -255,8 +302,6 @@ const QUANTIFIERS: &[&str] = &[
     "entire",
     "whole",
     "single",
-    "total",
-    "average",
     "everyone",
     "everybody",
     "anyone",
@@ -265,7 +310,6 @@ const QUANTIFIERS: &[&str] = &[
     "least",
     "few",
     "several",
-    "per",
     "either",
     "just",
 ];
@@ -369,6 +413,13 @@ const SUFFIXES: &[&str] = &[
     "y", "t",
 ];
 
+/// Words that give the words around them a role: swapping what stands on either side
+/// changes the request (`from checking to savings`, `merge main into develop`).
+const ROLE_WORDS: &[&str] = &[
+    "from", "to", "into", "onto", "than", "versus", "vs", "over", "before", "after", "instead",
+    "against", "by", "toward", "towards",
+];
+
 /// What the guard extracts from one prompt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PromptFeatures {
@@ -379,6 +430,10 @@ pub struct PromptFeatures {
     tokens: Vec<String>,
     quantifiers: Vec<&'static str>,
     owners: Vec<&'static str>,
+    /// Content words: (token position, stem, word as written in lower case).
+    content: Vec<(usize, String, String)>,
+    /// Positions of role words.
+    roles: Vec<usize>,
 }
 
 fn strip_apostrophes(word: &str) -> String {
@@ -431,6 +486,7 @@ impl PromptFeatures {
     }
 
     fn scan_token(&mut self, token: &str, sentence_start: bool) {
+        let position = self.tokens.len();
         let lower = token.to_lowercase();
         self.tokens.push(strip_apostrophes(&lower));
         if let Some(stem) = lower
@@ -503,9 +559,18 @@ impl PromptFeatures {
         if let Some((_, value)) = NUMBER_WORDS.iter().find(|(w, _)| *w == bare) {
             self.numbers.push((*value).to_owned());
         }
-        // "may" is a month only when written "May".
-        if TIME_WORDS.contains(&bare.as_str()) && (bare != "may" || token.starts_with('M')) {
-            push_unique(&mut self.numbers, format!("time:{bare}"));
+        // "may" is a month only when written "May"; "Sundays" is "Sunday".
+        let time = if TIME_WORDS.contains(&bare.as_str()) {
+            Some(bare.as_str())
+        } else {
+            bare.strip_suffix('s')
+                .filter(|w| w.ends_with("day") || w.ends_with("night") || w.ends_with("weekend"))
+                .filter(|w| TIME_WORDS.contains(w))
+        };
+        if let Some(time) = time
+            && (time != "may" || token.starts_with('M'))
+        {
+            push_unique(&mut self.numbers, format!("time:{time}"));
         }
         let singular = bare
             .strip_suffix('s')
@@ -534,7 +599,158 @@ impl PromptFeatures {
         if is_name {
             self.entities.push(bare.clone());
         }
+        if ROLE_WORDS.contains(&bare.as_str()) {
+            self.roles.push(position);
+        }
+        let counted = NEGATIONS.contains(&bare.as_str())
+            || QUANTIFIERS.contains(&bare.as_str())
+            || OWNERS.iter().any(|(w, _)| *w == bare)
+            || NUMBER_WORDS.iter().any(|(w, _)| *w == bare)
+            || TIME_WORDS.contains(&bare.as_str());
+        if !counted && bare.chars().all(char::is_alphabetic) && !lexicon::is_function_word(&bare) {
+            self.content
+                .push((position, lexicon::stem(&bare), bare.clone()));
+        }
         self.words.push(bare);
+    }
+
+    fn has_stem(&self, stem: &str) -> bool {
+        self.content.iter().any(|(_, s, _)| s == stem)
+    }
+
+    /// Whether this prompt has `word` in another spelling: the same stem, one typo away
+    /// (words of five letters or more), or the same first six letters (`synchrony` /
+    /// `synchronism`, `transfer` / `transferring`).
+    fn has_spelling_of(&self, stem: &str, word: &str) -> bool {
+        self.content.iter().any(|(_, s, w)| {
+            s == stem
+                || (word.len() >= 5 && w.len() >= 5 && one_edit_apart(word, w))
+                || (word.len() >= 6 && w.len() >= 6 && word.as_bytes()[..6] == w.as_bytes()[..6])
+        })
+    }
+
+    /// Content words of `self` that `other` does not have (by stem, and not among its
+    /// tokens in any case), in order.
+    fn only_here<'a>(&'a self, other: &Self) -> Vec<&'a str> {
+        self.content
+            .iter()
+            .filter(|(_, stem, word)| {
+                !other.has_spelling_of(stem, word) && !other.tokens.contains(word)
+            })
+            .map(|(_, _, word)| word.as_str())
+            .collect()
+    }
+
+    /// A word of one prompt whose opposite the other says instead, by the lexicon.
+    fn lexical_opposite(&self, other: &Self) -> bool {
+        let only_a: Vec<&String> = self
+            .words
+            .iter()
+            .filter(|w| !other.words.contains(w))
+            .collect();
+        let only_b: Vec<&String> = other
+            .words
+            .iter()
+            .filter(|w| !self.words.contains(w))
+            .collect();
+        only_a
+            .iter()
+            .any(|a| only_b.iter().any(|b| lexicon::are_opposites(a, b)))
+    }
+
+    /// The role word closest before the first occurrence of `stem`, folded to its class
+    /// (`to`, `into`, `onto`, `toward` are one).
+    fn role_before(&self, stem: &str) -> Option<&str> {
+        let at = self.content.iter().find(|(_, s, _)| s == stem)?.0;
+        let role = self.roles.iter().rev().find(|r| **r < at)?;
+        // Only a role word of the same phrase: at most three words before.
+        if at - role > 3 {
+            return None;
+        }
+        let word = self.tokens.get(*role)?.as_str();
+        Some(match word {
+            "into" | "onto" | "toward" | "towards" => "to",
+            "versus" => "vs",
+            w => w,
+        })
+    }
+
+    /// Two shared content words in the other order, with a role word between them in both;
+    /// or a shared word governed by another role word (`emails from my boss` / `emails to
+    /// my boss`).
+    fn roles_swapped(&self, other: &Self) -> bool {
+        for (_, stem, _) in &self.content {
+            if other.has_stem(stem)
+                && let (Some(a), Some(b)) = (self.role_before(stem), other.role_before(stem))
+                && a != b
+            {
+                return true;
+            }
+        }
+        let first = |f: &Self, stem: &str| {
+            f.content
+                .iter()
+                .find(|(_, s, _)| s == stem)
+                .map(|(p, _, _)| *p)
+        };
+        let role_between =
+            |f: &Self, x: usize, y: usize| f.roles.iter().any(|r| *r > x.min(y) && *r < x.max(y));
+        let shared: Vec<&str> = self
+            .content
+            .iter()
+            .map(|(_, s, _)| s.as_str())
+            .filter(|s| other.has_stem(s))
+            .collect();
+        for (i, x) in shared.iter().enumerate() {
+            for y in &shared[i + 1..] {
+                if x == y {
+                    continue;
+                }
+                let (Some(ax), Some(ay), Some(bx), Some(by)) = (
+                    first(self, x),
+                    first(self, y),
+                    first(other, x),
+                    first(other, y),
+                ) else {
+                    continue;
+                };
+                if (ax < ay) != (bx < by)
+                    && role_between(self, ax, ay)
+                    && role_between(other, bx, by)
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// What each prompt says that the other does not: this prompt's span first. When both
+    /// say something of their own it is a substitution (`children` / `adults`); when only
+    /// one does, an insertion, and the other side is the other prompt's content words
+    /// (`business class` / `cheapest flights boston london`), so that a word the other
+    /// prompt already implies (`address` with `email`) passes and a new qualifier does not.
+    pub fn substitution(&self, other: &Self) -> Option<(String, String)> {
+        let a = self.only_here(other);
+        let b = other.only_here(self);
+        let all = |f: &Self| {
+            f.content
+                .iter()
+                .map(|(_, _, w)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match (a.is_empty(), b.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((a.join(" "), b.join(" "))),
+            (false, true) => Some((a.join(" "), all(other))).filter(|(_, b)| !b.is_empty()),
+            (true, false) => Some((all(self), b.join(" "))).filter(|(a, _)| !a.is_empty()),
+        }
+    }
+
+    /// Whether the differences are only insertions (one prompt adds words, the other none).
+    pub fn is_insertion(&self, other: &Self) -> bool {
+        self.only_here(other).is_empty() != other.only_here(self).is_empty()
     }
 
     fn has_word(&self, stem: &str) -> bool {
@@ -560,6 +776,12 @@ impl PromptFeatures {
                     return Some(VetoReason::Antonym);
                 }
             }
+            if config.lexicon && self.lexical_opposite(other) {
+                return Some(VetoReason::Antonym);
+            }
+        }
+        if config.roles && self.roles_swapped(other) {
+            return Some(VetoReason::Role);
         }
         if config.scope {
             if !same_set(&self.quantifiers, &other.quantifiers) {
@@ -580,6 +802,25 @@ impl PromptFeatures {
             }
         }
         None
+    }
+}
+
+/// Whether `a` and `b` differ by one inserted, deleted or replaced character, or two
+/// adjacent characters swapped (a typo).
+fn one_edit_apart(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a == b {
+        return true;
+    }
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let (ra, rb) = (&a[prefix..], &b[prefix..]);
+    match ra.len().cmp(&rb.len()) {
+        std::cmp::Ordering::Equal => {
+            ra[1..] == rb[1..]
+                || (ra.len() >= 2 && ra[0] == rb[1] && ra[1] == rb[0] && ra[2..] == rb[2..])
+        }
+        std::cmp::Ordering::Greater => ra.len() == rb.len() + 1 && ra[1..] == *rb,
+        std::cmp::Ordering::Less => rb.len() == ra.len() + 1 && rb[1..] == *ra,
     }
 }
 
@@ -635,6 +876,51 @@ fn same_set<T: PartialEq>(a: &[T], b: &[T]) -> bool {
 /// ```
 pub fn check(query: &str, cached: &str, config: &GuardConfig) -> Option<VetoReason> {
     PromptFeatures::extract(query).veto(&PromptFeatures::extract(cached), config)
+}
+
+/// The whole guard on one candidate: the lexical checks of [`PromptFeatures::veto`], then,
+/// if they pass and [`GuardConfig::substitutions`] is on, the differing spans embedded and
+/// compared. The cache and the quality evaluation both decide through this function.
+///
+/// Cost: the lexical checks are a few microseconds; a substitution costs one
+/// `embed_batch` of two short spans (only for a candidate that passed everything else).
+///
+/// # Errors
+/// The embedder's errors.
+pub async fn judge(
+    embedder: &dyn Embedder,
+    query: &PromptFeatures,
+    cached: &PromptFeatures,
+    config: &GuardConfig,
+) -> Result<Option<VetoReason>> {
+    if let Some(reason) = query.veto(cached, config) {
+        return Ok(Some(reason));
+    }
+    if !config.substitutions {
+        return Ok(None);
+    }
+    let Some((a, b)) = query.substitution(cached) else {
+        return Ok(None);
+    };
+    let floor = config
+        .substitution_similarity
+        .unwrap_or_else(|| embedder.recommended_span_similarity());
+    let similarity = span_similarity(embedder, &a, &b).await?;
+    Ok((similarity < floor).then_some(VetoReason::Substitution))
+}
+
+/// Cosine similarity of two spans' embeddings.
+///
+/// # Errors
+/// The embedder's errors.
+pub async fn span_similarity(embedder: &dyn Embedder, a: &str, b: &str) -> Result<f32> {
+    let vectors = embedder.embed_batch(&[a, b]).await?;
+    match vectors.as_slice() {
+        [x, y] if x.len() == y.len() => Ok(dot(x, y)),
+        _ => Err(crate::error::Error::Embedder(
+            "the embedder returned the wrong number of vectors".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -750,6 +1036,105 @@ mod tests {
             veto("show my invoices", "show their invoices"),
             Some(VetoReason::Scope)
         );
+    }
+
+    #[test]
+    fn opposites_without_not_are_vetoed() {
+        assert_eq!(
+            veto(
+                "Is the pharmacy open on Sunday?",
+                "Is the pharmacy closed on Sunday?"
+            ),
+            Some(VetoReason::Antonym)
+        );
+        assert_eq!(
+            veto("Is it safe to eat sushi?", "Is it unsafe to eat sushi?"),
+            Some(VetoReason::Antonym)
+        );
+        assert_eq!(
+            veto(
+                "Allow camera access in Chrome",
+                "Deny camera access in Chrome"
+            ),
+            Some(VetoReason::Antonym)
+        );
+    }
+
+    #[test]
+    fn roles_are_checked() {
+        assert_eq!(
+            veto(
+                "Move $200 from checking to savings",
+                "Move $200 from savings to checking"
+            ),
+            Some(VetoReason::Role)
+        );
+        assert_eq!(
+            veto(
+                "How do I merge my feature branch into main?",
+                "How do I merge main into my feature branch?"
+            ),
+            Some(VetoReason::Role)
+        );
+        assert_eq!(
+            veto(
+                "How do I stop emails from my boss going to spam?",
+                "How do I stop my emails to my boss going to spam?"
+            ),
+            Some(VetoReason::Role)
+        );
+        assert_eq!(
+            veto(
+                "Move $200 from checking to savings",
+                "Please move $200 from checking into savings"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn what_differs_is_found() {
+        let f =
+            |a: &str, b: &str| PromptFeatures::extract(a).substitution(&PromptFeatures::extract(b));
+        assert_eq!(
+            f(
+                "dose of ibuprofen for adults",
+                "dose of ibuprofen for children"
+            ),
+            Some(("adults".to_owned(), "children".to_owned()))
+        );
+        // An insertion: the other side is the other prompt's content words.
+        assert_eq!(
+            f("cheapest business class flights", "cheapest flights"),
+            Some(("business class".to_owned(), "cheapest flights".to_owned()))
+        );
+        // Function words, typos and other spellings are not differences.
+        assert_eq!(
+            f(
+                "How can I reset my password",
+                "how do I reset my password please"
+            ),
+            None
+        );
+        assert_eq!(f("Should I cahnge my oil", "Should I change my oil"), None);
+        assert_eq!(f("transferring credits", "transfer credits"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_prompts_never_panic(a in "\\PC{0,60}", b in "\\PC{0,60}") {
+            let (fa, fb) = (PromptFeatures::extract(&a), PromptFeatures::extract(&b));
+            let _ = fa.veto(&fb, &GuardConfig::default());
+            let _ = fa.substitution(&fb);
+            let _ = fa.is_insertion(&fb);
+        }
+
+        #[test]
+        fn a_prompt_never_vetoes_itself(a in "[a-zA-Z0-9 ,.?$%'-]{0,80}") {
+            let f = PromptFeatures::extract(&a);
+            proptest::prop_assert_eq!(f.veto(&f, &GuardConfig::default()), None);
+            proptest::prop_assert_eq!(f.substitution(&f), None);
+        }
     }
 
     #[test]

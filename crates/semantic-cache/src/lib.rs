@@ -61,6 +61,7 @@ mod hnsw;
 pub mod http;
 pub mod index;
 pub mod key;
+mod lexicon;
 #[cfg(feature = "redis")]
 mod local;
 pub mod memory;

@@ -1,37 +1,148 @@
-//! The quality evaluation on the shipped pair set: the defaults must keep false hits rare
-//! and still serve paraphrases.
+//! The quality evaluation. The held-out set (`data/quality/`) was split once, by family,
+//! into a tuning part and a test part; the guard and the thresholds were chosen on the
+//! tuning part only. These tests report the test part's figures and hold the crate to them.
 
-use palisade_semantic_cache::quality::{TRAPS, evaluate, markdown_table, parse_pairs, score};
-use palisade_semantic_cache::{DEFAULT_THRESHOLD, GuardConfig, HashingEmbedder};
+use std::collections::HashSet;
 
+use palisade_semantic_cache::quality::{
+    LabelledPair, TRAPS, evaluate, evaluate_with, parse_pairs, parse_set, score, source_table,
+    summary_table,
+};
+use palisade_semantic_cache::{
+    CacheKey, DEFAULT_THRESHOLD, Embedder, GuardConfig, HashingEmbedder, SemanticCache, Usage,
+};
+
+const TUNE: &str = include_str!("../data/quality/tune.tsv");
+const TEST: &str = include_str!("../data/quality/test.tsv");
+
+#[test]
+fn the_held_out_set_is_large_split_by_family_and_from_several_sources() {
+    let tune = parse_set(TUNE).unwrap();
+    let test = parse_set(TEST).unwrap();
+    assert!(
+        tune.len() + test.len() >= 2000,
+        "{} pairs",
+        tune.len() + test.len()
+    );
+    let families = |p: &[LabelledPair]| -> HashSet<String> {
+        p.iter()
+            .map(|x| format!("{}/{}", x.source, x.family))
+            .collect()
+    };
+    assert!(
+        families(&tune).is_disjoint(&families(&test)),
+        "a family is in both parts"
+    );
+    for part in [&tune, &test] {
+        let sources: HashSet<&str> = part.iter().map(|p| p.source.as_str()).collect();
+        assert_eq!(sources.len(), 3, "{sources:?}");
+        let hits = part.iter().filter(|p| p.should_hit).count();
+        let share = hits as f64 / part.len() as f64;
+        assert!((0.4..=0.65).contains(&share), "{share}");
+    }
+    // No pair of the test part appears in the tuning part.
+    let tune_pairs: HashSet<(&str, &str)> = tune
+        .iter()
+        .map(|p| (p.cached.as_str(), p.new.as_str()))
+        .collect();
+    assert!(
+        test.iter()
+            .all(|p| !tune_pairs.contains(&(p.cached.as_str(), p.new.as_str())))
+    );
+}
+
+/// The goal for the default offline embedder: at most 5 % of the test part's traps served.
 #[tokio::test]
-async fn default_threshold_and_guard_on_the_trap_set() {
+async fn hashing_embedder_on_the_test_part() {
+    let pairs = parse_set(TEST).unwrap();
+    let embedder = HashingEmbedder::default();
+    assert_eq!(embedder.recommended_threshold(), DEFAULT_THRESHOLD);
+    let scored = score(&embedder, &pairs, &GuardConfig::default())
+        .await
+        .unwrap();
+    let old_guard = GuardConfig {
+        lexicon: false,
+        roles: false,
+        substitutions: false,
+        ..GuardConfig::default()
+    };
+    let mut reports = Vec::new();
+    for (name, guard) in [
+        ("no guard", None),
+        ("guard before issue 15", Some(&old_guard)),
+    ] {
+        for t in [0.80, 0.90] {
+            let mut r = evaluate_with(&scored, t, guard);
+            r.label = format!("{name}, {t:.2}");
+            reports.push(r);
+        }
+    }
+    for t in [0.60, DEFAULT_THRESHOLD, 0.80, 0.90] {
+        let mut r = evaluate(&scored, t, true);
+        r.label = format!("guard, {t:.2}");
+        reports.push(r);
+    }
+    println!("{}", summary_table(&reports));
+    let default = evaluate(&scored, DEFAULT_THRESHOLD, true);
+    println!("{}", source_table(&default));
+    assert!(
+        default.false_hit_rate() <= 0.05,
+        "{:.3} of traps served",
+        default.false_hit_rate()
+    );
+    // The figure measured when the decision was frozen (docs/semantic-cache.md), less a
+    // margin: a change that loses many true hits must show up here.
+    assert!(default.hit_rate() >= 0.40, "{:.3}", default.hit_rate());
+}
+
+/// The evaluation decides exactly as the cache does: every pair of the tuning part looked
+/// up through `SemanticCache` (cached prompt inserted, new prompt looked up) gets the same
+/// answer as `ScoredPair::served`.
+#[tokio::test]
+async fn the_evaluation_agrees_with_lookups_through_the_cache() {
+    let pairs = parse_set(TUNE).unwrap();
+    let embedder = HashingEmbedder::default();
+    let scored = score(&embedder, &pairs, &GuardConfig::default())
+        .await
+        .unwrap();
+    let cache = SemanticCache::builder().embedder(embedder).build().unwrap();
+    assert_eq!(
+        cache.config().default_policy.threshold,
+        DEFAULT_THRESHOLD,
+        "the builder applies the embedder's recommended threshold"
+    );
+    let mut disagreements = Vec::new();
+    for (i, s) in scored.iter().enumerate() {
+        let tenant = format!("pair-{i}");
+        let key = |p: &str| CacheKey::new(&tenant, "q", "m", p).unwrap();
+        cache
+            .insert(&key(&s.pair.cached), "answer", Usage::default())
+            .await
+            .unwrap();
+        let served = cache.lookup(&key(&s.pair.new)).await.unwrap().is_hit();
+        if served != s.served(DEFAULT_THRESHOLD, Some(&GuardConfig::default())) {
+            disagreements.push((s.pair.cached.clone(), s.pair.new.clone(), served));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
+
+/// The crate's first pair set, which the original guard was tuned on (in-sample).
+#[tokio::test]
+async fn the_first_trap_set_stays_safe() {
     let pairs = parse_pairs(TRAPS).unwrap();
     assert!(pairs.len() >= 300, "{} pairs", pairs.len());
     let scored = score(&HashingEmbedder::default(), &pairs, &GuardConfig::default())
         .await
         .unwrap();
-    let mut reports = Vec::new();
-    for guard in [false, true] {
-        for t in [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] {
-            reports.push(evaluate(&scored, t, guard));
-        }
-    }
-    println!("{}", markdown_table(&reports));
     let with_guard = evaluate(&scored, DEFAULT_THRESHOLD, true);
     let without = evaluate(&scored, DEFAULT_THRESHOLD, false);
-    println!(
-        "default {DEFAULT_THRESHOLD}: {:.3} true, {:.3} false (guard off: {:.3} false)",
-        with_guard.hit_rate(),
-        with_guard.false_hit_rate(),
-        without.false_hit_rate()
-    );
+    println!("{}", summary_table(&[with_guard.clone(), without.clone()]));
     assert!(
         with_guard.false_hit_rate() <= 0.02,
         "{}",
         with_guard.false_hit_rate()
     );
-    assert!(with_guard.hit_rate() >= 0.5, "{}", with_guard.hit_rate());
     assert!(
         without.false_hit_rate() > with_guard.false_hit_rate(),
         "the guard must matter"
@@ -46,22 +157,7 @@ fn malformed_pair_files_are_errors() {
         parse_pairs("# comment\n\nx\tmiss\ta\tb\n").unwrap().len(),
         1
     );
-}
-
-#[tokio::test]
-#[ignore = "diagnostic listing, run by hand"]
-async fn list_mistakes() {
-    let pairs = parse_pairs(TRAPS).unwrap();
-    let scored = score(&HashingEmbedder::default(), &pairs, &GuardConfig::default())
-        .await
-        .unwrap();
-    for s in &scored {
-        let served = s.exact || (s.similarity >= DEFAULT_THRESHOLD && !s.vetoed);
-        if served != s.pair.should_hit {
-            println!(
-                "{:.3} vetoed={} {} | {} | {}",
-                s.similarity, s.vetoed, s.pair.category, s.pair.cached, s.pair.new
-            );
-        }
-    }
+    assert!(parse_set("a\tb\tc\thit\tx").is_err());
+    assert!(parse_set("a\tb\tc\tperhaps\tx\ty").is_err());
+    assert_eq!(parse_set("s\tf\tc\thit\tx\ty\n").unwrap().len(), 1);
 }

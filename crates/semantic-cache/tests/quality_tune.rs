@@ -1,0 +1,229 @@
+//! Diagnostics for choosing the guard's levers and thresholds: they read the TUNING part of
+//! the quality set only (this file cannot see the test part: it includes `tune.tsv` and
+//! nothing else). Run by hand:
+//!
+//! ```sh
+//! cargo test -p palisade-semantic-cache --test quality_tune -- --ignored --nocapture
+//! cargo test -p palisade-semantic-cache --features candle --test quality_tune -- --ignored --nocapture
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use palisade_semantic_cache::quality::{
+    ScoredPair, evaluate_with, parse_set, score, summary_table, trap_group,
+};
+use palisade_semantic_cache::{Embedder, GuardConfig, HashingEmbedder};
+
+/// Vectors kept in `target/semantic-cache-quality/` between runs, so that tuning runs do
+/// not embed the set again.
+#[derive(Debug)]
+struct Cached<E> {
+    inner: E,
+    file: PathBuf,
+    vectors: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+impl<E: Embedder> Cached<E> {
+    fn new(inner: E) -> Self {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/semantic-cache-quality"
+        ));
+        let file = dir.join(format!("{}.json", inner.version()));
+        let vectors = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            inner,
+            file,
+            vectors: Mutex::new(vectors),
+        }
+    }
+
+    fn save(&self) {
+        let _ = std::fs::create_dir_all(self.file.parent().unwrap());
+        let vectors = self.vectors.lock().unwrap();
+        std::fs::write(&self.file, serde_json::to_vec(&*vectors).unwrap()).unwrap();
+    }
+}
+
+#[async_trait]
+impl<E: Embedder> Embedder for Cached<E> {
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+    fn recommended_threshold(&self) -> f32 {
+        self.inner.recommended_threshold()
+    }
+    fn recommended_span_similarity(&self) -> f32 {
+        self.inner.recommended_span_similarity()
+    }
+    async fn embed_batch(&self, texts: &[&str]) -> palisade_semantic_cache::Result<Vec<Vec<f32>>> {
+        let missing: Vec<&str> = {
+            let v = self.vectors.lock().unwrap();
+            texts
+                .iter()
+                .copied()
+                .filter(|t| !v.contains_key(*t))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let new = self.inner.embed_batch(&missing).await?;
+            let mut v = self.vectors.lock().unwrap();
+            for (t, x) in missing.iter().zip(new) {
+                v.insert((*t).to_owned(), x);
+            }
+        }
+        let v = self.vectors.lock().unwrap();
+        Ok(texts.iter().map(|t| v[*t].clone()).collect())
+    }
+}
+
+const TUNE: &str = include_str!("../data/quality/tune.tsv");
+
+fn variants() -> Vec<(&'static str, Option<GuardConfig>)> {
+    let all = GuardConfig::default();
+    let old = GuardConfig {
+        lexicon: false,
+        roles: false,
+        substitutions: false,
+        ..GuardConfig::default()
+    };
+    vec![
+        ("no guard", None),
+        ("guard before issue 15", Some(old.clone())),
+        (
+            "+ lexicon",
+            Some(GuardConfig {
+                lexicon: true,
+                ..old.clone()
+            }),
+        ),
+        (
+            "+ lexicon + roles",
+            Some(GuardConfig {
+                lexicon: true,
+                roles: true,
+                ..old
+            }),
+        ),
+        ("+ substitutions (all)", Some(all)),
+    ]
+}
+
+async fn sweep(embedder: &dyn Embedder, thresholds: &[f32]) -> Vec<ScoredPair> {
+    let pairs = parse_set(TUNE).unwrap();
+    let scored = score(embedder, &pairs, &GuardConfig::default())
+        .await
+        .unwrap();
+    let mut reports = Vec::new();
+    for (name, config) in variants() {
+        for t in thresholds {
+            let mut r = evaluate_with(&scored, *t, config.as_ref());
+            r.label = format!("{name}, {t:.2}");
+            reports.push(r);
+        }
+    }
+    println!("{} (tune part)\n", embedder.version());
+    println!("{}", summary_table(&reports));
+    // Span similarities of substitutions and insertions, by label (pairs above 0.80 only).
+    for insertion in [false, true] {
+        let mut hit_spans: Vec<f32> = Vec::new();
+        let mut trap_spans: Vec<f32> = Vec::new();
+        for s in &scored {
+            if let Some(x) = s.span_similarity
+                && s.similarity >= 0.8
+                && s.query.is_insertion(&s.cached) == insertion
+                && s.query.veto(&s.cached, &GuardConfig::default()).is_none()
+            {
+                if s.pair.should_hit {
+                    hit_spans.push(x);
+                } else {
+                    trap_spans.push(x);
+                }
+            }
+        }
+        for floor in [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8] {
+            let h = hit_spans.iter().filter(|x| **x >= floor).count();
+            let t = trap_spans.iter().filter(|x| **x >= floor).count();
+            println!(
+                "span floor {floor:.1}: {} passing: {h}/{} hits, {t}/{} traps",
+                if insertion {
+                    "insertions"
+                } else {
+                    "substitutions"
+                },
+                hit_spans.len(),
+                trap_spans.len()
+            );
+        }
+    }
+    scored
+}
+
+fn mistakes(scored: &[ScoredPair], threshold: f32) {
+    let config = GuardConfig::default();
+    let only = std::env::var("MISTAKES").unwrap_or_default();
+    for s in scored {
+        let served = s.served(threshold, Some(&config));
+        let group = trap_group(&s.pair.category).unwrap_or("hit");
+        if served != s.pair.should_hit && (only.is_empty() || only == group) {
+            println!(
+                "{} {:.3} span={:?} veto={:?} [{}/{}] {} | {}",
+                if served { "FALSE-HIT" } else { "MISSED  " },
+                s.similarity,
+                s.span_similarity.map(|x| (x * 100.0).round() / 100.0),
+                s.veto(&config),
+                s.pair.source,
+                trap_group(&s.pair.category).unwrap_or(&s.pair.category),
+                s.pair.cached,
+                s.pair.new
+            );
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "tuning diagnostics, run by hand"]
+async fn tune_hashing() {
+    let scored = sweep(
+        &HashingEmbedder::default(),
+        &[0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9],
+    )
+    .await;
+    if std::env::var_os("MISTAKES").is_some() {
+        let t = std::env::var("AT")
+            .map_or(HashingEmbedder::default().recommended_threshold(), |x| {
+                x.parse().unwrap()
+            });
+        mistakes(&scored, t);
+    }
+}
+
+#[cfg(feature = "candle")]
+#[tokio::test]
+#[ignore = "tuning diagnostics, run by hand"]
+async fn tune_minilm() {
+    let dir = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.model-cache/all-MiniLM-L6-v2"
+    ));
+    let minilm = palisade_semantic_cache::minilm::MiniLmEmbedder::from_dir(
+        std::env::var_os("PALISADE_MINILM_DIR").map_or(dir, std::path::PathBuf::from),
+    )
+    .unwrap();
+    let minilm = Cached::new(minilm);
+    let scored = sweep(&minilm, &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95]).await;
+    minilm.save();
+    if std::env::var_os("MISTAKES").is_some() {
+        let t = std::env::var("AT").map_or(minilm.recommended_threshold(), |x| x.parse().unwrap());
+        mistakes(&scored, t);
+    }
+}
