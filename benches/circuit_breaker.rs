@@ -21,7 +21,6 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 #[cfg(feature = "redis")]
@@ -210,7 +209,7 @@ fn store_rows(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     rt: &tokio::runtime::Runtime,
     backend: &str,
-    store: Arc<dyn Store>,
+    store: &dyn Store,
     clock: &FakeClock,
 ) {
     let config = Config {
@@ -269,7 +268,7 @@ fn stores(c: &mut Criterion) {
         &mut g,
         &rt,
         "memory",
-        Arc::new(MemoryStore::with_clock(clock.clone())),
+        &MemoryStore::with_clock(clock.clone()),
         &clock,
     );
     #[cfg(feature = "redis")]
@@ -291,7 +290,7 @@ fn stores(c: &mut Criterion) {
         let store = RedisStore::new(pool)
             .with_prefix(prefix)
             .with_clock(clock.clone());
-        store_rows(&mut g, &rt, "redis", Arc::new(store), &clock);
+        store_rows(&mut g, &rt, "redis", &store, &clock);
         drop(server);
     }
     g.finish();
