@@ -11,7 +11,7 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use palisade::semantic_cache::index::{FlatIndex, HnswIndex, dot};
 use palisade::semantic_cache::{
     CacheKey, EntryId, GuardConfig, HashingEmbedder, MemoryConfig, MemoryStore, NamespacePolicy,
@@ -145,6 +145,73 @@ fn crossover(c: &mut Criterion) {
     group.finish();
 }
 
+/// A memory-store cache holding `n` templated prompts in one partition (threshold 0, so
+/// every lookup goes through its candidates), and how long filling it took.
+fn filled_cache(rt: &tokio::runtime::Runtime, n: usize) -> (SemanticCache, std::time::Duration) {
+    let store = MemoryStore::new(MemoryConfig {
+        max_entries: n as u64 + 1_000,
+        max_bytes: 1 << 40,
+    })
+    .unwrap();
+    let cache = SemanticCache::builder()
+        .store(store)
+        .default_policy(NamespacePolicy::default().threshold(0.0))
+        .guard(GuardConfig::default())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        for i in 0..n {
+            let prompt = format!("question {i} about order {} and invoice {}", i * 7, i % 13);
+            let key = CacheKey::new("acme", "support", "m", prompt).unwrap();
+            cache
+                .insert(&key, "answer", Usage::default())
+                .await
+                .unwrap();
+        }
+    });
+    (cache, started.elapsed())
+}
+
+fn lookup_key() -> CacheKey {
+    CacheKey::new(
+        "acme",
+        "support",
+        "m",
+        "a question about an order and an invoice",
+    )
+    .unwrap()
+}
+
+/// `SEMANTIC_CACHE_DRIVE=<entries>:<lookups>`: fill a cache, time that many semantic
+/// lookups one by one and print the median and percentiles; no benchmark runs. A driver for
+/// `perf record` and for repeated wall-clock runs on a shared machine.
+fn drive(spec: &str) {
+    let (n, lookups) = spec.split_once(':').expect("<entries>:<lookups>");
+    let n: usize = n.parse().expect("a count of entries");
+    let lookups: usize = lookups.parse().expect("a count of lookups");
+    let rt = runtime();
+    let (cache, fill) = filled_cache(&rt, n);
+    eprintln!("filled {n} entries in {:.1} s", fill.as_secs_f64());
+    let key = lookup_key();
+    let mut times: Vec<f64> = (0..lookups)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            black_box(rt.block_on(cache.lookup(black_box(&key))).unwrap());
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{lookups} lookups at {n} entries: median {:.0} us, p10 {:.0} us, p90 {:.0} us, p99 {:.0} us",
+        at(0.5),
+        at(0.1),
+        at(0.9),
+        at(0.99)
+    );
+}
+
 fn semantic_lookup(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("semantic_cache/semantic_lookup");
@@ -154,39 +221,12 @@ fn semantic_lookup(c: &mut Criterion) {
         sizes.push(1_000_000);
     }
     for n in sizes {
-        let store = MemoryStore::new(MemoryConfig {
-            max_entries: n as u64 + 1_000,
-            max_bytes: 1 << 40,
-        })
-        .unwrap();
-        let cache = SemanticCache::builder()
-            .store(store)
-            .default_policy(NamespacePolicy::default().threshold(0.0))
-            .guard(GuardConfig::default())
-            .build()
-            .unwrap();
-        let started = std::time::Instant::now();
-        rt.block_on(async {
-            for i in 0..n {
-                let prompt = format!("question {i} about order {} and invoice {}", i * 7, i % 13);
-                let key = CacheKey::new("acme", "support", "m", prompt).unwrap();
-                cache
-                    .insert(&key, "answer", Usage::default())
-                    .await
-                    .unwrap();
-            }
-        });
+        let (cache, fill) = filled_cache(&rt, n);
         eprintln!(
             "semantic_lookup {n}: filled in {:.1} s",
-            started.elapsed().as_secs_f64()
+            fill.as_secs_f64()
         );
-        let key = CacheKey::new(
-            "acme",
-            "support",
-            "m",
-            "a question about an order and an invoice",
-        )
-        .unwrap();
+        let key = lookup_key();
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("memory", n), &n, |b, _| {
             b.to_async(&rt)
@@ -292,4 +332,11 @@ criterion_group!(
     embedder,
     minilm
 );
-criterion_main!(benches);
+fn main() {
+    if let Ok(spec) = std::env::var("SEMANTIC_CACHE_DRIVE") {
+        drive(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -32,21 +32,56 @@ pub(crate) const EF_SEARCH: usize = 64;
 const CONSOLIDATE_PER_OP: usize = 2;
 const EMPTY: u32 = u32::MAX;
 
-/// Dot product of two int8 codes (exact, in i32). Thirty-two independent lanes: LLVM
-/// vectorises it on the baseline x86-64 target without `unsafe` (about 80 ns for 384
-/// components on the development box, against 110 ns for the f32 dot product).
+/// Dot product of two int8 codes (exact, in i32): the graph's hot loop (three quarters of
+/// a 100k-row search). On x86-64 CPUs with AVX2 (checked once, at run time) the plain
+/// reduction runs compiled for AVX2, where LLVM turns it into `vpmaddwd` over 16 lanes;
+/// elsewhere [`dot_i8_pairs`] runs. 384 components: about 20 ns with AVX2, 40 ns for the
+/// pairs, against 55 ns for the 32-lane i32 loop this replaced (in cache, development box).
 #[inline]
 fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    const LANES: usize = 32;
-    let mut acc = [0i32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..LANES {
-            acc[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = pulp::x86::V3::try_new() {
+        return avx2.vectorize(
+            #[inline(always)]
+            || dot_i8_reduce(a, b),
+        );
     }
-    let mut sum: i32 = acc.iter().sum();
+    dot_i8_pairs(a, b)
+}
+
+/// The plain reduction: what LLVM vectorises best when AVX2 is on.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn dot_i8_reduce(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum()
+}
+
+/// Blocks of 16 widened to i16, then adjacent products summed in pairs: the shape of SSE2's
+/// `pmaddwd` (multiply i16, add neighbours into i32), which LLVM emits for it on the
+/// baseline x86-64 target.
+#[inline]
+fn dot_i8_pairs(a: &[i8], b: &[i8]) -> i32 {
+    const BLOCK: usize = 16;
+    let mut sum = 0i32;
+    let mut ca = a.chunks_exact(BLOCK);
+    let mut cb = b.chunks_exact(BLOCK);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let mut wx = [0i16; BLOCK];
+        let mut wy = [0i16; BLOCK];
+        for i in 0..BLOCK {
+            wx[i] = i16::from(x[i]);
+            wy[i] = i16::from(y[i]);
+        }
+        let mut pairs = [0i32; BLOCK / 2];
+        for i in 0..BLOCK / 2 {
+            pairs[i] = i32::from(wx[2 * i]) * i32::from(wy[2 * i])
+                + i32::from(wx[2 * i + 1]) * i32::from(wy[2 * i + 1]);
+        }
+        sum += pairs.iter().sum::<i32>();
+    }
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         sum += i32::from(*x) * i32::from(*y);
     }
@@ -637,14 +672,22 @@ mod tests {
 
     #[test]
     fn int8_dot_matches_naive() {
-        let a: Vec<i8> = (0..77).map(|i| (i * 7 % 255 - 127) as i8).collect();
-        let b: Vec<i8> = (0..77).map(|i| (i * 13 % 255 - 127) as i8).collect();
-        let naive: i32 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| i32::from(*x) * i32::from(*y))
-            .sum();
-        assert_eq!(dot_i8(&a, &b), naive);
+        // Every length around the block sizes, extreme codes included.
+        for len in [0usize, 1, 15, 16, 17, 31, 32, 33, 77, 384, 385] {
+            let a: Vec<i8> = (0..len).map(|i| (i * 7 % 255) as i8).collect();
+            let b: Vec<i8> = (0..len).map(|i| (i * 13 % 255) as i8).collect();
+            let naive: i32 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| i32::from(*x) * i32::from(*y))
+                .sum();
+            assert_eq!(dot_i8(&a, &b), naive, "len {len}");
+            assert_eq!(dot_i8_pairs(&a, &b), naive, "len {len}");
+            let low = vec![-128i8; len];
+            let expected = i32::try_from(len).unwrap() * 128 * 128;
+            assert_eq!(dot_i8(&low, &low), expected);
+            assert_eq!(dot_i8_pairs(&low, &low), expected);
+        }
     }
 
     #[test]
