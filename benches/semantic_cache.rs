@@ -252,10 +252,7 @@ fn semantic_lookup(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("memory", n), &n, |b, _| {
             let (cache, fill) = filled_cache(&rt, n);
-            eprintln!(
-                "semantic_lookup {n}: filled in {:.1} s",
-                fill.as_secs_f64()
-            );
+            eprintln!("semantic_lookup {n}: filled in {:.1} s", fill.as_secs_f64());
             b.to_async(&rt)
                 .iter(|| async { black_box(cache.lookup(black_box(&key)).await.unwrap()) });
         });
