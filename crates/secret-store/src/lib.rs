@@ -6,8 +6,8 @@
 //! * **Providers** ([`Provider`]): [`EnvProvider`], [`FileProvider`] (`.env`, JSON, TOML),
 //!   [`MemoryProvider`], [`RedisProvider`] (values encrypted client-side under a
 //!   [`MasterKey`]; standalone, TLS, Cluster; feature `redis`, default),
-//!   [`vault::VaultProvider`] (HashiCorp Vault KV v2; feature `vault`) and
-//!   [`azure::AzureKeyVaultProvider`] (feature `azure`).
+//!   `vault::VaultProvider` (HashiCorp Vault KV v2; feature `vault`) and
+//!   `azure::AzureKeyVaultProvider` (feature `azure`).
 //! * **[`Secrets`]**: an ordered fallback chain, a TTL cache (1 h by default) with
 //!   stale-while-revalidate and single-flight loads, the last-known-good value served through
 //!   a *transient* outage for a bounded `resurrect` window (never after a denial), an
@@ -78,7 +78,7 @@
 //!
 //! # Features
 //! `redis` (default), `tls` (`rediss://`), `vault`, `azure` (reqwest with rustls; off by
-//! default), `testing` (the public [conformance suite](crate::testing)).
+//! default), `testing` (the public conformance suite, module `testing`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "azure")]

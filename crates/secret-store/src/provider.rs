@@ -17,7 +17,7 @@ use crate::value::{Fetched, SecretName, Version};
 /// `Arc<dyn Provider>`s of different types, chosen at run time. One allocation per call is
 /// nothing next to a network round trip, and the cached path never calls a provider.
 ///
-/// # Contract (checked by the [`testing`](crate::testing) suite)
+/// # Contract (checked by the conformance suite of the `testing` module, feature `testing`)
 /// * `get` answers `Ok(None)` for a secret (or version) it does not have: a miss is not an
 ///   error, and the chain moves on to the next provider.
 /// * `get` with `version: None` answers the latest version.
