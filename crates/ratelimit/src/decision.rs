@@ -20,6 +20,10 @@ pub enum DecisionSource {
     /// The store failed and the request was denied
     /// ([`FailureMode::FailClosed`](crate::FailureMode::FailClosed)).
     FailClosed,
+    /// A [`LeasedStore`](crate::LeasedStore) decided without a round trip: admitted from the
+    /// allowance this instance leased (counted in the shared store beforehand), or denied
+    /// as the shared store denied the same cost a moment ago.
+    Lease,
 }
 
 impl DecisionSource {
@@ -30,6 +34,7 @@ impl DecisionSource {
             Self::Fallback => "fallback",
             Self::FailOpen => "fail_open",
             Self::FailClosed => "fail_closed",
+            Self::Lease => "lease",
         }
     }
 }
@@ -146,7 +151,10 @@ impl Decision {
             policy: policy.clone(),
             quotas,
             retry_after,
-            from_fallback: !matches!(source, DecisionSource::Store),
+            from_fallback: matches!(
+                source,
+                DecisionSource::Fallback | DecisionSource::FailOpen | DecisionSource::FailClosed
+            ),
             source,
         }
     }

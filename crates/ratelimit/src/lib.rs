@@ -50,6 +50,8 @@ pub mod headers;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;
+mod lease;
+mod leased;
 mod limiter;
 mod memory;
 mod quota;
@@ -65,6 +67,8 @@ pub mod testing;
 pub use crate::clock::{Clock, FakeClock, SystemClock};
 pub use crate::decision::{Decision, DecisionSource, QuotaDecision, Quotas};
 pub use crate::error::{BoxError, Error, Result};
+pub use crate::lease::{Lease, LeaseRequest};
+pub use crate::leased::{LeaseConfig, LeasedStore, LeasedStoreBuilder};
 pub use crate::limiter::{DEFAULT_TIMEOUT, FailureMode, RateLimiter, RateLimiterBuilder};
 pub use crate::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder, Subject};
 pub use crate::quota::{

@@ -13,6 +13,7 @@ use crate::algorithm::Verdict;
 use crate::clock::Clock;
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
+use crate::lease::{Lease, LeaseRequest};
 use crate::quota::{Algorithm, Policy};
 
 /// One algorithm's scripts: the shared prelude, the algorithm's file, one operation.
@@ -20,6 +21,8 @@ struct Scripts {
     acquire: Script,
     peek: Script,
     refund: Script,
+    lease: Script,
+    release: Script,
 }
 
 macro_rules! scripts {
@@ -39,6 +42,16 @@ macro_rules! scripts {
                 include_str!("lua/common.lua"),
                 include_str!(concat!("lua/", $algorithm, ".lua")),
                 include_str!("lua/refund.lua")
+            )),
+            lease: Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/lease.lua")
+            )),
+            release: Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/release.lua")
             )),
         }
     };
@@ -326,34 +339,43 @@ impl RedisStore {
         cost: u64,
     ) -> Result<Decision> {
         let reply: Vec<i64> = self.run(self.invocation(script, key, policy, cost)).await?;
-        let n = policy.quotas().len();
-        if reply.len() != 1 + 4 * n {
-            return Err(Error::Protocol(format!(
-                "script answered {} values for {n} quotas",
-                reply.len()
-            )));
-        }
-        let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
-        let verdicts: Vec<Verdict> = reply[1..]
-            .chunks_exact(4)
-            .map(|c| Verdict {
-                allowed: c[0] == 1,
-                remaining: non_negative(c[1]),
-                reset: non_negative(c[2]),
-                retry_after: if c[0] == 1 || c[3] < 0 {
-                    None
-                } else {
-                    Some(non_negative(c[3]))
-                },
-            })
-            .collect();
-        Ok(Decision::from_verdicts(
-            policy,
-            reply[0] == 1,
-            &verdicts,
-            DecisionSource::Store,
-        ))
+        decision_of(policy, &reply, 1)
     }
+}
+
+/// The decision in a script's reply: the admitted flag at `reply[0]`, then from `at` four
+/// numbers per quota (allowed, remaining, reset, retry or -1).
+fn decision_of(policy: &Policy, reply: &[i64], at: usize) -> Result<Decision> {
+    let n = policy.quotas().len();
+    if reply.len() != at + 4 * n {
+        return Err(Error::Protocol(format!(
+            "script answered {} values for {n} quotas",
+            reply.len()
+        )));
+    }
+    let verdicts: Vec<Verdict> = reply[at..]
+        .chunks_exact(4)
+        .map(|c| Verdict {
+            allowed: c[0] == 1,
+            remaining: non_negative(c[1]),
+            reset: non_negative(c[2]),
+            retry_after: if c[0] == 1 || c[3] < 0 {
+                None
+            } else {
+                Some(non_negative(c[3]))
+            },
+        })
+        .collect();
+    Ok(Decision::from_verdicts(
+        policy,
+        reply[0] == 1,
+        &verdicts,
+        DecisionSource::Store,
+    ))
+}
+
+fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// What one call sends: a script (every store operation) or a plain command (`PING`).
@@ -453,6 +475,47 @@ impl crate::store::Store for RedisStore {
 
     async fn health(&self) -> Result<()> {
         self.send(Request::Command(redis::cmd("PING"))).await
+    }
+
+    /// One script call (`src/lua/lease.lua`): the request, stale held units given back, the
+    /// grant, all atomically with server time.
+    async fn lease(&self, key: &str, policy: &Policy, request: &LeaseRequest) -> Result<Lease> {
+        let max = crate::algorithm::MAX_MICROS;
+        let mut inv = self.invocation(
+            &scripts(policy.algorithm()).lease,
+            key,
+            policy,
+            request.cost,
+        );
+        inv.arg(request.held)
+            .arg(request.held_at.min(max))
+            .arg(request.want.min(crate::quota::MAX_LIMIT))
+            .arg(crate::lease::micros(request.lifetime).min(max))
+            .arg(request.max_share_permille.min(1000));
+        let reply: Vec<i64> = self.run(inv).await?;
+        if reply.len() < 6 {
+            return Err(Error::Protocol(format!(
+                "lease script answered {} values",
+                reply.len()
+            )));
+        }
+        let mut lease = Lease::exact(decision_of(policy, &reply, 6)?);
+        lease.used_held = non_negative(reply[1]);
+        lease.stale_held = reply[2] == 1;
+        lease.granted = non_negative(reply[3]);
+        lease.lifetime = Duration::from_micros(non_negative(reply[4]));
+        lease.granted_at = non_negative(reply[5]);
+        Ok(lease)
+    }
+
+    async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
+        if units == 0 || !policy.algorithm().counts_windows() {
+            return Ok(());
+        }
+        let mut inv = self.invocation(&scripts(policy.algorithm()).release, key, policy, units);
+        inv.arg(granted_at.min(crate::algorithm::MAX_MICROS));
+        let _: i64 = self.run(inv).await?;
+        Ok(())
     }
 
     fn backend_name(&self) -> &'static str {

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::decision::Decision;
 use crate::error::Result;
+use crate::lease::{Lease, LeaseRequest};
 use crate::quota::Policy;
 
 /// Where counters live. A store operation is a whole decision that the backend runs
@@ -71,6 +72,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let _ = (key, policy, cost);
         None
     }
+
+    /// One lease call of a [`LeasedStore`](crate::LeasedStore), atomic like `acquire`:
+    /// count a request of `request.cost` units (paid first with the `held` units the store
+    /// still finds valid; a denial by any quota takes nothing), then take up to
+    /// `request.want` more units from every quota for the caller to spend on its own, at
+    /// most `max_share_permille`/1000 of what each quota has left. Granted units are counted
+    /// at once, as if admitted. The sliding-window log is never leased.
+    ///
+    /// The default, for a store that does not lease, is an exact `acquire` of the cost that
+    /// grants nothing ([`Lease::exact`]): a `LeasedStore` over such a store decides every
+    /// request through it. The memory and Redis stores lease (Redis in one script call).
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn lease(&self, key: &str, policy: &Policy, request: &LeaseRequest) -> Result<Lease> {
+        Ok(Lease::exact(self.acquire(key, policy, request.cost).await?))
+    }
+
+    /// Give back `units` of a lease granted at `granted_at` (store time, µs) that the
+    /// caller will never spend: the window algorithms take them back when the lease's
+    /// windows are still current (units of a past window belong to it); the bucket
+    /// algorithms never do (a bucket that refilled meanwhile would take them above what it
+    /// allows). The default does nothing (nothing was leased).
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
+        let _ = (key, policy, units, granted_at);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -95,5 +126,11 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn acquire_now(&self, key: &str, policy: &Policy, cost: u64) -> Option<Result<Decision>> {
         (**self).acquire_now(key, policy, cost)
+    }
+    async fn lease(&self, key: &str, policy: &Policy, request: &LeaseRequest) -> Result<Lease> {
+        (**self).lease(key, policy, request).await
+    }
+    async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
+        (**self).release(key, policy, units, granted_at).await
     }
 }

@@ -31,7 +31,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Algorithm, Decision, FakeClock, Policy, Quota, Store};
+use crate::{Algorithm, Decision, FakeClock, LeaseRequest, Policy, Quota, Store};
 
 /// A store under test, its clock, and whatever must live as long as the test (a server).
 pub struct Fixture {
@@ -102,6 +102,7 @@ pub async fn run_all(store: &dyn Store, clock: &FakeClock) {
     zero_limit_denies(store, clock).await;
     a_longer_period_strands_no_key(store, clock).await;
     reset_forgets_only_the_form_given(store, clock).await;
+    a_lease_is_counted_when_granted(store, clock).await;
 }
 
 /// Writes one `#[tokio::test]` per conformance case, each on a fresh [`Fixture`] from
@@ -111,7 +112,7 @@ pub async fn run_all(store: &dyn Store, clock: &FakeClock) {
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fixture:expr) => {
-        $crate::__store_conformance_cases!($fixture; limit_and_refill, multi_window_denial_consumes_nothing, weighted_cost, peek_consumes_nothing, refund_gives_back, reset_forgets, hostile_keys_stay_apart, policies_stay_apart, retry_after_is_honest, zero_limit_denies, a_longer_period_strands_no_key, reset_forgets_only_the_form_given, a_reachable_store_is_healthy);
+        $crate::__store_conformance_cases!($fixture; limit_and_refill, multi_window_denial_consumes_nothing, weighted_cost, peek_consumes_nothing, refund_gives_back, reset_forgets, hostile_keys_stay_apart, policies_stay_apart, retry_after_is_honest, zero_limit_denies, a_longer_period_strands_no_key, reset_forgets_only_the_form_given, a_reachable_store_is_healthy, a_lease_is_counted_when_granted);
     };
 }
 
@@ -521,6 +522,80 @@ async fn reset_forgets_only_the_form_given_for(
     );
     store.reset("k", &p).await.expect("the store answered");
     store.reset("k", &other).await.expect("the store answered");
+    clock.advance(Duration::from_secs(120));
+}
+
+/// [`Store::lease`]: the request and the grant are counted at once, the grant is at most the
+/// share asked of what is left (none for the sliding-window log), a denial takes and grants
+/// nothing, and [`Store::release`] within the window gives a window algorithm's units back
+/// (never a bucket's). A store that does not lease passes by granting nothing. Every
+/// algorithm.
+pub async fn a_lease_is_counted_when_granted(store: &dyn Store, clock: &FakeClock) {
+    for alg in Algorithm::ALL {
+        a_lease_is_counted_when_granted_for(store, clock, alg).await;
+    }
+}
+
+async fn a_lease_is_counted_when_granted_for(store: &dyn Store, clock: &FakeClock, alg: Algorithm) {
+    let p = policy("lease", alg, &[("q", Quota::per_minute(100))]);
+    let request = LeaseRequest::new(10)
+        .want(40, Duration::from_secs(10))
+        .max_share_permille(500);
+    let lease = store
+        .lease("k", &p, &request)
+        .await
+        .expect("the store answered");
+    assert!(lease.decision.allowed, "{alg}: {lease:?}");
+    assert!(lease.granted <= 40, "{alg}: more than asked: {lease:?}");
+    if alg == Algorithm::SlidingWindowLog {
+        assert_eq!(lease.granted, 0, "the log is never leased");
+    }
+    assert_eq!(
+        lease.decision.quotas[0].remaining,
+        90 - lease.granted,
+        "{alg}: the grant is not counted: {lease:?}"
+    );
+    let left = |d: Decision| d.quotas[0].remaining;
+    let peeked = left(store.peek("k", &p).await.expect("the store answered"));
+    assert_eq!(peeked, 90 - lease.granted, "{alg}");
+    if lease.granted > 0 {
+        assert!(
+            lease.lifetime > Duration::ZERO && lease.lifetime <= Duration::from_secs(10),
+            "{alg}: {lease:?}"
+        );
+    }
+    // A denied request takes nothing and grants nothing.
+    let denied = store
+        .lease(
+            "k",
+            &p,
+            &LeaseRequest::new(95).want(5, Duration::from_secs(10)),
+        )
+        .await
+        .expect("the store answered");
+    assert!(
+        !denied.decision.allowed && denied.granted == 0,
+        "{alg}: {denied:?}"
+    );
+    assert_eq!(
+        left(store.peek("k", &p).await.expect("the store answered")),
+        peeked,
+        "{alg}"
+    );
+    store
+        .release("k", &p, lease.granted, lease.granted_at)
+        .await
+        .expect("the store answered");
+    let back = left(store.peek("k", &p).await.expect("the store answered"));
+    let expected = if matches!(
+        alg,
+        Algorithm::FixedWindow | Algorithm::SlidingWindowCounter
+    ) {
+        90
+    } else {
+        peeked
+    };
+    assert_eq!(back, expected, "{alg}: release");
     clock.advance(Duration::from_secs(120));
 }
 

@@ -19,7 +19,7 @@ mod key;
 mod table;
 
 use key::{KeyBuf, Probe, StoredKey};
-use table::{Admit, Decide, Form, List, Log, Op, Peek, Refund, Shard, Word};
+use table::{Admit, Decide, Form, LeaseOp, List, Log, Op, Peek, Refund, ReleaseOp, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
@@ -280,6 +280,48 @@ impl MemoryStore {
         self.call(subject.into(), policy, Existing(Refund { now, cost }));
     }
 
+    /// [`Store::lease`](crate::Store::lease), synchronously (one shard lock).
+    pub fn lease_sync<'k>(
+        &self,
+        subject: impl Into<Subject<'k>>,
+        policy: &Policy,
+        request: &crate::lease::LeaseRequest,
+    ) -> crate::lease::Lease {
+        let now = self.clock.now();
+        self.call(
+            subject.into(),
+            policy,
+            Slot(
+                LeaseOp {
+                    policy,
+                    now,
+                    request,
+                },
+                now,
+            ),
+        )
+    }
+
+    /// [`Store::release`](crate::Store::release), synchronously.
+    pub fn release_sync<'k>(
+        &self,
+        subject: impl Into<Subject<'k>>,
+        policy: &Policy,
+        units: u64,
+        granted_at: u64,
+    ) {
+        let now = self.clock.now();
+        self.call(
+            subject.into(),
+            policy,
+            Existing(ReleaseOp {
+                now,
+                units,
+                granted_at,
+            }),
+        );
+    }
+
     /// [`Store::reset`](crate::Store::reset), synchronously: forgets the subject's states
     /// under `policy`. States kept under another form of the policy's name (another
     /// algorithm, number of quotas, or a window algorithm's period) stay until they expire,
@@ -436,6 +478,18 @@ impl crate::store::Store for MemoryStore {
     }
     async fn reset(&self, key: &str, policy: &Policy) -> Result<()> {
         self.reset_sync(key, policy);
+        Ok(())
+    }
+    async fn lease(
+        &self,
+        key: &str,
+        policy: &Policy,
+        request: &crate::lease::LeaseRequest,
+    ) -> Result<crate::lease::Lease> {
+        Ok(self.lease_sync(key, policy, request))
+    }
+    async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
+        self.release_sync(key, policy, units, granted_at);
         Ok(())
     }
     fn backend_name(&self) -> &'static str {

@@ -108,6 +108,98 @@ impl Op for Refund {
     }
 }
 
+/// One lease call ([`crate::lease::lease`]): the request and the grant, all or nothing.
+#[derive(Clone, Copy)]
+pub(super) struct LeaseOp<'p> {
+    pub(super) policy: &'p Policy,
+    pub(super) now: u64,
+    pub(super) request: &'p crate::lease::LeaseRequest,
+}
+
+impl LeaseOp<'_> {
+    fn answer(self, o: crate::lease::Outcome, verdicts: &[Verdict]) -> crate::lease::Lease {
+        let mut lease = crate::lease::Lease::exact(Decision::from_verdicts(
+            self.policy,
+            o.admitted,
+            verdicts,
+            DecisionSource::Store,
+        ));
+        lease.used_held = o.used_held;
+        lease.stale_held = o.stale_held;
+        lease.granted = o.granted;
+        lease.lifetime = std::time::Duration::from_micros(o.lifetime);
+        lease.granted_at = o.granted_at;
+        lease
+    }
+}
+
+impl Op for LeaseOp<'_> {
+    type Out = crate::lease::Lease;
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Self::Out {
+        let mut v = [Verdict::NONE];
+        let mut one = crate::lease::One {
+            machine: m,
+            params: q,
+        };
+        let o = crate::lease::lease(&mut one, M::ALGORITHM, self.now, self.request, &mut v);
+        self.answer(o, &v)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Self::Out {
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        let n = states.len().min(MAX_QUOTAS);
+        let mut many = crate::lease::Many {
+            states: &mut states[..n],
+            params: policy.params(),
+        };
+        let o = crate::lease::lease(
+            &mut many,
+            policy.algorithm(),
+            self.now,
+            self.request,
+            &mut out[..n],
+        );
+        self.answer(o, &out[..n])
+    }
+}
+
+/// Give back unspent leased units ([`crate::lease::release`]).
+#[derive(Clone, Copy)]
+pub(super) struct ReleaseOp {
+    pub(super) now: u64,
+    pub(super) units: u64,
+    pub(super) granted_at: u64,
+}
+
+impl Op for ReleaseOp {
+    type Out = ();
+    fn one<M: Machine>(self, m: &mut M, q: &Params) {
+        let mut one = crate::lease::One {
+            machine: m,
+            params: q,
+        };
+        crate::lease::release(
+            &mut one,
+            M::ALGORITHM,
+            self.now,
+            self.units,
+            self.granted_at,
+        );
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) {
+        let mut many = crate::lease::Many {
+            states,
+            params: policy.params(),
+        };
+        crate::lease::release(
+            &mut many,
+            policy.algorithm(),
+            self.now,
+            self.units,
+            self.granted_at,
+        );
+    }
+}
+
 /// What a call reads from one key's states without changing them.
 pub(super) trait Read: Copy {
     type Out;

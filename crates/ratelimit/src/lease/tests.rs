@@ -1,0 +1,522 @@
+//! The lease arithmetic against the exact algorithm: several instances (books) share one
+//! set of counters through [`lease`] and [`release`] calls that take random times to reach
+//! the store and to come back, some abandoned on the way, with clocks offset from each
+//! other. Every unit the instances admit is then replayed, in store time, through the exact
+//! algorithm: the window algorithms must admit every one of them as they are, the bucket
+//! algorithms with at most `⌈L / interval⌉ ≤ max_overshoot × limit` more burst.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::algorithm::{self, decide, fresh_states};
+use crate::quota::Quota;
+
+const T0: u64 = 1_700_000_000_000_000;
+
+fn quota() -> impl Strategy<Value = Quota> {
+    (
+        prop_oneof![1u64..12, 10u64..120],
+        prop_oneof![Just(1_000u64), Just(250u64), Just(1_500u64)],
+        prop::option::of(1u64..40),
+    )
+        .prop_map(|(limit, ms, burst)| {
+            let q = Quota::new(limit, Duration::from_millis(ms));
+            burst.map_or(q, |b| q.with_burst(b))
+        })
+}
+
+fn leasable_algorithm() -> impl Strategy<Value = Algorithm> {
+    prop::sample::select(vec![
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowCounter,
+    ])
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    /// A request of this cost.
+    Request(u64),
+    /// The instance looks at its leases (what the sweeper does).
+    Sweep,
+    /// The instance abandons one of its calls in flight (a timeout).
+    Abandon,
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        8 => (0u64..4).prop_map(Act::Request),
+        1 => Just(Act::Sweep),
+        1 => Just(Act::Abandon),
+    ]
+}
+
+/// A message on its way to or from the store.
+#[derive(Debug)]
+enum Msg {
+    /// A lease call, before the store ran it.
+    Call { who: usize, call: Call, back: u64 },
+    /// The store ran it: the answer travels back.
+    Answer {
+        who: usize,
+        call: Call,
+        outcome: Outcome,
+        verdicts: Vec<Verdict>,
+    },
+    /// Unspent units given back.
+    Release { units: u64, granted_at: u64 },
+}
+
+struct Sim {
+    policy: Policy,
+    plan: Plan,
+    states: Vec<QuotaState>,
+    books: Vec<Book>,
+    offsets: Vec<u64>,
+    /// (store time it happens at, sequence, message)
+    pending: Vec<(u64, u64, Msg)>,
+    seq: u64,
+    /// Admissions: (store time, cost).
+    admitted: Vec<(u64, u64)>,
+    /// Units counted and never admitted or given back.
+    dropped: u64,
+    delays: Vec<(u64, u64)>,
+    next_delay: usize,
+}
+
+impl Sim {
+    fn delay(&mut self) -> (u64, u64) {
+        let d = self.delays[self.next_delay % self.delays.len()];
+        self.next_delay += 1;
+        d
+    }
+
+    fn push(&mut self, at: u64, msg: Msg) {
+        self.seq += 1;
+        self.pending.push((at, self.seq, msg));
+    }
+
+    fn send(&mut self, who: usize, call: Call, now: u64) {
+        let (to, back) = self.delay();
+        self.push(now + to, Msg::Call { who, call, back });
+    }
+
+    fn ended(&mut self, ended: Vec<Held>, now: u64) {
+        for h in ended {
+            if self.policy.algorithm().counts_windows() {
+                let (to, _) = self.delay();
+                self.push(
+                    now + to,
+                    Msg::Release {
+                        units: h.units,
+                        granted_at: h.granted_at,
+                    },
+                );
+            } else {
+                self.dropped += h.units;
+            }
+        }
+    }
+
+    /// Deliver every message due by `now`, in time order.
+    fn run_until(&mut self, now: u64) {
+        loop {
+            let Some(i) = self
+                .pending
+                .iter()
+                .enumerate()
+                .filter(|(_, (at, _, _))| *at <= now)
+                .min_by_key(|(_, (at, seq, _))| (*at, *seq))
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            let (at, _, msg) = self.pending.swap_remove(i);
+            self.deliver(at, msg);
+        }
+    }
+
+    fn deliver(&mut self, at: u64, msg: Msg) {
+        let params = self.policy.params().to_vec();
+        let alg = self.policy.algorithm();
+        match msg {
+            Msg::Call { who, call, back } => {
+                let mut verdicts = vec![Verdict::NONE; params.len()];
+                let mut many = Many {
+                    states: &mut self.states,
+                    params: &params,
+                };
+                let outcome = lease(&mut many, alg, at, &call.request, &mut verdicts);
+                if outcome.admitted && call.request.cost > 0 {
+                    self.admitted.push((at, call.request.cost));
+                }
+                self.push(
+                    at + back,
+                    Msg::Answer {
+                        who,
+                        call,
+                        outcome,
+                        verdicts,
+                    },
+                );
+            }
+            Msg::Answer {
+                who,
+                call,
+                outcome,
+                verdicts,
+            } => {
+                let local = at + self.offsets[who];
+                let reply = Reply {
+                    admitted: outcome.admitted,
+                    used_held: outcome.used_held,
+                    stale_held: outcome.stale_held,
+                    granted: outcome.granted,
+                    lifetime: outcome.lifetime,
+                    granted_at: outcome.granted_at,
+                    verdicts: &verdicts,
+                };
+                let Dropped(d) = self.books[who].finish(call, &reply, &self.plan, local);
+                self.dropped += d;
+            }
+            Msg::Release { units, granted_at } => {
+                let mut many = Many {
+                    states: &mut self.states,
+                    params: &params,
+                };
+                release(&mut many, alg, at, units, granted_at);
+            }
+        }
+    }
+
+    fn act(&mut self, who: usize, act: Act, now: u64) {
+        let local = now + self.offsets[who];
+        let mut ended = Vec::new();
+        match act {
+            Act::Request(cost) => {
+                let mut out = vec![Verdict::NONE; self.policy.params().len()];
+                let step = self.books[who].begin(
+                    &self.policy,
+                    &self.plan,
+                    local,
+                    cost,
+                    &mut out,
+                    &mut ended,
+                );
+                match step {
+                    Step::Local => {
+                        if cost > 0 {
+                            self.admitted.push((now, cost));
+                        }
+                        if let Some(call) = self.books[who].refresh(&self.plan, local, 0) {
+                            self.send(who, call, now);
+                        }
+                    }
+                    Step::Denied => assert!(out.iter().any(|v| !v.allowed)),
+                    Step::Remote(call) => self.send(who, call, now),
+                }
+            }
+            Act::Sweep => self.books[who].expire(local, |h| ended.push(h)),
+            Act::Abandon => {
+                let mine = self.pending.iter().position(|(_, _, m)| {
+                    matches!(m, Msg::Call { who: w, .. } | Msg::Answer { who: w, .. } if *w == who)
+                });
+                if let Some(i) = mine {
+                    let (_, _, msg) = self.pending.swap_remove(i);
+                    let call = match msg {
+                        Msg::Call { call, .. } => call,
+                        Msg::Answer { call, outcome, .. } => {
+                            // The store counted it; the caller never learns.
+                            self.dropped += outcome.granted;
+                            call
+                        }
+                        Msg::Release { .. } => unreachable!("matched a call"),
+                    };
+                    let Dropped(d) = self.books[who].cancel(call, local);
+                    self.dropped += d;
+                }
+            }
+        }
+        self.ended(ended, now);
+    }
+}
+
+/// The policy the admitted units are replayed through: the same, with the bucket
+/// algorithms' burst raised by what a lease lifetime of `lifetime` may shift.
+fn relaxed(policy: &Policy, lifetime: u64) -> Policy {
+    let mut b = Policy::builder("replay").algorithm(policy.algorithm());
+    for (q, p) in policy.quotas().iter().zip(policy.params()) {
+        let quota = match policy.algorithm() {
+            Algorithm::Gcra | Algorithm::TokenBucket => q
+                .quota
+                .with_burst(q.quota.burst() + lifetime.div_ceil(p.interval)),
+            _ => q.quota,
+        };
+        b = b.quota(q.name.clone(), quota);
+    }
+    b.build().expect("a valid relaxed policy")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Over-admission stays within the stated bound for every leasable algorithm, single
+    /// and multi-window policies, any number of instances, delays, abandoned calls and
+    /// clock offsets: replayed in store time through the exact algorithm (with the bucket
+    /// tolerance), every admitted unit is admitted.
+    #[test]
+    fn leases_never_over_admit_beyond_the_bound(
+        alg in leasable_algorithm(),
+        quotas in prop::collection::vec(quota(), 1..3),
+        instances in 1usize..5,
+        max_overshoot in prop_oneof![Just(0.0), Just(0.05), Just(0.2), Just(0.5)],
+        max_lease_ms in prop_oneof![Just(1u64), Just(40), Just(400), Just(5_000)],
+        share in prop_oneof![Just(100u32), Just(500), Just(1000)],
+        prefetch in any::<bool>(),
+        offsets in prop::collection::vec(0u64..1 << 40, 4),
+        delays in prop::collection::vec((prop_oneof![Just(0u64), 0u64..2_000, 0u64..80_000], prop_oneof![Just(0u64), 0u64..2_000, 0u64..80_000]), 1..8),
+        steps in prop::collection::vec((prop_oneof![Just(0u64), 0u64..5_000, 0u64..300_000], 0usize..4, act()), 1..150),
+    ) {
+        let mut b = Policy::builder("p").algorithm(alg);
+        for (i, q) in quotas.into_iter().enumerate() {
+            b = b.quota(format!("q{i}"), q);
+        }
+        let policy = b.build().unwrap();
+        let max_lease = max_lease_ms * 1_000;
+        let lifetime = if alg.counts_windows() {
+            max_lease
+        } else {
+            bucket_lifetime(&policy, max_overshoot, max_lease)
+        };
+        // A policy with no lease lifetime is decided by the store alone (not leased).
+        prop_assume!(lifetime > 0);
+        if !alg.counts_windows() {
+            for (q, p) in policy.quotas().iter().zip(policy.params()) {
+                prop_assert!(
+                    lifetime.div_ceil(p.interval) <= overshoot_units(max_overshoot, q.quota.limit()),
+                    "the lifetime shifts more than the tolerance"
+                );
+            }
+        }
+        let plan = Plan { lifetime, share_permille: share, max_denial: max_lease, prefetch };
+        let mut sim = Sim {
+            states: fresh_states(&policy, T0),
+            policy: policy.clone(),
+            plan,
+            books: (0..instances).map(|i| Book::new(T0 + offsets[i])).collect(),
+            offsets: offsets[..instances].to_vec(),
+            pending: Vec::new(),
+            seq: 0,
+            admitted: Vec::new(),
+            dropped: 0,
+            delays,
+            next_delay: 0,
+        };
+        let mut now = T0;
+        for (dt, who, act) in steps {
+            now += dt;
+            sim.run_until(now);
+            sim.act(who % instances, act, now);
+        }
+        sim.run_until(u64::MAX);
+
+        sim.admitted.sort_by_key(|&(t, _)| t);
+        let replay = relaxed(&policy, lifetime);
+        let mut states = fresh_states(&replay, T0);
+        for (i, &(t, cost)) in sim.admitted.iter().enumerate() {
+            let (ok, _) = decide(&mut states, &replay, t, cost);
+            prop_assert!(ok, "admission {} of {} (cost {} at +{} µs) exceeds the bound: {:?}", i, sim.admitted.len(), cost, t - T0, sim.admitted);
+        }
+    }
+
+    /// One instance with instant answers decides a fixed-window policy exactly as the
+    /// algorithm does on its own: leasing costs a single instance nothing. (Not so the
+    /// sliding counter: units leased and unspent when a window ends still weigh in the next
+    /// window's estimate, a small under-admission.)
+    #[test]
+    fn one_instance_on_fixed_windows_decides_exactly(
+        alg in Just(Algorithm::FixedWindow),
+        quotas in prop::collection::vec(quota(), 1..3),
+        max_lease_ms in prop_oneof![Just(1u64), Just(400), Just(5_000)],
+        share in prop_oneof![Just(100u32), Just(1000)],
+        steps in prop::collection::vec((prop_oneof![Just(0u64), 0u64..5_000, 0u64..300_000], 0u64..4), 1..150),
+    ) {
+        let mut b = Policy::builder("p").algorithm(alg);
+        for (i, q) in quotas.into_iter().enumerate() {
+            b = b.quota(format!("q{i}"), q);
+        }
+        let policy = b.build().unwrap();
+        let plan = Plan { lifetime: max_lease_ms * 1_000, share_permille: share, max_denial: max_lease_ms * 1_000, prefetch: false };
+        let params = policy.params().to_vec();
+        let mut store = fresh_states(&policy, T0);
+        let mut exact = fresh_states(&policy, T0);
+        let mut book = Book::new(T0);
+        let mut now = T0;
+        for (dt, cost) in steps {
+            now += dt;
+            let mut ended = Vec::new();
+            let mut out = vec![Verdict::NONE; params.len()];
+            let got = match book.begin(&policy, &plan, now, cost, &mut out, &mut ended) {
+                Step::Local => true,
+                Step::Denied => false,
+                Step::Remote(call) => {
+                    let mut verdicts = vec![Verdict::NONE; params.len()];
+                    let outcome = lease(&mut Many { states: &mut store, params: &params }, alg, now, &call.request, &mut verdicts);
+                    let reply = Reply { admitted: outcome.admitted, used_held: outcome.used_held,
+                    stale_held: outcome.stale_held, granted: outcome.granted, lifetime: outcome.lifetime, granted_at: outcome.granted_at, verdicts: &verdicts };
+                    // Units of a window that ended may be dropped: they belong to it.
+                    let _ = book.finish(call, &reply, &plan, now);
+                    outcome.admitted
+                }
+            };
+            for h in ended {
+                release(&mut Many { states: &mut store, params: &params }, alg, now, h.units, h.granted_at);
+            }
+            let (expected, _) = decide(&mut exact, &policy, now, cost);
+            prop_assert_eq!(got, expected, "cost {} at +{} µs", cost, now - T0);
+        }
+    }
+}
+
+/// A lease takes its units from every quota or from none, grants at most the share of what
+/// each has left, and is given back within its window only.
+#[test]
+fn a_lease_is_counted_when_granted_and_given_back_in_its_window() {
+    let policy = Policy::builder("w")
+        .algorithm(Algorithm::FixedWindow)
+        .quota("s", Quota::per_second(100))
+        .quota("m", Quota::per_minute(95))
+        .build()
+        .unwrap();
+    let params = policy.params().to_vec();
+    let alg = policy.algorithm();
+    let now = T0;
+    let mut states = fresh_states(&policy, now);
+    let mut out = vec![Verdict::NONE; 2];
+    let run = |states: &mut Vec<QuotaState>, at: u64, req: &LeaseRequest, out: &mut [Verdict]| {
+        lease(
+            &mut Many {
+                states,
+                params: &params,
+            },
+            alg,
+            at,
+            req,
+            out,
+        )
+    };
+    let req = LeaseRequest::new(10)
+        .want(1_000, Duration::from_secs(5))
+        .max_share_permille(500);
+    let o = run(&mut states, now, &req, &mut out);
+    // 90 and 85 left after the request: half of the smaller.
+    assert_eq!((o.admitted, o.granted), (true, 42));
+    // The lease ends with the second's window.
+    assert_eq!(o.lifetime, 1_000_000 - (T0 % 1_000_000));
+    assert_eq!((out[0].remaining, out[1].remaining), (48, 43));
+    // Given back in the same window: whole again but for the request.
+    let params2 = policy.params().to_vec();
+    let give_back = |states: &mut Vec<QuotaState>, at: u64, units: u64, granted_at: u64| {
+        release(
+            &mut Many {
+                states,
+                params: &params2,
+            },
+            alg,
+            at,
+            units,
+            granted_at,
+        );
+    };
+    give_back(&mut states, now + 10, 42, o.granted_at);
+    let (_, v) = algorithm::peek(&states, &policy, now + 10);
+    assert_eq!((v[0].remaining, v[1].remaining), (90, 85));
+    // A request the per-minute quota denies takes nothing and grants nothing.
+    let o = run(
+        &mut states,
+        now + 20,
+        &LeaseRequest::new(88).want(5, Duration::from_secs(5)),
+        &mut out,
+    );
+    assert!(!o.admitted && o.granted == 0);
+    assert!(out[0].allowed && !out[1].allowed, "{out:?}");
+    assert_eq!((out[0].remaining, out[1].remaining), (90, 85));
+    // A release in a later second gives back to the minute only.
+    let o = run(
+        &mut states,
+        now + 30,
+        &LeaseRequest::new(0)
+            .want(20, Duration::from_secs(5))
+            .max_share_permille(1000),
+        &mut out,
+    );
+    assert_eq!(o.granted, 20);
+    let later = now + 2_000_000;
+    give_back(&mut states, later, 20, o.granted_at);
+    let (_, v) = algorithm::peek(&states, &policy, later);
+    assert_eq!((v[0].remaining, v[1].remaining), (100, 85));
+}
+
+/// Held units count towards a request only while the store finds them valid: a bucket's
+/// within the lease lifetime, a window's within its window.
+#[test]
+fn held_units_count_only_while_valid() {
+    for (alg, q, later) in [
+        (Algorithm::Gcra, Quota::per_second(10), 200_001),
+        (Algorithm::FixedWindow, Quota::per_second(10), 1_000_000),
+    ] {
+        let policy = Policy::single("h", alg, q).unwrap();
+        let params = policy.params().to_vec();
+        let mut states = fresh_states(&policy, T0);
+        let mut out = [Verdict::NONE];
+        let lifetime = Duration::from_millis(200);
+        let lease_at =
+            |states: &mut Vec<QuotaState>, now, req: &LeaseRequest, out: &mut [Verdict]| {
+                lease(
+                    &mut Many {
+                        states,
+                        params: &params,
+                    },
+                    alg,
+                    now,
+                    req,
+                    out,
+                )
+            };
+        let g = lease_at(
+            &mut states,
+            T0,
+            &LeaseRequest::new(0)
+                .want(5, lifetime)
+                .max_share_permille(1000),
+            &mut out,
+        );
+        assert_eq!(g.granted, 5);
+        let at = |d| T0 + d;
+        let o = lease_at(
+            &mut states,
+            at(100_000),
+            &LeaseRequest::new(3).held(5, g.granted_at).want(0, lifetime),
+            &mut out,
+        );
+        assert_eq!(
+            (o.admitted, o.used_held),
+            (true, 3),
+            "{alg}: valid held units pay"
+        );
+        let o = lease_at(
+            &mut states,
+            at(later),
+            &LeaseRequest::new(1).held(2, g.granted_at).want(0, lifetime),
+            &mut out,
+        );
+        assert_eq!(
+            (o.admitted, o.used_held),
+            (true, 0),
+            "{alg}: stale held units do not"
+        );
+    }
+}

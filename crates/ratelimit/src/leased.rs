@@ -1,0 +1,1120 @@
+//! [`LeasedStore`]: fleet-wide limits decided at near-memory speed, from allowances leased
+//! from a shared store.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+use serde::{Deserialize, Deserializer, Serialize};
+use tracing::Instrument;
+
+use crate::algorithm::Verdict;
+use crate::clock::{Clock, SystemClock};
+use crate::decision::{Decision, DecisionSource};
+use crate::error::{Error, Result};
+use crate::lease::{
+    Book, Call, Dropped, Held, Lease, LeaseRequest, Plan, Reply, bucket_lifetime, micros,
+};
+use crate::quota::{Algorithm, MAX_QUOTAS, Policy};
+use crate::store::Store;
+
+const MAX_SHARDS: usize = 64;
+
+/// How a [`LeasedStore`] leases: the over-admission it may trade for speed, how long and how
+/// large a lease may be. A serde value (`max_lease = "1s"`, `max_overshoot = "1%"` or
+/// `0.01`); unknown fields are refused.
+///
+/// ```
+/// use palisade_ratelimit::LeaseConfig;
+/// use std::time::Duration;
+///
+/// let config = LeaseConfig::default()
+///     .max_overshoot(0.01)
+///     .max_lease(Duration::from_millis(500));
+/// assert_eq!(config.max_overshoot, 0.01);
+/// assert_eq!(LeaseConfig::strict().max_overshoot, 0.0);
+/// let parsed: LeaseConfig = serde_json::from_str(r#"{"max_overshoot": "2%", "max_lease": "250ms"}"#)?;
+/// assert_eq!((parsed.max_overshoot, parsed.max_lease), (0.02, Duration::from_millis(250)));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LeaseConfig {
+    /// Over-admission the bucket algorithms (GCRA, token bucket) may trade for speed, as a
+    /// fraction of each quota's limit (default `0.01`, 1 %): a bucket lease lives at most
+    /// `⌊max_overshoot × limit⌋` emission intervals, and over any span of time the fleet
+    /// admits at most that many units more than the exact algorithm would. `0` is strict:
+    /// buckets are then decided by the shared store, one call per request. The window
+    /// algorithms never over-admit and are leased in either case; the sliding-window log
+    /// is never leased.
+    #[serde(deserialize_with = "fraction")]
+    pub max_overshoot: f64,
+    /// The longest a lease lives (default 1 s). A live instance gives back what it did not
+    /// spend when its lease ends (window algorithms); an instance that dies holds its
+    /// allowance out of use for the rest of the window, and its allowance is sized from its
+    /// own demand over one lease.
+    #[serde(with = "humantime_serde")]
+    pub max_lease: Duration,
+    /// A lease takes at most this fraction of what each quota has left (default `0.1`), so
+    /// that slices shrink with the remaining quota and its last units (fewer than
+    /// `1 / max_share`) are decided by the shared store, one request at a time.
+    #[serde(deserialize_with = "fraction")]
+    pub max_share: f64,
+    /// The most keys this instance holds leases for (default 100,000); requests for further
+    /// keys are decided by the shared store until idle keys are forgotten.
+    pub max_keys: u64,
+    /// Lease again in the background before the allowance runs out or its lease ends
+    /// (default `true`), so that a request never waits on the store while allowance is left.
+    /// `false` leases on the request that finds the allowance short (deterministic tests).
+    pub prefetch: bool,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            max_overshoot: 0.01,
+            max_lease: Duration::from_secs(1),
+            max_share: 0.1,
+            max_keys: 100_000,
+            prefetch: true,
+        }
+    }
+}
+
+/// A number (`0.01`) or a percentage (`"1%"`).
+fn fraction<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Number(f64),
+        Text(String),
+    }
+    match Form::deserialize(d)? {
+        Form::Number(v) => Ok(v),
+        Form::Text(t) => t
+            .trim()
+            .strip_suffix('%')
+            .and_then(|p| p.trim().parse::<f64>().ok())
+            .map(|p| p / 100.0)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("expected a fraction or a percentage, got {t:?}"))
+            }),
+    }
+}
+
+impl LeaseConfig {
+    /// No over-admission at all: the bucket algorithms are decided by the shared store, the
+    /// window algorithms are leased (they never over-admit).
+    pub fn strict() -> Self {
+        Self {
+            max_overshoot: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// See [`max_overshoot`](Self::max_overshoot) (a fraction: `0.01` is 1 %).
+    #[must_use]
+    pub fn max_overshoot(mut self, fraction: f64) -> Self {
+        self.max_overshoot = fraction;
+        self
+    }
+
+    /// See [`max_lease`](Self::max_lease).
+    #[must_use]
+    pub fn max_lease(mut self, lifetime: Duration) -> Self {
+        self.max_lease = lifetime;
+        self
+    }
+
+    /// See [`max_share`](Self::max_share).
+    #[must_use]
+    pub fn max_share(mut self, fraction: f64) -> Self {
+        self.max_share = fraction;
+        self
+    }
+
+    /// See [`max_keys`](Self::max_keys).
+    #[must_use]
+    pub fn max_keys(mut self, keys: u64) -> Self {
+        self.max_keys = keys;
+        self
+    }
+
+    /// See [`prefetch`](Self::prefetch).
+    #[must_use]
+    pub fn prefetch(mut self, prefetch: bool) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Check the values.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a `max_overshoot` outside `[0, 0.5]`, a `max_share`
+    /// outside `(0, 1]` (both fractions: `0.01` is 1 %), a `max_lease` over an hour or no
+    /// key at all.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if !(0.0..=0.5).contains(&self.max_overshoot) {
+            return bad(format!(
+                "max_overshoot {} is not a fraction of the limit between 0 and 0.5 (0.01 is 1 %)",
+                self.max_overshoot
+            ));
+        }
+        if !(self.max_share > 0.0 && self.max_share <= 1.0) {
+            return bad(format!(
+                "max_share {} is not a fraction between 0 (excluded) and 1 (0.1 is 10 %)",
+                self.max_share
+            ));
+        }
+        if self.max_lease > Duration::from_secs(3600) {
+            return bad(format!(
+                "max_lease {:?} is longer than an hour",
+                self.max_lease
+            ));
+        }
+        if self.max_keys == 0 {
+            return bad(String::from("max_keys must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The longest a lease on `policy` lives, or `None` when the policy is not leased (the
+    /// sliding-window log; a bucket policy some quota of which tolerates less than one unit
+    /// of over-admission; a zero `max_lease`).
+    pub fn lease_lifetime(&self, policy: &Policy) -> Option<Duration> {
+        self.lifetime_micros(policy).map(Duration::from_micros)
+    }
+
+    fn lifetime_micros(&self, policy: &Policy) -> Option<u64> {
+        let max_lease = micros(self.max_lease);
+        let lifetime = match policy.algorithm() {
+            Algorithm::FixedWindow | Algorithm::SlidingWindowCounter => max_lease,
+            Algorithm::Gcra | Algorithm::TokenBucket => {
+                bucket_lifetime(policy, self.max_overshoot, max_lease)
+            }
+            Algorithm::SlidingWindowLog => 0,
+        };
+        (lifetime > 0).then_some(lifetime)
+    }
+
+    /// The stated bound, per quota of `policy` (in policy order): over any span of time, the
+    /// fleet admits at most this many units more than the exact algorithm would, whatever
+    /// the number of instances. `⌈lifetime / interval⌉ ≤ ⌊max_overshoot × limit⌋` for the
+    /// bucket algorithms, `0` for the window algorithms, the log and policies not leased.
+    pub fn overshoot_units(&self, policy: &Policy) -> Vec<u64> {
+        let lifetime = self.lifetime_micros(policy).unwrap_or(0);
+        policy
+            .params()
+            .iter()
+            .map(|q| match policy.algorithm() {
+                Algorithm::Gcra | Algorithm::TokenBucket => lifetime.div_ceil(q.interval),
+                _ => 0,
+            })
+            .collect()
+    }
+
+    fn share_permille(&self) -> u32 {
+        (self.max_share * 1000.0).round().clamp(1.0, 1000.0) as u32
+    }
+}
+
+/// A [`Store`] that decides most requests in memory from allowances it leases from another
+/// store (a [`RedisStore`](crate::RedisStore) shared by a fleet), and the rest through it:
+/// fleet-wide limits at near-memory speed, with a stated bound on over-admission.
+///
+/// * **Leases**: for each key it decides, an instance asks the shared store, in one atomic
+///   call ([`Store::lease`]: one Lua script on Redis), for a slice of what remains, sized
+///   from its own recent demand over one lease lifetime and at most
+///   [`max_share`](LeaseConfig::max_share) of what each quota has left. The store counts the
+///   slice at once, as if admitted; the instance then admits requests from it in memory
+///   ([`DecisionSource::Lease`]), asks again in the background before it runs out or its
+///   lease ends, and gives back what it did not spend when the lease ends. When little is
+///   left, slices are empty and every request is decided by the shared store.
+/// * **Bound**: every unit is counted before it is admitted, so the fleet never admits more
+///   in total than the exact algorithm; the window algorithms (fixed window, sliding
+///   counter) over-admit nothing over any span (a lease ends with its window); the bucket
+///   algorithms (GCRA, token bucket) may admit a unit up to one lease lifetime after the
+///   bucket gave it, which over any span is at most
+///   [`overshoot_units`](LeaseConfig::overshoot_units) — `⌊max_overshoot × limit⌋` —
+///   whatever the number of instances. [`LeaseConfig::strict`] makes that 0 by deciding
+///   buckets in the shared store. The sliding-window log is decided there always. The
+///   derivation is in the guide (`docs/ratelimit.md`).
+/// * **Faults**: while the shared store is slow or down, requests are admitted from the
+///   allowance held; once it is spent, they go to the store and the
+///   [`RateLimiter`](crate::RateLimiter)'s [`FailureMode`](crate::FailureMode) decides
+///   them. Leases are timed by the instance from when it asked (its clock's rate, never its
+///   reading, matters; Redis decides with its own `TIME`), so clock skew between instances
+///   does not matter. An instance killed with a lease out never gives it back: its units
+///   stay counted as spent (a crash can never over-admit) and the fleet admits up to that
+///   much less until the window ends; a lease is sized from the instance's demand over one
+///   lease lifetime, so that is what a crash can cost.
+/// * **Memory**: at most [`max_keys`](LeaseConfig::max_keys) keys hold leases; a background
+///   task (on the tokio runtime of the first call) gives back ended leases and forgets idle
+///   keys.
+///
+/// ```no_run
+/// use palisade_ratelimit::{FailureMode, LeasedStore, Policy, Quota, RateLimiter, RedisStore};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+/// let limiter = RateLimiter::builder(LeasedStore::new(RedisStore::new(pool)))
+///     .failure_mode(FailureMode::FailClosed)
+///     .build();
+/// let policy = Policy::single("api", Default::default(), Quota::per_minute(60_000))?;
+/// let decision = limiter.acquire("tenant:7", &policy, 1).await; // mostly no round trip
+/// # let _ = decision; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LeasedStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LeasedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedStore")
+            .field("inner", &self.shared.inner)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`LeasedStore`].
+#[derive(Debug)]
+pub struct LeasedStoreBuilder {
+    inner: Arc<dyn Store>,
+    config: LeaseConfig,
+    clock: TimeSource,
+}
+
+impl LeasedStoreBuilder {
+    /// How to lease (default [`LeaseConfig::default`]).
+    #[must_use]
+    pub fn config(mut self, config: LeaseConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock leases are timed with (default [`SystemClock`]; only its rate matters).
+    /// Tests pass the [`FakeClock`](crate::FakeClock) the inner store reads.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = TimeSource::Other(Arc::new(clock));
+        self
+    }
+
+    /// Check the configuration and build.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] from [`LeaseConfig::validate`].
+    pub fn build(self) -> Result<LeasedStore> {
+        self.config.validate()?;
+        let max = usize::try_from(self.config.max_keys)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let shards = max.min(MAX_SHARDS);
+        Ok(LeasedStore {
+            shared: Arc::new(Shared {
+                inner: self.inner,
+                share_permille: self.config.share_permille(),
+                config: self.config,
+                clock: self.clock,
+                shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+                per_shard: (max / shards).max(1),
+                hasher: foldhash::fast::RandomState::default(),
+                epoch: AtomicU64::new(1),
+                rtt: AtomicU64::new(1_000),
+                sweeping: AtomicBool::new(false),
+                failing: AtomicBool::new(false),
+                calls: Arc::new(AtomicU64::new(0)),
+            }),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum TimeSource {
+    System,
+    Other(Arc<dyn Clock>),
+}
+
+impl TimeSource {
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            Self::System => SystemClock.now_micros(),
+            Self::Other(c) => c.now_micros(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Arc<dyn Store>,
+    config: LeaseConfig,
+    share_permille: u32,
+    clock: TimeSource,
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+    /// Numbers books, so that an answer never lands in a book made after a reset.
+    epoch: AtomicU64,
+    /// Round trip of lease calls, µs (moving average).
+    rtt: AtomicU64,
+    sweeping: AtomicBool,
+    failing: AtomicBool,
+    /// Lease and release calls in flight.
+    calls: Arc<AtomicU64>,
+}
+
+/// One call in flight, counted in [`Shared::calls`] until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(calls: &Arc<AtomicU64>) -> Self {
+        calls.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(calls))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    table: HashTable<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    key: Box<str>,
+    policy: Policy,
+    epoch: u64,
+    book: Book,
+}
+
+impl Entry {
+    #[inline]
+    fn is(&self, key: &str, policy: &Policy) -> bool {
+        *self.key == *key && (self.policy.same(policy) || self.policy == *policy)
+    }
+}
+
+/// Leases that ended, with units to give back.
+type Ended = Vec<Held>;
+
+/// What `acquire` does once the book has looked at a request.
+enum Step {
+    /// No book (every shard is full of busy keys): the shared store decides.
+    Untracked,
+    /// Decided by the book, maybe with a background lease call to send.
+    Here(Decision, Option<(Call, u64)>),
+    /// The shared store decides this call (of the book with this epoch).
+    Remote(Call, u64),
+}
+
+impl LeasedStore {
+    /// Lease from `inner` with [`LeaseConfig::default`] (1 % tolerance for buckets, leases of
+    /// at most one second and 10 % of what remains).
+    pub fn new(inner: impl Store + 'static) -> Self {
+        Self::builder(inner)
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// A store with another configuration or clock.
+    pub fn builder(inner: impl Store + 'static) -> LeasedStoreBuilder {
+        LeasedStoreBuilder {
+            inner: Arc::new(inner),
+            config: LeaseConfig::default(),
+            clock: TimeSource::System,
+        }
+    }
+
+    /// The store leases are taken from.
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.shared.inner
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.shared.config
+    }
+
+    /// Units this instance holds for `key` under `policy` and may admit without asking
+    /// the shared store.
+    pub fn allowance(&self, key: &str, policy: &Policy) -> u64 {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        let h = shared.hash(policy, key);
+        let shard = shared.shards[shared.shard_of(h)].lock();
+        shard
+            .table
+            .find(h, |e| e.is(key, policy))
+            .map_or(0, |e| e.book.allowance_at(now))
+    }
+
+    /// Resolves once no lease or release call of this store is in flight (background ones
+    /// included), so that what [`allowance`](Self::allowance) says will not change but by
+    /// new requests.
+    pub async fn settled(&self) {
+        while self.shared.calls.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Wait for the calls in flight, then give back every unspent unit this instance holds
+    /// (window algorithms; bucket units are dropped) and wait for the shared store to take
+    /// them: call it at shutdown, so a rolling deploy strands nothing. Leasing goes on
+    /// afterwards as before.
+    ///
+    /// # Errors
+    /// The first error of the shared store (the other units are still given back).
+    pub async fn release_all(&self) -> Result<()> {
+        self.settled().await;
+        let mut all = Vec::new();
+        for shard in &self.shared.shards {
+            let mut shard = shard.lock();
+            for e in &mut shard.table {
+                let held = e.book.take_all();
+                if !held.is_empty() {
+                    all.push((e.key.clone(), e.policy.clone(), held));
+                }
+            }
+        }
+        let mut first = Ok(());
+        for (key, policy, held) in all {
+            if let Err(e) = self.shared.give_back(&key, &policy, held).await {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+}
+
+impl Shared {
+    #[inline]
+    fn hash(&self, policy: &Policy, key: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u64(policy.name_hash());
+        h.write(key.as_bytes());
+        h.finish()
+    }
+
+    #[inline]
+    fn shard_of(&self, h: u64) -> usize {
+        let mid = (h >> 24) & 0xffff_ffff;
+        ((mid * self.shards.len() as u64) >> 32) as usize
+    }
+
+    fn plan(&self, policy: &Policy) -> Option<Plan> {
+        let lifetime = self.config.lifetime_micros(policy)?;
+        Some(Plan {
+            lifetime,
+            share_permille: self.share_permille,
+            max_denial: micros(self.config.max_lease),
+            prefetch: self.config.prefetch,
+        })
+    }
+
+    fn lead(&self) -> u64 {
+        self.rtt.load(Ordering::Relaxed).saturating_mul(2)
+    }
+
+    fn quiet(&self) -> u64 {
+        (micros(self.config.max_lease) / 4).max(1_000)
+    }
+
+    /// Decide from the book alone, when it can: `None` sends the request to the store.
+    fn try_here(self: &Arc<Self>, key: &str, policy: &Policy, cost: u64) -> Option<Decision> {
+        let plan = self.plan(policy)?;
+        let now = self.clock.now();
+        let h = self.hash(policy, key);
+        let n = policy.params().len().min(MAX_QUOTAS);
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        let mut ended = Ended::new();
+        let (answer, refresh) = {
+            let mut shard = self.shards[self.shard_of(h)].lock();
+            let e = shard.table.find_mut(h, |e| e.is(key, policy))?;
+            let answer = e
+                .book
+                .decide_here(policy, now, cost, &mut out[..n], &mut ended);
+            let refresh = match answer {
+                Some(true) => e
+                    .book
+                    .refresh(&plan, now, self.lead())
+                    .map(|call| (call, e.epoch)),
+                Some(false) => None,
+                None => {
+                    // The call `acquire` is about to send carries them.
+                    e.book.keep(std::mem::take(&mut ended));
+                    None
+                }
+            };
+            (answer, refresh)
+        };
+        self.give_back_later(key, policy, ended);
+        if let Some((call, epoch)) = refresh {
+            self.lease_in_background(key, policy, plan, call, epoch);
+        }
+        let allowed = answer?;
+        Some(Decision::from_verdicts(
+            policy,
+            allowed,
+            &out[..n],
+            DecisionSource::Lease,
+        ))
+    }
+
+    async fn acquire(self: &Arc<Self>, key: &str, policy: &Policy, cost: u64) -> Result<Decision> {
+        let Some(plan) = self.plan(policy) else {
+            return self.inner.acquire(key, policy, cost).await;
+        };
+        let now = self.clock.now();
+        let h = self.hash(policy, key);
+        let mut ended = Ended::new();
+        let step = {
+            let mut shard = self.shards[self.shard_of(h)].lock();
+            let entry = match shard.table.find_mut(h, |e| e.is(key, policy)) {
+                Some(e) => Some(e),
+                None => self.insert(&mut shard, h, key, policy, now),
+            };
+            match entry {
+                None => Step::Untracked,
+                Some(e) => {
+                    let n = policy.params().len().min(MAX_QUOTAS);
+                    let mut out = [Verdict::NONE; MAX_QUOTAS];
+                    match e
+                        .book
+                        .decide_here(policy, now, cost, &mut out[..n], &mut ended)
+                    {
+                        Some(allowed) => {
+                            let refresh = if allowed {
+                                e.book
+                                    .refresh(&plan, now, self.lead())
+                                    .map(|call| (call, e.epoch))
+                            } else {
+                                None
+                            };
+                            let decision = Decision::from_verdicts(
+                                policy,
+                                allowed,
+                                &out[..n],
+                                DecisionSource::Lease,
+                            );
+                            Step::Here(decision, refresh)
+                        }
+                        None => Step::Remote(
+                            e.book.call(&plan, now, cost, std::mem::take(&mut ended)),
+                            e.epoch,
+                        ),
+                    }
+                }
+            }
+        };
+        self.give_back_later(key, policy, ended);
+        match step {
+            Step::Untracked => self.inner.acquire(key, policy, cost).await,
+            Step::Here(decision, refresh) => {
+                if let Some((call, epoch)) = refresh {
+                    self.lease_in_background(key, policy, plan, call, epoch);
+                }
+                Ok(decision)
+            }
+            Step::Remote(call, epoch) => self.remote(key, policy, plan, call, epoch).await,
+        }
+    }
+
+    /// A new book for `key`, when the shard has room (after forgetting idle books).
+    fn insert<'s>(
+        self: &Arc<Self>,
+        shard: &'s mut Shard,
+        h: u64,
+        key: &str,
+        policy: &Policy,
+        now: u64,
+    ) -> Option<&'s mut Entry> {
+        if shard.table.len() >= self.per_shard {
+            let idle_for = micros(self.config.max_lease).saturating_mul(2);
+            shard
+                .table
+                .retain(|e| !(e.book.idle(now) && now.saturating_sub(e.book.last_used) > idle_for));
+            if shard.table.len() >= self.per_shard {
+                return None;
+            }
+        }
+        self.start_sweeper();
+        let entry = Entry {
+            hash: h,
+            key: Box::from(key),
+            policy: policy.clone(),
+            epoch: self.epoch.fetch_add(1, Ordering::Relaxed),
+            book: Book::new(now),
+        };
+        Some(shard.table.insert_unique(h, entry, |e| e.hash).into_mut())
+    }
+
+    /// Runs `f` on the book `epoch` of `key`, if it is still there.
+    fn with_book<R>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        epoch: u64,
+        f: impl FnOnce(&mut Book) -> R,
+    ) -> Option<R> {
+        let h = self.hash(policy, key);
+        let mut shard = self.shards[self.shard_of(h)].lock();
+        shard
+            .table
+            .find_mut(h, |e| e.is(key, policy) && e.epoch == epoch)
+            .map(|e| f(&mut e.book))
+    }
+
+    /// Send `call` and apply the answer (a request waits on this).
+    async fn remote(
+        self: &Arc<Self>,
+        key: &str,
+        policy: &Policy,
+        plan: Plan,
+        call: Call,
+        epoch: u64,
+    ) -> Result<Decision> {
+        let request = call.request;
+        let _in_flight = InFlight::new(&self.calls);
+        let mut pending = Pending {
+            shared: self,
+            key,
+            policy,
+            epoch,
+            call: Some(call),
+        };
+        let span = tracing::debug_span!(
+            "ratelimit.lease",
+            policy = policy.name(),
+            cost = request.cost,
+            want = request.want,
+            background = false
+        );
+        let started = Instant::now();
+        let result = self
+            .inner
+            .lease(key, policy, &request)
+            .instrument(span)
+            .await;
+        let call = pending.call.take().expect("the call is settled once");
+        match result {
+            Ok(lease) => {
+                self.observe_rtt(started.elapsed());
+                let allowance = self.apply(key, policy, plan, call, epoch, &lease);
+                Ok(with_allowance(&lease.decision, allowance))
+            }
+            Err(error) => {
+                let now = self.clock.now();
+                let quiet = now.saturating_add(self.quiet());
+                let dropped = self
+                    .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
+                    .map_or(0, |Dropped(d)| d);
+                count_units(policy, "dropped", dropped);
+                count_call(policy, "error");
+                Err(error)
+            }
+        }
+    }
+
+    /// Apply a store's answer to the book; returns the units the book holds afterwards.
+    fn apply(
+        &self,
+        key: &str,
+        policy: &Policy,
+        plan: Plan,
+        call: Call,
+        epoch: u64,
+        lease: &Lease,
+    ) -> u64 {
+        let now = self.clock.now();
+        let n = policy.params().len().min(MAX_QUOTAS);
+        let mut verdicts = [Verdict::NONE; MAX_QUOTAS];
+        verdicts_of(&lease.decision, &mut verdicts[..n]);
+        let reply = Reply {
+            admitted: lease.decision.allowed,
+            used_held: lease.used_held,
+            stale_held: lease.stale_held,
+            granted: lease.granted,
+            lifetime: micros(lease.lifetime),
+            granted_at: lease.granted_at,
+            verdicts: &verdicts[..n],
+        };
+        let reserved: u64 = call.reserved.iter().map(|h| h.units).sum();
+        let applied = self.with_book(key, policy, epoch, |b| {
+            let Dropped(d) = b.finish(call, &reply, &plan, now);
+            (d, b.allowance_at(now))
+        });
+        let (dropped, allowance) = applied.unwrap_or_else(|| {
+            // The key was reset meanwhile: nothing the answer brings may be spent.
+            let held_lost = if reply.admitted && reply.used_held > 0 {
+                0
+            } else {
+                reserved
+            };
+            (reply.granted + held_lost, 0)
+        });
+        count_units(policy, "granted", reply.granted);
+        count_units(policy, "dropped", dropped);
+        count_call(
+            policy,
+            match (reply.admitted, reply.granted) {
+                (false, _) => "denied",
+                (true, 0) => "empty",
+                (true, _) => "granted",
+            },
+        );
+        allowance
+    }
+
+    /// Send a call that only leases; nobody waits on it.
+    fn lease_in_background(
+        self: &Arc<Self>,
+        key: &str,
+        policy: &Policy,
+        plan: Plan,
+        call: Call,
+        epoch: u64,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let _ = self.with_book(key, policy, epoch, |b| b.cancel(call, 0));
+            return;
+        };
+        let (shared, key, policy) = (Arc::clone(self), Box::<str>::from(key), policy.clone());
+        let in_flight = InFlight::new(&self.calls);
+        runtime.spawn(async move {
+            let _in_flight = in_flight;
+            let request = call.request;
+            let mut pending = Pending {
+                shared: &shared,
+                key: &key,
+                policy: &policy,
+                epoch,
+                call: Some(call),
+            };
+            let span = tracing::debug_span!(
+                "ratelimit.lease",
+                policy = policy.name(),
+                cost = request.cost,
+                want = request.want,
+                background = true
+            );
+            let started = Instant::now();
+            let result = shared
+                .inner
+                .lease(&key, &policy, &request)
+                .instrument(span)
+                .await;
+            let call = pending.call.take().expect("the call is settled once");
+            match result {
+                Ok(lease) => {
+                    shared.observe_rtt(started.elapsed());
+                    if shared.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            backend = shared.inner.backend_name(),
+                            "lease calls to the shared store succeed again"
+                        );
+                    }
+                    let _ = shared.apply(&key, &policy, plan, call, epoch, &lease);
+                }
+                Err(error) => {
+                    let quiet = shared.clock.now().saturating_add(shared.quiet());
+                    let _ = shared.with_book(&key, &policy, epoch, |b| b.cancel(call, quiet));
+                    count_call(&policy, "error");
+                    if shared.failing.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(%error, policy = policy.name(), "background lease failed");
+                    } else {
+                        tracing::warn!(
+                            %error,
+                            backend = shared.inner.backend_name(),
+                            policy = policy.name(),
+                            "lease calls to the shared store fail: requests are admitted from the allowance held, then decided by the store and the failure mode"
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    fn observe_rtt(&self, took: Duration) {
+        let sample = micros(took);
+        let _ = self
+            .rtt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some((old.saturating_mul(7).saturating_add(sample)) / 8)
+            });
+    }
+
+    /// Give ended leases' units back, in the background.
+    fn give_back_later(self: &Arc<Self>, key: &str, policy: &Policy, ended: Ended) {
+        if ended.is_empty() {
+            return;
+        }
+        if !policy.algorithm().counts_windows() {
+            count_units(policy, "dropped", ended.iter().map(|h| h.units).sum());
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            count_units(policy, "dropped", ended.iter().map(|h| h.units).sum());
+            return;
+        };
+        let (shared, key, policy) = (Arc::clone(self), Box::<str>::from(key), policy.clone());
+        let in_flight = InFlight::new(&self.calls);
+        runtime.spawn(async move {
+            let _in_flight = in_flight;
+            let _ = shared.give_back(&key, &policy, ended).await;
+        });
+    }
+
+    /// Give units back and wait (window algorithms; bucket units are dropped).
+    async fn give_back(&self, key: &str, policy: &Policy, held: Vec<Held>) -> Result<()> {
+        if !policy.algorithm().counts_windows() {
+            count_units(policy, "dropped", held.iter().map(|h| h.units).sum());
+            return Ok(());
+        }
+        let mut result = Ok(());
+        for h in held {
+            let span =
+                tracing::debug_span!("ratelimit.release", policy = policy.name(), units = h.units);
+            match self
+                .inner
+                .release(key, policy, h.units, h.granted_at)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => count_units(policy, "returned", h.units),
+                Err(e) => {
+                    tracing::debug!(error = %e, policy = policy.name(), "giving leased units back failed");
+                    count_units(policy, "dropped", h.units);
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        result
+    }
+
+    /// One background task per store: gives back ended leases and forgets idle books,
+    /// visiting every shard about twice per lease lifetime.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let shards = self.shards.len();
+        let period = (micros(self.config.max_lease) / 2).max(2_000);
+        let tick = (period / shards as u64).max(1_000);
+        let per_tick = (shards as u64 * tick).div_ceil(period).max(1) as usize;
+        runtime.spawn(async move {
+            // Whoever starts the next call restarts the sweeper if this runtime goes away.
+            struct Stopped(std::sync::Weak<Shared>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    if let Some(s) = self.0.upgrade() {
+                        s.sweeping.store(false, Ordering::Release);
+                    }
+                }
+            }
+            let _stopped = Stopped(weak.clone());
+            let mut next = 0;
+            loop {
+                tokio::time::sleep(Duration::from_micros(tick)).await;
+                let Some(shared) = weak.upgrade() else { return };
+                for _ in 0..per_tick {
+                    shared.sweep(next);
+                    next = (next + 1) % shards;
+                }
+            }
+        });
+    }
+
+    fn sweep(self: &Arc<Self>, i: usize) {
+        let now = self.clock.now();
+        let idle_for = micros(self.config.max_lease).saturating_mul(2);
+        let mut ended: Vec<(Box<str>, Policy, Ended)> = Vec::new();
+        {
+            let mut shard = self.shards[i].lock();
+            for e in &mut shard.table {
+                let mut mine = Ended::new();
+                e.book.expire(now, |h| mine.push(h));
+                if !mine.is_empty() {
+                    ended.push((e.key.clone(), e.policy.clone(), mine));
+                }
+            }
+            shard
+                .table
+                .retain(|e| !(e.book.idle(now) && now.saturating_sub(e.book.last_used) > idle_for));
+        }
+        for (key, policy, held) in ended {
+            self.give_back_later(&key, &policy, held);
+        }
+    }
+
+    fn forget(&self, key: &str, policy: &Policy) {
+        let h = self.hash(policy, key);
+        let mut shard = self.shards[self.shard_of(h)].lock();
+        if let Ok(e) = shard.table.find_entry(h, |e| e.is(key, policy)) {
+            let (mut e, _) = e.remove();
+            count_units(policy, "dropped", e.book.clear());
+        }
+    }
+}
+
+/// A call in flight. Dropped before its answer (the caller gave up: a timeout), the units
+/// it carried are dropped (the store may have counted them) and the book may lease again.
+struct Pending<'a> {
+    shared: &'a Shared,
+    key: &'a str,
+    policy: &'a Policy,
+    epoch: u64,
+    call: Option<Call>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let dropped = self
+                .shared
+                .with_book(self.key, self.policy, self.epoch, |b| b.cancel(call, 0))
+                .map_or(0, |Dropped(d)| d);
+            count_units(self.policy, "dropped", dropped);
+        }
+    }
+}
+
+/// The decision's per-quota figures, as verdicts.
+fn verdicts_of(decision: &Decision, out: &mut [Verdict]) {
+    for (o, q) in out.iter_mut().zip(decision.quotas.iter()) {
+        *o = Verdict {
+            allowed: q.allowed,
+            remaining: q.remaining,
+            reset: micros(q.reset),
+            retry_after: q.retry_after.map(micros),
+        };
+    }
+}
+
+/// `decision` with `allowance` units (this instance's) added to what each quota has left.
+fn with_allowance(decision: &Decision, allowance: u64) -> Decision {
+    if allowance == 0 {
+        return decision.clone();
+    }
+    let policy = &decision.policy;
+    let n = policy.params().len().min(MAX_QUOTAS);
+    let mut v = [Verdict::NONE; MAX_QUOTAS];
+    verdicts_of(decision, &mut v[..n]);
+    for (v, q) in v[..n].iter_mut().zip(policy.params()) {
+        let capacity = match policy.algorithm() {
+            Algorithm::Gcra | Algorithm::TokenBucket => q.burst,
+            _ => q.limit,
+        };
+        v.remaining = v.remaining.saturating_add(allowance).min(capacity);
+    }
+    let mut d = Decision::from_verdicts(policy, decision.allowed, &v[..n], decision.source);
+    d.from_fallback = decision.from_fallback;
+    d
+}
+
+fn count_call(policy: &Policy, outcome: &'static str) {
+    metrics::counter!(
+        "palisade_ratelimit_lease_calls_total",
+        "policy" => metrics::SharedString::from(Arc::clone(policy.name_arc())),
+        "outcome" => outcome,
+    )
+    .increment(1);
+}
+
+fn count_units(policy: &Policy, fate: &'static str, units: u64) {
+    if units > 0 {
+        metrics::counter!(
+            "palisade_ratelimit_lease_units_total",
+            "policy" => metrics::SharedString::from(Arc::clone(policy.name_arc())),
+            "fate" => fate,
+        )
+        .increment(units);
+    }
+}
+
+#[async_trait]
+impl Store for LeasedStore {
+    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Result<Decision> {
+        self.shared.acquire(key, policy, cost).await
+    }
+
+    /// The shared store's answer, plus what this instance holds.
+    async fn peek(&self, key: &str, policy: &Policy) -> Result<Decision> {
+        let d = self.shared.inner.peek(key, policy).await?;
+        let held = self.allowance(key, policy);
+        if held == 0 {
+            return Ok(d);
+        }
+        let n = policy.params().len().min(MAX_QUOTAS);
+        let mut v = [Verdict::NONE; MAX_QUOTAS];
+        verdicts_of(&d, &mut v[..n]);
+        for v in &mut v[..n] {
+            v.allowed = true;
+            v.retry_after = None;
+        }
+        let admitted = Decision::from_verdicts(policy, true, &v[..n], d.source);
+        Ok(with_allowance(&admitted, held))
+    }
+
+    /// Given back to the shared store (this instance forgets the store's last denial).
+    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()> {
+        self.shared.inner.refund(key, policy, cost).await?;
+        let h = self.shared.hash(policy, key);
+        let mut shard = self.shared.shards[self.shared.shard_of(h)].lock();
+        if let Some(e) = shard.table.find_mut(h, |e| e.is(key, policy)) {
+            e.book.forget_denial();
+        }
+        Ok(())
+    }
+
+    /// Forgotten in the shared store, then here (this instance's allowance is dropped;
+    /// other instances spend theirs until their leases end).
+    async fn reset(&self, key: &str, policy: &Policy) -> Result<()> {
+        self.shared.inner.reset(key, policy).await?;
+        self.shared.forget(key, policy);
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "leased"
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.shared.inner.health().await
+    }
+
+    fn acquire_now(&self, key: &str, policy: &Policy, cost: u64) -> Option<Result<Decision>> {
+        self.shared.try_here(key, policy, cost).map(Ok)
+    }
+
+    async fn lease(&self, key: &str, policy: &Policy, request: &LeaseRequest) -> Result<Lease> {
+        self.shared.inner.lease(key, policy, request).await
+    }
+
+    async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
+        self.shared
+            .inner
+            .release(key, policy, units, granted_at)
+            .await
+    }
+}

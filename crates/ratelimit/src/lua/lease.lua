@@ -1,0 +1,114 @@
+
+-- lease (src/lease.rs `lease`): count a request of `cost` units, paid first with the units
+-- the instance holds when they are still valid, then lease up to `want` more, at most
+-- share/1000 of what each quota has left, taken from every quota. Stale held units are
+-- given back first, as release.lua does. ARGV after the quotas: held, held_at, want,
+-- lifetime_us, share_permille.
+-- Reply: admitted, used_held, stale_held, granted, lifetime_us, granted_at, then per quota
+-- allowed, remaining, reset, retry (-1 for none).
+local b = 4 + 4 * n
+local held, held_at = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+local want, lifetime, share = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+local code = ARGV[2]
+local windows = code == 'fw' or code == 'swc'
+local buckets = code == 'gcra' or code == 'tb'
+
+local quotas = {}
+for i = 1, n do quotas[i] = quota(i) end
+
+local function held_valid()
+  if buckets then return now - held_at <= lifetime end
+  if windows then
+    for i = 1, n do
+      if idiv(now, quotas[i].p) ~= idiv(held_at, quotas[i].p) then return false end
+    end
+    return true
+  end
+  return false
+end
+
+local usable, stale = 0, 0
+if held > 0 and cost > 0 then
+  if held_valid() then
+    usable = math.min(held, cost)
+  else
+    stale = 1
+    if windows then
+      for i = 1, n do
+        local q = quotas[i]
+        if idiv(now, q.p) == idiv(held_at, q.p) then refund(q, load(q), held) end
+      end
+    end
+  end
+end
+local need = cost - usable
+
+local states, out = {}, { 0, 0, stale, 0, 0, now }
+local all = true
+for i = 1, n do
+  states[i] = load(quotas[i])
+  local ok, remaining, reset, retry = check(quotas[i], states[i], need)
+  if not ok then all = false end
+  local flag = 0
+  if ok then flag = 1 end
+  out[#out + 1] = flag
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+if not all then
+  -- Nothing is taken: quotas that would have admitted report what they still have.
+  for i = 1, n do
+    local v = 6 + (i - 1) * 4
+    if out[v + 1] == 1 then
+      local _, remaining, reset = check(quotas[i], states[i], 0)
+      out[v + 2] = remaining
+      out[v + 3] = reset
+    end
+  end
+  return out
+end
+if need > 0 then
+  for i = 1, n do consume(quotas[i], states[i], need) end
+  for i = 1, n do states[i] = load(quotas[i]) end
+end
+local grant = 0
+if buckets or windows then grant = want end
+for i = 1, n do
+  local _, left = check(quotas[i], states[i], 0)
+  local cap = idiv(left * share, 1000)
+  if cap < grant then grant = cap end
+end
+if grant > 0 then
+  for i = 1, n do
+    if not check(quotas[i], states[i], grant) then grant = 0 end
+  end
+end
+if grant > 0 then
+  for i = 1, n do consume(quotas[i], states[i], grant) end
+  for i = 1, n do states[i] = load(quotas[i]) end
+end
+for i = 1, n do
+  local _, remaining, reset = check(quotas[i], states[i], 0)
+  local v = 6 + (i - 1) * 4
+  out[v + 1] = 1
+  out[v + 2] = remaining
+  out[v + 3] = reset
+  out[v + 4] = -1
+end
+local life = 0
+if grant > 0 then
+  life = lifetime
+  if windows then
+    for i = 1, n do
+      local p = quotas[i].p
+      local left = (idiv(now, p) + 1) * p - now
+      if left < life then life = left end
+    end
+  end
+end
+out[1] = 1
+out[2] = usable
+out[4] = grant
+out[5] = life
+return out

@@ -1,0 +1,704 @@
+//! `LeasedStore` over the memory store and real Redis servers from the test kit: the public
+//! conformance suite (one test per case) over memory, Redis, a 3-master cluster and TLS; the
+//! lease script against the memory store's arithmetic; several instances in one process on
+//! one key; what a slow, killed and restarted Redis does to decisions; clock skew; bounded
+//! memory; metrics. (Separate processes: `tests/fleet.rs`.)
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use palisade_ratelimit::{
+    Algorithm, Clock, DecisionSource, FailureMode, FakeClock, LeaseConfig, LeaseRequest,
+    LeasedStore, MemoryStore, Policy, Quota, RateLimiter, RedisStore, Store, SystemClock,
+};
+use palisade_testkit::{RedisServer, test_redis};
+
+/// A configuration that leases even the small quotas of the conformance suite: every lease
+/// may take all that is left, buckets tolerate half their limit, and leases are asked on the
+/// request that needs them (no background calls, so every figure is deterministic).
+fn eager() -> LeaseConfig {
+    LeaseConfig::default()
+        .max_share(1.0)
+        .max_overshoot(0.5)
+        .max_lease(Duration::from_secs(30))
+        .prefetch(false)
+}
+
+mod conformance_over_memory {
+    use super::*;
+    use palisade_ratelimit::testing::Fixture;
+
+    fn leased() -> Fixture {
+        let clock = FakeClock::new();
+        let inner = MemoryStore::builder().clock(clock.clone()).build();
+        let store = LeasedStore::builder(inner)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Fixture::new(store, clock)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(leased());
+}
+
+mod conformance_over_memory_eager {
+    use super::*;
+    use palisade_ratelimit::testing::Fixture;
+
+    fn leased() -> Fixture {
+        let clock = FakeClock::new();
+        let inner = MemoryStore::builder().clock(clock.clone()).build();
+        let store = LeasedStore::builder(inner)
+            .config(eager())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Fixture::new(store, clock)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(leased());
+}
+
+mod conformance_over_redis {
+    use super::*;
+    use palisade_ratelimit::testing::Fixture;
+
+    fn leased() -> Fixture {
+        let redis = test_redis().expect("a Redis for the test");
+        let clock = FakeClock::new();
+        let inner = RedisStore::new(redis.pool())
+            .with_prefix(redis.prefix().as_str())
+            .with_clock(clock.clone());
+        let store = LeasedStore::builder(inner)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Fixture::new(store, clock).keep_alive(redis)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(leased());
+}
+
+mod conformance_over_redis_eager {
+    use super::*;
+    use palisade_ratelimit::testing::Fixture;
+
+    fn leased() -> Fixture {
+        let redis = test_redis().expect("a Redis for the test");
+        let clock = FakeClock::new();
+        let inner = RedisStore::new(redis.pool())
+            .with_prefix(redis.prefix().as_str())
+            .with_clock(clock.clone());
+        let store = LeasedStore::builder(inner)
+            .config(eager())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Fixture::new(store, clock).keep_alive(redis)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(leased());
+}
+
+mod conformance_over_redis_cluster {
+    use super::*;
+    use palisade_ratelimit::testing::Fixture;
+
+    async fn leased() -> Fixture {
+        let cluster = palisade_testkit::RedisCluster::start_async(3)
+            .await
+            .expect("a 3-master cluster");
+        let clock = FakeClock::new();
+        let inner = RedisStore::cluster(cluster.pool()).with_clock(clock.clone());
+        let store = LeasedStore::builder(inner)
+            .config(eager())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Fixture::new(store, clock).keep_alive(cluster)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(leased());
+}
+
+mod conformance_over_tls {
+    use super::*;
+    use palisade_ratelimit::testing::Fixture;
+
+    async fn leased() -> Fixture {
+        let server = RedisServer::builder()
+            .tls()
+            .start_async()
+            .await
+            .expect("a TLS redis-server");
+        assert!(server.url().starts_with("rediss://"));
+        let clock = FakeClock::new();
+        let inner = RedisStore::new(server.pool()).with_clock(clock.clone());
+        let store = LeasedStore::builder(inner)
+            .config(eager())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Fixture::new(store, clock).keep_alive(server)
+    }
+
+    palisade_ratelimit::store_conformance_tests!(leased());
+}
+
+fn next(seed: &mut u64, n: u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed % n
+}
+
+/// The lease script is the memory store's lease arithmetic, line by line: random leases
+/// (with held units, fresh and stale), releases, acquisitions and refunds on both stores
+/// with one fake clock give identical answers, for every algorithm and multi-window
+/// policies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_script_decides_exactly_like_memory() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let remote = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+    let local = MemoryStore::builder().clock(clock.clone()).build();
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    for alg in Algorithm::ALL {
+        let policy = Policy::builder(format!("lease-diff-{alg}"))
+            .algorithm(alg)
+            .quota(
+                "fast",
+                Quota::new(40, Duration::from_millis(700)).with_burst(50),
+            )
+            .quota("slow", Quota::new(90, Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let single = Policy::single(
+            format!("lease-diff-1-{alg}"),
+            alg,
+            Quota::new(60, Duration::from_millis(900)),
+        )
+        .unwrap();
+        let mut grants: Vec<(String, Policy, u64, u64)> = Vec::new();
+        for step in 0..500 {
+            clock.advance(Duration::from_micros(
+                next(&mut seed, 4) * next(&mut seed, 90_000),
+            ));
+            let key = ["a", "b"][next(&mut seed, 2) as usize];
+            let p = if next(&mut seed, 2) == 0 {
+                &policy
+            } else {
+                &single
+            };
+            match next(&mut seed, 10) {
+                0 | 1 if !grants.is_empty() => {
+                    let (k, gp, units, at) =
+                        grants.swap_remove(next(&mut seed, grants.len() as u64) as usize);
+                    remote.release(&k, &gp, units, at).await.unwrap();
+                    local.release(&k, &gp, units, at).await.unwrap();
+                }
+                2 => {
+                    let cost = next(&mut seed, 3);
+                    remote.refund(key, p, cost).await.unwrap();
+                    local.refund(key, p, cost).await.unwrap();
+                }
+                3 => {
+                    let cost = next(&mut seed, 5);
+                    let r = remote.acquire(key, p, cost).await.unwrap();
+                    let l = local.acquire(key, p, cost).await.unwrap();
+                    assert_eq!(r, l, "{alg} step {step}: acquire differs");
+                }
+                _ => {
+                    let (held, held_at) = match grants.iter().position(|g| g.0 == key && g.1 == *p)
+                    {
+                        Some(i) if next(&mut seed, 2) == 0 => {
+                            let g = grants.swap_remove(i);
+                            (g.2, g.3)
+                        }
+                        _ => (0, 0),
+                    };
+                    let request = LeaseRequest::new(next(&mut seed, 6))
+                        .held(held, held_at)
+                        .want(
+                            next(&mut seed, 30),
+                            Duration::from_millis(next(&mut seed, 3) * 400),
+                        )
+                        .max_share_permille([100, 500, 1000][next(&mut seed, 3) as usize]);
+                    let r = remote.lease(key, p, &request).await.unwrap();
+                    let l = local.lease(key, p, &request).await.unwrap();
+                    assert_eq!(r, l, "{alg} step {step}: lease {request:?} differs");
+                    if !r.stale_held && held > r.used_held && !r.decision.allowed {
+                        grants.push((key.to_owned(), p.clone(), held, held_at));
+                    } else if !r.stale_held && held > r.used_held {
+                        grants.push((key.to_owned(), p.clone(), held - r.used_held, held_at));
+                    }
+                    if r.granted > 0 {
+                        grants.push((key.to_owned(), p.clone(), r.granted, r.granted_at));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts the decisions of a run: admitted, and of those how many without a round trip.
+#[derive(Debug, Default)]
+struct Tally {
+    admitted: AtomicU64,
+    local: AtomicU64,
+    decisions: AtomicU64,
+}
+
+async fn hammer(
+    store: LeasedStore,
+    policy: Policy,
+    key: &str,
+    tally: Arc<Tally>,
+    tasks: usize,
+    per_task: usize,
+) {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, policy, key, tally) = (
+            store.clone(),
+            policy.clone(),
+            key.to_owned(),
+            Arc::clone(&tally),
+        );
+        handles.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                let d = store.acquire(&key, &policy, 1).await.unwrap();
+                tally.decisions.fetch_add(1, Ordering::Relaxed);
+                if d.allowed {
+                    tally.admitted.fetch_add(1, Ordering::Relaxed);
+                    if d.source == DecisionSource::Lease {
+                        tally.local.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}
+
+/// Four instances (each its own `LeasedStore` and connection) on one key, 16 tasks each,
+/// far more requests than the quota: exactly the quota is admitted for every leasable
+/// algorithm (server time frozen by a fake clock: no refill, no new window), most of it
+/// without a round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_in_one_process_admit_exactly_the_quota() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    for alg in [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowCounter,
+        Algorithm::SlidingWindowLog,
+    ] {
+        let policy = Policy::single(format!("inproc-{alg}"), alg, Quota::per_hour(20_000)).unwrap();
+        let tally = Arc::new(Tally::default());
+        let mut instances = Vec::new();
+        for _ in 0..4 {
+            let inner = RedisStore::new(redis.pool())
+                .with_prefix(redis.prefix().as_str())
+                .with_clock(clock.clone());
+            let store = LeasedStore::builder(inner).build().unwrap();
+            instances.push(tokio::spawn(hammer(
+                store,
+                policy.clone(),
+                "hot",
+                Arc::clone(&tally),
+                16,
+                500,
+            )));
+        }
+        for i in instances {
+            i.await.unwrap();
+        }
+        let admitted = tally.admitted.load(Ordering::Relaxed);
+        let local = tally.local.load(Ordering::Relaxed);
+        assert!(
+            admitted <= 20_000,
+            "{alg}: {admitted} admitted, over the quota"
+        );
+        // 32,000 requests for 20,000 units: only leftovers stranded at the end may miss.
+        assert!(admitted >= 19_000, "{alg}: only {admitted} admitted");
+        if alg == Algorithm::SlidingWindowLog {
+            assert_eq!(local, 0, "the log is never leased");
+            assert_eq!(admitted, 20_000);
+        } else {
+            assert!(
+                local * 2 > admitted,
+                "{alg}: only {local} of {admitted} decided locally"
+            );
+        }
+    }
+}
+
+fn fault_store(server: &RedisServer, config: LeaseConfig) -> LeasedStore {
+    let inner = RedisStore::new(server.pool()).with_timeout(Duration::from_millis(300));
+    LeasedStore::builder(inner).config(config).build().unwrap()
+}
+
+/// Redis killed while an instance holds allowance: requests are admitted from it (no
+/// error, no waiting), then the failure mode decides (fail-closed: denied); after a restart
+/// (an empty Redis: the window's count is lost, as for any store without persistence) the
+/// instance leases again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_spends_the_allowance_then_follows_the_failure_mode() {
+    let mut server = RedisServer::builder().start_async().await.unwrap();
+    let store = fault_store(
+        &server,
+        LeaseConfig::default()
+            .max_lease(Duration::from_secs(60))
+            .prefetch(false),
+    );
+    let limiter = RateLimiter::builder(store.clone())
+        .failure_mode(FailureMode::FailClosed)
+        .timeout(Duration::from_millis(500))
+        .build();
+    let policy = Policy::single(
+        "killed",
+        Algorithm::FixedWindow,
+        Quota::new(1_000_000, Duration::from_secs(366 * 86_400)),
+    )
+    .unwrap();
+    // Demand builds up a lease.
+    let mut rounds = 0;
+    while store.allowance("k", &policy) < 50 {
+        for _ in 0..100 {
+            assert!(limiter.acquire("k", &policy, 1).await.allowed);
+        }
+        rounds += 1;
+        assert!(rounds < 100, "no lease was granted");
+    }
+    let held = store.allowance("k", &policy);
+    tokio::task::block_in_place(|| server.kill());
+    let mut from_lease = 0;
+    loop {
+        let d = limiter.acquire("k", &policy, 1).await;
+        if d.source != DecisionSource::Lease {
+            assert_eq!(d.source, DecisionSource::FailClosed, "{d:?}");
+            assert!(!d.allowed);
+            break;
+        }
+        assert!(d.allowed);
+        from_lease += 1;
+    }
+    assert_eq!(from_lease, held, "every unit held was spent, no more");
+    assert!(limiter.health().await.is_err());
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    let started = Instant::now();
+    loop {
+        let d = limiter.acquire("k", &policy, 1).await;
+        if d.allowed && d.source == DecisionSource::Store {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not back on Redis: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A paused (hung) Redis never makes a request wait while allowance is left: decisions stay
+/// local and fast; once it is spent, the limiter's timeout and failure mode apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_never_stalls_a_request_while_allowance_is_left() {
+    let server = RedisServer::builder().start_async().await.unwrap();
+    let store = fault_store(
+        &server,
+        LeaseConfig::default().max_lease(Duration::from_secs(60)),
+    );
+    let limiter = RateLimiter::builder(store.clone())
+        .failure_mode(FailureMode::FailOpen)
+        .timeout(Duration::from_millis(100))
+        .build();
+    let policy = Policy::single(
+        "hung",
+        Algorithm::SlidingWindowCounter,
+        Quota::new(10_000_000, Duration::from_secs(366 * 86_400)),
+    )
+    .unwrap();
+    let mut rounds = 0;
+    while store.allowance("k", &policy) < 200 {
+        for _ in 0..200 {
+            limiter.acquire("k", &policy, 1).await;
+        }
+        rounds += 1;
+        assert!(rounds < 200, "no lease was granted");
+    }
+    server.pause(Duration::from_secs(3));
+    let held = store.allowance("k", &policy);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..held.min(100) {
+        let started = Instant::now();
+        let d = limiter.acquire("k", &policy, 1).await;
+        slowest = slowest.max(started.elapsed());
+        assert!(d.allowed && d.source == DecisionSource::Lease, "{d:?}");
+    }
+    assert!(
+        slowest < Duration::from_millis(50),
+        "a local decision took {slowest:?}"
+    );
+    // Spend the rest: the next request waits for the timeout and fails open.
+    while store.allowance("k", &policy) > 0 {
+        limiter.acquire("k", &policy, 1).await;
+    }
+    let d = limiter.acquire("k", &policy, 1).await;
+    assert_eq!(d.source, DecisionSource::FailOpen, "{d:?}");
+    server.resume();
+}
+
+/// Redis restarted mid-window under four instances. The restarted Redis forgot the
+/// window's count (as it would for any store without persistence); the instances spend the
+/// allowance they held (counted on the old server), fail closed while they reconnect, then
+/// lease again from the new server: after the restart they admit at most what they held
+/// plus one quota, and nothing before it exceeded the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_window() {
+    let mut server = RedisServer::builder().start_async().await.unwrap();
+    let quota = 4_000;
+    let policy = Policy::single(
+        "restart",
+        Algorithm::FixedWindow,
+        Quota::new(quota, Duration::from_secs(366 * 86_400)),
+    )
+    .unwrap();
+    let stores: Vec<LeasedStore> = (0..4)
+        .map(|_| {
+            fault_store(
+                &server,
+                LeaseConfig::default().max_lease(Duration::from_secs(60)),
+            )
+        })
+        .collect();
+    let limiters: Vec<RateLimiter> = stores
+        .iter()
+        .map(|s| {
+            RateLimiter::builder(s.clone())
+                .failure_mode(FailureMode::FailClosed)
+                .build()
+        })
+        .collect();
+    let run = |requests: usize| {
+        let admitted = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for l in &limiters {
+            for _ in 0..4 {
+                let (l, p, a) = (l.clone(), policy.clone(), Arc::clone(&admitted));
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..requests {
+                        if l.acquire("k", &p, 1).await.allowed {
+                            a.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+        }
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+            admitted.load(Ordering::Relaxed)
+        }
+    };
+    let before = run(100).await;
+    assert_eq!(before, 1_600, "under the quota, everything is admitted");
+    for s in &stores {
+        s.settled().await;
+    }
+    let held: u64 = stores.iter().map(|s| s.allowance("k", &policy)).sum();
+    assert!(held > 0, "no instance held a lease");
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    // Twice what the new server can give.
+    let mut after = 0;
+    for _ in 0..4 {
+        after += run(250).await;
+    }
+    assert!(
+        after <= held + quota,
+        "{after} admitted after the restart, holding {held} before it"
+    );
+    let left = stores[0].inner().peek("k", &policy).await.unwrap();
+    assert_eq!(
+        left.quotas[0].remaining, 0,
+        "the instances did not lease the new server's quota: {after} admitted"
+    );
+}
+
+/// A clock that is `offset` µs ahead of (or behind) the system clock.
+#[derive(Debug, Clone, Copy)]
+struct Skewed(i64);
+
+impl Clock for Skewed {
+    fn now_micros(&self) -> u64 {
+        SystemClock.now_micros().saturating_add_signed(self.0)
+    }
+}
+
+/// Instances whose clocks are an hour apart share one Redis on its own time: leases are
+/// timed by durations of each instance's clock, never by its reading, so the fleet admits
+/// exactly the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_between_instances_does_not_matter() {
+    let redis = test_redis().unwrap();
+    for alg in [
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowCounter,
+    ] {
+        // A bucket that refills one unit per 10 s (a few at most during the test).
+        let policy = Policy::single(
+            format!("skew-{alg}"),
+            alg,
+            Quota::new(3_000, Duration::from_secs(30_000)),
+        )
+        .unwrap();
+        let tally = Arc::new(Tally::default());
+        let mut tasks = Vec::new();
+        for skew in [-3_600_000_000_i64, 0, 3_600_000_000, 86_400_000_000] {
+            let inner = RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str());
+            let store = LeasedStore::builder(inner)
+                .config(LeaseConfig::default().max_overshoot(0.02))
+                .clock(Skewed(skew))
+                .build()
+                .unwrap();
+            tasks.push(tokio::spawn(hammer(
+                store,
+                policy.clone(),
+                "k",
+                Arc::clone(&tally),
+                8,
+                150,
+            )));
+        }
+        let started = Instant::now();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let refill = if alg == Algorithm::Gcra {
+            started.elapsed().as_secs() / 10 + 1
+        } else {
+            0
+        };
+        let admitted = tally.admitted.load(Ordering::Relaxed);
+        assert!(admitted <= 3_000 + refill, "{alg}: {admitted}");
+        assert!(admitted >= 2_800, "{alg}: {admitted}");
+        assert!(
+            tally.local.load(Ordering::Relaxed) > 0,
+            "{alg}: nothing leased"
+        );
+    }
+}
+
+/// A leased store keeps at most `max_keys` keys with leases; requests for further keys are
+/// decided by the shared store, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_bounded_by_max_keys() {
+    let clock = FakeClock::new();
+    let inner = MemoryStore::builder().clock(clock.clone()).build();
+    let store = LeasedStore::builder(inner.clone())
+        .config(eager().max_keys(64))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let policy = Policy::single("bounded", Algorithm::FixedWindow, Quota::per_minute(10)).unwrap();
+    for i in 0..1_000 {
+        let key = format!("k{i}");
+        for _ in 0..10 {
+            assert!(
+                store.acquire(&key, &policy, 1).await.unwrap().allowed,
+                "{key}"
+            );
+        }
+        assert!(
+            !store.acquire(&key, &policy, 1).await.unwrap().allowed,
+            "{key}"
+        );
+    }
+    let held: usize = (0..1_000)
+        .filter(|i| store.allowance(&format!("k{i}"), &policy) > 0)
+        .count();
+    assert!(held <= 64, "{held} keys hold leases");
+}
+
+/// `release_all` gives every unspent window unit back at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_gives_everything_back() {
+    let clock = FakeClock::new();
+    let inner = MemoryStore::builder().clock(clock.clone()).build();
+    let store = LeasedStore::builder(inner.clone())
+        .config(eager())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let policy =
+        Policy::single("shutdown", Algorithm::FixedWindow, Quota::per_hour(1_000)).unwrap();
+    // Demand: leases grow.
+    for _ in 0..50 {
+        store.acquire("k", &policy, 1).await.unwrap();
+        clock.advance(Duration::from_millis(10));
+    }
+    assert!(store.allowance("k", &policy) > 0);
+    let used = 50;
+    store.release_all().await.unwrap();
+    assert_eq!(store.allowance("k", &policy), 0);
+    assert_eq!(
+        inner.peek_sync("k", &policy).quotas[0].remaining,
+        1_000 - used
+    );
+}
+
+/// Lease calls and units are counted: granted, given back, dropped.
+#[test]
+fn lease_metrics_are_recorded() {
+    use metrics_util::debugging::DebuggingRecorder;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let clock = FakeClock::new();
+            let inner = MemoryStore::builder().clock(clock.clone()).build();
+            let store = LeasedStore::builder(inner)
+                .config(eager().max_lease(Duration::from_secs(1)))
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+            let policy =
+                Policy::single("metered", Algorithm::FixedWindow, Quota::per_hour(100)).unwrap();
+            for _ in 0..5 {
+                store.acquire("k", &policy, 1).await.unwrap();
+                clock.advance(Duration::from_millis(1));
+            }
+            clock.advance(Duration::from_secs(2));
+            store.acquire("k", &policy, 1).await.unwrap();
+            store.release_all().await.unwrap();
+        });
+    });
+    // 1: one unit asked (no demand yet), granted; 2 and 3 from it; 4: demand of about one a
+    // millisecond asks a second's worth, and gets all 97 left; 5 and 6 from it; 7 (two
+    // seconds later) finds the lease ended: one of its units pays, nothing is left to
+    // lease, and the 94 it holds are given back at shutdown.
+    assert_eq!(
+        palisade_testkit::metric_lines(&snapshotter),
+        [
+            "palisade_ratelimit_lease_calls_total{outcome=empty,policy=metered} 1",
+            "palisade_ratelimit_lease_calls_total{outcome=granted,policy=metered} 2",
+            "palisade_ratelimit_lease_units_total{fate=granted,policy=metered} 98",
+            "palisade_ratelimit_lease_units_total{fate=returned,policy=metered} 94",
+        ]
+    );
+}
