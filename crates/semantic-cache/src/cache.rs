@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use crate::calibration::{Calibrations, FeedbackConfig, Recorded};
 use crate::clock::{Clock, SystemClock};
 use crate::embed::{Embedder, HashingEmbedder, check_vector};
 use crate::entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
@@ -150,6 +151,8 @@ pub struct CacheConfig {
     pub candidates: usize,
     /// What a store failure does (default [`FailureMode::FailOpen`]).
     pub failure_mode: FailureMode,
+    /// How [`SemanticCache::feedback`] raises a namespace's threshold.
+    pub feedback: FeedbackConfig,
 }
 
 impl Default for CacheConfig {
@@ -161,6 +164,7 @@ impl Default for CacheConfig {
             guard: GuardConfig::default(),
             candidates: 4,
             failure_mode: FailureMode::default(),
+            feedback: FeedbackConfig::default(),
         }
     }
 }
@@ -243,6 +247,21 @@ pub struct Served {
     pub stored: bool,
 }
 
+impl Served {
+    /// The cache hit this response was, if it was one (for
+    /// [`SemanticCache::feedback`]).
+    pub fn hit(&self) -> Option<Hit> {
+        match self.source {
+            Source::Cache { kind, similarity } => Some(Hit {
+                entry: Arc::clone(&self.entry),
+                kind,
+                similarity,
+            }),
+            Source::Computed | Source::Joined => None,
+        }
+    }
+}
+
 type Flight = Arc<OnceCell<(Arc<Entry>, bool)>>;
 
 struct Inner {
@@ -252,6 +271,7 @@ struct Inner {
     config: CacheConfig,
     stats: Stats,
     flights: Mutex<HashMap<EntryId, Flight>>,
+    calibrations: Calibrations,
 }
 
 /// A cache of AI responses keyed by meaning. Cheap to clone (one `Arc`); clones share
@@ -391,6 +411,14 @@ impl SemanticCacheBuilder {
         self
     }
 
+    /// How [`SemanticCache::feedback`] calibrates thresholds (default
+    /// [`FeedbackConfig::default`]: a 95 % bound on 2 % wrong hits).
+    #[must_use]
+    pub fn feedback(mut self, feedback: FeedbackConfig) -> Self {
+        self.config.feedback = feedback;
+        self
+    }
+
     /// What a store failure does (default [`FailureMode::FailOpen`]).
     #[must_use]
     pub fn failure_mode(mut self, mode: FailureMode) -> Self {
@@ -430,6 +458,7 @@ impl SemanticCacheBuilder {
         for policy in self.config.namespaces.values() {
             policy.check()?;
         }
+        self.config.feedback.check()?;
         if self.config.candidates == 0 || self.config.max_prompt_bytes == 0 {
             return Err(Error::InvalidConfig(
                 "candidates and max_prompt_bytes must be above 0".into(),
@@ -450,6 +479,7 @@ impl SemanticCacheBuilder {
                 config: self.config,
                 stats: Stats::default(),
                 flights: Mutex::new(HashMap::new()),
+                calibrations: Calibrations::default(),
             }),
         })
     }
@@ -516,6 +546,102 @@ impl SemanticCache {
             .namespaces
             .get(namespace.as_str())
             .unwrap_or(&self.inner.config.default_policy)
+    }
+
+    /// Tell the cache whether a semantic hit it served was right (`correct`) or a wrong
+    /// answer. Wrong hits raise the hit's namespace's threshold; see
+    /// [`FeedbackConfig`] for the rule and its bound.
+    ///
+    /// The namespace keeps its last [`FeedbackConfig::max_samples`] judgements. While some
+    /// are wrong, its threshold is the lowest similarity above which the one-sided Wilson
+    /// upper bound (95 % by default) of the wrong share is at most
+    /// [`FeedbackConfig::target_error`] (2 % by default), or just above the most similar
+    /// wrong hit when no cut is certified yet; never below the namespace's own policy.
+    /// Right hits alone never lower a threshold. Exact hits are not judged (nothing about
+    /// them is a threshold's doing) and are ignored, as is feedback on further namespaces
+    /// once [`FeedbackConfig::max_namespaces`] have some.
+    ///
+    /// Calibration lives in this process (shared by the cache's clones), not in the store:
+    /// every instance learns from the feedback it is given. Feedback is trusted input: call
+    /// this from a judge you trust (a user's thumbs-down, an evaluation job), since wrong
+    /// verdicts raise a threshold for every tenant of the namespace. Cost: one write lock
+    /// and a sort of the namespace's judgements (`O(n log n)`, n ≤ `max_samples`).
+    ///
+    /// Returns the namespace's learned threshold after this feedback (`None` while no hit
+    /// was judged wrong, or when the feedback was ignored).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use palisade_semantic_cache::{CacheKey, HitKind, SemanticCache, Usage};
+    /// let cache = SemanticCache::in_memory();
+    /// let cached = CacheKey::new("acme", "support", "m", "How do I reset my password?")?;
+    /// cache.insert(&cached, "Open Settings > Security.", Usage::default()).await?;
+    ///
+    /// let asked = CacheKey::new("acme", "support", "m", "How can I reset my password?")?;
+    /// let hit = cache.lookup(&asked).await?.hit().expect("a semantic hit");
+    /// assert_eq!(hit.kind, HitKind::Semantic);
+    /// // The answer was judged wrong: the namespace now needs more than this similarity.
+    /// let learned = cache.feedback(&hit, false).expect("a raised threshold");
+    /// assert!(learned > hit.similarity);
+    /// assert!(!cache.lookup(&asked).await?.is_hit());
+    /// # Ok::<(), palisade_semantic_cache::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn feedback(&self, hit: &Hit, correct: bool) -> Option<f32> {
+        if hit.kind != HitKind::Semantic {
+            return None;
+        }
+        let namespace = &hit.entry.scope.partition.namespace;
+        let inner = &self.inner;
+        let recorded = inner.calibrations.record(
+            namespace.as_str(),
+            hit.similarity,
+            correct,
+            &inner.config.feedback,
+        );
+        inner.stats.feedback(namespace, correct);
+        match recorded {
+            Recorded::Kept(threshold) => {
+                if let Some(t) = threshold {
+                    inner.stats.calibrated(namespace, t);
+                    tracing::debug!(
+                        namespace = %namespace,
+                        correct,
+                        threshold = t,
+                        "feedback calibrated the namespace's threshold"
+                    );
+                }
+                threshold
+            }
+            Recorded::NamespaceLimit => {
+                tracing::debug!(
+                    namespace = %namespace,
+                    "feedback ignored: FeedbackConfig::max_namespaces reached"
+                );
+                None
+            }
+        }
+    }
+
+    /// The threshold feedback taught `namespace`, if it raised one (see
+    /// [`feedback`](Self::feedback)); lookups use the higher of it and the policy's.
+    pub fn calibrated_threshold(&self, namespace: &Namespace) -> Option<f32> {
+        self.inner.calibrations.threshold(namespace.as_str())
+    }
+
+    /// Forget the feedback `namespace` received (after its prompts or answers changed);
+    /// whether it had any.
+    pub fn forget_feedback(&self, namespace: &Namespace) -> bool {
+        self.inner.calibrations.forget(namespace.as_str())
+    }
+
+    /// The similarity a semantic hit needs in `namespace`: its policy's threshold, or the
+    /// one feedback taught it when higher.
+    fn effective_threshold(&self, namespace: &Namespace, policy: &NamespacePolicy) -> f32 {
+        self.inner
+            .calibrations
+            .threshold(namespace.as_str())
+            .map_or(policy.threshold, |t| t.max(policy.threshold))
     }
 
     /// The embedder.
@@ -635,6 +761,7 @@ impl SemanticCache {
             ));
         }
         let vector = self.embed(&p.normalized).await?;
+        let threshold = self.effective_threshold(namespace, p.policy);
         let searched = inner
             .store
             .search(SearchQuery {
@@ -643,7 +770,7 @@ impl SemanticCache {
                 embedder: inner.embedder.version(),
                 vector: &vector,
                 limit: inner.config.candidates,
-                min_similarity: p.policy.threshold,
+                min_similarity: threshold,
                 now_ms: now,
             })
             .await;

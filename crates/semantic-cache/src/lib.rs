@@ -49,6 +49,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+mod calibration;
 pub mod clock;
 pub mod embed;
 pub mod entry;
@@ -84,6 +85,7 @@ pub use cache::{
     CacheConfig, Computed, DEFAULT_THRESHOLD, DEFAULT_TTL, FailureMode, InsertOptions,
     NamespacePolicy, SemanticCache, SemanticCacheBuilder, Served, Source,
 };
+pub use calibration::FeedbackConfig;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use embed::{Embedder, HashingConfig, HashingEmbedder};
 pub use entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};

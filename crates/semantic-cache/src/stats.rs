@@ -43,6 +43,11 @@ pub mod names {
     /// Counter, label `op` = `get` | `search`: backend failures a lookup answered as a miss
     /// ([`crate::FailureMode::FailOpen`]).
     pub const BACKEND_ERRORS: &str = "palisade_semantic_cache_backend_errors_total";
+    /// Counter, label `verdict` = `correct` | `wrong`: semantic hits judged through
+    /// [`crate::SemanticCache::feedback`].
+    pub const FEEDBACK: &str = "palisade_semantic_cache_feedback_total";
+    /// Gauge: the threshold feedback taught the namespace (set when feedback raises one).
+    pub const CALIBRATED_THRESHOLD: &str = "palisade_semantic_cache_calibrated_threshold";
     /// Counter, label `op`: backend failures answered from the memory fallback
     /// ([`crate::FailureMode::FallbackToMemory`]).
     pub const FALLBACKS: &str = "palisade_semantic_cache_fallbacks_total";
@@ -212,6 +217,17 @@ impl Stats {
         self.insert_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::INSERT_FAILURES, "namespace" => namespace.metric_label())
             .increment(1);
+    }
+
+    pub(crate) fn feedback(&self, namespace: &Namespace, correct: bool) {
+        let verdict = if correct { "correct" } else { "wrong" };
+        metrics::counter!(names::FEEDBACK, "namespace" => namespace.metric_label(), "verdict" => verdict)
+            .increment(1);
+    }
+
+    pub(crate) fn calibrated(&self, namespace: &Namespace, threshold: f32) {
+        metrics::gauge!(names::CALIBRATED_THRESHOLD, "namespace" => namespace.metric_label())
+            .set(f64::from(threshold));
     }
 
     pub(crate) fn backend_error(&self, op: &'static str) {
