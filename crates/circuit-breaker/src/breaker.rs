@@ -23,7 +23,7 @@ use metrics::{Counter, Gauge};
 use tokio::sync::broadcast;
 
 use crate::builder::CircuitBreakerBuilder;
-use crate::clock::Clock;
+use crate::clock::Time;
 use crate::config::{Config, TripReason};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -97,7 +97,7 @@ impl Metrics {
 pub(crate) struct Inner {
     pub(crate) name: Arc<str>,
     pub(crate) config: Config,
-    pub(crate) clock: Clock,
+    pub(crate) clock: Time,
     /// Read by every call, written only on transitions: on a cache line of its own.
     word: crate::window::Padded<AtomicU64>,
     probes: AtomicU64,
@@ -118,7 +118,7 @@ impl Inner {
     pub(crate) fn new(
         name: Arc<str>,
         config: Config,
-        clock: Clock,
+        clock: Time,
         shared: Option<Shared>,
     ) -> Self {
         let window = Window::new(config.window);
@@ -132,7 +132,7 @@ impl Inner {
             metrics: Metrics::new(&name),
             name,
             config,
-            clock,
+            clock: clock.starting_now(),
             word: crate::window::Padded(AtomicU64::new(
                 Word {
                     state: State::Closed,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::{CircuitBreaker, Inner};
-use crate::clock::Clock;
+use crate::clock::{Clock, Time};
 use crate::config::{Backoff, Config, FailureMode, Quorum, SlidingWindow, SlowCallRule};
 use crate::error::{Error, Result};
 use crate::fleet::spawn_flusher;
@@ -16,7 +16,7 @@ use crate::sync::Shared;
 pub struct CircuitBreakerBuilder {
     name: String,
     config: Config,
-    clock: Clock,
+    clock: Time,
     store: Option<Arc<dyn Store>>,
     instance_id: Option<String>,
 }
@@ -26,7 +26,7 @@ impl CircuitBreakerBuilder {
         Self {
             name: name.into(),
             config: Config::default(),
-            clock: Clock::system(),
+            clock: Time::system(),
             store: None,
             instance_id: None,
         }
@@ -120,9 +120,16 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// The clock (default: [`Clock::system`]).
-    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
-        self.clock = clock.into();
+    /// The clock (default: [`SystemClock`](crate::SystemClock)); a
+    /// [`FakeClock`](crate::FakeClock) in tests, so that none sleeps.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Time::absolute(clock);
+        self
+    }
+
+    /// The clock as the crate reads it (a registry hands its own to every breaker).
+    pub(crate) fn time(mut self, clock: Time) -> Self {
+        self.clock = clock;
         self
     }
 

@@ -85,7 +85,7 @@ mod registry;
 mod state;
 pub mod store;
 mod sync;
-pub mod window;
+mod window;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -102,7 +102,7 @@ mod redis;
 pub use self::redis::RedisStore;
 pub use breaker::{CircuitBreaker, Health};
 pub use builder::CircuitBreakerBuilder;
-pub use clock::{Clock, FakeClock};
+pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{
     Backoff, Config, ConfigOverride, FailureMode, MAX_WINDOW_CALLS, MAX_WINDOW_SECONDS, Quorum,
     SharedConfig, SlidingWindow, SlowCallRule, TripReason,

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::Outcome;
-use crate::clock::Clock;
+use crate::clock::{Clock, Time};
 use crate::error::Result;
 use crate::store::{Batch, ManualOp, ProbeGrant, SharedMachine, SharedPolicy, SharedState, Store};
 
@@ -17,7 +17,7 @@ use crate::store::{Batch, ManualOp, ProbeGrant, SharedMachine, SharedPolicy, Sha
 /// bytes each) and each breaker's window of at most `window_seconds` buckets.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    clock: Clock,
+    clock: Time,
     machines: Mutex<HashMap<String, SharedMachine>>,
 }
 
@@ -28,9 +28,9 @@ impl MemoryStore {
     }
 
     /// A store on `clock` (a [`FakeClock`](crate::FakeClock) in tests).
-    pub fn with_clock(clock: impl Into<Clock>) -> Self {
+    pub fn with_clock(clock: impl Clock + 'static) -> Self {
         Self {
-            clock: clock.into(),
+            clock: Time::absolute(clock),
             machines: Mutex::default(),
         }
     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{FromRedisValue, RetryMethod, Script, ScriptInvocation};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Time};
 use crate::error::{Error, Result};
 use crate::store::{Batch, ManualOp, ProbeGrant, SharedPolicy, SharedState, Store};
 use crate::{Outcome, Snapshot, State};
@@ -84,7 +84,7 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     timeout: Duration,
-    clock: Option<Clock>,
+    clock: Option<Time>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -156,8 +156,8 @@ impl RedisStore {
     /// [`FakeClock`](crate::FakeClock), so no test sleeps); every store sharing these keys
     /// must then use the same clock.
     #[must_use]
-    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
-        self.clock = Some(clock.into());
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Time::absolute(clock));
         self
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::{CircuitBreaker, Health};
-use crate::clock::Clock;
+use crate::clock::{Clock, Time};
 use crate::config::{Config, ConfigOverride};
 use crate::error::Result;
 use crate::store::Store;
@@ -86,7 +86,7 @@ impl RegistryConfig {
 #[derive(Debug)]
 pub struct Registry {
     config: RegistryConfig,
-    clock: Clock,
+    clock: Time,
     store: Option<Arc<dyn Store>>,
     instance_id: Option<String>,
     breakers: RwLock<HashMap<String, CircuitBreaker>>,
@@ -101,7 +101,7 @@ impl Registry {
         config.validate()?;
         Ok(Self {
             config,
-            clock: Clock::system(),
+            clock: Time::system(),
             store: None,
             instance_id: None,
             breakers: RwLock::default(),
@@ -109,8 +109,8 @@ impl Registry {
     }
 
     /// Use `clock` for breakers created from now on.
-    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
-        self.clock = clock.into();
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Time::absolute(clock);
         self
     }
 
@@ -145,7 +145,7 @@ impl Registry {
         }
         let mut builder = CircuitBreaker::builder(name)
             .config(self.config.config_for(name))
-            .clock(self.clock.clone());
+            .time(self.clock.clone());
         if let Some(store) = &self.store {
             builder = builder.store(Arc::clone(store));
             if let Some(id) = &self.instance_id {

@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use palisade_circuit_breaker::{CircuitBreaker, Config, FakeClock, Outcome, SlidingWindow, State};
+use palisade_circuit_breaker::{
+    CircuitBreaker, Clock, Config, FakeClock, Outcome, SlidingWindow, State,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,7 +282,9 @@ proptest! {
         let breaker = CircuitBreaker::builder("model").config(c.clone()).clock(clock.clone()).build().unwrap();
         let mut model = Model::new(c);
         let mut held = Vec::new(); // (real permit, model kind, start)
-        let now = |clock: &FakeClock| clock.now().as_millis() as u64;
+        // The breaker counts from the moment it was built; so does the model.
+        let start = clock.now_micros();
+        let now = |clock: &FakeClock| (clock.now_micros() - start) / 1000;
         for (step, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Call(o, d) => {
