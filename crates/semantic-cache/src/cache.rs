@@ -733,7 +733,7 @@ impl SemanticCache {
     async fn lookup_prepared(&self, p: &Prepared<'_>) -> Result<(Lookup, Option<Vec<f32>>)> {
         let inner = &self.inner;
         let namespace = &p.key.partition().namespace;
-        let now = inner.clock.now_ms();
+        let now = crate::clock::now_ms(inner.clock.as_ref());
         let exact = match inner.store.get(p.key.partition(), &p.id, now).await {
             Ok(found) => found,
             Err(e) => return Ok((self.failed_open("get", namespace, e)?, None)),
@@ -914,7 +914,7 @@ impl SemanticCache {
         vector: Vec<f32>,
         ttl: Duration,
     ) -> Arc<Entry> {
-        let now = self.inner.clock.now_ms();
+        let now = crate::clock::now_ms(self.inner.clock.as_ref());
         Arc::new(Entry {
             id: p.id,
             scope: p.key.scope().clone(),

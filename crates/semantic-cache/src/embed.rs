@@ -100,7 +100,7 @@ const STOPWORDS: &[&str] = &[
 
 /// Settings of a [`HashingEmbedder`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HashingConfig {
     /// Vector length (default 384).
     pub dimension: usize,

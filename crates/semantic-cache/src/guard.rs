@@ -11,7 +11,7 @@ use crate::lexicon;
 
 /// Which checks the guard runs. All are on by default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GuardConfig {
     /// Veto when the number of negations differs (`not`, `never`, `don't`, `without`, …).
     pub negation: bool,

@@ -10,7 +10,10 @@ use crate::embed::{Embedder, check_vector, normalize};
 use crate::error::{Error, Result};
 
 /// Settings of an [`HttpEmbedder`].
+///
+/// Read from a file, `timeout` is a humantime duration (`"10s"`); unknown fields are refused.
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpEmbedderConfig {
     /// Base URL of the API, without the `/embeddings` suffix
     /// (`https://api.openai.com/v1`, `http://localhost:11434/v1`, …).
@@ -20,11 +23,18 @@ pub struct HttpEmbedderConfig {
     /// Vector length the model returns; also sent as `dimensions` when `send_dimensions` is set.
     pub dimension: usize,
     /// Bearer token, if the service needs one. Never printed by `Debug`.
+    #[serde(default)]
     pub api_key: Option<String>,
     /// Whether to send `dimensions` in the request (models that can shorten their vectors).
+    #[serde(default)]
     pub send_dimensions: bool,
     /// Timeout of one request (default 10 s).
+    #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl fmt::Debug for HttpEmbedderConfig {
@@ -49,7 +59,7 @@ impl HttpEmbedderConfig {
             dimension,
             api_key: None,
             send_dimensions: false,
-            timeout: Duration::from_secs(10),
+            timeout: default_timeout(),
         }
     }
 

@@ -45,64 +45,66 @@
 //!   services.
 //!
 //! # Metrics
-//! See [`stats::names`] for the metric names and labels.
+//! See [`names`] for the metric names and labels.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod cache;
+mod cache;
 mod calibration;
-pub mod clock;
-pub mod embed;
-pub mod entry;
-pub mod error;
-pub mod fallback;
+mod clock;
+mod embed;
+mod entry;
+mod error;
+mod fallback;
 pub mod guard;
 mod hnsw;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod index;
-pub mod key;
+mod key;
 mod lexicon;
 #[cfg(feature = "redis")]
 mod local;
-pub mod memory;
+mod memory;
 #[cfg(feature = "candle")]
 #[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
 pub mod minilm;
-pub mod provider;
+mod provider;
 pub mod quality;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub mod redis;
-pub mod stats;
-pub mod store;
+mod redis;
+mod stats;
+mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
-pub mod value;
+mod value;
 
 pub use cache::{
-    CacheConfig, Computed, DEFAULT_THRESHOLD, DEFAULT_TTL, FailureMode, InsertOptions,
-    NamespacePolicy, SemanticCache, SemanticCacheBuilder, Served, Source,
+    CacheConfig, Computed, DEFAULT_MAX_PROMPT_BYTES, DEFAULT_THRESHOLD, DEFAULT_TTL, FailureMode,
+    InsertOptions, NamespacePolicy, SemanticCache, SemanticCacheBuilder, Served, Source,
 };
 pub use calibration::FeedbackConfig;
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use embed::{Embedder, HashingConfig, HashingEmbedder};
+pub use embed::{Embedder, HashingConfig, HashingEmbedder, check_vector, normalize};
 pub use entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
 pub use error::{BoxError, Error, Result};
 #[allow(deprecated)]
-pub use fallback::FallbackStore;
+pub use fallback::{FallbackStore, MAX_PENDING_INVALIDATIONS};
 pub use guard::{GuardConfig, VetoReason};
 pub use key::{
-    CacheKey, ContextHash, ContextHasher, EntryId, Namespace, Partition, Scope, Tag, Tenant,
+    CacheKey, ContextHash, ContextHasher, EntryId, MAX_IDENTIFIER_BYTES, Namespace, Partition,
+    Scope, Tag, Tenant, encode_key_part, entry_id, normalize_prompt,
 };
 pub use memory::{MemoryConfig, MemoryStore};
 pub use provider::{
-    CachedProvider, Completion, CompletionRequest, LlmProvider, Pricing, ProviderEmbedder,
+    CachedCompletion, CachedProvider, CallGuard, Completion, CompletionRequest, LlmProvider,
+    Message, Pricing, ProviderEmbedder,
 };
-pub use stats::StatsSnapshot;
-pub use store::{Invalidation, PartitionUsage, Store};
-pub use value::ValueCache;
+pub use stats::{SIMILARITY_BUCKETS, StatsSnapshot, names};
+pub use store::{Invalidation, PartitionUsage, SearchQuery, Store};
+pub use value::{ValueCache, ValueCacheBuilder};
 
 /// The `deadpool_redis` crate whose pools [`RedisStore::new`] and [`RedisStore::cluster`]
 /// take, so that callers build them with the same version.

@@ -122,7 +122,7 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
 /// `Fn(BoxFuture) -> BoxFuture` closure is a `CallGuard`.
 ///
 /// ```
-/// use palisade_semantic_cache::provider::{CallGuard, Completion};
+/// use palisade_semantic_cache::{CallGuard, Completion};
 /// use palisade_semantic_cache::BoxError;
 /// use futures::future::BoxFuture;
 /// // A guard that refuses every call, as an open circuit breaker would.

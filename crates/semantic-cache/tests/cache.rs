@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use palisade_semantic_cache::provider::CallGuard;
+use palisade_semantic_cache::CallGuard;
 use palisade_semantic_cache::{
     BoxError, CacheKey, CachedProvider, Completion, CompletionRequest, Computed, LlmProvider,
     Partition, Pricing, SemanticCache, Source, Usage, ValueCache,
@@ -420,7 +420,7 @@ impl palisade_semantic_cache::Store for RefusesInserts {
     }
     async fn search(
         &self,
-        q: palisade_semantic_cache::store::SearchQuery<'_>,
+        q: palisade_semantic_cache::SearchQuery<'_>,
     ) -> palisade_semantic_cache::Result<Vec<(Arc<palisade_semantic_cache::Entry>, f32)>> {
         self.0.search(q).await
     }

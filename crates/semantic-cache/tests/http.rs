@@ -129,3 +129,24 @@ async fn a_cache_runs_on_the_http_embedder() {
     assert!(hit.is_hit());
     assert_eq!(cache.stats().embed_calls, 2);
 }
+
+#[test]
+fn config_reads_humantime_and_refuses_unknown_fields() {
+    let config: HttpEmbedderConfig = serde_json::from_value(json!({
+        "base_url": "http://localhost:11434/v1",
+        "model": "embed-small",
+        "dimension": 3,
+        "timeout": "2s 500ms",
+    }))
+    .unwrap();
+    assert_eq!(config.timeout, std::time::Duration::from_millis(2500));
+    assert!(!config.send_dimensions);
+    let defaulted: HttpEmbedderConfig =
+        serde_json::from_value(json!({ "base_url": "http://x/v1", "model": "m", "dimension": 3 }))
+            .unwrap();
+    assert_eq!(defaulted.timeout, std::time::Duration::from_secs(10));
+    let typo = serde_json::from_value::<HttpEmbedderConfig>(json!({
+        "base_url": "http://x/v1", "model": "m", "dimension": 3, "timout": "1s",
+    }));
+    assert!(typo.unwrap_err().to_string().contains("unknown field"));
+}

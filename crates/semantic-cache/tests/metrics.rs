@@ -2,7 +2,7 @@
 //! handles the cache registers once.
 
 use metrics_util::debugging::DebuggingRecorder;
-use palisade_semantic_cache::stats::names;
+use palisade_semantic_cache::names;
 use palisade_semantic_cache::{CacheKey, SemanticCache, Usage};
 
 #[test]

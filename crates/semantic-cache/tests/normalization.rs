@@ -5,7 +5,7 @@
 //! other's answer. Superscripts, subscripts, fractions and circled digits stay distinct;
 //! full-width forms, compatibility spaces and ligatures still fold.
 
-use palisade_semantic_cache::key::normalize_prompt;
+use palisade_semantic_cache::normalize_prompt;
 use palisade_semantic_cache::{CacheKey, HitKind, Lookup, SemanticCache, Usage};
 
 fn norm(prompt: &str) -> String {

@@ -9,7 +9,7 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_semantic_cache::redis::{RedisConfig, RedisStore};
+use palisade_semantic_cache::{RedisConfig, RedisStore};
 use palisade_semantic_cache::{
     Computed, Error, FailureMode, FakeClock, HitKind, InsertOptions, Lookup, MissReason, Source,
     Store, Tag, Tenant, Usage,
