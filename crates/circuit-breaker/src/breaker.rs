@@ -118,7 +118,7 @@ impl Inner {
     pub(crate) fn new(
         name: Arc<str>,
         config: Config,
-        clock: Time,
+        clock: &Time,
         shared: Option<Shared>,
     ) -> Self {
         let window = Window::new(config.window);

@@ -198,7 +198,7 @@ impl CircuitBreakerBuilder {
             }
         };
         let breaker = CircuitBreaker {
-            inner: Arc::new(Inner::new(name, self.config, self.clock, shared)),
+            inner: Arc::new(Inner::new(name, self.config, &self.clock, shared)),
         };
         if let Some(runtime) = runtime {
             spawn_flusher(&breaker, &runtime);

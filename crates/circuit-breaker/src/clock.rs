@@ -36,6 +36,10 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 /// `clock_gettime` call, and it never goes backwards. Steps of the wall clock after the first
 /// read (NTP corrections) are not followed.
 #[derive(Debug, Clone, Copy, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a unit value users write by name"
+)]
 pub struct SystemClock;
 
 struct Anchor {

@@ -16,6 +16,7 @@ pub const MAX_WINDOW_SECONDS: u32 = 3600;
 /// Which recent calls the failure and slow-call rates are computed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SlidingWindow {
     /// The last `size` calls (1 ..= 2^20).
     Count {
@@ -39,6 +40,10 @@ impl Default for SlidingWindow {
 /// calls reaches `rate_threshold` percent (with at least `minimum_calls` in the window).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct SlowCallRule {
     /// A call taking at least this long is slow (`"2s"`, `"800ms"` in serde formats).
     #[serde(with = "humantime_serde")]
@@ -51,6 +56,10 @@ pub struct SlowCallRule {
 /// the k-th consecutive trip waits `open_wait * multiplier^(k-1)`, at most `max_wait`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct Backoff {
     /// Factor per repeated trip (>= 1).
     pub multiplier: f64,
@@ -83,6 +92,10 @@ pub enum FailureMode {
 /// breaker for every other node.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct Quorum {
     /// At least this many instances must report failures within the shared window.
     pub min_instances: u32,
@@ -103,6 +116,10 @@ impl Default for Quorum {
 /// [`Store`](crate::Store).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct SharedConfig {
     /// How often local outcomes are flushed to the store and the shared state is read back.
     /// This is also the staleness bound: every instance learns a shared transition within one
@@ -149,6 +166,10 @@ impl Default for SharedConfig {
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct Config {
     /// The sliding window the rates are computed over (default: last 100 calls).
     pub window: SlidingWindow,
@@ -362,6 +383,10 @@ impl Config {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)] // each field overrides the Config field of the same name
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct ConfigOverride {
     pub window: Option<SlidingWindow>,
     pub minimum_calls: Option<u32>,

@@ -42,6 +42,10 @@ pub trait ResponseClassifier<Res, E> {
 
 /// `5xx` responses and errors are failures; everything else is a success.
 #[derive(Clone, Copy, Debug, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a unit value users write by name"
+)]
 pub struct ServerErrorClassifier;
 
 impl<B, E> ResponseClassifier<http::Response<B>, E> for ServerErrorClassifier {
@@ -56,6 +60,10 @@ impl<B, E> ResponseClassifier<http::Response<B>, E> for ServerErrorClassifier {
 
 /// A classifier from a closure.
 #[derive(Clone, Copy)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a newtype around the function, complete by nature"
+)]
 pub struct ClassifyFn<F>(pub F);
 
 impl<F> fmt::Debug for ClassifyFn<F> {

@@ -69,6 +69,10 @@
 //! before building breakers.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
+// The crate contract: every public type that may grow is `#[non_exhaustive]`; the few that
+// are complete by nature, and the configuration structs written with struct-update syntax,
+// say why they are not.
+#![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
 mod breaker;
 mod builder;

@@ -2,6 +2,10 @@
 
 /// How a finished call counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "complete by nature: a call counts, counts against, or does not count"
+)]
 pub enum Outcome {
     /// Counts as a success.
     Success,
@@ -30,6 +34,10 @@ where
 
 /// `Ok` is a success, `Err` a failure.
 #[derive(Clone, Copy, Debug, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a unit value users write by name"
+)]
 pub struct DefaultClassifier;
 
 impl<T, E> Classifier<T, E> for DefaultClassifier {

@@ -33,6 +33,10 @@ use crate::store::Store;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
+)]
 pub struct RegistryConfig {
     /// The configuration of any breaker without an override.
     pub default: Config,

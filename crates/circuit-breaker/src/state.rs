@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// and left only by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum State {
     /// Calls pass and their outcomes are recorded; a trip rule moves the breaker to `Open`.
     Closed,

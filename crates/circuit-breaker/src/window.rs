@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Re
 
 /// The counts in a window at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// Recorded calls (ignored outcomes are not recorded).
     pub calls: u64,
@@ -40,6 +41,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Counts given by hand (to ask [`Config::should_trip`](crate::Config::should_trip) what
+    /// a window would decide).
+    pub fn new(calls: u64, failures: u64, slow: u64) -> Self {
+        Self {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
     /// Failure percentage, 0 when the window is empty.
     pub fn failure_rate(&self) -> f64 {
         percent(self.failures, self.calls)

@@ -84,6 +84,7 @@ impl Model {
                 let sec = now / 1000;
                 self.marks.retain(|m| m.0 + u64::from(seconds) > sec);
             }
+            other => unreachable!("the model knows no {other:?} window"),
         }
         let calls = self.marks.len() as u64;
         let f = self.marks.iter().filter(|m| m.1).count() as u64;
@@ -114,6 +115,7 @@ impl Model {
                     }
                     return None;
                 }
+                other => unreachable!("the model knows no {other:?} state"),
             }
         }
     }
@@ -141,11 +143,7 @@ impl Model {
                     return;
                 }
                 let (calls, f, s) = self.window(now);
-                let snap = palisade_circuit_breaker::Snapshot {
-                    calls,
-                    failures: f,
-                    slow: s,
-                };
+                let snap = palisade_circuit_breaker::Snapshot::new(calls, f, s);
                 if self.c.should_trip(snap, self.run).is_some() {
                     self.trip(now);
                 }
