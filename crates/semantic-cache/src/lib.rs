@@ -95,7 +95,7 @@ pub use fallback::{FallbackStore, MAX_PENDING_INVALIDATIONS};
 pub use guard::{GuardConfig, VetoReason};
 pub use key::{
     CacheKey, ContextHash, ContextHasher, EntryId, MAX_IDENTIFIER_BYTES, Namespace, Partition,
-    Scope, Tag, Tenant, encode_key_part, entry_id, normalize_prompt,
+    Scope, ScopeId, Tag, Tenant, encode_key_part, entry_id, normalize_prompt,
 };
 pub use memory::{MemoryConfig, MemoryStore};
 pub use provider::{

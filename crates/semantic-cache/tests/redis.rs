@@ -9,11 +9,11 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_semantic_cache::{RedisConfig, RedisStore};
 use palisade_semantic_cache::{
     Computed, Error, FailureMode, FakeClock, HitKind, InsertOptions, Lookup, MissReason, Source,
     Store, Tag, Tenant, Usage,
 };
+use palisade_semantic_cache::{RedisConfig, RedisStore};
 use palisade_testkit::{RedisServer, TestRedis, test_redis};
 
 fn config(redis: &TestRedis) -> RedisConfig {
