@@ -51,7 +51,7 @@
 mod audit;
 mod clock;
 mod error;
-pub mod key;
+mod key;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;
@@ -71,7 +71,10 @@ mod token;
 pub use crate::audit::{AuditEvent, AuditKind, AuditSink, MemoryAuditSink};
 pub use crate::clock::{Clock, FakeClock, SystemClock};
 pub use crate::error::{BoxError, Error, Result};
-pub use crate::key::{Env, FormatError, KeyId, ParsedKey, PlaintextKey, Prefix};
+pub use crate::key::{
+    Env, FAMILY_LEN, FormatError, KEY_ID_LEN, KeyId, MAX_HASH_VERSION, MAX_KEY_LEN, MAX_PREFIX_LEN,
+    ParsedKey, PlaintextKey, Prefix, SECRET_LEN, checksum,
+};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use crate::layer::{ApiKeyLayer, ClientIp, Identity};

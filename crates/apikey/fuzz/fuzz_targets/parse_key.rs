@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(text.starts_with(key.prefix()));
         assert!(text.contains(key.id().as_str()));
-        assert!(text.len() <= palisade_apikey::key::MAX_KEY_LEN);
+        assert!(text.len() <= palisade_apikey::MAX_KEY_LEN);
     }
 });
