@@ -1,0 +1,331 @@
+//! palisade-ratelimit fleet bench (issue 19): four processes deciding at full speed through
+//! one Redis, each through a `RateLimiter` over the memory store (each process alone: the
+//! speed a fleet-wide limit is measured against), the plain `RedisStore` (one round trip per
+//! decision), a `LeasedStore` over it with the default configuration and one with 10 s
+//! leases (`leased10s`), on one hot key and on 10,000 keys, all in one run; then the
+//! over-admission of four leased processes on a binding GCRA quota, next to plain Redis.
+//!
+//! ```sh
+//! cargo bench -p palisade --bench ratelimit_fleet
+//! FLEET_SECONDS=5 FLEET_IN_FLIGHT=32 cargo bench -p palisade --bench ratelimit_fleet
+//! ```
+//! It starts its own `redis-server` through the test kit, or uses `REDIS_URL`. Each process
+//! runs `FLEET_IN_FLIGHT` (default 16) tasks on a two-thread tokio runtime for
+//! `FLEET_SECONDS` (default 2) from a start time the parent gives, and reports its decisions
+//! and the latency of every 4th one; the parent adds the decisions up and takes the p50/p99
+//! of all the samples. This is a throughput harness, not a criterion bench: criterion cannot
+//! time four processes at once. The binary re-executes itself for the children
+//! (`FLEET_CHILD` set).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use palisade::ratelimit::{
+    Algorithm, DecisionSource, LeaseConfig, LeasedStore, MemoryStore, Policy, Quota, RateLimiter,
+    RedisStore,
+};
+
+const PROCESSES: usize = 4;
+/// The over-admission run's quota: GCRA, this many per second (burst = limit).
+const BINDING_PER_SECOND: u64 = 20_000;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn unix_micros() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+fn policy(binding: bool) -> Policy {
+    if binding {
+        Policy::single(
+            "fleet-bench-binding",
+            Algorithm::Gcra,
+            Quota::per_second(BINDING_PER_SECOND),
+        )
+        .unwrap()
+    } else {
+        // Never exhausted during a run: every decision does the whole admit path.
+        Policy::single(
+            "fleet-bench",
+            Algorithm::Gcra,
+            Quota::per_hour(1_000_000_000),
+        )
+        .unwrap()
+    }
+}
+
+fn main() {
+    if std::env::var_os("FLEET_CHILD").is_some() {
+        child();
+        return;
+    }
+    let server = match std::env::var("REDIS_URL") {
+        Ok(_) => None,
+        Err(_) => Some(palisade_testkit::RedisServer::start().expect("redis-server for the bench")),
+    };
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| server.as_ref().unwrap().url());
+    let seconds = env_u64("FLEET_SECONDS", 2);
+    let in_flight = env_u64("FLEET_IN_FLIGHT", 16);
+    println!(
+        "fleet bench: {PROCESSES} processes x {in_flight} in flight, {seconds} s per row, \
+         GCRA; {} CPUs; load average {}",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "{:<9} {:>6} {:>14} {:>10} {:>10} {:>10} {:>9}",
+        "store", "keys", "decisions/s", "p50 µs", "p99 µs", "local %", "admitted"
+    );
+    let mut run = 0;
+    for keys in [1u64, 10_000] {
+        for backend in ["memory", "redis", "leased", "leased10s"] {
+            run += 1;
+            let r = fleet(&url, run, backend, keys, false, seconds, in_flight);
+            println!(
+                "{backend:<9} {keys:>6} {:>14.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
+                r.decisions as f64 / r.span_s,
+                r.p50_us,
+                r.p99_us,
+                100.0 * r.local as f64 / r.decisions.max(1) as f64,
+                r.admitted
+            );
+        }
+    }
+    println!();
+    println!(
+        "over-admission: GCRA {BINDING_PER_SECOND}/s (burst {BINDING_PER_SECOND}), one key; \
+         allowed = burst + rate x span (first to last decision of the fleet)"
+    );
+    for backend in ["redis", "leased"] {
+        run += 1;
+        let r = fleet(&url, run, backend, 1, true, seconds, in_flight);
+        let allowed = BINDING_PER_SECOND as f64 * (1.0 + r.span_s);
+        println!(
+            "{backend:<8} admitted {} in {:.3} s, allowed {:.0}: {:+.2} % ({:+.0} units; bound {} units)",
+            r.admitted,
+            r.span_s,
+            allowed,
+            100.0 * (r.admitted as f64 - allowed) / allowed,
+            r.admitted as f64 - allowed,
+            if backend == "leased" {
+                BINDING_PER_SECOND / 100
+            } else {
+                0
+            }
+        );
+    }
+    drop(server);
+}
+
+/// What the fleet did in one row.
+struct Row {
+    decisions: u64,
+    admitted: u64,
+    local: u64,
+    span_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn fleet(
+    url: &str,
+    run: u32,
+    backend: &str,
+    keys: u64,
+    binding: bool,
+    seconds: u64,
+    in_flight: u64,
+) -> Row {
+    let exe = std::env::current_exe().expect("the bench binary");
+    // Time for four processes to start and connect on a loaded machine.
+    let start = unix_micros() + 2_000_000;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .env("FLEET_CHILD", "1")
+                .env("FLEET_URL", url)
+                .env(
+                    "FLEET_PREFIX",
+                    format!("fleet-bench:{}:{run}:", std::process::id()),
+                )
+                .env("FLEET_BACKEND", backend)
+                .env("FLEET_KEYS", keys.to_string())
+                .env("FLEET_BINDING", if binding { "1" } else { "0" })
+                .env("FLEET_START", start.to_string())
+                .env("FLEET_SECONDS", seconds.to_string())
+                .env("FLEET_IN_FLIGHT", in_flight.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("a child process")
+        })
+        .collect();
+    let (mut decisions, mut admitted, mut local) = (0, 0, 0);
+    let (mut first, mut last) = (u64::MAX, 0);
+    let mut samples: Vec<u32> = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().expect("the child ran");
+        assert!(out.status.success(), "a child failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let head = lines.next().expect("a report");
+        let f: Vec<u64> = head
+            .split_whitespace()
+            .map(|w| w.parse().expect("a number"))
+            .collect();
+        decisions += f[0];
+        admitted += f[1];
+        local += f[2];
+        first = first.min(f[3]);
+        last = last.max(f[4]);
+        samples.extend(
+            lines
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|w| w.parse::<u32>().expect("a sample")),
+        );
+    }
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(samples[i]) / 1_000.0
+    };
+    Row {
+        decisions,
+        admitted,
+        local,
+        span_s: last.saturating_sub(first) as f64 / 1e6,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// One process of the fleet: prints `decisions admitted local first_us last_us` and a line
+/// of latency samples (ns).
+fn child() {
+    let var = |name: &str| std::env::var(name).expect("set by the parent");
+    let url = var("FLEET_URL");
+    let prefix = var("FLEET_PREFIX");
+    let backend = var("FLEET_BACKEND");
+    let keys: u64 = var("FLEET_KEYS").parse().unwrap();
+    let binding = var("FLEET_BINDING") == "1";
+    let start: u64 = var("FLEET_START").parse().unwrap();
+    let seconds: u64 = var("FLEET_SECONDS").parse().unwrap();
+    let in_flight: u64 = var("FLEET_IN_FLIGHT").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let pool = palisade::ratelimit::deadpool_redis::Config::from_url(url.as_str())
+            .builder()
+            .unwrap()
+            .max_size(usize::try_from(in_flight).unwrap_or(16))
+            .runtime(palisade::ratelimit::deadpool_redis::Runtime::Tokio1)
+            .build()
+            .unwrap();
+        let redis = RedisStore::new(pool).with_prefix(&prefix);
+        // What a service calls: the limiter (its span, metrics and timeout) over the store.
+        let store = match backend.as_str() {
+            "memory" => RateLimiter::new(MemoryStore::new()),
+            "redis" => RateLimiter::new(redis),
+            "leased" => RateLimiter::new(LeasedStore::new(redis)),
+            "leased10s" => RateLimiter::new(
+                LeasedStore::builder(redis)
+                    .config(LeaseConfig::default().max_lease(Duration::from_secs(10)))
+                    .build()
+                    .unwrap(),
+            ),
+            other => panic!("unknown backend {other}"),
+        };
+        let policy = policy(binding);
+        let names: Arc<Vec<String>> = Arc::new((0..keys).map(|k| format!("k{k}")).collect());
+        // Warm: one decision per key before the clock starts (connections, scripts, leases).
+        for name in names.iter() {
+            store.acquire(name, &policy, 1).await;
+        }
+        // The binding run starts from a whole bucket: the wait below refills what the
+        // warm-up took, and a warm-up lease (10 ms on this quota) has ended by then.
+        let wait = start.saturating_sub(unix_micros());
+        tokio::time::sleep(Duration::from_micros(wait)).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (decisions, admitted, local) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let first = unix_micros();
+        let mut tasks = Vec::new();
+        for t in 0..in_flight {
+            let (store, policy, names, stop) = (
+                store.clone(),
+                policy.clone(),
+                Arc::clone(&names),
+                Arc::clone(&stop),
+            );
+            let (decisions, admitted, local) = (
+                Arc::clone(&decisions),
+                Arc::clone(&admitted),
+                Arc::clone(&local),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut i: u64 = t * 7_919;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = &names[usize::try_from(i % names.len() as u64).unwrap_or(0)];
+                    let began = Instant::now();
+                    let d = store.acquire(key, &policy, 1).await;
+                    if i.is_multiple_of(4) {
+                        samples.push(u32::try_from(began.elapsed().as_nanos()).unwrap_or(u32::MAX));
+                    }
+                    i = i.wrapping_add(1);
+                    decisions.fetch_add(1, Ordering::Relaxed);
+                    if d.allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                        if d.source == DecisionSource::Lease {
+                            local.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if i.is_multiple_of(64) {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                samples
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for t in tasks {
+            samples.extend(t.await.unwrap());
+        }
+        let last = unix_micros();
+        println!(
+            "{} {} {} {first} {last}",
+            decisions.load(Ordering::Relaxed),
+            admitted.load(Ordering::Relaxed),
+            local.load(Ordering::Relaxed)
+        );
+        let line: Vec<String> = samples.iter().map(u32::to_string).collect();
+        println!("{}", line.join(" "));
+    });
+}
