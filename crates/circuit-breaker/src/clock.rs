@@ -142,6 +142,10 @@ impl Clock for FakeClock {
 #[derive(Clone)]
 enum Source {
     System,
+    /// The system clock as a breaker reads it: the CPU counter and its raw reading at the
+    /// breaker's start, in nanoseconds and without the wall-clock anchor (one counter read
+    /// and one subtraction per reading, the hot path's whole cost).
+    Counter(quanta::Clock, u64),
     Fake(FakeClock),
     Other(Arc<dyn Clock>),
 }
@@ -183,32 +187,49 @@ impl Time {
 
     /// The same clock, read since now (breakers).
     pub(crate) fn starting_now(&self) -> Self {
-        Self {
-            source: self.source.clone(),
-            origin_micros: self.micros(),
+        match &self.source {
+            Source::System | Source::Counter(..) => {
+                let counter = quanta::Clock::new();
+                let start = counter.raw();
+                Self {
+                    source: Source::Counter(counter, start),
+                    origin_micros: 0,
+                }
+            }
+            source => Self {
+                source: source.clone(),
+                origin_micros: self.origin_micros + self.nanos() / 1_000,
+            },
         }
     }
 
+    /// Nanoseconds since the origin (saturating; a clock that steps back reads as the origin).
     #[inline]
-    fn micros(&self) -> u64 {
-        let now = match &self.source {
+    fn nanos(&self) -> u64 {
+        let micros = match &self.source {
+            // quanta reads a counter below the start as zero.
+            Source::Counter(counter, start) => {
+                return counter.delta_as_nanos(*start, counter.raw());
+            }
             Source::System => SystemClock.now_micros(),
             Source::Fake(fake) => fake.now_micros(),
             Source::Other(clock) => clock.now_micros(),
         };
-        now.saturating_sub(self.origin_micros)
+        micros
+            .saturating_sub(self.origin_micros)
+            .saturating_mul(1_000)
     }
 
     /// The time elapsed since the origin.
     #[inline]
     pub(crate) fn now(&self) -> Duration {
-        Duration::from_micros(self.micros())
+        Duration::from_nanos(self.nanos())
     }
 
     /// [`now`](Self::now) in whole milliseconds.
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
-        self.micros() / 1_000
+        self.nanos() / 1_000_000
     }
 }
 
@@ -221,7 +242,7 @@ impl Default for Time {
 impl fmt::Debug for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
-            Source::System => f.write_str("SystemClock"),
+            Source::System | Source::Counter(..) => f.write_str("SystemClock"),
             Source::Fake(fake) => fake.fmt(f),
             Source::Other(clock) => clock.fmt(f),
         }
@@ -255,6 +276,14 @@ mod tests {
         // Backwards is standing still, not a wrap-around.
         fake.set_micros(0);
         assert_eq!(breaker.now(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_breaker_on_the_system_clock_counts_from_its_start() {
+        let breaker = Time::system().starting_now();
+        assert!(breaker.now_ms() < 60_000, "{:?}", breaker.now());
+        let store = Time::system();
+        assert!(store.now_ms().abs_diff(wall_micros() / 1_000) < 1_000);
     }
 
     #[test]
