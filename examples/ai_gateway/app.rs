@@ -365,13 +365,23 @@ fn router(gateway: &Arc<Gateway>, metrics: PrometheusHandle, max_body: usize) ->
     // The key first (its Identity carries the tier and the key id the limiter reads), then
     // the limit; stacked into one layer, so each route boxes one service, not two.
     let guarded = |scope: &str| ServiceBuilder::new().layer(key(scope)).layer(limit.clone());
+    // Only the routes that read a body get the size limit, in the same stack: on the whole
+    // router it would box every route once more, on every request.
+    let body_limit = DefaultBodyLimit::max(max_body);
     let api = Router::new()
         .route(
             "/v1/chat/completions",
-            post(handlers::chat).layer(guarded("ai:chat")),
+            post(handlers::chat).layer(guarded("ai:chat").layer(body_limit)),
         )
         // Weighted by its number of prompts, so the handler charges the limiter itself.
-        .route("/v1/batch", post(handlers::batch).layer(key("ai:batch")))
+        .route(
+            "/v1/batch",
+            post(handlers::batch).layer(
+                ServiceBuilder::new()
+                    .layer(key("ai:batch"))
+                    .layer(body_limit),
+            ),
+        )
         .route(
             "/v1/models",
             get(handlers::models).layer(guarded("models:read")),
@@ -390,13 +400,12 @@ fn router(gateway: &Arc<Gateway>, metrics: PrometheusHandle, max_body: usize) ->
         .route("/admin/breakers/{name}", put(handlers::set_breaker))
         .route("/admin/costs", get(handlers::costs))
         .route("/admin/migrations", get(handlers::migrations))
-        .route_layer(key("admin"));
+        .route_layer(ServiceBuilder::new().layer(key("admin")).layer(body_limit));
     let router = Router::new()
         .merge(api)
         .merge(admin)
         .route("/health", get(handlers::health))
         .fallback(handlers::not_found)
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(Arc::clone(gateway))
         .merge(crate::support::http::metrics_route(metrics));
     crate::support::http::with_request_ids(router)

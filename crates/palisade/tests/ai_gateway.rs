@@ -145,10 +145,17 @@ impl Running {
             .await
     }
 
+    async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.send(method, path, Some(&self.admin), Some(body)).await
+    }
+
     async fn admin_put(&self, path: &str, body: Value) -> Value {
-        let res = self
-            .send(reqwest::Method::PUT, path, Some(&self.admin), Some(body))
-            .await;
+        let res = self.admin_send(reqwest::Method::PUT, path, body).await;
         assert_eq!(res.status(), 200, "PUT {path}");
         res.json().await.unwrap()
     }
@@ -367,6 +374,49 @@ async fn keys_and_scopes_guard_every_route() {
 
     let res = gw.get("/nowhere", None).await;
     assert_eq!(res.status(), 404);
+}
+
+/// The size limit sits on each route that reads a body (not on the router): every one of
+/// them must still refuse a body over `max_body_bytes` with a 413 problem+json.
+#[tokio::test]
+async fn every_route_that_reads_a_body_refuses_one_over_the_limit() {
+    let backups = TempDir::new("body-limit");
+    let mut s = settings("body-limit", &backups);
+    s.max_body_bytes = 2048;
+    let gw = start(s).await;
+    let big = "x".repeat(4096);
+
+    let (premium, _) = gw.key("acme", "premium").await;
+    for (path, key, body) in [
+        ("/v1/chat/completions", premium.as_str(), chat_body(&big)),
+        (
+            "/v1/batch",
+            premium.as_str(),
+            json!({ "requests": [chat_body(&big)] }),
+        ),
+        (
+            "/admin/keys",
+            gw.admin.as_str(),
+            json!({ "owner": big, "name": "x", "tier": "free" }),
+        ),
+    ] {
+        let res = gw.post(path, key, body).await;
+        assert_eq!(res.status(), 413, "POST {path}");
+        assert_eq!(header(&res, "content-type"), "application/problem+json");
+        assert!(!header(&res, "x-request-id").is_empty());
+    }
+    let res = gw
+        .admin_send(
+            reqwest::Method::PUT,
+            "/admin/providers/body-limit-alpha/fault",
+            json!({ "mode": big }),
+        )
+        .await;
+    assert_eq!(res.status(), 413, "PUT fault");
+
+    // Under the limit, the same routes answer.
+    let res = gw.chat(&premium, "What is a circuit breaker?").await;
+    assert_eq!(res.status(), 200);
 }
 
 #[tokio::test]
