@@ -33,11 +33,12 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1/test";
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// PostgreSQL at `database_url`, in `schema` (the default).
-    #[default]
+    /// PostgreSQL at `database_url`, in `schema` (the default when `DATABASE_URL` is set).
     Postgres,
     /// This process's memory: the migrate crate's memory target (ledger, lease, backups
-    /// and the mirror migrations in `memory/`). No `users` routes.
+    /// and the mirror migrations in `memory/`). No `users` routes. The default without
+    /// `DATABASE_URL`, so the example runs with nothing else installed.
+    #[default]
     Memory,
 }
 
@@ -86,7 +87,8 @@ impl Release {
 pub struct Settings {
     /// Port on 127.0.0.1 when `LISTEN` is unset.
     pub port: u16,
-    /// `postgres` (default) or `memory`; `MIGRATIONS_TARGET` wins.
+    /// `memory` (default) or `postgres`; `DATABASE_URL` selects `postgres`, and
+    /// `MIGRATIONS_TARGET` wins over both.
     pub target: Target,
     /// The database; `DATABASE_URL` wins; default the local test database.
     pub database_url: Option<String>,
@@ -109,7 +111,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             port: 8086,
-            target: Target::Postgres,
+            target: Target::Memory,
             database_url: None,
             schema: "palisade_migrations_example".to_owned(),
             release: Release::Blue,
@@ -130,6 +132,7 @@ impl Settings {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if let Some(url) = var("DATABASE_URL") {
             settings.database_url = Some(url);
+            settings.target = Target::Postgres;
         }
         if let Some(target) = var("MIGRATIONS_TARGET") {
             settings.target = match target.trim() {

@@ -7,8 +7,11 @@
 //! and a *contract* step that waits until the old release is retired.
 //!
 //! ```text
-//! # PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1/test), schema
-//! # palisade_migrations_example: the blue release (built against V2) migrates to V2
+//! # everything in memory (the migrate crate's memory target), no database needed
+//! cargo run --example migrations
+//! # PostgreSQL, schema palisade_migrations_example: the blue release (built against V2)
+//! # migrates to V2
+//! export DATABASE_URL=postgres://postgres@127.0.0.1/test
 //! cargo run --example migrations
 //! # a drill: the green release's V3 fails after lower-casing the emails; the `users` table
 //! # is restored from the backup taken just before, and the service refuses to start
@@ -19,9 +22,11 @@
 //! curl -X PUT localhost:8087/apps/blue -H "authorization: Bearer $TOKEN" \
 //!      -H 'content-type: application/json' -d '{"built_against": 2, "live": false}'
 //! curl -X POST localhost:8087/migrations/up -H "authorization: Bearer $TOKEN"
-//! # everything in memory (the migrate crate's memory target), no database
-//! MIGRATIONS_TARGET=memory cargo run --example migrations
 //! ```
+//!
+//! Two releases share one target only on PostgreSQL (the memory target lives and dies with
+//! its process), so the blue-green steps above need `DATABASE_URL`; the end-to-end test
+//! plays them on one shared memory target too.
 //!
 //! `$TOKEN` is the secret `migrations/admin-token` (`APP_MIGRATIONS_ADMIN_TOKEN`; without
 //! it a demo value, logged at WARN as such). Backups are sealed with
@@ -75,7 +80,7 @@
 //! ## Settings
 //!
 //! A TOML file named by `MIGRATIONS_CONFIG` (`examples/migrations/migrations.toml` documents
-//! every key), then the environment: `DATABASE_URL`, `MIGRATIONS_TARGET`,
+//! every key), then the environment: `DATABASE_URL` (selects PostgreSQL), `MIGRATIONS_TARGET`,
 //! `MIGRATIONS_RELEASE`, `MIGRATIONS_INJECT_FAILURE`, `LISTEN`, `RUST_LOG`.
 
 #[path = "../support/mod.rs"]

@@ -552,7 +552,8 @@ fn the_sample_settings_file_is_valid() {
         "/../../examples/migrations/migrations.toml"
     ));
     let settings: app::Settings = support::settings::from_file(path).unwrap();
-    assert_eq!(settings.target, app::Target::Postgres);
+    assert_eq!(settings.target, app::Target::Memory);
+    assert_eq!(app::Settings::default().target, app::Target::Memory);
     assert_eq!(settings.release, app::Release::Blue);
     assert_eq!(
         settings.migrator.lock_wait,
