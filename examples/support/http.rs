@@ -6,15 +6,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 /// The correlation id header: taken from the caller when present (a gateway in front may set
 /// it), otherwise a fresh UUID; echoed on the response and recorded on the request's span, so
 /// every log line of one request carries it.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wrap `router` with correlation ids and a request span (`http.request` with method, path
-/// and `request_id`). Apply it last, so it is the outermost layer and every response,
+/// Wrap `router` with correlation ids, a request span (`http.request` with method, path
+/// and `request_id`) and one `INFO` line per response (status, latency). Apply it last, so it is the outermost layer and every response,
 /// rejections included, carries the id.
 ///
 /// The three layers go on as one stack (one `Router::layer` call): axum boxes every route
@@ -25,19 +26,24 @@ pub fn with_request_ids<S: Clone + Send + Sync + 'static>(router: Router<S>) -> 
         tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
             .layer(
-                TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                    let id = request
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!(
-                        "http.request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id = %id,
-                    )
-                }),
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request<_>| {
+                        let id = request
+                            .headers()
+                            .get(&REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!(
+                            "http.request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id = %id,
+                        )
+                    })
+                    // One line per request at the default level (status and latency, inside
+                    // the span, so with its id): a request that logs nothing else can still
+                    // be found by the id a caller reports.
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
     )

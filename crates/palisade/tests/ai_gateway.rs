@@ -290,6 +290,14 @@ async fn keys_and_scopes_guard_every_route() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(header(&res, "x-request-id"), "req-42");
+    // ... and is in the log line every response gets at the default level (INFO).
+    let logged = logs().1.text();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains("request_id=req-42")),
+        "no INFO line with the request id in:\n{logged}"
+    );
     let models: Value = res.json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "small");
 
