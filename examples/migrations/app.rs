@@ -386,6 +386,7 @@ async fn build_inner(
         .route("/apps/{version}", put(register_app))
         .route("/users", get(list_users).post(create_user))
         .route("/data", get(data))
+        .fallback(not_found)
         .with_state(state)
         .merge(support::http::metrics_route(metrics));
     Ok(App {
@@ -444,6 +445,16 @@ fn problem(status: StatusCode, title: &str, detail: impl Into<String>, code: &st
     Problem(Box::new(support::http::problem_with(
         status, title, detail, extra,
     )))
+}
+
+/// Any route not above.
+async fn not_found() -> Problem {
+    problem(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "no such route",
+        "not_found",
+    )
 }
 
 impl From<MigrateError> for Problem {

@@ -14,6 +14,8 @@ pub fn init_logs(redactor: &Redactor) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or collector gets plain `key=value` text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(redactor.make_writer(std::io::stdout))
         .try_init();
 }

@@ -487,6 +487,10 @@ async fn in_memory_the_same_deploy_runs_on_the_mirror_migrations() {
     let (_, health) = blue.get("/health").await;
     assert_eq!(health["components"][0]["backend"], "memory");
     assert_eq!(health["components"][0]["connected"], true);
+    // An unknown route is a problem+json 404 like every other error.
+    let (status, body) = blue.get("/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], "not_found");
 
     // The injected failure: V3's first line ran, the declared keys are restored.
     let (version, restored) = injected_failure(
