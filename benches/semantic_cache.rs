@@ -351,6 +351,53 @@ fn minilm(c: &mut Criterion) {
 #[cfg(not(feature = "candle"))]
 fn minilm(_: &mut Criterion) {}
 
+/// The whole decision on one candidate beyond the query's embedding: the guard's features of
+/// both prompts, its lexical checks, and the substitution check, which embeds the two
+/// differing spans (`for children` / `for adults`). `lexical` stops before the spans;
+/// `hashing` and (feature `candle`) `minilm` are the whole decision with that embedder.
+/// The exact-hit path runs none of this.
+fn decision(c: &mut Criterion) {
+    use palisade::semantic_cache::Embedder;
+    use palisade::semantic_cache::guard::{PromptFeatures, judge};
+
+    let cached = "What is a good dose of vitamin D for adults in winter?";
+    let query = "What is a good dose of vitamin D for children in winter?";
+    let config = GuardConfig::default();
+    let rt = runtime();
+    let mut group = c.benchmark_group("semantic_cache/decision");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("lexical", |b| {
+        b.iter(|| {
+            let q = PromptFeatures::extract(black_box(query));
+            let e = PromptFeatures::extract(black_box(cached));
+            black_box((q.veto(&e, &config), q.substitution(&e)))
+        });
+    });
+    #[cfg_attr(not(feature = "candle"), allow(unused_mut))]
+    let mut embedders: Vec<(&str, Box<dyn Embedder>)> =
+        vec![("hashing", Box::new(HashingEmbedder::default()))];
+    #[cfg(feature = "candle")]
+    if let Ok(minilm) = palisade::semantic_cache::minilm::MiniLmEmbedder::from_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.model-cache/all-MiniLM-L6-v2"
+    )) {
+        embedders.push(("minilm", Box::new(minilm)));
+    }
+    for (name, embedder) in &embedders {
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let q = PromptFeatures::extract(black_box(query));
+                let e = PromptFeatures::extract(black_box(cached));
+                black_box(
+                    rt.block_on(judge(embedder.as_ref(), &q, &e, &config))
+                        .unwrap(),
+                )
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     exact_hit,
@@ -359,7 +406,8 @@ criterion_group!(
     semantic_lookup,
     insert,
     embedder,
-    minilm
+    minilm,
+    decision
 );
 fn main() {
     if let Ok(spec) = std::env::var("SEMANTIC_CACHE_DRIVE") {

@@ -1,40 +1,108 @@
-//! Hit rate and false-hit rate of the semantic cache on its labelled pair set, per category,
-//! for the built-in hashing embedder, with and without the lexical guard.
+//! How often the semantic cache serves a right answer to a paraphrase (true hits), and how
+//! often a wrong one to a trap (false hits), on the held-out quality set in
+//! `crates/semantic-cache/data/quality/`: its TUNING part (thresholds and guard rules were
+//! chosen by looking at it) and its TEST part (nothing was tuned on it: its figures are the
+//! ones to quote). Per trap kind, per threshold, per category and per source.
 //!
-//! `cargo run --example semantic_cache_quality` (add `--features candle` for MiniLM rows,
-//! after `crates/semantic-cache/scripts/fetch-minilm.sh`).
+//! ```sh
+//! cargo run --example semantic_cache_quality
+//! # MiniLM rows too, after crates/semantic-cache/scripts/fetch-minilm.sh:
+//! cargo run --release --example semantic_cache_quality --features candle
+//! # and a CSV of every setting, for scripts/quality-plot.py:
+//! QUALITY_CSV=target/semantic-cache-quality.csv cargo run --example semantic_cache_quality
+//! ```
 
-use palisade::semantic_cache::quality::{TRAPS, evaluate, markdown_table, parse_pairs, score};
-use palisade::semantic_cache::{GuardConfig, HashingEmbedder};
+use std::fmt::Write as _;
+
+use palisade::semantic_cache::quality::{
+    Report, ScoredPair, evaluate_with, markdown_table, parse_set, score, source_table,
+    summary_table,
+};
+use palisade::semantic_cache::{Embedder, GuardConfig, HashingEmbedder};
+
+const TUNE: &str = include_str!("../crates/semantic-cache/data/quality/tune.tsv");
+const TEST: &str = include_str!("../crates/semantic-cache/data/quality/test.tsv");
+
+/// Every setting of one embedder on one part: no guard, and the full guard, per threshold.
+fn settings(scored: &[ScoredPair], thresholds: &[f32]) -> Vec<Report> {
+    let guard = GuardConfig::default();
+    let mut reports = Vec::new();
+    for (name, config) in [("no guard", None), ("guard", Some(&guard))] {
+        for t in thresholds {
+            let mut r = evaluate_with(scored, *t, config);
+            r.label = format!("{name}, {t:.2}");
+            reports.push(r);
+        }
+    }
+    reports
+}
+
+async fn report(
+    embedder: &dyn Embedder,
+    name: &str,
+    thresholds: &[f32],
+    csv: &mut String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let recommended = embedder.recommended_threshold();
+    for (part, text) in [("tune", TUNE), ("test", TEST)] {
+        let pairs = parse_set(text)?;
+        let scored = score(embedder, &pairs, &GuardConfig::default()).await?;
+        let reports = settings(&scored, thresholds);
+        println!("### {name}, {part} part ({} pairs)\n", pairs.len());
+        println!("{}", summary_table(&reports));
+        let at = evaluate_with(&scored, recommended, Some(&GuardConfig::default()));
+        println!(
+            "Per category, guard on, {recommended:.2} (the embedder's recommended threshold):\n"
+        );
+        println!("{}", markdown_table(std::slice::from_ref(&at)));
+        println!("{}", source_table(&at));
+        for r in &reports {
+            writeln!(
+                csv,
+                "{name},{part},{},{},{:.4},{:.4}",
+                r.threshold,
+                r.guard,
+                r.hit_rate(),
+                r.false_hit_rate()
+            )?;
+        }
+    }
+    Ok(())
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let pairs = parse_pairs(TRAPS)?;
-    println!("{} labelled pairs", pairs.len());
-    let scored = score(&HashingEmbedder::default(), &pairs, &GuardConfig::default()).await?;
-    let mut reports = Vec::new();
-    for guard in [false, true] {
-        for threshold in [0.50, 0.60, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 1.0] {
-            reports.push(evaluate(&scored, threshold, guard));
-        }
-    }
-    println!("HashingEmbedder (default settings):\n");
-    println!("{}", markdown_table(&reports));
+    println!(
+        "Quality of the semantic cache on crates/semantic-cache/data/quality/: quote the TEST part.\n"
+    );
+    let mut csv = String::from("embedder,part,threshold,guard,true_hits,false_hits\n");
+    report(
+        &HashingEmbedder::default(),
+        "hashing",
+        &[0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95],
+        &mut csv,
+    )
+    .await?;
 
     // all-MiniLM-L6-v2, with `--features candle` and the model fetched by
     // crates/semantic-cache/scripts/fetch-minilm.sh (or PALISADE_MINILM_DIR set).
     #[cfg(feature = "candle")]
     {
         let minilm = palisade::semantic_cache::minilm::MiniLmEmbedder::from_env()?;
-        let scored = score(&minilm, &pairs, &GuardConfig::default()).await?;
-        let mut reports = Vec::new();
-        for guard in [false, true] {
-            for threshold in [0.60, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 1.0] {
-                reports.push(evaluate(&scored, threshold, guard));
-            }
-        }
-        println!("all-MiniLM-L6-v2 (candle):\n");
-        println!("{}", markdown_table(&reports));
+        report(
+            &minilm,
+            "minilm",
+            &[0.70, 0.75, 0.80, 0.85, 0.90, 0.95],
+            &mut csv,
+        )
+        .await?;
+    }
+    #[cfg(not(feature = "candle"))]
+    println!("(MiniLM rows: add `--features candle` after scripts/fetch-minilm.sh)");
+
+    if let Some(path) = std::env::var_os("QUALITY_CSV") {
+        std::fs::write(&path, csv)?;
+        println!("wrote {}", path.to_string_lossy());
     }
     Ok(())
 }

@@ -500,7 +500,14 @@ impl PromptFeatures {
             .strip_suffix("s")
             .filter(|_| lower.ends_with("'s") || lower.ends_with("’s"))
             .map_or(bare.clone(), str::to_owned);
-        if NEGATIONS.contains(&bare.as_str()) || lower.ends_with("n't") || lower.ends_with("n’t")
+        // "open or not?", "whether or not": a yes/no question, not a negation.
+        let or_not = bare == "not"
+            && self
+                .tokens
+                .get(position.wrapping_sub(1))
+                .is_some_and(|t| t == "or");
+        if (NEGATIONS.contains(&bare.as_str()) || lower.ends_with("n't") || lower.ends_with("n’t"))
+            && !or_not
         {
             self.negations += 1;
         }
@@ -567,8 +574,15 @@ impl PromptFeatures {
                 .filter(|w| w.ends_with("day") || w.ends_with("night") || w.ends_with("weekend"))
                 .filter(|w| TIME_WORDS.contains(w))
         };
+        // "am"/"pm" are times only after a number ("7 pm"; "Am I allowed" is not).
+        let after_number = self.tokens.get(position.wrapping_sub(1)).is_some_and(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_digit() || c == ':' || c == '.')
+        });
         if let Some(time) = time
             && (time != "may" || token.starts_with('M'))
+            && (!matches!(time, "am" | "pm") || after_number)
         {
             push_unique(&mut self.numbers, format!("time:{time}"));
         }
@@ -582,14 +596,24 @@ impl PromptFeatures {
         {
             push_unique(&mut self.numbers, format!("unit:{unit}"));
         }
-        if let Some(q) = QUANTIFIERS.iter().find(|q| **q == bare) {
+        // "each" and "every" say the same.
+        let quantifier = if bare == "each" {
+            "every"
+        } else {
+            bare.as_str()
+        };
+        if let Some(q) = QUANTIFIERS.iter().find(|q| **q == quantifier) {
             push_unique(&mut self.quantifiers, *q);
         }
         if let Some((_, owner)) = OWNERS.iter().find(|(w, _)| *w == bare) {
             push_unique(&mut self.owners, *owner);
         }
         let upper_count = token.chars().filter(|c| c.is_uppercase()).count();
-        let is_name = if sentence_start {
+        let is_time = time.is_some();
+        let is_name = if is_time {
+            // Weekdays and months are compared as times ("Sunday" / "Sundays").
+            false
+        } else if sentence_start {
             // A capital at the start of a sentence says nothing ("Recipe for…", "Paris
             // hotels"): only acronyms and mixed case ("USD", "iPhone") count there.
             upper_count >= 2
@@ -610,6 +634,18 @@ impl PromptFeatures {
         if !counted && bare.chars().all(char::is_alphabetic) && !lexicon::is_function_word(&bare) {
             self.content
                 .push((position, lexicon::stem(&bare), bare.clone()));
+        } else if bare.contains('-') {
+            // "part-time employees": what the parts say counts ("employees" / "part-time
+            // employees" differ).
+            for part in bare.split('-') {
+                if !part.is_empty()
+                    && part.chars().all(char::is_alphabetic)
+                    && !lexicon::is_function_word(part)
+                {
+                    self.content
+                        .push((position, lexicon::stem(part), part.to_owned()));
+                }
+            }
         }
         self.words.push(bare);
     }
@@ -1149,6 +1185,58 @@ mod tests {
         assert_eq!(
             veto("What's the refund policy?", "what is your refund policy"),
             None
+        );
+    }
+
+    /// Words that looked like differences and are not (found on the tuning part).
+    #[test]
+    fn false_differences_are_not_vetoed() {
+        // "Am" opening a question is not a time of day; "7 pm" still is.
+        assert_eq!(
+            veto("Am I allowed to keep a dog here?", "Can I keep a dog here?"),
+            None
+        );
+        assert_eq!(
+            veto("Book a table at 7 pm", "Book a table at 7 am"),
+            Some(VetoReason::Number)
+        );
+        // Weekdays are times, compared as such, not names.
+        assert_eq!(
+            veto(
+                "Is the pharmacy open on Sunday?",
+                "Does the pharmacy open on Sundays?"
+            ),
+            None
+        );
+        assert_eq!(
+            veto(
+                "Is the pharmacy open on Sunday?",
+                "Is the pharmacy open on Monday?"
+            ),
+            Some(VetoReason::Number)
+        );
+        // "each" is "every"; "X or not?" asks, it does not negate.
+        assert_eq!(
+            veto(
+                "Change the oil every 3,000 miles?",
+                "Change the oil each 3,000 miles?"
+            ),
+            None
+        );
+        assert_eq!(veto("Is the library open?", "library open or not?"), None);
+        assert_eq!(
+            veto("Is the library open?", "Is the library not open?"),
+            Some(VetoReason::Negation)
+        );
+    }
+
+    #[test]
+    fn hyphenated_words_are_compared_by_their_parts() {
+        let f =
+            |a: &str, b: &str| PromptFeatures::extract(a).substitution(&PromptFeatures::extract(b));
+        assert_eq!(
+            f("leave for part-time employees", "leave for employees"),
+            Some(("part time".to_owned(), "leave employees".to_owned()))
         );
     }
 }

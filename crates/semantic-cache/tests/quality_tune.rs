@@ -20,12 +20,14 @@ use palisade_semantic_cache::{Embedder, GuardConfig, HashingEmbedder};
 /// Vectors kept in `target/semantic-cache-quality/` between runs, so that tuning runs do
 /// not embed the set again.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "candle"), allow(dead_code))] // only the MiniLM run caches vectors
 struct Cached<E> {
     inner: E,
     file: PathBuf,
     vectors: Mutex<HashMap<String, Vec<f32>>>,
 }
 
+#[cfg_attr(not(feature = "candle"), allow(dead_code))]
 impl<E: Embedder> Cached<E> {
     fn new(inner: E) -> Self {
         let dir = PathBuf::from(concat!(
