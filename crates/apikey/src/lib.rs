@@ -8,8 +8,8 @@
 //!   apart from [`Error`]), [`list_by_owner`](ApiKeys::list_by_owner),
 //!   [`revoke`](ApiKeys::revoke), [`rotate`](ApiKeys::rotate),
 //!   [`update_scopes`](ApiKeys::update_scopes).
-//! * Keys look like `pk_live_<key id><hash version><secret><checksum>` ([`key`] module
-//!   docs); a malformed or mistyped key is refused before any lookup.
+//! * Keys look like `pk_live_<key id><hash version><secret><checksum>` ([`ParsedKey`],
+//!   [`MAX_KEY_LEN`]); a malformed or mistyped key is refused before any lookup.
 //! * [`Peppers`] are the server secrets the hashes are keyed with (several versions, so they
 //!   rotate); they come from the caller — a secret store, never source code.
 //! * [`Store`] is where records live: [`MemoryStore`] or `RedisStore` (feature `redis`:

@@ -175,7 +175,8 @@ struct Shared {
     longest_ttl_ms: AtomicU64,
 }
 
-/// Entries in Redis, shared by every instance; see the [module docs](self) for the design.
+/// Entries in Redis, shared by every instance. The design and key layout are in the guide,
+/// docs/semantic-cache.md, *Redis backend*.
 ///
 /// Built synchronously with no I/O ([`new`](Self::new) for a standalone or TLS server,
 /// [`cluster`](Self::cluster) for Redis Cluster); the first insert, search or invalidation
