@@ -125,10 +125,12 @@ impl std::fmt::Debug for RedisConnection {
 ///   from all or none atomically.
 /// * **Server time**: scripts read Redis' `TIME`, so instances with skewed clocks agree.
 /// * **Cluster ready**: every key of one key+policy shares one hash tag,
-///   `NAMESPACE:{POLICY:KEY}:QUOTA:ALGORITHM` (and `:PERIOD_MICROS` for the window
-///   algorithms, whose states count periods), with the namespace, policy, key and quota
-///   names percent-encoded (everything but `A-Z a-z 0-9 - _ . @`), so a hostile key (braces,
+///   `PREFIX:{POLICY:KEY}:QUOTA:ALGORITHM` (and `:PERIOD_MICROS` for the window
+///   algorithms, whose states count periods), with the policy, key and quota names
+///   percent-encoded (everything but `A-Z a-z 0-9 - _ . @`), so a hostile key (braces,
 ///   colons, newlines, any Unicode) can neither move the hash tag nor collide with another.
+///   The prefix (default `palisade:rl`) is written as given, only `{` and `}` encoded, so
+///   `redis-cli --scan --pattern 'palisade:rl:*'` lists every key.
 /// * **Bounded**: every key carries a TTL of its policy's idle horizon plus one second; the
 ///   sliding log's sorted set is trimmed on every write and holds at most `limit` members.
 ///   Its members carry running totals of the costs, so every decision on it, a denial of any
@@ -184,18 +186,22 @@ impl RedisStore {
     pub fn from_connection(conn: RedisConnection) -> Self {
         Self {
             conn,
-            namespace: Arc::from(encode("palisade:rl").as_str()),
+            namespace: Arc::from("palisade:rl"),
             timeout: None,
             clock: None,
             shared: Arc::new(ArcSwapOption::empty()),
         }
     }
 
-    /// Prefix every key with `prefix` (default `palisade:rl`, percent-encoded like the rest
-    /// of the key), to keep several applications apart on one Redis.
+    /// Prefix every key with `prefix` (default `palisade:rl`), to keep several applications
+    /// apart on one Redis. The prefix is written as given, only `{` and `}` encoded (`%7B`,
+    /// `%7D`) so that it never moves the hash tag, as in every palisade crate.
+    ///
+    /// Builds before this rule percent-encoded the whole prefix (`palisade%3Arl`); to keep
+    /// counting on keys they wrote through a rolling upgrade, pass `"palisade%3Arl"`.
     #[must_use]
     pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.namespace = Arc::from(encode(prefix).as_str());
+        self.namespace = Arc::from(prefix.replace('{', "%7B").replace('}', "%7D"));
         self
     }
 
@@ -427,14 +433,8 @@ fn redis_error(e: redis::RedisError) -> Error {
     Error::backend(e, transient)
 }
 
-/// Percent-encode everything but `A-Z a-z 0-9 - _ . @`: injective, and the result never
-/// contains `{`, `}` or `:`.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    encode_into(&mut out, s);
-    out
-}
-
+/// Percent-encode everything but `A-Z a-z 0-9 - _ . @` onto `out`: injective, and what it
+/// writes never contains `{`, `}` or `:`.
 fn encode_into(out: &mut String, s: &str) {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@') {
@@ -534,9 +534,41 @@ mod tests {
         ];
         let mut seen = std::collections::HashSet::new();
         for s in samples {
-            let e = encode(s);
+            let mut e = String::new();
+            encode_into(&mut e, s);
             assert!(!e.contains(['{', '}', ':']), "{e}");
             assert!(seen.insert(e), "collision for {s:?}");
         }
+    }
+
+    fn store() -> RedisStore {
+        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1")
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
+        RedisStore::new(pool)
+    }
+
+    /// `redis-cli --scan --pattern 'palisade:rl*'` must find the keys: the prefix is written
+    /// as given, only braces (which would move the hash tag) encoded.
+    #[test]
+    fn prefix_is_written_literally() {
+        let policy =
+            Policy::single("api", crate::Algorithm::Gcra, crate::Quota::per_second(1)).unwrap();
+        let keys = store().keys_for("tenant:7", &policy);
+        assert!(
+            keys[0].starts_with("palisade:rl:{api:tenant%3A7}:"),
+            "{}",
+            keys[0]
+        );
+        let keys = store().with_prefix("app:{x}:rl").keys_for("k", &policy);
+        assert!(
+            keys[0].starts_with("app:%7Bx%7D:rl:{api:k}:"),
+            "{}",
+            keys[0]
+        );
+        // The percent-encoded prefix of earlier releases can still be named, to keep counting
+        // on the old keys through a rolling upgrade.
+        let keys = store().with_prefix("palisade%3Arl").keys_for("k", &policy);
+        assert!(keys[0].starts_with("palisade%3Arl:{api:k}:"), "{}", keys[0]);
     }
 }

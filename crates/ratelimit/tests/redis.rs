@@ -222,7 +222,8 @@ async fn keys_are_tagged_encoded_and_expire() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let pattern = format!("{}*", redis.prefix().as_str().replace(':', "%3A"));
+    // The prefix is written as given: what an operator types in `redis-cli --scan`.
+    let pattern = format!("{}*", redis.prefix().as_str());
     let found: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)
         .query_async(&mut conn)
