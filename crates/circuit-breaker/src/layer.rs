@@ -2,7 +2,8 @@
 //!
 //! Rejected requests never reach the inner service and fail at once with
 //! [`Error::Rejected`] carrying the retry-after; [`rejection_response`] turns that into a
-//! `503 Service Unavailable` with a `Retry-After` header for HTTP services. Which responses
+//! `503 Service Unavailable` with a `Retry-After` header and a problem+json body for HTTP
+//! services. Which responses
 //! count as failures is decided by a [`ResponseClassifier`]; [`ServerErrorClassifier`] (the
 //! default) counts `5xx` responses and inner errors.
 //!
@@ -169,20 +170,44 @@ where
 }
 
 /// For a rejection, a `503 Service Unavailable` response with a `Retry-After` header (whole
-/// seconds, rounded up); `None` for any other error.
-pub fn rejection_response<B: Default, E>(error: &Error<E>) -> Option<http::Response<B>> {
-    let retry_after = error.retry_after()?;
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let mut res = http::Response::new(B::default());
+/// seconds, rounded up) and an RFC 9457 `application/problem+json` body of the shape every
+/// palisade HTTP rejection shares (the rate limiter's 429, the key layer's 401/403):
+///
+/// ```json
+/// {"type": "about:blank", "title": "Service Unavailable", "status": 503,
+///  "detail": "The service is unavailable; retry in 7 s.", "code": "circuit_open",
+///  "state": "open", "retry_after": 7}
+/// ```
+///
+/// `state` is the breaker's [`State::as_str`](crate::State::as_str) (`open`, `half_open`,
+/// `forced_open`). `None` for any other error: a timeout or the call's own error is the
+/// service's to map (often `502`/`504`). The body names no breaker, so nothing about the
+/// upstream leaks to the client.
+pub fn rejection_response<B: From<String>, E>(error: &Error<E>) -> Option<http::Response<B>> {
+    let Error::Rejected { state, retry_after } = error else {
+        return None;
+    };
+    let secs = retry_after_secs(*retry_after);
+    let state = state.as_str();
+    // Every member is a fixed word or a number: no escaping needed.
+    let body = format!(
+        r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"The service is unavailable; retry in {secs} s.","code":"circuit_open","state":"{state}","retry_after":{secs}}}"#
+    );
+    let mut res = http::Response::new(B::from(body));
     *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    res.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
     res.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(secs.max(1)),
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
     );
     Some(res)
 }
 
 /// `Retry-After` in whole seconds (rounded up, at least 1) for `d`.
 pub fn retry_after_secs(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+    // Saturating: a breaker's retry-after comes from its configuration or from Redis.
+    d.as_secs()
+        .saturating_add(u64::from(d.subsec_nanos() > 0))
+        .max(1)
 }

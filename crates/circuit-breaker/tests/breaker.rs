@@ -553,8 +553,18 @@ mod tower_layer {
             4,
             "the rejected request never reached the service"
         );
-        let res: http::Response<()> = rejection_response(&err).unwrap();
+        let res: http::Response<String> = rejection_response(&err).unwrap();
         assert_eq!(res.status(), 503);
         assert_eq!(res.headers()["retry-after"], "7");
+        // The same problem+json shape as the rate limiter's 429 and the key layer's 401/403.
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = serde_json::from_str(res.body()).unwrap();
+        assert_eq!(body["type"], "about:blank");
+        assert_eq!(body["title"], "Service Unavailable");
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["code"], "circuit_open");
+        assert_eq!(body["state"], "open");
+        assert_eq!(body["retry_after"], 7);
+        assert_eq!(body["detail"], "The service is unavailable; retry in 7 s.");
     }
 }

@@ -39,6 +39,19 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use deadpool_redis;
 
+/// The `redis` crate the Redis backends speak (the one `deadpool_redis` re-exports), for
+/// the few public signatures that name its types (`ratelimit::RedisConnection::Multiplexed`,
+/// TLS clients built with `redis::Client::build_with_tls`) and for reading what the backends
+/// wrote: `palisade::redis::cmd("SCAN")`.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use deadpool_redis::redis;
+
+/// The attribute every backend trait is declared with (`ratelimit::Store`,
+/// `circuit_breaker::Store`, `semantic_cache::Store`, …): put `#[palisade::async_trait]` on
+/// an `impl` of one of them to write a store of your own.
+pub use async_trait::async_trait;
+
 // -- ratelimit --
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
@@ -74,3 +87,39 @@ pub use palisade_apikey as apikey;
 #[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 #[doc(inline)]
 pub use palisade_migrate as migrate;
+
+/// The README and every guide in `docs/`, compiled as doc tests (`cargo test --doc`) so a
+/// snippet that drifts from the API fails CI. Only seen by rustdoc's test collection.
+#[cfg(all(
+    doctest,
+    feature = "redis",
+    feature = "tower",
+    feature = "ratelimit",
+    feature = "circuit-breaker",
+    feature = "semantic-cache",
+    feature = "secret-store",
+    feature = "apikey",
+    feature = "migrate"
+))]
+pub mod guides {
+    #[doc = include_str!("../../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../../docs/architecture.md")]
+    pub struct Architecture;
+    #[doc = include_str!("../../../docs/ratelimit.md")]
+    pub struct RateLimit;
+    #[doc = include_str!("../../../docs/circuit-breaker.md")]
+    pub struct CircuitBreaker;
+    #[doc = include_str!("../../../docs/semantic-cache.md")]
+    pub struct SemanticCache;
+    #[doc = include_str!("../../../docs/apikey.md")]
+    pub struct ApiKey;
+    #[doc = include_str!("../../../docs/secret-store.md")]
+    pub struct SecretStore;
+    #[doc = include_str!("../../../docs/migrate.md")]
+    pub struct Migrate;
+    #[doc = include_str!("../../../docs/benchmarks.md")]
+    pub struct Benchmarks;
+    #[doc = include_str!("../../../docs/seed-systems.md")]
+    pub struct SeedSystems;
+}

@@ -160,8 +160,10 @@ where
     }
 }
 
-/// The `429` response for a denial: rate-limit headers, `Retry-After` and an
-/// `application/problem+json` body.
+/// The `429` response for a denial: rate-limit headers, `Retry-After` and an RFC 9457
+/// `application/problem+json` body of the shape every palisade HTTP rejection shares (the
+/// breaker's 503, the key layer's 401/403): `type`, `title`, `status`, `detail`, `code`
+/// (`rate_limited`), plus `policy` and `retry_after` (whole seconds, or `null`).
 pub fn too_many_requests<B: From<String>>(decision: &Decision, style: HeaderStyle) -> Response<B> {
     let retry = decision.retry_after.map(headers::ceil_secs);
     let detail = match retry {
@@ -179,6 +181,7 @@ pub fn too_many_requests<B: From<String>>(decision: &Decision, style: HeaderStyl
         "title": "Too Many Requests",
         "status": 429,
         "detail": detail,
+        "code": "rate_limited",
         "policy": decision.policy.name(),
         "retry_after": retry,
     });

@@ -313,6 +313,7 @@ async fn axum_answers_429_with_headers_and_problem_json() {
     assert_eq!(body["title"], "Too Many Requests");
     assert_eq!(body["policy"], "free-ai");
     assert_eq!(body["retry_after"], 60);
+    assert_eq!(body["code"], "rate_limited");
 
     // Exempt routes are untouched.
     let health = app

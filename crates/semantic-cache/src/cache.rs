@@ -14,7 +14,7 @@ use crate::calibration::{Calibrations, FeedbackConfig, Recorded};
 use crate::clock::{Clock, SystemClock};
 use crate::embed::{Embedder, HashingEmbedder, check_vector};
 use crate::entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
-use crate::error::{BoxError, Error, Result};
+use crate::error::{BoxError, ComputeError, Error, Result};
 use crate::fallback::Fallback;
 use crate::guard::{self, GuardConfig, PromptFeatures};
 use crate::key::{
@@ -989,13 +989,94 @@ impl SemanticCache {
     ///
     /// # Errors
     /// [`Error::Provider`] with `compute`'s error, and everything [`lookup`](Self::lookup)
-    /// and [`insert`](Self::insert) return.
+    /// and [`insert`](Self::insert) return. [`try_get_or_compute`](Self::try_get_or_compute)
+    /// keeps `compute`'s error typed instead.
     #[tracing::instrument(name = "semantic_cache.get_or_compute", level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
     pub async fn get_or_compute<F, Fut, E>(&self, key: &CacheKey, compute: F) -> Result<Served>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Computed, E>>,
         E: Into<BoxError>,
+    {
+        self.serve_or_compute(key, || async {
+            compute().await.map_err(|e| Error::Provider(e.into()))
+        })
+        .await
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) that hands `compute`'s error back as it
+    /// was, in [`ComputeError::Compute`], and the cache's own in [`ComputeError::Cache`]:
+    /// the way to run a call through a circuit breaker (or any guard with a typed error)
+    /// inside the computation and still tell its rejection from the provider's failure.
+    /// Same cost and single-flight as `get_or_compute`.
+    ///
+    /// ```
+    /// use palisade_semantic_cache::{CacheKey, ComputeError, Computed, SemanticCache, Usage};
+    ///
+    /// #[derive(Debug)]
+    /// struct Busy; // a typed error of the computation, e.g. a circuit breaker's rejection
+    /// # impl std::fmt::Display for Busy {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("busy") }
+    /// # }
+    /// # impl std::error::Error for Busy {}
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = SemanticCache::in_memory();
+    /// let key = CacheKey::new("acme", "support", "gpt-4o-mini", "How do I reset my password?")?;
+    /// let served = cache
+    ///     .try_get_or_compute(&key, || async { Err::<Computed, _>(Busy) })
+    ///     .await;
+    /// assert!(matches!(served, Err(ComputeError::Compute(Busy))));
+    ///
+    /// let served = cache
+    ///     .try_get_or_compute(&key, || async {
+    ///         Ok::<_, Busy>(Computed::new("Use the reset link.", Usage::default()))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(served.entry.response_text(), Some("Use the reset link."));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ComputeError::Compute`] with `compute`'s error (nothing is cached), and
+    /// [`ComputeError::Cache`] with everything [`lookup`](Self::lookup) and
+    /// [`insert`](Self::insert) return.
+    #[tracing::instrument(name = "semantic_cache.get_or_compute", level = "debug", skip_all, fields(tenant = %key.partition().tenant, namespace = %key.partition().namespace))]
+    pub async fn try_get_or_compute<F, Fut, E>(
+        &self,
+        key: &CacheKey,
+        compute: F,
+    ) -> Result<Served, ComputeError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Computed, E>>,
+        E: Send,
+    {
+        // The typed error waits here while the single-flight machinery carries a marker.
+        let failed: Mutex<Option<E>> = Mutex::new(None);
+        let served = self
+            .serve_or_compute(key, || async {
+                compute().await.map_err(|e| {
+                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    Error::Provider("the computation failed".into())
+                })
+            })
+            .await;
+        match served {
+            Ok(served) => Ok(served),
+            Err(error) => Err(
+                match failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
+                    Some(e) => ComputeError::Compute(e),
+                    None => ComputeError::Cache(error),
+                },
+            ),
+        }
+    }
+
+    async fn serve_or_compute<F, Fut>(&self, key: &CacheKey, compute: F) -> Result<Served>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Computed>>,
     {
         let prepared = self.prepare(key)?;
         let (lookup, vector) = self.lookup_prepared(&prepared).await?;
@@ -1018,7 +1099,7 @@ impl SemanticCache {
                 self.inner
                     .stats
                     .compute(&prepared.key.partition().namespace);
-                let computed = compute().await.map_err(|e| Error::Provider(e.into()))?;
+                let computed = compute().await?;
                 Ok::<_, Error>(self.keep_computed(&prepared, computed, vector).await)
             })
             .await?;

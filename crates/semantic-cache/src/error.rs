@@ -1,6 +1,7 @@
 //! The crate's one error type.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::time::Duration;
 
 /// A boxed error from a backend, an embedder or a provider.
@@ -122,5 +123,65 @@ impl Error {
 impl From<serde_json::Error> for Error {
     fn from(err: serde_json::Error) -> Self {
         Self::Serialization(err)
+    }
+}
+
+/// The error of [`SemanticCache::try_get_or_compute`](crate::SemanticCache::try_get_or_compute):
+/// the computation's own error, typed, or the cache's.
+///
+/// [`get_or_compute`](crate::SemanticCache::get_or_compute) boxes a failed computation in
+/// [`Error::Provider`]; this keeps it as it was, so a circuit breaker's rejection inside the
+/// computation can be matched (`ComputeError::Compute(circuit_breaker::Error::Rejected { .. })`)
+/// without a downcast.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ComputeError<E> {
+    /// The computation failed; nothing was cached.
+    Compute(E),
+    /// The cache failed before or around the computation: bad input (the prompt, an
+    /// identifier), the embedder, or a backend error the [`FailureMode`](crate::FailureMode)
+    /// returns.
+    Cache(Error),
+}
+
+impl<E> ComputeError<E> {
+    /// The computation's error, if it was the computation that failed.
+    pub fn compute(&self) -> Option<&E> {
+        match self {
+            Self::Compute(e) => Some(e),
+            Self::Cache(_) => None,
+        }
+    }
+
+    /// The cache's error, if it was the cache that failed.
+    pub fn cache(&self) -> Option<&Error> {
+        match self {
+            Self::Compute(_) => None,
+            Self::Cache(e) => Some(e),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for ComputeError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Compute(e) => write!(f, "the computation failed: {e}"),
+            Self::Cache(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for ComputeError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Compute(e) => Some(e),
+            Self::Cache(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Error> for ComputeError<E> {
+    fn from(e: Error) -> Self {
+        Self::Cache(e)
     }
 }

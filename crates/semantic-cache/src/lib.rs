@@ -89,7 +89,7 @@ pub use calibration::FeedbackConfig;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use embed::{Embedder, HashingConfig, HashingEmbedder, check_vector, normalize};
 pub use entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, ComputeError, Error, Result};
 #[allow(deprecated)]
 pub use fallback::{FallbackStore, MAX_PENDING_INVALIDATIONS};
 pub use guard::{GuardConfig, VetoReason};
@@ -99,8 +99,8 @@ pub use key::{
 };
 pub use memory::{MemoryConfig, MemoryStore};
 pub use provider::{
-    CachedCompletion, CachedProvider, CallGuard, Completion, CompletionRequest, LlmProvider,
-    Message, Pricing, ProviderEmbedder,
+    BoxFuture, CachedCompletion, CachedProvider, CallGuard, Completion, CompletionRequest,
+    LlmProvider, Message, Pricing, ProviderEmbedder,
 };
 pub use stats::{SIMILARITY_BUCKETS, StatsSnapshot, names};
 pub use store::{Invalidation, PartitionUsage, SearchQuery, Store};

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
+/// The boxed future a [`CallGuard`] takes and returns (`futures`' own), re-exported so that
+/// a guard can be written without depending on `futures`.
+pub use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{Computed, SemanticCache, Source};
@@ -122,9 +124,7 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
 /// `Fn(BoxFuture) -> BoxFuture` closure is a `CallGuard`.
 ///
 /// ```
-/// use palisade_semantic_cache::{CallGuard, Completion};
-/// use palisade_semantic_cache::BoxError;
-/// use futures::future::BoxFuture;
+/// use palisade_semantic_cache::{BoxError, BoxFuture, CallGuard, Completion};
 /// // A guard that refuses every call, as an open circuit breaker would.
 /// let open = |_call: BoxFuture<'static, Result<Completion, BoxError>>| -> BoxFuture<'static, Result<Completion, BoxError>> {
 ///     Box::pin(async { Err::<Completion, BoxError>("circuit open".into()) })
