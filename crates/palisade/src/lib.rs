@@ -118,8 +118,6 @@ pub mod guides {
     pub struct SecretStore;
     #[doc = include_str!("../../../docs/migrate.md")]
     pub struct Migrate;
-    #[doc = include_str!("../../../docs/benchmarks.md")]
-    pub struct Benchmarks;
-    #[doc = include_str!("../../../docs/seed-systems.md")]
-    pub struct SeedSystems;
+    // Not docs/benchmarks.md nor docs/seed-systems.md: no Rust in them, only shell commands,
+    // output and tables (a fence without a language would be compiled as Rust).
 }
