@@ -9,8 +9,9 @@
 //!     target/release/examples/callgrind_driver allow gcra 1 100000
 //! ```
 //! Operations: `allow` (`MemoryStore::allow_sync`, text keys), `allow_ids` (integer ids),
-//! `acquire` (`acquire_sync`, the full `Decision`), `limiter` (`RateLimiter::acquire` on a
-//! current-thread runtime), `governor` (governor's `check_key`, `usize` keys).
+//! `acquire` (`acquire_sync`, the full `Decision`, text keys), `acquire_ids` (the same with
+//! integer ids), `limiter` (`RateLimiter::acquire` on a current-thread runtime), `governor`
+//! (governor's `check_key`, `usize` keys), `governor_text` (governor keyed by `String`).
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -46,12 +47,17 @@ fn main() {
                 }
             }
         }
-        "allow_ids" => {
+        "allow_ids" | "acquire_ids" => {
             for id in 0..keys as u64 {
                 store.allow_sync(id, &policy, 1);
             }
             for i in 0..iters {
-                black_box(store.allow_sync((i % keys) as u64, &policy, 1));
+                let id = (i % keys) as u64;
+                if op == "allow_ids" {
+                    black_box(store.allow_sync(id, &policy, 1));
+                } else {
+                    black_box(store.acquire_sync(id, &policy, 1));
+                }
             }
         }
         "limiter" => {
@@ -77,6 +83,17 @@ fn main() {
             }
             for i in 0..iters {
                 let _ = black_box(gov.check_key(&(i % keys)));
+            }
+        }
+        "governor_text" => {
+            let gov = governor::RateLimiter::keyed(governor::Quota::per_hour(
+                NonZeroU32::new(1_000_000_000).unwrap(),
+            ));
+            for k in &names {
+                let _ = gov.check_key(k);
+            }
+            for i in 0..iters {
+                let _ = black_box(gov.check_key(&names[i % keys]));
             }
         }
         other => panic!("unknown operation {other}"),

@@ -59,6 +59,20 @@ pub struct QuotaDecision {
     pub retry_after: Option<Duration>,
 }
 
+impl QuotaDecision {
+    #[inline]
+    fn of(q: &crate::quota::NamedQuota, v: &Verdict) -> Self {
+        Self {
+            limit: q.quota.limit(),
+            period: q.quota.period(),
+            remaining: v.remaining,
+            reset: Duration::from_micros(v.reset),
+            allowed: v.allowed,
+            retry_after: v.retry_after.map(Duration::from_micros),
+        }
+    }
+}
+
 /// Every quota's [`QuotaDecision`], in policy order; a slice (`decision.quotas[0]`,
 /// `.iter()`, `.len()`). A single quota is held inline, so the decision of a one-quota
 /// policy allocates nothing; several take one allocation.
@@ -117,14 +131,7 @@ impl Decision {
         verdicts: &[Verdict],
         source: DecisionSource,
     ) -> Self {
-        let quota = |(q, v): (&crate::quota::NamedQuota, &Verdict)| QuotaDecision {
-            limit: q.quota.limit(),
-            period: q.quota.period(),
-            remaining: v.remaining,
-            reset: Duration::from_micros(v.reset),
-            allowed: v.allowed,
-            retry_after: v.retry_after.map(Duration::from_micros),
-        };
+        let quota = |(q, v): (&crate::quota::NamedQuota, &Verdict)| QuotaDecision::of(q, v);
         let mut pairs = policy.quotas().iter().zip(verdicts);
         let quotas = match (pairs.len(), pairs.next()) {
             (_, None) => Repr::None,
@@ -150,6 +157,35 @@ impl Decision {
             allowed,
             policy: policy.clone(),
             quotas,
+            retry_after,
+            from_fallback: matches!(
+                source,
+                DecisionSource::Fallback | DecisionSource::FailOpen | DecisionSource::FailClosed
+            ),
+            source,
+        }
+    }
+
+    /// The decision of a single-quota policy from its quota's verdict: what
+    /// [`from_verdicts`](Self::from_verdicts) builds from `&[*verdict]`, without walking a
+    /// list (the memory store's hot path).
+    #[inline]
+    pub(crate) fn from_verdict(policy: &Policy, verdict: &Verdict, source: DecisionSource) -> Self {
+        let Some(q) = policy.quotas().first() else {
+            return Self::from_verdicts(policy, verdict.allowed, &[], source);
+        };
+        debug_assert_eq!(policy.quotas().len(), 1, "a single-quota policy");
+        let quota = QuotaDecision::of(q, verdict);
+        // One quota: the decision's wait is its wait (`None` when it never passes).
+        let retry_after = if verdict.allowed {
+            None
+        } else {
+            quota.retry_after
+        };
+        Self {
+            allowed: verdict.allowed,
+            policy: policy.clone(),
+            quotas: Quotas(Repr::One(quota)),
             retry_after,
             from_fallback: matches!(
                 source,

@@ -18,6 +18,7 @@ impl Machine for Gcra {
         Self { tat: 0 }
     }
 
+    #[inline]
     fn check(&self, q: &Params, now: u64, cost: u64) -> Verdict {
         let now = now.min(MAX_MICROS);
         let t = q.interval;
@@ -39,6 +40,17 @@ impl Machine for Gcra {
                 retry_after: (cost <= q.burst).then(|| new_tat - tau - now),
             }
         }
+    }
+
+    /// `check` and `take` in one pass: the arrival time is computed once.
+    #[inline]
+    fn decide(&mut self, q: &Params, now: u64, cost: u64) -> Verdict {
+        let v = self.check(q, now, cost);
+        if v.allowed {
+            // `check` admitted: the new arrival time is `now` plus the reset it reported.
+            self.tat = now.min(MAX_MICROS) + v.reset;
+        }
+        v
     }
 
     #[inline(always)]

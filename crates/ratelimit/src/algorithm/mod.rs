@@ -98,6 +98,18 @@ pub(crate) trait Machine: Clone + fmt::Debug + PartialEq {
     /// Check and, when admitted, apply: the whole decision of a single quota, and what a
     /// policy of several applies to each once all have admitted. A denial changes nothing.
     fn take(&mut self, q: &Params, now: u64, cost: u64) -> bool;
+    /// `check`, then `take` when admitted: the verdict of a single quota's decision with
+    /// the request applied. An algorithm may do it in one pass (GCRA does), as long as the
+    /// verdict and the new state are those of `check` and `take`.
+    #[inline]
+    fn decide(&mut self, q: &Params, now: u64, cost: u64) -> Verdict {
+        let v = self.check(q, now, cost);
+        if v.allowed {
+            let taken = self.take(q, now, cost);
+            debug_assert!(taken, "check admitted the request");
+        }
+        v
+    }
     /// Give back up to `cost` units (never beyond the capacity, never below zero).
     fn refund(&mut self, q: &Params, now: u64, cost: u64);
     /// When the state turns equivalent to a fresh one if no request comes (every decision,

@@ -74,13 +74,10 @@ pub(super) struct Decide<'p> {
 
 impl Op for Decide<'_> {
     type Out = Decision;
+    #[inline]
     fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
-        let v = m.check(q, self.now, self.cost);
-        if v.allowed {
-            let taken = m.take(q, self.now, self.cost);
-            debug_assert!(taken, "check admitted the request");
-        }
-        Decision::from_verdicts(self.policy, v.allowed, &[v], DecisionSource::Store)
+        let v = m.decide(q, self.now, self.cost);
+        Decision::from_verdict(self.policy, &v, DecisionSource::Store)
     }
     fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
         let mut out = [Verdict::NONE; MAX_QUOTAS];
