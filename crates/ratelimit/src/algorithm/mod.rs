@@ -418,6 +418,33 @@ mod tests {
     }
 
     proptest! {
+        /// GCRA's one-pass `decide` gives `check`'s verdict and leaves `take`'s state,
+        /// request after request (what the default check-then-take does).
+        #[test]
+        fn gcra_decide_is_check_then_take(
+            q in quota(),
+            steps in prop::collection::vec(
+                (prop_oneof![Just(0u64), 0u64..50_000, 0u64..2_000_000], 0u64..25),
+                1..80,
+            ),
+        ) {
+            let policy = Policy::single("p", Algorithm::Gcra, q).unwrap();
+            let params = &policy.params()[0];
+            let (mut one_pass, mut two_pass) = (Gcra::fresh(params, T0), Gcra::fresh(params, T0));
+            let mut now = T0;
+            for (dt, cost) in steps {
+                now += dt;
+                let expected = two_pass.check(params, now, cost);
+                if expected.allowed {
+                    prop_assert!(two_pass.take(params, now, cost));
+                }
+                prop_assert_eq!(one_pass.decide(params, now, cost), expected);
+                prop_assert_eq!(one_pass, two_pass);
+            }
+        }
+    }
+
+    proptest! {
         /// From its expiry time on, a key's states answer every request, peek and refund
         /// exactly as fresh states do (what lets the memory store drop it then).
         #[test]
