@@ -252,18 +252,6 @@ pub fn secrets() -> Result<Secrets, BoxError> {
         .build()?)
 }
 
-async fn secret(secrets: &Secrets, name: &str) -> Result<SecretString, BoxError> {
-    let secret = secrets.get(name).await?;
-    if secret.provider() == "demo" {
-        tracing::warn!(
-            secret = name,
-            "using the demo value; set APP_{} in production",
-            name.to_ascii_uppercase().replace(['/', '-'], "_")
-        );
-    }
-    Ok(SecretString::from(secret.expose_secret().to_owned()))
-}
-
 // -- the app --------------------------------------------------------------------------------
 
 /// What `build` returns: the router and what a test pokes at.
@@ -324,11 +312,12 @@ async fn build_inner(
 ) -> Result<App, BoxError> {
     let metrics = support::telemetry::metrics();
     let key = BackupKey::from_hex(
-        secret(&secrets, "migrations/backup-key")
+        support::secrets::get_warning_on_demo(&secrets, "migrations/backup-key")
             .await?
             .expose_secret(),
     )?;
-    let admin_token = secret(&secrets, "migrations/admin-token").await?;
+    let admin_token =
+        support::secrets::get_warning_on_demo(&secrets, "migrations/admin-token").await?;
     let vault = BackupVault::new(&settings.backup_dir, key);
     let set = migrations(settings.target, settings.release, settings.inject_failure)?;
     let release = settings.release;

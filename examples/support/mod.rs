@@ -9,5 +9,6 @@
 
 pub mod health;
 pub mod http;
+pub mod secrets;
 pub mod settings;
 pub mod telemetry;

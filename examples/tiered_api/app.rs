@@ -211,18 +211,6 @@ pub fn secrets() -> Result<Secrets, BoxError> {
         .build()?)
 }
 
-async fn secret(secrets: &Secrets, name: &str) -> Result<SecretString, BoxError> {
-    let secret = secrets.get(name).await?;
-    if secret.provider() == "demo" {
-        tracing::warn!(
-            secret = name,
-            "using the demo value; set APP_{} in production",
-            name.to_ascii_uppercase().replace(['/', '-'], "_")
-        );
-    }
-    Ok(SecretString::from(secret.expose_secret().to_owned()))
-}
-
 // -- the app --------------------------------------------------------------------------------
 
 /// What `build` returns: the router and what a test pokes at.
@@ -331,13 +319,14 @@ pub async fn build_with(
             return Err(format!("tier {tier} is used but not configured under [tiers]").into());
         }
     }
-    let key = secret(&secrets, "tiered-api/token-key-v1").await?;
+    let key = support::secrets::get_warning_on_demo(&secrets, "tiered-api/token-key-v1").await?;
     let tokens = Tokens::new(
         Peppers::new(Pepper::new(1, key.expose_secret().as_bytes())?),
         settings.token_issuer.clone(),
     )?
     .with_lifetime(settings.token_lifetime);
-    let admin_token = secret(&secrets, "tiered-api/admin-token").await?;
+    let admin_token =
+        support::secrets::get_warning_on_demo(&secrets, "tiered-api/admin-token").await?;
 
     let context_policy = NamespacePolicy::exact_only(settings.context_ttl);
     let (limiter, cache, backend) = match &settings.redis_url {
