@@ -62,6 +62,25 @@ pub struct LeaseRequest {
     /// request, so that the last units of a window are decided by the store one request
     /// at a time. Default 100 (10 %).
     pub max_share_permille: u32,
+    /// Who leases (a [`LeasedStore`](crate::LeasedStore)'s id; 0, the default, for nobody
+    /// in particular): a store that keeps a ledger of the leases outstanding (Redis)
+    /// records what this owner holds after the call, and reclaims it once the record's TTL
+    /// (the lease's lifetime plus `grace`) has passed without the owner giving it back.
+    pub owner: u64,
+    /// Units the owner holds besides `held` and does not offer towards the cost (a call
+    /// that only leases reports its allowance this way).
+    pub kept: u64,
+    /// Store time the oldest of the `kept` units was granted at.
+    pub kept_at: u64,
+    /// Nonzero: `held` and `kept` are everything the owner holds (no other call of its for
+    /// the key is in flight), and this number, larger than any the owner sent before, lets
+    /// the ledger replace its record with them (unless a later report landed first) and
+    /// tell which give-backs the record already left out. 0: the ledger adjusts the
+    /// record by what this call took and granted.
+    pub report: u64,
+    /// How long after a lease's lifetime a ledger waits before it reclaims what the owner
+    /// did not give back: the owner's own give-back must land first.
+    pub grace: Duration,
 }
 
 impl LeaseRequest {
@@ -74,6 +93,11 @@ impl LeaseRequest {
             want: 0,
             lifetime: Duration::ZERO,
             max_share_permille: 100,
+            owner: 0,
+            kept: 0,
+            kept_at: 0,
+            report: 0,
+            grace: Duration::ZERO,
         }
     }
 
@@ -97,6 +121,72 @@ impl LeaseRequest {
     #[must_use]
     pub const fn max_share_permille(mut self, permille: u32) -> Self {
         self.max_share_permille = permille;
+        self
+    }
+
+    /// Lease as `owner`, to be reclaimed `grace` after a lease's lifetime unless given
+    /// back (see [`owner`](Self::owner)).
+    #[must_use]
+    pub const fn owner(mut self, owner: u64, grace: Duration) -> Self {
+        self.owner = owner;
+        self.grace = grace;
+        self
+    }
+
+    /// Report `units` held since store time `granted_at` that are not offered.
+    #[must_use]
+    pub const fn kept(mut self, units: u64, granted_at: u64) -> Self {
+        self.kept = units;
+        self.kept_at = granted_at;
+        self
+    }
+
+    /// See [`report`](Self::report).
+    #[must_use]
+    pub const fn report(mut self, report: u64) -> Self {
+        self.report = report;
+        self
+    }
+}
+
+/// Units of a lease an instance gives back ([`Store::release_for`](crate::Store::release_for)).
+///
+/// ```
+/// use palisade_ratelimit::LeaseReturn;
+///
+/// let r = LeaseReturn::new(40, 1_700_000_000_000_000).owner(7, 3);
+/// assert_eq!((r.units, r.owner, r.reported), (40, 7, 3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseReturn {
+    /// Units never spent.
+    pub units: u64,
+    /// Store time (µs) the lease was granted at.
+    pub granted_at: u64,
+    /// The owner that leased them (0: none, as [`Store::release`](crate::Store::release)).
+    pub owner: u64,
+    /// The owner's last [`LeaseRequest::report`] sent before these units left its hands:
+    /// a ledger record written by a later report already left them out.
+    pub reported: u64,
+}
+
+impl LeaseReturn {
+    /// `units` of a lease granted at store time `granted_at`, of no owner.
+    pub const fn new(units: u64, granted_at: u64) -> Self {
+        Self {
+            units,
+            granted_at,
+            owner: 0,
+            reported: 0,
+        }
+    }
+
+    /// Given back by `owner`, whose last report before was `reported`.
+    #[must_use]
+    pub const fn owner(mut self, owner: u64, reported: u64) -> Self {
+        self.owner = owner;
+        self.reported = reported;
         self
     }
 }
@@ -395,6 +485,8 @@ pub(crate) struct Held {
     pub(crate) expires: u64,
     /// Store time of the grant.
     pub(crate) granted_at: u64,
+    /// The book's last report when the units left it (0 while held).
+    pub(crate) reported: u64,
 }
 
 /// How an instance leases one policy: fixed when its book is made.
@@ -407,7 +499,13 @@ pub(crate) struct Plan {
     pub(crate) max_denial: u64,
     /// Whether to lease again ahead of need, in the background.
     pub(crate) prefetch: bool,
+    /// The instance's ledger id (0: no record, nothing reclaimed) and the grace, µs.
+    pub(crate) owner: u64,
+    pub(crate) grace: u64,
 }
+
+/// Report numbers: one counter for the process, so every owner's only grow.
+static REPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A lease call an instance makes: what it asks, and the units it set aside for it.
 #[derive(Debug)]
@@ -483,6 +581,8 @@ pub(crate) struct Book {
     pub(crate) last_used: u64,
     /// No lease is asked in the background before this (after a failure or an empty grant).
     pub(crate) quiet_until: u64,
+    /// The number of the last report this book sent.
+    reported: u64,
 }
 
 impl Book {
@@ -498,6 +598,7 @@ impl Book {
             figures: Vec::new(),
             last_used: now,
             quiet_until: 0,
+            reported: 0,
         }
     }
 
@@ -511,7 +612,10 @@ impl Book {
         self.held.retain(|h| {
             if h.expires <= now {
                 if h.units > 0 {
-                    ended(*h);
+                    ended(Held {
+                        reported: self.reported,
+                        ..*h
+                    });
                 }
                 false
             } else {
@@ -628,13 +732,16 @@ impl Book {
         reserved.extend(ended);
         let held: u64 = reserved.iter().map(|h| h.units).sum();
         let held_at = reserved.iter().map(|h| h.granted_at).min().unwrap_or(0);
+        let report = self.next_report(plan, false);
         self.leasing |= wanted;
         self.in_flight += 1;
         Call {
             request: LeaseRequest::new(cost)
                 .held(held, held_at)
                 .want(want, Duration::from_micros(plan.lifetime))
-                .max_share_permille(plan.share_permille),
+                .max_share_permille(plan.share_permille)
+                .owner(plan.owner, Duration::from_micros(plan.grace))
+                .report(report),
             reserved,
             sent: now,
             wanted,
@@ -665,12 +772,21 @@ impl Book {
             return None;
         }
         let want = self.want(now, plan.lifetime, 0);
+        let report = self.next_report(plan, true);
         self.leasing = true;
         self.in_flight += 1;
+        // Every unit held is reported (not offered), ended leases not yet given back
+        // included (their give-back takes them off the record): the store's record of this
+        // owner is then what it holds, plus what it spends until its next call.
+        let kept = self.allowance();
+        let kept_at = self.held.iter().map(|h| h.granted_at).min().unwrap_or(0);
         Some(Call {
             request: LeaseRequest::new(0)
                 .want(want, Duration::from_micros(plan.lifetime))
-                .max_share_permille(plan.share_permille),
+                .max_share_permille(plan.share_permille)
+                .owner(plan.owner, Duration::from_micros(plan.grace))
+                .kept(kept, kept_at)
+                .report(report),
             reserved: Vec::new(),
             sent: now,
             wanted: true,
@@ -738,6 +854,7 @@ impl Book {
                     units: reply.granted,
                     expires: call.sent.saturating_add(reply.lifetime),
                     granted_at: reply.granted_at,
+                    reported: 0,
                 });
             } else if call.wanted && call.request.want > 0 {
                 // Nothing to lease now (the quota is nearly spent): no background calls for
@@ -811,7 +928,25 @@ impl Book {
 
     /// Every unit held, taken out of the book (to give back at shutdown).
     pub(crate) fn take_all(&mut self) -> Vec<Held> {
-        std::mem::take(&mut self.held)
+        let reported = self.reported;
+        let mut all = std::mem::take(&mut self.held);
+        for h in &mut all {
+            h.reported = reported;
+        }
+        all
+    }
+
+    /// The number of the next call's report, when it carries everything the book holds
+    /// that could change the record, else 0. A call that leases is sent only while no other
+    /// lease call is in flight; calls in flight then lease nothing, and the held units they
+    /// carry are left out of the report: the record is then lower than the truth, which
+    /// only reclaims less. A request's call reports when no call at all is in flight.
+    fn next_report(&mut self, plan: &Plan, leasing: bool) -> u64 {
+        if plan.owner == 0 || (self.in_flight > 0 && !leasing) {
+            return 0;
+        }
+        self.reported = REPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.reported
     }
 
     /// Verdicts of an admission from the allowance: what the store had left at its last

@@ -17,7 +17,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
 use crate::lease::{
-    Book, Call, Dropped, Held, Lease, LeaseRequest, Plan, Reply, bucket_lifetime, micros,
+    Book, Call, Dropped, Held, Lease, LeaseRequest, LeaseReturn, Plan, Reply, bucket_lifetime,
+    micros,
 };
 use crate::quota::{Algorithm, MAX_QUOTAS, Policy};
 use crate::store::Store;
@@ -54,10 +55,10 @@ pub struct LeaseConfig {
     /// is never leased.
     #[serde(deserialize_with = "fraction")]
     pub max_overshoot: f64,
-    /// The longest a lease lives (default 1 s). A live instance gives back what it did not
-    /// spend when its lease ends (window algorithms); an instance that dies holds its
-    /// allowance out of use for the rest of the window, and its allowance is sized from its
-    /// own demand over one lease.
+    /// The longest a lease lives (default 1 s), and the grace a ledger gives a live
+    /// instance to give back what it did not spend before it reclaims it (see
+    /// [`reclaim`](Self::reclaim)). An instance's allowance is sized from its own demand
+    /// over one lease.
     #[serde(with = "humantime_serde")]
     pub max_lease: Duration,
     /// A lease takes at most this fraction of what each quota has left (default `0.1`), so
@@ -72,6 +73,17 @@ pub struct LeaseConfig {
     /// (default `true`), so that a request never waits on the store while allowance is left.
     /// `false` leases on the request that finds the allowance short (deterministic tests).
     pub prefetch: bool,
+    /// Have the shared store reclaim what an instance killed with a lease out did not
+    /// spend, once the lease's lifetime plus `max_lease` has passed (default `true`; `false`
+    /// in [`strict`](Self::strict)). A store that keeps a ledger of the leases outstanding
+    /// (Redis) records, at every lease call, what the instance holds; a live instance gives
+    /// its leases back before that TTL, a dead one cannot, and its record is given back
+    /// for it (window algorithms: to the windows still current; buckets: less what they
+    /// refilled since the grant). What the dead instance admitted after its last call for
+    /// the key was not recorded and is given back too: that, at most about one lease, is
+    /// what a crash can over-admit. `false`: a crash never over-admits, and its allowance
+    /// stays counted as spent until its window ends (buckets: for good).
+    pub reclaim: bool,
 }
 
 impl Default for LeaseConfig {
@@ -82,6 +94,7 @@ impl Default for LeaseConfig {
             max_share: 0.1,
             max_keys: 100_000,
             prefetch: true,
+            reclaim: true,
         }
     }
 }
@@ -109,10 +122,12 @@ fn fraction<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Erro
 
 impl LeaseConfig {
     /// No over-admission at all: the bucket algorithms are decided by the shared store, the
-    /// window algorithms are leased (they never over-admit).
+    /// window algorithms are leased (they never over-admit), and nothing is reclaimed from
+    /// an instance that died (a crash strands its allowance until the window ends).
     pub fn strict() -> Self {
         Self {
             max_overshoot: 0.0,
+            reclaim: false,
             ..Self::default()
         }
     }
@@ -149,6 +164,13 @@ impl LeaseConfig {
     #[must_use]
     pub fn prefetch(mut self, prefetch: bool) -> Self {
         self.prefetch = prefetch;
+        self
+    }
+
+    /// See [`reclaim`](Self::reclaim).
+    #[must_use]
+    pub fn reclaim(mut self, reclaim: bool) -> Self {
+        self.reclaim = reclaim;
         self
     }
 
@@ -250,10 +272,17 @@ impl LeaseConfig {
 ///   [`RateLimiter`](crate::RateLimiter)'s [`FailureMode`](crate::FailureMode) decides
 ///   them. Leases are timed by the instance from when it asked (its clock's rate, never its
 ///   reading, matters; Redis decides with its own `TIME`), so clock skew between instances
-///   does not matter. An instance killed with a lease out never gives it back: its units
-///   stay counted as spent (a crash can never over-admit) and the fleet admits up to that
-///   much less until the window ends; a lease is sized from the instance's demand over one
-///   lease lifetime, so that is what a crash can cost.
+///   does not matter. An instance killed with a lease out cannot give it back: the shared
+///   store (Redis) keeps a ledger of what each instance holds, as the instance reported at
+///   its last lease call for the key, and once the lease's TTL (its lifetime plus a grace
+///   of [`max_lease`](LeaseConfig::max_lease) for live instances to give theirs back first)
+///   has passed, the next call for the key gives that back for it
+///   ([`reclaim`](LeaseConfig::reclaim)): window algorithms to the windows still current,
+///   buckets less what they refilled since the grant. What the dead instance admitted
+///   after its last call was not reported and comes back too: that (at most about one
+///   lease, sized from its demand over one lifetime) is what a crash may over-admit. With
+///   `reclaim` off ([`LeaseConfig::strict`]) a crash never over-admits, and its allowance
+///   stays counted as spent until its window ends.
 /// * **Memory**: at most [`max_keys`](LeaseConfig::max_keys) keys hold leases; a background
 ///   task (on the tokio runtime of the first call) gives back ended leases and forgets idle
 ///   keys.
@@ -332,6 +361,7 @@ impl LeasedStoreBuilder {
                 sweeping: AtomicBool::new(false),
                 failing: AtomicBool::new(false),
                 calls: Arc::new(AtomicU64::new(0)),
+                owner: if self.config.reclaim { owner_id() } else { 0 },
             }),
         })
     }
@@ -370,6 +400,21 @@ struct Shared {
     failing: AtomicBool,
     /// Lease and release calls in flight.
     calls: Arc<AtomicU64>,
+    /// This instance's name in the shared store's ledger (0: none, nothing reclaimed).
+    owner: u64,
+}
+
+/// A random, nonzero ledger id: two instances (or two stores of one) never share one.
+fn owner_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: the hasher's random state, the time and the process id.
+        let mut h = foldhash::fast::RandomState::default().build_hasher();
+        h.write_u64(SystemClock.now_micros());
+        h.write_u32(std::process::id());
+        bytes = h.finish().to_le_bytes();
+    }
+    u64::from_le_bytes(bytes).max(1)
 }
 
 /// One call in flight, counted in [`Shared::calls`] until dropped.
@@ -524,6 +569,8 @@ impl Shared {
             share_permille: self.share_permille,
             max_denial: micros(self.config.max_lease),
             prefetch: self.config.prefetch,
+            owner: self.owner,
+            grace: micros(self.config.max_lease),
         })
     }
 
@@ -864,7 +911,7 @@ impl Shared {
         if ended.is_empty() {
             return;
         }
-        if !policy.algorithm().counts_windows() {
+        if !self.gives_back(policy) {
             count_units(policy, "dropped", ended.iter().map(|h| h.units).sum());
             return;
         }
@@ -880,9 +927,15 @@ impl Shared {
         });
     }
 
-    /// Give units back and wait (window algorithms; bucket units are dropped).
+    /// Whether unspent units of `policy` go back to the shared store: window algorithms
+    /// always; buckets when the store keeps this instance's record (less what they refilled).
+    fn gives_back(&self, policy: &Policy) -> bool {
+        policy.algorithm().counts_windows() || self.owner != 0
+    }
+
+    /// Give units back and wait (bucket units are dropped without a ledger record).
     async fn give_back(&self, key: &str, policy: &Policy, held: Vec<Held>) -> Result<()> {
-        if !policy.algorithm().counts_windows() {
+        if !self.gives_back(policy) {
             count_units(policy, "dropped", held.iter().map(|h| h.units).sum());
             return Ok(());
         }
@@ -892,7 +945,11 @@ impl Shared {
                 tracing::debug_span!("ratelimit.release", policy = policy.name(), units = h.units);
             match self
                 .inner
-                .release(key, policy, h.units, h.granted_at)
+                .release_for(
+                    key,
+                    policy,
+                    &LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
+                )
                 .instrument(span)
                 .await
             {

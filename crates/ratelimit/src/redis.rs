@@ -13,7 +13,7 @@ use crate::algorithm::Verdict;
 use crate::clock::Clock;
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseRequest};
+use crate::lease::{Lease, LeaseRequest, LeaseReturn};
 use crate::quota::{Algorithm, Policy};
 
 /// One algorithm's scripts: the shared prelude, the algorithm's file, one operation.
@@ -46,11 +46,13 @@ macro_rules! scripts {
             lease: Script::new(concat!(
                 include_str!("lua/common.lua"),
                 include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/ledger.lua"),
                 include_str!("lua/lease.lua")
             )),
             release: Script::new(concat!(
                 include_str!("lua/common.lua"),
                 include_str!(concat!("lua/", $algorithm, ".lua")),
+                include_str!("lua/ledger.lua"),
                 include_str!("lua/release.lua")
             )),
         }
@@ -242,7 +244,7 @@ impl RedisStore {
         encode_into(&mut base, key);
         base.push_str("}:");
         let code = policy.algorithm().code();
-        let mut keys = Vec::with_capacity(policy.quotas().len());
+        let mut keys = Vec::with_capacity(policy.quotas().len() + 1);
         for q in policy.quotas() {
             let mut k = base.clone();
             encode_into(&mut k, &q.name);
@@ -256,6 +258,19 @@ impl RedisStore {
             keys.push(k);
         }
         keys
+    }
+
+    /// The key of the ledger of leases outstanding on `key` (`src/lua/ledger.lua`), in the
+    /// subject's hash tag. `#` is encoded in quota names, so no quota key ends this way.
+    fn ledger_key(&self, key: &str, policy: &Policy) -> String {
+        let mut k = String::with_capacity(self.namespace.len() + key.len() + 32);
+        k.push_str(&self.namespace);
+        k.push_str(":{");
+        encode_into(&mut k, policy.name());
+        k.push(':');
+        encode_into(&mut k, key);
+        k.push_str("}:#leases");
+        k
     }
 
     fn invocation<'a>(
@@ -469,6 +484,7 @@ impl crate::store::Store for RedisStore {
         for k in self.keys_for(key, policy) {
             inv.key(k);
         }
+        inv.key(self.ledger_key(key, policy));
         let _: i64 = self.run(inv).await?;
         Ok(())
     }
@@ -487,11 +503,17 @@ impl crate::store::Store for RedisStore {
             policy,
             request.cost,
         );
+        inv.key(self.ledger_key(key, policy));
         inv.arg(request.held)
             .arg(request.held_at.min(max))
             .arg(request.want.min(crate::quota::MAX_LIMIT))
             .arg(crate::lease::micros(request.lifetime).min(max))
-            .arg(request.max_share_permille.min(1000));
+            .arg(request.max_share_permille.min(1000))
+            .arg(request.owner)
+            .arg(request.kept.min(crate::quota::MAX_LIMIT))
+            .arg(request.kept_at.min(max))
+            .arg(crate::lease::micros(request.grace).min(max))
+            .arg(request.report);
         let reply: Vec<i64> = self.run(inv).await?;
         if reply.len() < 6 {
             return Err(Error::Protocol(format!(
@@ -509,11 +531,27 @@ impl crate::store::Store for RedisStore {
     }
 
     async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
-        if units == 0 || !policy.algorithm().counts_windows() {
+        self.release_for(key, policy, &LeaseReturn::new(units, granted_at))
+            .await
+    }
+
+    /// With an `owner`, the owner's record in the key's ledger shrinks by `units`, and the
+    /// units go back (bucket algorithms too, less what the bucket refilled since
+    /// `granted_at`) only while that record stands: a record already reclaimed gave them
+    /// back.
+    async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
+        let (units, owner) = (give.units, give.owner);
+        if units == 0
+            || policy.algorithm() == Algorithm::SlidingWindowLog
+            || (owner == 0 && !policy.algorithm().counts_windows())
+        {
             return Ok(());
         }
         let mut inv = self.invocation(&scripts(policy.algorithm()).release, key, policy, units);
-        inv.arg(granted_at.min(crate::algorithm::MAX_MICROS));
+        inv.key(self.ledger_key(key, policy));
+        inv.arg(give.granted_at.min(crate::algorithm::MAX_MICROS))
+            .arg(owner)
+            .arg(give.reported);
         let _: i64 = self.run(inv).await?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::decision::Decision;
 use crate::error::Result;
-use crate::lease::{Lease, LeaseRequest};
+use crate::lease::{Lease, LeaseRequest, LeaseReturn};
 use crate::quota::Policy;
 
 /// Where counters live. A store operation is a whole decision that the backend runs
@@ -93,14 +93,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Give back `units` of a lease granted at `granted_at` (store time, µs) that the
     /// caller will never spend: the window algorithms take them back when the lease's
     /// windows are still current (units of a past window belong to it); the bucket
-    /// algorithms never do (a bucket that refilled meanwhile would take them above what it
-    /// allows). The default does nothing (nothing was leased).
+    /// algorithms do not here (a bucket that refilled meanwhile would take them above what
+    /// it allows; [`release_for`](Self::release_for) gives them back less that refill).
+    /// The default does nothing (nothing was leased).
     ///
     /// # Errors
     /// As for [`acquire`](Self::acquire).
     async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
         let _ = (key, policy, units, granted_at);
         Ok(())
+    }
+
+    /// [`release`](Self::release) by the instance that leased them, named by the `owner`
+    /// of its [`LeaseRequest`]s (see [`LeaseReturn`]): a store that keeps a ledger of the leases outstanding
+    /// (Redis) takes them off the owner's record, and gives them back only while that
+    /// record stands (once its TTL passed the store reclaimed it, these units with it).
+    /// The default is `release`.
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire).
+    async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
+        self.release(key, policy, give.units, give.granted_at).await
     }
 }
 
@@ -132,5 +145,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
         (**self).release(key, policy, units, granted_at).await
+    }
+    async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
+        (**self).release_for(key, policy, give).await
     }
 }

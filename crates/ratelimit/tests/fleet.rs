@@ -417,10 +417,12 @@ async fn four_processes_sliding_window_log() {
 }
 
 /// Four processes on one key; one is killed (SIGKILL) mid-window while it holds a lease
-/// (it runs first, and the others start as it is killed). The survivors run the quota out: everything is accounted for, the killed instance's
-/// allowance is the only quota lost (it stays counted as spent: a crash never over-admits),
-/// and it was at most the two leases an instance holds at once, each at most a tenth of what
-/// remained.
+/// (it runs first, and the others start as it is killed). The survivors run the quota out
+/// within the killed lease's TTL (Redis' time is frozen here, so its ledger record never
+/// expires: `tests/fleet_live.rs` runs the reclaim on Redis' time): everything is accounted
+/// for, the killed instance's allowance is the only quota lost (it stays counted as spent
+/// until reclaimed), and it was at most the two leases an instance holds at once, each at
+/// most a tenth of what remained.
 async fn killed(alg: Algorithm) {
     let redis = test_redis().unwrap();
     let url = redis.url().to_owned();

@@ -3,16 +3,19 @@
 -- the instance holds when they are still valid, then lease up to `want` more, at most
 -- share/1000 of what each quota has left, taken from every quota. Stale held units are
 -- given back first, as release.lua does. ARGV after the quotas: held, held_at, want,
--- lifetime_us, share_permille.
+-- lifetime_us, share_permille, owner, kept, kept_at, grace_us, report (ledger.lua: the records of
+-- owners whose TTL passed are reclaimed first; what the owner holds afterwards, the held
+-- units it kept back and did not offer included, is recorded with a TTL of the lease's
+-- lifetime plus the grace).
 -- Reply: admitted, used_held, stale_held, granted, lifetime_us, granted_at, then per quota
 -- allowed, remaining, reset, retry (-1 for none).
 local b = 4 + 4 * n
 local held, held_at = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
 local want, lifetime, share = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
-local code = ARGV[2]
-local windows = code == 'fw' or code == 'swc'
-local buckets = code == 'gcra' or code == 'tb'
+local owner, kept, kept_at = ARGV[b + 6] or '0', num(ARGV[b + 7], 0), num(ARGV[b + 8], 0)
+local grace, report = num(ARGV[b + 9], 0), num(ARGV[b + 10], 0)
 
+reclaim()
 local quotas = {}
 for i = 1, n do quotas[i] = quota(i) end
 
@@ -66,6 +69,16 @@ if not all then
       out[v + 3] = reset
     end
   end
+  -- Nothing taken: stale held units are gone, the rest is the owner's again.
+  local mine = kept
+  local at = kept_at
+  local delta = 0
+  if stale == 1 then delta = -held end
+  if stale == 0 and held > 0 then
+    mine = mine + held
+    if kept == 0 or held_at < at then at = held_at end
+  end
+  record(owner, report, mine, delta, at, nil)
   return out
 end
 if need > 0 then
@@ -107,6 +120,20 @@ if grant > 0 then
     end
   end
 end
+local mine, at = kept, kept_at
+local delta = grant - usable
+if stale == 1 then delta = grant - held end
+if stale == 0 and held - usable > 0 then
+  if mine == 0 or held_at < at then at = held_at end
+  mine = mine + held - usable
+end
+local ends = nil
+if grant > 0 then
+  if mine == 0 then at = now end
+  mine = mine + grant
+  ends = now + life + grace
+end
+record(owner, report, mine, delta, at, ends)
 out[1] = 1
 out[2] = usable
 out[4] = grant

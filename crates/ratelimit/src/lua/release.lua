@@ -1,14 +1,31 @@
-
 -- release (src/lease.rs `release`): give back units of a lease granted at `granted_at`
--- that were never spent, to the quotas whose window is still the one of the grant. Window
--- algorithms only: a bucket that refilled meanwhile would take them above what it allows.
--- ARGV after the quotas: granted_at.
+-- that were never spent. Without an owner (or owner '0'): window algorithms only, to the
+-- quotas whose window is still the one of the grant. With an owner (ledger.lua): only while
+-- the owner's record stands (a record already reclaimed gave these units back), buckets
+-- included, less what they refilled since the grant; the record shrinks by the units.
+-- ARGV after the quotas: granted_at, owner, reported (the owner's last report before the
+-- units left its hands).
 local granted_at = tonumber(ARGV[4 + 4 * n + 1])
-local code = ARGV[2]
-if cost > 0 and (code == 'fw' or code == 'swc') then
-  for i = 1, n do
-    local q = quota(i)
-    if idiv(now, q.p) == idiv(granted_at, q.p) then refund(q, load(q), cost) end
+local owner = ARGV[4 + 4 * n + 2] or '0'
+local reported = num(ARGV[4 + 4 * n + 3], 0)
+reclaim()
+if cost > 0 then
+  if owner == '0' or not ledger then
+    if windows then
+      for i = 1, n do
+        local q = quota(i)
+        if idiv(now, q.p) == idiv(granted_at, q.p) then refund(q, load(q), cost) end
+      end
+    end
+  else
+    local raw = redis.call('HGET', ledger, owner)
+    if raw then
+      give(cost, granted_at)
+      -- A record written by a report sent after these units left the owner's hands left
+      -- them out already.
+      local units, at, ends, seq = split4(raw)
+      if seq <= reported then put(owner, units - cost, at, ends, seq) end
+    end
   end
 end
 return 1

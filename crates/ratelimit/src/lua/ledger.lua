@@ -1,0 +1,92 @@
+-- ledger (lease.lua, release.lua): the leases each instance holds for this key, so that
+-- what an instance killed with a lease out did not spend comes back after the lease's TTL.
+-- KEYS[n + 1] is a hash: field = the owner (a LeasedStore's id), value
+-- 'units:at:ends' (units the owner reported holding, the store time the oldest of them
+-- was granted, the store time after which they are reclaimed), plus 'due' = the earliest
+-- 'ends'. Owner '0' keeps no record (strict mode): nothing is reclaimed.
+local ledger = KEYS[n + 1]
+local code = ARGV[2]
+local windows = code == 'fw' or code == 'swc'
+local buckets = code == 'gcra' or code == 'tb'
+
+local function split4(raw)
+  local out = {}
+  for part in string.gmatch(raw, '[^:]+') do out[#out + 1] = tonumber(part) end
+  return out[1] or 0, out[2] or 0, out[3] or 0, out[4] or 0
+end
+
+local function put(owner, units, at, ends, seq)
+  redis.call('HSET', ledger, owner, fmt(max0(units)) .. ':' .. fmt(at) .. ':' .. fmt(ends) .. ':' .. fmt(seq))
+end
+
+-- Give back `units` granted at store time `at` that were never spent: to the windows still
+-- the grant's (units of a past window belong to it); to a bucket less what it refilled
+-- since the grant (the bucket may have been full meanwhile: what it refilled then was
+-- lost anyway, so giving that back would admit more than the bucket allows).
+local function give(units, at)
+  if units <= 0 then return end
+  for i = 1, n do
+    local q = quota(i)
+    if windows then
+      if idiv(now, q.p) == idiv(at, q.p) then refund(q, load(q), units) end
+    elseif buckets then
+      local back = units - math.ceil(max0(now - at) / q.t)
+      if back > 0 then refund(q, load(q), back) end
+    end
+  end
+end
+
+-- Reclaim the records whose TTL passed: their owners stopped spending them (a live owner
+-- gives its leases back before; one that did not is taken for dead).
+local function reclaim()
+  if not ledger then return end
+  local due = tonumber(redis.call('HGET', ledger, 'due'))
+  if due == nil or due > now then return end
+  local all = redis.call('HGETALL', ledger)
+  local next_due = nil
+  for j = 1, #all, 2 do
+    local f = all[j]
+    if f ~= 'due' then
+      local units, at, ends = split4(all[j + 1])
+      if ends <= now then
+        give(units, at)
+        redis.call('HDEL', ledger, f)
+      elseif next_due == nil or ends < next_due then
+        next_due = ends
+      end
+    end
+  end
+  if next_due then
+    redis.call('HSET', ledger, 'due', fmt(next_due))
+  else
+    redis.call('DEL', ledger)
+  end
+end
+
+-- Record what `owner` holds after this call. With a report number (newer than the
+-- record's), the record becomes `snapshot`: everything the owner held when it sent the
+-- call, after the call (what it spends meanwhile is not in it). Without one (another call
+-- of the owner's was in flight, or a later report landed first), the record moves by
+-- `delta`: what this call granted less what it took from the owner's units. A record is
+-- created only with a grant: an owner reporting units the store has no record of had them
+-- reclaimed. Only reclaim removes records, so that a give-back that finds none knows its
+-- units were reclaimed.
+local function record(owner, report, snapshot, delta, at, ends_if_granted)
+  if not ledger or owner == '0' then return end
+  local raw = redis.call('HGET', ledger, owner)
+  if raw == false and ends_if_granted == nil then return end
+  local units, old_at, ends, seq = 0, at, 0, 0
+  if raw then units, old_at, ends, seq = split4(raw) end
+  if ends_if_granted and ends_if_granted > ends then ends = ends_if_granted end
+  if report > seq then
+    units, seq = snapshot, report
+  else
+    units = max0(units + delta)
+    if raw and (at == 0 or (old_at > 0 and old_at < at)) then at = old_at end
+  end
+  put(owner, units, at, ends, seq)
+  local due = tonumber(redis.call('HGET', ledger, 'due'))
+  if due == nil or ends < due then redis.call('HSET', ledger, 'due', fmt(ends)) end
+  local keep = math.ceil((ends - now) / 1000) + 1000
+  if redis.call('PTTL', ledger) < keep then redis.call('PEXPIRE', ledger, keep) end
+end
