@@ -12,10 +12,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use palisade::deadpool_redis::redis;
 use palisade::migrate::deadpool_postgres::tokio_postgres;
 use palisade::migrate::{
     BackupKey, BackupScope, BackupVault, Error as MigrateError, MemoryStore, MigrationSet,
-    Migrator, MigratorConfig, PgDump, PostgresStore, RowState, Store, UpReport,
+    Migrator, MigratorConfig, PgDump, PostgresStore, RedisStore, RowState, Store, UpReport,
 };
 use palisade::secret_store::{EnvProvider, ExposeSecret, MemoryProvider, SecretString, Secrets};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The local test database, used when neither the settings nor `DATABASE_URL` name one.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1/test";
 
+/// The local Redis, used by the `redis` target when neither the settings nor `REDIS_URL`
+/// name one.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 /// Where the migrations run.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +45,12 @@ pub enum Target {
     /// `DATABASE_URL`, so the example runs with nothing else installed.
     #[default]
     Memory,
+    /// Redis at `redis_url` (the default when `REDIS_URL` is set and `DATABASE_URL` is
+    /// not): the migrate crate's Redis target runs the same keyspace migrations as the
+    /// memory target (`memory/`), with its ledger, lease and audit under the key prefix
+    /// `{<schema>}:`, and backs up the keys a step declares (`DUMP`/`RESTORE`). No `users`
+    /// routes.
+    Redis,
 }
 
 /// Which build of the service this is. A real service has one; this example ships two so
@@ -87,13 +98,15 @@ impl Release {
 pub struct Settings {
     /// Port on 127.0.0.1 when `LISTEN` is unset.
     pub port: u16,
-    /// `memory` (default) or `postgres`; `DATABASE_URL` selects `postgres`, and
-    /// `MIGRATIONS_TARGET` wins over both.
+    /// `memory` (default), `postgres` or `redis`; `DATABASE_URL` selects `postgres`,
+    /// else `REDIS_URL` selects `redis`, and `MIGRATIONS_TARGET` wins over both.
     pub target: Target,
     /// The database; `DATABASE_URL` wins; default the local test database.
     pub database_url: Option<String>,
+    /// The Redis of the `redis` target; `REDIS_URL` wins; default `redis://127.0.0.1:6379`.
+    pub redis_url: Option<String>,
     /// The schema the service's tables (and the migrator's ledger) live in; created when
-    /// missing.
+    /// missing. On Redis: the migrator's key prefix.
     pub schema: String,
     /// `blue` or `green`; `MIGRATIONS_RELEASE` wins.
     pub release: Release,
@@ -113,6 +126,7 @@ impl Default for Settings {
             port: 8086,
             target: Target::Memory,
             database_url: None,
+            redis_url: None,
             schema: "palisade_migrations_example".to_owned(),
             release: Release::Blue,
             backup_dir: PathBuf::from("target/migrations-example/backups"),
@@ -130,6 +144,11 @@ impl Settings {
     pub fn load() -> Result<Self, String> {
         let mut settings: Self = support::settings::load("MIGRATIONS_CONFIG")?;
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if let Some(url) = support::settings::redis_url() {
+            settings.redis_url = Some(url);
+            settings.target = Target::Redis;
+        }
+        // PostgreSQL holds this example's real schema: it wins when both are set.
         if let Some(url) = var("DATABASE_URL") {
             settings.database_url = Some(url);
             settings.target = Target::Postgres;
@@ -138,7 +157,12 @@ impl Settings {
             settings.target = match target.trim() {
                 "postgres" => Target::Postgres,
                 "memory" => Target::Memory,
-                other => return Err(format!("MIGRATIONS_TARGET={other}: postgres or memory")),
+                "redis" => Target::Redis,
+                other => {
+                    return Err(format!(
+                        "MIGRATIONS_TARGET={other}: postgres, redis or memory"
+                    ));
+                }
             };
         }
         if let Some(release) = var("MIGRATIONS_RELEASE") {
@@ -159,6 +183,11 @@ impl Settings {
     pub fn database_url(&self) -> &str {
         self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
     }
+
+    /// The Redis URL in use.
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
 }
 
 // -- the migrations ------------------------------------------------------------------------
@@ -178,8 +207,9 @@ const SQL: &[(&str, &str)] = files!("sql":
     "V5__drop_fullname.up.sql",
 );
 
-/// Their mirror in the memory target's language (`memory/`).
-const MEMORY: &[(&str, &str)] = files!("memory":
+/// Their mirror as keyspace migrations (`memory/`): one command per line, run by the
+/// memory target (`SET`/`DEL`) and by the Redis target (real Redis commands).
+const KEYSPACE: &[(&str, &str)] = files!("memory":
     "V1__users.up.redis", "V1__users.down.redis",
     "V2__orders.up.redis", "V2__orders.down.redis",
     "V3__unique_email.up.redis", "V3__unique_email.down.redis",
@@ -207,7 +237,9 @@ pub fn migrations(
             SQL,
             "DO $$ BEGIN RAISE EXCEPTION 'injected failure (inject_failure)'; END $$;",
         ),
-        Target::Memory => (MEMORY, "FAIL injected failure (inject_failure)"),
+        Target::Memory => (KEYSPACE, "FAIL injected failure (inject_failure)"),
+        // No Redis command fails on purpose; one Redis does not know fails every time.
+        Target::Redis => (KEYSPACE, "INJECTED_FAILURE inject_failure"),
     };
     let chosen: Vec<(&str, String)> = files
         .iter()
@@ -271,6 +303,22 @@ pub struct App {
 enum Db {
     Postgres(PostgresStore),
     Memory(MemoryStore),
+    /// The migrator's store, and what `/data` reads with: a pool, the migrator's prefix.
+    Redis {
+        store: RedisStore,
+        pool: palisade::deadpool_redis::Pool,
+        prefix: String,
+    },
+}
+
+impl Db {
+    fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Memory(_) => "memory",
+            Self::Redis { .. } => "redis",
+        }
+    }
 }
 
 struct AppState {
@@ -345,6 +393,25 @@ async fn build_inner(
                 .build()?;
             (migrator, Db::Memory(store))
         }
+        Target::Redis => {
+            let pool = support::settings::redis_pool(settings.redis_url())?;
+            let store = RedisStore::new(pool.clone()).with_prefix(settings.schema.clone());
+            let migrator = Migrator::builder(store.clone(), set)
+                .config(settings.migrator.clone())
+                .label(release.name())
+                .app_version(release.name(), release.built_against())
+                .backups(store.clone(), vault)
+                .build()?;
+            let prefix = settings.schema.clone();
+            (
+                migrator,
+                Db::Redis {
+                    store,
+                    pool,
+                    prefix,
+                },
+            )
+        }
     };
     let startup = migrator.run_on_startup().await?;
     tracing::info!(
@@ -355,7 +422,7 @@ async fn build_inner(
     );
     let memory = match &db {
         Db::Memory(store) => Some(store.clone()),
-        Db::Postgres(_) => None,
+        Db::Postgres(_) | Db::Redis { .. } => None,
     };
     let state = Arc::new(AppState {
         migrator: migrator.clone(),
@@ -568,12 +635,10 @@ async fn health(State(state): State<Arc<AppState>>) -> support::health::Report {
     let target = match &state.db {
         Db::Postgres(s) => s.health().await,
         Db::Memory(s) => s.health().await,
+        Db::Redis { store, .. } => store.health().await,
     };
     let name = format!("migrations:{}", state.release.name());
-    let backend_name = match state.db {
-        Db::Postgres(_) => "postgres",
-        Db::Memory(_) => "memory",
-    };
+    let backend_name = state.db.backend();
     let component = match (target, backend) {
         (Err(e), _) | (Ok(()), Err(e)) => {
             support::health::Component::down(name, backend_name, e.to_string())
@@ -651,7 +716,7 @@ async fn list_backups(State(state): State<Arc<AppState>>) -> Answer<Response> {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct BackupRequest {
-    /// Tables (PostgreSQL) or keys (memory); none: everything.
+    /// Tables (PostgreSQL) or keys (memory, Redis); none: everything (not on Redis).
     #[serde(default)]
     objects: Vec<String>,
 }
@@ -716,22 +781,75 @@ async fn register_app(
 async fn data(State(state): State<Arc<AppState>>) -> Answer<Response> {
     match &state.db {
         Db::Memory(store) => Ok(Json(store.data()).into_response()),
+        Db::Redis { pool, prefix, .. } => Ok(Json(redis_data(pool, prefix).await?).into_response()),
         Db::Postgres(_) => Err(problem(
             StatusCode::NOT_FOUND,
             "Not found",
-            "`/data` shows the memory target's data set; on PostgreSQL use /users",
+            "`/data` shows the keyspace targets' data (memory, Redis); on PostgreSQL use /users",
             "not_found",
         )),
+    }
+}
+
+/// At most this many keys in `/data` on Redis: a shared Redis may hold anything.
+const MAX_DATA_KEYS: usize = 1_000;
+
+/// The string keys of the Redis target, outside the migrator's own (`{<prefix>}:…`): what
+/// the keyspace migrations wrote.
+async fn redis_data(
+    pool: &palisade::deadpool_redis::Pool,
+    prefix: &str,
+) -> Answer<std::collections::BTreeMap<String, String>> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "reading the Redis target failed");
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis unavailable",
+            "the Redis target did not answer; see /health",
+            "backend_unavailable",
+        )
+    };
+    let own = format!("{{{prefix}}}:");
+    let mut conn = pool.get().await.map_err(|e| unavailable(&e))?;
+    let mut data = std::collections::BTreeMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(200)
+            .arg("TYPE")
+            .arg("string")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        for key in keys.into_iter().filter(|k| !k.starts_with(&own)) {
+            if data.len() == MAX_DATA_KEYS {
+                return Ok(data);
+            }
+            let value: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if let Some(value) = value {
+                data.insert(key, value);
+            }
+        }
+        if next == 0 {
+            return Ok(data);
+        }
+        cursor = next;
     }
 }
 
 fn postgres(state: &AppState) -> Answer<&PostgresStore> {
     match &state.db {
         Db::Postgres(store) => Ok(store),
-        Db::Memory(_) => Err(problem(
+        Db::Memory(_) | Db::Redis { .. } => Err(problem(
             StatusCode::NOT_IMPLEMENTED,
             "Needs PostgreSQL",
-            "the users table exists on the PostgreSQL target only; the memory target keeps the schema as keys (see /data)",
+            "the users table exists on the PostgreSQL target only; the memory and Redis targets keep the schema as keys (see /data)",
             "needs_postgres",
         )),
     }

@@ -9,6 +9,8 @@
 //! ```text
 //! # everything in memory (the migrate crate's memory target), no database needed
 //! cargo run --example migrations
+//! # the keyspace migrations on Redis (ledger, lease and audit under `{palisade_migrations_example}:`)
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example migrations
 //! # PostgreSQL, schema palisade_migrations_example: the blue release (built against V2)
 //! # migrates to V2
 //! export DATABASE_URL=postgres://postgres@127.0.0.1/test
@@ -24,15 +26,15 @@
 //! curl -X POST localhost:8087/migrations/up -H "authorization: Bearer $TOKEN"
 //! ```
 //!
-//! Two releases share one target only on PostgreSQL (the memory target lives and dies with
-//! its process), so the blue-green steps above need `DATABASE_URL`; the end-to-end test
-//! plays them on one shared memory target too.
+//! Two releases share one target on PostgreSQL or Redis (the memory target lives and dies
+//! with its process), so the blue-green steps above need `DATABASE_URL` or `REDIS_URL`; the
+//! end-to-end test plays them on all three targets.
 //!
 //! `$TOKEN` is the secret `migrations/admin-token` (`APP_MIGRATIONS_ADMIN_TOKEN`; without
 //! it a demo value, logged at WARN as such). Backups are sealed with
 //! `migrations/backup-key` (`APP_MIGRATIONS_BACKUP_KEY`, 64 hex digits).
 //!
-//! ## The migrations (`sql/`, mirrored for the memory target in `memory/`)
+//! ## The migrations (`sql/`, mirrored as keyspace migrations in `memory/`)
 //!
 //! | version | what | kind |
 //! |---|---|---|
@@ -49,12 +51,16 @@
 //! pipeline) lets the next `up` run V5.
 //!
 //! Which steps need PostgreSQL: the `users` routes, `pg_dump` backups of tables, the
-//! INVALID-index cleanup of `CREATE INDEX CONCURRENTLY`. The memory target runs everything
-//! else — the ledger, the lease, backups of its data set (or of the keys a step declares),
-//! the injected failure and its restore, expand/contract gating — on the mirror
-//! migrations, whose keys (`table:users`, `index:users_email_key`, …) stand for the schema;
-//! `GET /data` shows them. No Redis here: the migrate crate's Redis target runs keyspace data
-//! migrations (see docs/migrate.md).
+//! INVALID-index cleanup of `CREATE INDEX CONCURRENTLY`. The memory and Redis targets run
+//! everything else — the ledger, the lease, backups (of the keys a step declares; the
+//! memory target can also save its whole data set, a Redis cannot), the injected failure
+//! and its restore, expand/contract gating — on the mirror migrations, whose keys
+//! (`table:users`, `index:users_email_key`, …) stand for the schema; `GET /data` shows them.
+//! On Redis each step is one Lua script (fencing check, commands, ledger row), Redis has no
+//! rollback, so the injected failure — a command Redis does not know, after V3's first line
+//! — leaves that line applied until the `DUMP`/`RESTORE` backup of V3's declared keys puts
+//! them back. A Redis shared with other data keeps the migrations' keys as the files name
+//! them: give the example its own database or instance.
 //!
 //! ## Routes
 //!
@@ -71,7 +77,7 @@
 //! | `POST /backups/{id}/restore` | restore one (admin) |
 //! | `PUT /apps/{version}` `{"built_against": N, "live": bool}` | register or retire an app version (admin) |
 //! | `GET /users`, `POST /users` `{"name", "email"}` | the data, in this release's shape (PostgreSQL) |
-//! | `GET /data` | the memory target's data set |
+//! | `GET /data` | the keyspace targets' string keys (memory, Redis; at most 1,000, the migrator's own excluded) |
 //!
 //! Errors are `application/problem+json` with a `code` (`migration_failed` with `version` and
 //! `restored`, `locked` with `holder`, `invalid` with `issues`, `irreversible`, …). Every
@@ -80,7 +86,8 @@
 //! ## Settings
 //!
 //! A TOML file named by `MIGRATIONS_CONFIG` (`examples/migrations/migrations.toml` documents
-//! every key), then the environment: `DATABASE_URL` (selects PostgreSQL), `MIGRATIONS_TARGET`,
+//! every key), then the environment: `REDIS_URL` (selects Redis), `DATABASE_URL` (selects
+//! PostgreSQL, and wins over `REDIS_URL`), `MIGRATIONS_TARGET`,
 //! `MIGRATIONS_RELEASE`, `MIGRATIONS_INJECT_FAILURE`, `LISTEN`, `RUST_LOG`.
 
 #[path = "../support/mod.rs"]

@@ -53,7 +53,7 @@ pub fn listen_addr(default_port: u16) -> Result<SocketAddr, String> {
 ///
 /// # Errors
 /// The URL is malformed.
-#[cfg(feature = "redis")] // the `migrations` example is built without Redis
+#[cfg(feature = "redis")] // an example built without the `redis` feature has no use for it
 pub fn redis_pool(url: &str) -> Result<palisade::deadpool_redis::Pool, String> {
     palisade::deadpool_redis::Config::from_url(url)
         .create_pool(Some(palisade::deadpool_redis::Runtime::Tokio1))

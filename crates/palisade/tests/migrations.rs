@@ -3,8 +3,10 @@
 //! kit): blue migrates to V2 and writes users; green with an injected failure in V3 refuses
 //! to start and the `users` table is restored; green then applies V3 and the expand step V4
 //! and waits for blue before the contract step V5; both releases read each other's rows;
-//! blue is retired and V5 runs; a manual backup is restored. In memory: the same deploy on
-//! the memory target's mirror migrations.
+//! blue is retired and V5 runs; a manual backup is restored. In memory and on a throwaway
+//! Redis: the same deploy on the keyspace mirror migrations (on Redis the injected failure
+//! is a command Redis refuses, the restore is `DUMP`/`RESTORE` of the declared keys, and a
+//! Redis that dies shows in `/health`).
 
 #[path = "../../../examples/support/mod.rs"]
 mod support;
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use palisade::migrate::{Error as MigrateError, MemoryStore};
-use palisade_testkit::PgSchema;
+use palisade_testkit::{PgSchema, RedisServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -546,6 +548,148 @@ async fn in_memory_the_same_deploy_runs_on_the_mirror_migrations() {
     assert!(data.get("trigger:users_sync_names").is_none());
     let (_, health) = green.get("/health").await;
     assert_eq!(health["components"][0]["state"], "up_to_date");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_same_deploy_runs_on_the_keyspace_migrations() {
+    let dir = backup_dir();
+    let mut redis = RedisServer::start().expect("redis-server on PATH");
+    let url = redis.url();
+    let on_redis = |release, inject_failure| app::Settings {
+        redis_url: Some(url.clone()),
+        ..settings(app::Target::Redis, release, inject_failure, &dir)
+    };
+
+    let blue = app::build(on_redis(app::Release::Blue, None), app::secrets().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(blue.startup.applied, [1, 2]);
+    assert!(
+        blue.startup.backups.is_empty(),
+        "a Redis backs up declared keys only; V1 and V2 declare none"
+    );
+    let blue = serve(blue).await;
+    let (_, data) = blue.get("/data").await;
+    assert_eq!(data["table:users"], "id,fullname,email,created_at");
+    assert_eq!(data["data:users:email_case"], "mixed");
+    assert!(
+        data.as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with('{')),
+        "the migrator's own keys are not data: {data}"
+    );
+    let (_, health) = blue.get("/health").await;
+    assert_eq!(health["components"][0]["backend"], "redis");
+    assert_eq!(health["components"][0]["connected"], true);
+    assert_eq!(health["components"][0]["state"], "up_to_date");
+    let (status, body) = blue.get("/users").await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(body["code"], "needs_postgres");
+
+    // V3's first command ran (the emails lower-cased) before Redis refused the injected one;
+    // the declared keys are restored from the backup taken just before.
+    let (version, restored) = injected_failure(
+        app::build(
+            on_redis(app::Release::Green, Some(3)),
+            app::secrets().unwrap(),
+        )
+        .await,
+    );
+    assert_eq!((version, restored), (3, true));
+    let (_, data) = blue.get("/data").await;
+    assert_eq!(data["data:users:email_case"], "mixed", "restored: {data}");
+    assert!(data.get("index:users_email_key").is_none(), "{data}");
+    let (_, status) = blue.get("/migrations").await;
+    let v3 = migration(&status, 3);
+    assert_eq!(v3["state"], "failed");
+    assert!(v3["backup_id"].is_string(), "{v3}");
+    let (_, health) = blue.get("/health").await;
+    assert_eq!(health["components"][0]["state"], "failed");
+
+    // Green for real: V3 (after a backup of its keys) and V4; V5 waits for blue.
+    let green = app::build(on_redis(app::Release::Green, None), app::secrets().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(green.startup.applied, [3, 4]);
+    assert_eq!(green.startup.backups.len(), 1, "V3 declares its keys");
+    assert_eq!(green.startup.blocked.as_ref().map(|b| b.version), Some(5));
+    let green = serve(green).await;
+    let (_, data) = green.get("/data").await;
+    assert_eq!(data["data:users:email_case"], "lower");
+    assert_eq!(data["index:users_email_key"], "users(email),unique");
+    let (status, _) = green
+        .admin(
+            reqwest::Method::PUT,
+            "/apps/blue",
+            Some(json!({ "built_against": 2, "live": false })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, report) = green
+        .admin(reqwest::Method::POST, "/migrations/up", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["applied"], json!([5]));
+    let (_, data) = green.get("/data").await;
+    assert_eq!(
+        data["table:users"],
+        "id,first_name,last_name,email,created_at"
+    );
+    assert!(data.get("trigger:users_sync_names").is_none());
+
+    // A backup of named keys, a change, a restore.
+    let (status, backup) = green
+        .admin(
+            reqwest::Method::POST,
+            "/backups",
+            Some(json!({ "objects": ["table:users"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{backup}");
+    let (status, body) = green
+        .admin(reqwest::Method::POST, "/backups", Some(json!({})))
+        .await;
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "a Redis has no whole-database backup: {status} {body}"
+    );
+    let (status, reverted) = green
+        .admin(
+            reqwest::Method::POST,
+            "/migrations/down",
+            Some(json!({ "to": 4 })),
+        )
+        .await;
+    assert!(
+        !status.is_success(),
+        "V5 has no down file: refused before anything runs ({status} {reverted})"
+    );
+    let (status, restored) = green
+        .admin(
+            reqwest::Method::POST,
+            &format!("/backups/{}/restore", backup["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+
+    // Redis dies: `/health` says so (`degraded`, `connected: false`) and `/data` is a typed
+    // 503; both recover once a Redis answers on the same port again.
+    redis.kill();
+    let (status, health) = green.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "health answers while Redis is down");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["components"][0]["connected"], false, "{health}");
+    let (status, body) = green.get("/data").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "backend_unavailable");
+    redis.restart().unwrap();
+    let (_, health) = green.get("/health").await;
+    assert_eq!(health["components"][0]["connected"], true, "{health}");
+    let (status, _) = green.get("/data").await;
+    assert_eq!(status, StatusCode::OK);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
