@@ -305,7 +305,8 @@ enum Db {
     Memory(MemoryStore),
     /// The migrator's store, and what `/data` reads with: a pool, the migrator's prefix.
     Redis {
-        store: RedisStore,
+        /// Boxed: a `RedisStore` carries its compiled scripts (hundreds of bytes).
+        store: Box<RedisStore>,
         pool: palisade::deadpool_redis::Pool,
         prefix: String,
     },
@@ -406,7 +407,7 @@ async fn build_inner(
             (
                 migrator,
                 Db::Redis {
-                    store,
+                    store: Box::new(store),
                     pool,
                     prefix,
                 },
