@@ -88,8 +88,17 @@ fn main() {
             .trim()
     );
     println!(
-        "{:<9} {:>6} {:>14} {:>10} {:>10} {:>10} {:>9}",
-        "store", "keys", "decisions/s", "p50 µs", "p99 µs", "local %", "admitted"
+        "{:<9} {:>6} {:>14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10}",
+        "store",
+        "keys",
+        "decisions/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "local %",
+        "admitted",
+        "1st p50",
+        "1st p99"
     );
     let mut run = 0;
     for keys in [1u64, 10_000] {
@@ -97,12 +106,15 @@ fn main() {
             run += 1;
             let r = fleet(&url, run, backend, keys, false, seconds, in_flight);
             println!(
-                "{backend:<9} {keys:>6} {:>14.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
+                "{backend:<9} {keys:>6} {:>14.0} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>10.1} {:>10.1}",
                 r.decisions as f64 / r.span_s,
                 r.p50_us,
                 r.p99_us,
+                r.p999_us,
                 100.0 * r.local as f64 / r.decisions.max(1) as f64,
-                r.admitted
+                r.admitted,
+                r.first_p50_us,
+                r.first_p99_us,
             );
         }
     }
@@ -140,6 +152,20 @@ struct Row {
     span_s: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
+    /// Each key's first decision in a process (the warm-up, before the clock starts: it
+    /// must see the shared store once).
+    first_p50_us: f64,
+    first_p99_us: f64,
+}
+
+/// The `p` quantile of sorted nanosecond samples, in µs.
+fn quantile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1_000.0
 }
 
 fn fleet(
@@ -177,6 +203,7 @@ fn fleet(
     let (mut decisions, mut admitted, mut local) = (0, 0, 0);
     let (mut first, mut last) = (u64::MAX, 0);
     let mut samples: Vec<u32> = Vec::new();
+    let mut firsts: Vec<u32> = Vec::new();
     for c in children {
         let out = c.wait_with_output().expect("the child ran");
         assert!(out.status.success(), "a child failed");
@@ -192,34 +219,33 @@ fn fleet(
         local += f[2];
         first = first.min(f[3]);
         last = last.max(f[4]);
-        samples.extend(
-            lines
-                .next()
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(|w| w.parse::<u32>().expect("a sample")),
-        );
+        for into in [&mut samples, &mut firsts] {
+            into.extend(
+                lines
+                    .next()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(|w| w.parse::<u32>().expect("a sample")),
+            );
+        }
     }
     samples.sort_unstable();
-    let pct = |p: f64| {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(samples[i]) / 1_000.0
-    };
+    firsts.sort_unstable();
     Row {
         decisions,
         admitted,
         local,
         span_s: last.saturating_sub(first) as f64 / 1e6,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: quantile(&samples, 0.50),
+        p99_us: quantile(&samples, 0.99),
+        p999_us: quantile(&samples, 0.999),
+        first_p50_us: quantile(&firsts, 0.50),
+        first_p99_us: quantile(&firsts, 0.99),
     }
 }
 
-/// One process of the fleet: prints `decisions admitted local first_us last_us` and a line
-/// of latency samples (ns).
+/// One process of the fleet: prints `decisions admitted local first_us last_us`, a line of
+/// latency samples (ns) and a line of each key's first decision's latency (ns).
 fn child() {
     let var = |name: &str| std::env::var(name).expect("set by the parent");
     let url = var("FLEET_URL");
@@ -259,9 +285,13 @@ fn child() {
         };
         let policy = policy(binding);
         let names: Arc<Vec<String>> = Arc::new((0..keys).map(|k| format!("k{k}")).collect());
-        // Warm: one decision per key before the clock starts (connections, scripts, leases).
+        // Warm: one decision per key before the clock starts (connections, scripts, leases),
+        // each timed: a key's first decision.
+        let mut firsts = Vec::with_capacity(names.len());
         for name in names.iter() {
+            let began = Instant::now();
             store.acquire(name, &policy, 1).await;
+            firsts.push(u32::try_from(began.elapsed().as_nanos()).unwrap_or(u32::MAX));
         }
         // The binding run starts from a whole bucket: the wait below refills what the
         // warm-up took, and a warm-up lease (10 ms on this quota) has ended by then.
@@ -325,7 +355,9 @@ fn child() {
             admitted.load(Ordering::Relaxed),
             local.load(Ordering::Relaxed)
         );
-        let line: Vec<String> = samples.iter().map(u32::to_string).collect();
-        println!("{}", line.join(" "));
+        for list in [&samples, &firsts] {
+            let line: Vec<String> = list.iter().map(u32::to_string).collect();
+            println!("{}", line.join(" "));
+        }
     });
 }

@@ -58,6 +58,9 @@ pub struct LeaseRequest {
     /// The longest the granted units may be spent for (the window algorithms end a lease
     /// at the end of the earliest window).
     pub lifetime: Duration,
+    /// The longest any of the `held` units was granted for, when longer than `lifetime`
+    /// (bucket algorithms count held units within this of `held_at`).
+    pub held_lifetime: Duration,
     /// A lease takes at most this many thousandths of what each quota has left after the
     /// request, so that the last units of a window are decided by the store one request
     /// at a time. Default 100 (10 %).
@@ -92,6 +95,7 @@ impl LeaseRequest {
             held_at: 0,
             want: 0,
             lifetime: Duration::ZERO,
+            held_lifetime: Duration::ZERO,
             max_share_permille: 100,
             owner: 0,
             kept: 0,
@@ -114,6 +118,14 @@ impl LeaseRequest {
     pub const fn want(mut self, units: u64, lifetime: Duration) -> Self {
         self.want = units;
         self.lifetime = lifetime;
+        self
+    }
+
+    /// Held units were granted for at most `lifetime` (see
+    /// [`held_lifetime`](Self::held_lifetime)).
+    #[must_use]
+    pub const fn held_for(mut self, lifetime: Duration) -> Self {
+        self.held_lifetime = lifetime;
         self
     }
 
@@ -369,10 +381,11 @@ pub(crate) fn lease<C: Counters>(
     let now = now.min(MAX_MICROS);
     let n = c.len().min(out.len());
     let lifetime = micros(req.lifetime);
+    let held_lifetime = lifetime.max(micros(req.held_lifetime));
     let mut stale_held = false;
     let usable = if req.held == 0 || req.cost == 0 {
         0
-    } else if held_valid(c, algorithm, now, req.held_at, lifetime) {
+    } else if held_valid(c, algorithm, now, req.held_at, held_lifetime) {
         req.held.min(req.cost)
     } else {
         // Given back first (to the windows still current), as a release would.
@@ -499,9 +512,26 @@ pub(crate) struct Plan {
     pub(crate) max_denial: u64,
     /// Whether to lease again ahead of need, in the background.
     pub(crate) prefetch: bool,
+    /// The longest a lease may live for a key this instance decides sparsely (≥
+    /// `lifetime`), µs: what the bound is derived from.
+    pub(crate) sparse: u64,
     /// The instance's ledger id (0: no record, nothing reclaimed) and the grace, µs.
     pub(crate) owner: u64,
     pub(crate) grace: u64,
+}
+
+/// A lease is sized to hold at least this many units of its key's demand (longer leases
+/// for sparse keys, see [`Book`]'s `terms`).
+const SPARSE_UNITS: f64 = 4.0;
+
+/// `x` rounded up to whole units (0 for nothing, NaN or negative).
+fn units_of(x: f64) -> u64 {
+    let units = x.ceil();
+    if units.is_finite() && units > 0.0 {
+        units.min(crate::quota::MAX_LIMIT as f64) as u64
+    } else {
+        0
+    }
 }
 
 /// Report numbers: one counter for the process, so every owner's only grow.
@@ -723,10 +753,10 @@ impl Book {
     /// it finds them valid; that is better than giving them back and asking again).
     pub(crate) fn call(&mut self, plan: &Plan, now: u64, cost: u64, ended: Vec<Held>) -> Call {
         let wanted = !self.leasing;
-        let want = if wanted {
-            self.want(now, plan.lifetime, cost)
+        let (want, life) = if wanted {
+            self.terms(now, plan, cost)
         } else {
-            0
+            (0, plan.lifetime)
         };
         let mut reserved = std::mem::take(&mut self.held);
         reserved.extend(ended);
@@ -738,7 +768,8 @@ impl Book {
         Call {
             request: LeaseRequest::new(cost)
                 .held(held, held_at)
-                .want(want, Duration::from_micros(plan.lifetime))
+                .want(want, Duration::from_micros(life))
+                .held_for(Duration::from_micros(plan.sparse))
                 .max_share_permille(plan.share_permille)
                 .owner(plan.owner, Duration::from_micros(plan.grace))
                 .report(report),
@@ -771,7 +802,7 @@ impl Book {
         if !(running_low || ending) || self.rate <= 0.0 {
             return None;
         }
-        let want = self.want(now, plan.lifetime, 0);
+        let (want, life) = self.terms(now, plan, 0);
         let report = self.next_report(plan, true);
         self.leasing = true;
         self.in_flight += 1;
@@ -782,7 +813,8 @@ impl Book {
         let kept_at = self.held.iter().map(|h| h.granted_at).min().unwrap_or(0);
         Some(Call {
             request: LeaseRequest::new(0)
-                .want(want, Duration::from_micros(plan.lifetime))
+                .want(want, Duration::from_micros(life))
+                .held_for(Duration::from_micros(plan.sparse))
                 .max_share_permille(plan.share_permille)
                 .owner(plan.owner, Duration::from_micros(plan.grace))
                 .kept(kept, kept_at)
@@ -793,9 +825,35 @@ impl Book {
         })
     }
 
-    /// Units to ask for: the demand since the last ask (rising at once, falling by half
-    /// per ask) over one lease lifetime, plus the request's own cost.
-    fn want(&mut self, now: u64, lifetime: u64, cost: u64) -> u64 {
+    /// Units to ask for and for how long: the demand since the last ask (rising at once,
+    /// falling by half per ask) over one lease lifetime, plus the request's own cost. A key
+    /// whose demand would not fill [`SPARSE_UNITS`] in one lifetime (a key decided now and
+    /// then, or for the first time) is leased longer, up to `plan.sparse`, for at least
+    /// that many units: a lease then lasts until its key's next requests instead of ending
+    /// unspent before them.
+    fn terms(&mut self, now: u64, plan: &Plan, cost: u64) -> (u64, u64) {
+        let rate = self.measure(now);
+        let base = plan.lifetime;
+        let dense = rate * base as f64 >= SPARSE_UNITS;
+        if dense || plan.sparse <= base {
+            return (units_of(rate * base as f64).saturating_add(cost), base);
+        }
+        let life = if rate > 0.0 {
+            let fill = SPARSE_UNITS / rate;
+            if fill.is_finite() {
+                (fill as u64).clamp(base, plan.sparse)
+            } else {
+                plan.sparse
+            }
+        } else {
+            plan.sparse
+        };
+        let units = units_of((rate * life as f64).max(SPARSE_UNITS));
+        (units.saturating_add(cost), life)
+    }
+
+    /// Update the demand estimate with what was spent since the last ask.
+    fn measure(&mut self, now: u64) -> f64 {
         let elapsed = now.saturating_sub(self.mark).max(1);
         let sample = self.spent as f64 / elapsed as f64;
         self.rate = if sample >= self.rate {
@@ -805,13 +863,7 @@ impl Book {
         };
         self.spent = 0;
         self.mark = now;
-        let units = (self.rate * lifetime as f64).ceil();
-        let units = if units.is_finite() && units > 0.0 {
-            units.min(crate::quota::MAX_LIMIT as f64) as u64
-        } else {
-            0
-        };
-        units.saturating_add(cost)
+        self.rate
     }
 
     /// Apply the store's answer to `call` (received at local time `now`). Returns the

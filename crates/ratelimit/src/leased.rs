@@ -61,6 +61,14 @@ pub struct LeaseConfig {
     /// over one lease.
     #[serde(with = "humantime_serde")]
     pub max_lease: Duration,
+    /// The longest a lease lives for a key this instance decides sparsely (default 10 s):
+    /// one whose demand here would not fill 4 units in `max_lease` (decided now and then, or
+    /// for the first time) is leased long enough to hold 4 units of it, up to this long, so
+    /// that its lease lasts until its next requests instead of ending unspent before them.
+    /// The bucket algorithms still cap it by `max_overshoot` (the bound is derived from the
+    /// longer of the two); the window algorithms end every lease with its window.
+    #[serde(with = "humantime_serde")]
+    pub max_sparse_lease: Duration,
     /// A lease takes at most this fraction of what each quota has left (default `0.1`), so
     /// that slices shrink with the remaining quota and its last units (fewer than
     /// `1 / max_share`) are decided by the shared store, one request at a time.
@@ -91,6 +99,7 @@ impl Default for LeaseConfig {
         Self {
             max_overshoot: 0.01,
             max_lease: Duration::from_secs(1),
+            max_sparse_lease: Duration::from_secs(10),
             max_share: 0.1,
             max_keys: 100_000,
             prefetch: true,
@@ -143,6 +152,13 @@ impl LeaseConfig {
     #[must_use]
     pub fn max_lease(mut self, lifetime: Duration) -> Self {
         self.max_lease = lifetime;
+        self
+    }
+
+    /// See [`max_sparse_lease`](Self::max_sparse_lease).
+    #[must_use]
+    pub fn max_sparse_lease(mut self, lifetime: Duration) -> Self {
+        self.max_sparse_lease = lifetime;
         self
     }
 
@@ -200,21 +216,38 @@ impl LeaseConfig {
                 self.max_lease
             ));
         }
+        if self.max_sparse_lease > Duration::from_secs(3600) {
+            return bad(format!(
+                "max_sparse_lease {:?} is longer than an hour",
+                self.max_sparse_lease
+            ));
+        }
         if self.max_keys == 0 {
             return bad(String::from("max_keys must be at least 1"));
         }
         Ok(())
     }
 
-    /// The longest a lease on `policy` lives, or `None` when the policy is not leased (the
-    /// sliding-window log; a bucket policy some quota of which tolerates less than one unit
-    /// of over-admission; a zero `max_lease`).
+    /// The lifetime of a lease on `policy` for a key decided densely (a sparse key's lasts
+    /// up to [`max_sparse_lease`](Self::max_sparse_lease), within the same tolerance), or
+    /// `None` when the policy is not leased (the sliding-window log; a bucket policy some
+    /// quota of which tolerates less than one unit of over-admission; a zero `max_lease`).
     pub fn lease_lifetime(&self, policy: &Policy) -> Option<Duration> {
         self.lifetime_micros(policy).map(Duration::from_micros)
     }
 
     fn lifetime_micros(&self, policy: &Policy) -> Option<u64> {
-        let max_lease = micros(self.max_lease);
+        self.lifetime_within(policy, micros(self.max_lease))
+    }
+
+    /// The longest a lease on `policy` lives for a sparse key (≥ the lifetime).
+    fn sparse_micros(&self, policy: &Policy) -> Option<u64> {
+        self.lifetime_micros(policy)?;
+        let longest = micros(self.max_lease).max(micros(self.max_sparse_lease));
+        self.lifetime_within(policy, longest)
+    }
+
+    fn lifetime_within(&self, policy: &Policy, max_lease: u64) -> Option<u64> {
         let lifetime = match policy.algorithm() {
             Algorithm::FixedWindow | Algorithm::SlidingWindowCounter => max_lease,
             Algorithm::Gcra | Algorithm::TokenBucket => {
@@ -228,9 +261,10 @@ impl LeaseConfig {
     /// The stated bound, per quota of `policy` (in policy order): over any span of time, the
     /// fleet admits at most this many units more than the exact algorithm would, whatever
     /// the number of instances. `⌈lifetime / interval⌉ ≤ ⌊max_overshoot × limit⌋` for the
-    /// bucket algorithms, `0` for the window algorithms, the log and policies not leased.
+    /// bucket algorithms (the lifetime of a sparse key's lease, the longer), `0` for the
+    /// window algorithms, the log and policies not leased.
     pub fn overshoot_units(&self, policy: &Policy) -> Vec<u64> {
-        let lifetime = self.lifetime_micros(policy).unwrap_or(0);
+        let lifetime = self.sparse_micros(policy).unwrap_or(0);
         policy
             .params()
             .iter()
@@ -569,6 +603,11 @@ impl Shared {
             share_permille: self.share_permille,
             max_denial: micros(self.config.max_lease),
             prefetch: self.config.prefetch,
+            sparse: self
+                .config
+                .sparse_micros(policy)
+                .unwrap_or(lifetime)
+                .max(lifetime),
             owner: self.owner,
             grace: micros(self.config.max_lease),
         })

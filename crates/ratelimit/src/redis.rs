@@ -513,7 +513,8 @@ impl crate::store::Store for RedisStore {
             .arg(request.kept.min(crate::quota::MAX_LIMIT))
             .arg(request.kept_at.min(max))
             .arg(crate::lease::micros(request.grace).min(max))
-            .arg(request.report);
+            .arg(request.report)
+            .arg(crate::lease::micros(request.held_lifetime).min(max));
         let reply: Vec<i64> = self.run(inv).await?;
         if reply.len() < 6 {
             return Err(Error::Protocol(format!(

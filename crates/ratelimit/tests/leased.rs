@@ -673,7 +673,11 @@ fn lease_metrics_are_recorded() {
             let clock = FakeClock::new();
             let inner = MemoryStore::builder().clock(clock.clone()).build();
             let store = LeasedStore::builder(inner)
-                .config(eager().max_lease(Duration::from_secs(1)))
+                .config(
+                    eager()
+                        .max_lease(Duration::from_secs(1))
+                        .max_sparse_lease(Duration::ZERO),
+                )
                 .clock(clock.clone())
                 .build()
                 .unwrap();
@@ -701,4 +705,42 @@ fn lease_metrics_are_recorded() {
             "palisade_ratelimit_lease_units_total{fate=returned,policy=metered} 94",
         ]
     );
+}
+
+/// A key decided less often than once per `max_lease` is leased longer (up to
+/// `max_sparse_lease`, for at least 4 units), so that its next requests find the lease; with
+/// sparse leases off, each lease has ended before the key's next request.
+#[tokio::test]
+async fn a_sparse_key_is_leased_until_its_next_requests() {
+    for (sparse, expected) in [(Duration::from_secs(10), 3), (Duration::ZERO, 0)] {
+        let clock = FakeClock::new();
+        let inner = MemoryStore::builder().clock(clock.clone()).build();
+        let store = LeasedStore::builder(inner)
+            .config(
+                eager()
+                    .max_lease(Duration::from_secs(1))
+                    .max_sparse_lease(sparse),
+            )
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        for alg in [Algorithm::FixedWindow, Algorithm::Gcra] {
+            let policy = Policy::single(
+                format!("sparse-{}", alg.as_str()),
+                alg,
+                Quota::per_hour(100_000),
+            )
+            .unwrap();
+            let mut local = 0;
+            for _ in 0..4 {
+                let d = store.acquire("k", &policy, 1).await.unwrap();
+                assert!(d.allowed);
+                if d.source == DecisionSource::Lease {
+                    local += 1;
+                }
+                clock.advance(Duration::from_millis(1_500));
+            }
+            assert_eq!(local, expected, "{alg:?}, max_sparse_lease {sparse:?}");
+        }
+    }
 }

@@ -301,7 +301,7 @@ proptest! {
                 );
             }
         }
-        let plan = Plan { lifetime, share_permille: share, max_denial: max_lease, prefetch, owner: 0, grace: 0 };
+        let plan = Plan { lifetime, share_permille: share, max_denial: max_lease, prefetch, sparse: lifetime, owner: 0, grace: 0 };
         let mut sim = Sim {
             states: fresh_states(&policy, T0),
             policy: policy.clone(),
@@ -349,7 +349,7 @@ proptest! {
             b = b.quota(format!("q{i}"), q);
         }
         let policy = b.build().unwrap();
-        let plan = Plan { lifetime: max_lease_ms * 1_000, share_permille: share, max_denial: max_lease_ms * 1_000, prefetch: false, owner: 0, grace: 0 };
+        let plan = Plan { lifetime: max_lease_ms * 1_000, share_permille: share, max_denial: max_lease_ms * 1_000, prefetch: false, sparse: max_lease_ms * 1_000, owner: 0, grace: 0 };
         let params = policy.params().to_vec();
         let mut store = fresh_states(&policy, T0);
         let mut exact = fresh_states(&policy, T0);

@@ -3,7 +3,8 @@
 -- the instance holds when they are still valid, then lease up to `want` more, at most
 -- share/1000 of what each quota has left, taken from every quota. Stale held units are
 -- given back first, as release.lua does. ARGV after the quotas: held, held_at, want,
--- lifetime_us, share_permille, owner, kept, kept_at, grace_us, report (ledger.lua: the records of
+-- lifetime_us, share_permille, owner, kept, kept_at, grace_us, report, held_lifetime_us
+-- (buckets count held units within the longer of the two lifetimes of held_at; ledger.lua: the records of
 -- owners whose TTL passed are reclaimed first; what the owner holds afterwards, the held
 -- units it kept back and did not offer included, is recorded with a TTL of the lease's
 -- lifetime plus the grace).
@@ -14,13 +15,14 @@ local held, held_at = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
 local want, lifetime, share = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
 local owner, kept, kept_at = ARGV[b + 6] or '0', num(ARGV[b + 7], 0), num(ARGV[b + 8], 0)
 local grace, report = num(ARGV[b + 9], 0), num(ARGV[b + 10], 0)
+local held_life = math.max(lifetime, num(ARGV[b + 11], 0))
 
 reclaim()
 local quotas = {}
 for i = 1, n do quotas[i] = quota(i) end
 
 local function held_valid()
-  if buckets then return now - held_at <= lifetime end
+  if buckets then return now - held_at <= held_life end
   if windows then
     for i = 1, n do
       if idiv(now, quotas[i].p) ~= idiv(held_at, quotas[i].p) then return false end
