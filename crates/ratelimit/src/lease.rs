@@ -795,11 +795,15 @@ impl Book {
             return None;
         }
         let lead = lead.clamp(plan.lifetime / 8, plan.lifetime / 2);
-        let low = (self.rate * lead as f64).ceil();
+        // The demand since the last ask counts too: a key leased before it had any (its
+        // first lease) renews ahead of need once it spends.
+        let recent = self.spent as f64 / now.saturating_sub(self.mark).max(1) as f64;
+        let rate = self.rate.max(recent);
+        let low = (rate * lead as f64).ceil();
         let soonest = self.held.iter().map(|h| h.expires).min();
         let running_low = (self.allowance() as f64) <= low;
         let ending = soonest.is_some_and(|e| e <= now.saturating_add(lead));
-        if !(running_low || ending) || self.rate <= 0.0 {
+        if !(running_low || ending) || rate <= 0.0 {
             return None;
         }
         let (want, life) = self.terms(now, plan, 0);
