@@ -5,8 +5,9 @@
 //! Two like-for-like pairs per memory group: keys read from a table of `String`s
 //! (`palisade_allow` against `governor/keyed_gcra_string_keys`), and integer ids
 //! (`palisade_allow_ids`, `Subject::Id`, against `governor/keyed_gcra`, keyed by `usize`).
-//! `palisade/{alg}` is the full `Decision` (`MemoryStore::acquire_sync`, what headers need)
-//! and `palisade_limiter/{alg}` the async `RateLimiter::acquire` a service calls (one thread).
+//! `palisade/{alg}` is the full `Decision` (`MemoryStore::acquire_sync`, what headers need;
+//! `palisade_ids/{alg}` the same keyed by ids) and `palisade_limiter/{alg}` the async
+//! `RateLimiter::acquire` a service calls (one thread).
 //!
 //! ```sh
 //! cargo bench -p palisade --bench ratelimit            # full run
@@ -141,6 +142,17 @@ fn memory(c: &mut Criterion) {
                 for id in 0..nkeys as u64 {
                     store.acquire_sync(id, &policy, 1);
                 }
+                // The full Decision keyed by ids, against governor's `usize` rows.
+                group.bench_function(
+                    BenchmarkId::from_parameter(format!("palisade_ids/{alg}")),
+                    |b| {
+                        b.iter_custom(|iters| {
+                            on_threads(iters, threads, &|i| {
+                                black_box(store.acquire_sync((i % nkeys) as u64, &policy, 1));
+                            })
+                        });
+                    },
+                );
                 group.bench_function(
                     BenchmarkId::from_parameter(format!("palisade_allow_ids/{alg}")),
                     |b| {

@@ -28,7 +28,7 @@ async fn main() {
             println!(
                 "ratelimit: request {i} of user:42 {verdict}, remaining {:?}, retry after {:?}",
                 d.remaining().unwrap_or(0),
-                d.retry_after.unwrap_or_default()
+                d.retry_after().unwrap_or_default()
             );
         }
     }

@@ -84,7 +84,8 @@ pub async fn enforce(State(stage): State<Stage>, mut req: Request, next: Next) -
                 let _ = stage.limiter.refund(&entry.key, &entry.policy, 1).await;
             }
             metrics::counter!("agent_api_rate_limited_total", "scope" => limit.scope).increment(1);
-            let mut response: Response = too_many_requests(&decision, HeaderStyle::BOTH);
+            let mut response: Response =
+                too_many_requests(&decision, &limit.policy, HeaderStyle::BOTH);
             response
                 .headers_mut()
                 .insert(X_RATELIMIT_SCOPE, HeaderValue::from_static(limit.scope));
@@ -108,6 +109,7 @@ pub async fn enforce(State(stage): State<Stage>, mut req: Request, next: Next) -
     {
         headers::apply(
             &tightest.decision,
+            &tightest.policy,
             response.headers_mut(),
             HeaderStyle::BOTH,
         );

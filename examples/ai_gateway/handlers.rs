@@ -411,9 +411,9 @@ pub async fn batch(
         Some(policy) => {
             let decision = gateway.limiter.limiter().acquire(&key, policy, cost).await;
             if !decision.allowed {
-                return Ok(too_many_requests(&decision, HeaderStyle::BOTH));
+                return Ok(too_many_requests(&decision, policy, HeaderStyle::BOTH));
             }
-            Some(decision)
+            Some((decision, policy))
         }
         None => None,
     };
@@ -471,8 +471,8 @@ pub async fn batch(
         },
     }))
     .into_response();
-    if let Some(d) = &decision {
-        headers::apply(d, response.headers_mut(), HeaderStyle::BOTH);
+    if let Some((d, policy)) = &decision {
+        headers::apply(d, policy, response.headers_mut(), HeaderStyle::BOTH);
     }
     Ok(response)
 }

@@ -995,10 +995,15 @@ async fn plugin_limit(State(state): State<Arc<AppState>>, req: Request, next: Ne
         .await;
     if !decision.allowed {
         metrics::counter!("plugin_server_rate_limited_total").increment(1);
-        return too_many_requests(&decision, HeaderStyle::BOTH);
+        return too_many_requests(&decision, &policy, HeaderStyle::BOTH);
     }
     let mut response = next.run(req).await;
-    headers::apply(&decision, response.headers_mut(), HeaderStyle::BOTH);
+    headers::apply(
+        &decision,
+        &policy,
+        response.headers_mut(),
+        HeaderStyle::BOTH,
+    );
     response
 }
 

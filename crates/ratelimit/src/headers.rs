@@ -1,4 +1,5 @@
-//! HTTP response headers for a [`Decision`].
+//! HTTP response headers for a [`Decision`] of a [`Policy`] (the decision holds the figures,
+//! the policy the names, limits and periods).
 //!
 //! * `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the
 //!   most restrictive quota is whole again), the de-facto headers most clients read.
@@ -21,7 +22,7 @@
 //!     .build()?;
 //! let decision = store.acquire_sync("user:1", &policy, 1);
 //! let mut h = http::HeaderMap::new();
-//! headers::apply(&decision, &mut h, headers::HeaderStyle::BOTH);
+//! headers::apply(&decision, &policy, &mut h, headers::HeaderStyle::BOTH);
 //! assert_eq!(h["ratelimit-policy"], r#""per_minute";q=60;w=60, "per_hour";q=1000;w=3600"#);
 //! assert_eq!(h["x-ratelimit-limit"], "60");
 //! assert_eq!(h["x-ratelimit-remaining"], "59");
@@ -33,6 +34,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::decision::Decision;
+use crate::quota::Policy;
 
 /// `X-RateLimit-Limit`.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -112,27 +114,24 @@ pub fn ceil_secs(d: Duration) -> u64 {
 /// The `Retry-After` value for a denial (seconds, rounded up), `None` when admitted or when
 /// the request can never pass.
 pub fn retry_after(decision: &Decision) -> Option<HeaderValue> {
-    if decision.allowed {
-        return None;
-    }
     decision
-        .retry_after
+        .retry_after()
         .map(|d| HeaderValue::from(ceil_secs(d)))
 }
 
 /// `RateLimit-Policy`: one item per quota, `"NAME";q=LIMIT;w=WINDOW_SECONDS`.
-pub fn ratelimit_policy(decision: &Decision) -> Option<HeaderValue> {
-    if decision.quotas.is_empty() {
+pub fn ratelimit_policy(decision: &Decision, policy: &Policy) -> Option<HeaderValue> {
+    if decision.is_empty() {
         return None;
     }
     let items: Vec<String> = decision
-        .named()
-        .map(|(name, q)| {
+        .named(policy)
+        .map(|(named, _)| {
             format!(
                 "{};q={};w={}",
-                sf_string(name),
-                q.limit,
-                ceil_secs(q.period)
+                sf_string(&named.name),
+                named.quota.limit(),
+                ceil_secs(named.quota.period())
             )
         })
         .collect();
@@ -140,16 +139,16 @@ pub fn ratelimit_policy(decision: &Decision) -> Option<HeaderValue> {
 }
 
 /// `RateLimit`: one item per quota, `"NAME";r=REMAINING;t=RESET_SECONDS`.
-pub fn ratelimit(decision: &Decision) -> Option<HeaderValue> {
-    if decision.quotas.is_empty() {
+pub fn ratelimit(decision: &Decision, policy: &Policy) -> Option<HeaderValue> {
+    if decision.is_empty() {
         return None;
     }
     let items: Vec<String> = decision
-        .named()
-        .map(|(name, q)| {
+        .named(policy)
+        .map(|(named, q)| {
             format!(
                 "{};r={};t={}",
-                sf_string(name),
+                sf_string(&named.name),
                 q.remaining,
                 ceil_secs(q.reset)
             )
@@ -158,26 +157,28 @@ pub fn ratelimit(decision: &Decision) -> Option<HeaderValue> {
     HeaderValue::from_str(&items.join(", ")).ok()
 }
 
-/// Write the headers for `decision` into `headers` (replacing existing ones of the same
-/// names). `Retry-After` is written on every denial that can pass later.
-pub fn apply(decision: &Decision, headers: &mut HeaderMap, style: HeaderStyle) {
+/// Write the headers for `decision`, made under `policy`, into `headers` (replacing
+/// existing ones of the same names). `Retry-After` is written on every denial that can pass
+/// later.
+pub fn apply(decision: &Decision, policy: &Policy, headers: &mut HeaderMap, style: HeaderStyle) {
     if style.legacy
-        && let Some(q) = decision.most_restrictive()
+        && let Some((i, q)) = decision.most_restrictive()
+        && let Some(named) = policy.quotas().get(i)
     {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(q.limit));
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(named.quota.limit()));
         headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
         headers.insert(X_RATELIMIT_RESET, HeaderValue::from(ceil_secs(q.reset)));
     }
     if style.draft {
-        if let Some(v) = ratelimit_policy(decision) {
+        if let Some(v) = ratelimit_policy(decision, policy) {
             headers.insert(RATELIMIT_POLICY, v);
         }
-        if let Some(v) = ratelimit(decision) {
+        if let Some(v) = ratelimit(decision, policy) {
             headers.insert(RATELIMIT, v);
         }
     }
     if style.per_window {
-        apply_per_window(decision, headers);
+        apply_per_window(decision, policy, headers);
     }
     if let Some(v) = retry_after(decision) {
         headers.insert(http::header::RETRY_AFTER, v);
@@ -187,8 +188,9 @@ pub fn apply(decision: &Decision, headers: &mut HeaderMap, style: HeaderStyle) {
 /// The per-window headers: `X-RateLimit-Limit-<quota>`, `-Remaining-<quota>`,
 /// `-Reset-<quota>` for each quota whose name makes a valid header name (lower-cased;
 /// others are skipped). Costs three small allocations per quota.
-fn apply_per_window(decision: &Decision, headers: &mut HeaderMap) {
-    for (name, q) in decision.named() {
+fn apply_per_window(decision: &Decision, policy: &Policy, headers: &mut HeaderMap) {
+    for (named, q) in decision.named(policy) {
+        let name = &*named.name;
         if name.is_empty()
             || !name
                 .bytes()
@@ -198,7 +200,7 @@ fn apply_per_window(decision: &Decision, headers: &mut HeaderMap) {
         }
         let suffix = name.to_ascii_lowercase();
         let values = [
-            ("limit", q.limit),
+            ("limit", named.quota.limit()),
             ("remaining", q.remaining),
             ("reset", ceil_secs(q.reset)),
         ];

@@ -43,6 +43,7 @@ use tower::{Layer, Service};
 
 use crate::decision::Decision;
 use crate::headers::{self, HeaderStyle};
+use crate::quota::Policy;
 use crate::rules::{Outcome, RequestLimiter, RequestParts};
 
 /// Applies a [`RequestLimiter`] in front of a service; see the [module docs](self).
@@ -136,9 +137,11 @@ where
                 _ => None,
             };
             if outcome.blocks()
-                && let Some(decision) = outcome.decision()
+                && let Outcome::Limited {
+                    decision, policy, ..
+                } = &outcome
             {
-                let mut response = too_many_requests(decision, style);
+                let mut response = too_many_requests(decision, policy, style);
                 if let Some(tier) = tier {
                     response
                         .headers_mut()
@@ -147,8 +150,11 @@ where
                 return Ok(response);
             }
             let mut response = inner.call(req).await?;
-            if let Outcome::Limited { decision, .. } = &outcome {
-                headers::apply(decision, response.headers_mut(), style);
+            if let Outcome::Limited {
+                decision, policy, ..
+            } = &outcome
+            {
+                headers::apply(decision, policy, response.headers_mut(), style);
             }
             if let Some(tier) = tier {
                 response
@@ -164,17 +170,18 @@ where
 /// `application/problem+json` body of the shape every palisade HTTP rejection shares (the
 /// breaker's 503, the key layer's 401/403): `type`, `title`, `status`, `detail`, `code`
 /// (`rate_limited`), plus `policy` and `retry_after` (whole seconds, or `null`).
-pub fn too_many_requests<B: From<String>>(decision: &Decision, style: HeaderStyle) -> Response<B> {
-    let retry = decision.retry_after.map(headers::ceil_secs);
+pub fn too_many_requests<B: From<String>>(
+    decision: &Decision,
+    policy: &Policy,
+    style: HeaderStyle,
+) -> Response<B> {
+    let retry = decision.retry_after().map(headers::ceil_secs);
     let detail = match retry {
         Some(s) => format!(
             "Rate limit of policy `{}` exceeded; retry in {s} s.",
-            decision.policy.name()
+            policy.name()
         ),
-        None => format!(
-            "Rate limit of policy `{}` exceeded.",
-            decision.policy.name()
-        ),
+        None => format!("Rate limit of policy `{}` exceeded.", policy.name()),
     };
     let body = serde_json::json!({
         "type": "about:blank",
@@ -182,7 +189,7 @@ pub fn too_many_requests<B: From<String>>(decision: &Decision, style: HeaderStyl
         "status": 429,
         "detail": detail,
         "code": "rate_limited",
-        "policy": decision.policy.name(),
+        "policy": policy.name(),
         "retry_after": retry,
     });
     let mut response = Response::new(B::from(body.to_string()));
@@ -191,6 +198,6 @@ pub fn too_many_requests<B: From<String>>(decision: &Decision, style: HeaderStyl
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    headers::apply(decision, response.headers_mut(), style);
+    headers::apply(decision, policy, response.headers_mut(), style);
     response
 }

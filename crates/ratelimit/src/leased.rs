@@ -655,7 +655,6 @@ impl Shared {
         }
         let allowed = answer?;
         Some(Decision::from_verdicts(
-            policy,
             allowed,
             &out[..n],
             DecisionSource::Lease,
@@ -692,12 +691,8 @@ impl Shared {
                             } else {
                                 None
                             };
-                            let decision = Decision::from_verdicts(
-                                policy,
-                                allowed,
-                                &out[..n],
-                                DecisionSource::Lease,
-                            );
+                            let decision =
+                                Decision::from_verdicts(allowed, &out[..n], DecisionSource::Lease);
                             Step::Here(decision, refresh)
                         }
                         None => Step::Remote(
@@ -802,7 +797,7 @@ impl Shared {
             Ok(lease) => {
                 self.observe_rtt(started.elapsed());
                 let allowance = self.apply(key, policy, plan, call, epoch, &lease);
-                Ok(with_allowance(&lease.decision, allowance))
+                Ok(with_allowance(&lease.decision, policy, allowance))
             }
             Err(error) => {
                 let now = self.clock.now();
@@ -1097,7 +1092,7 @@ impl Drop for Pending<'_> {
 
 /// The decision's per-quota figures, as verdicts.
 fn verdicts_of(decision: &Decision, out: &mut [Verdict]) {
-    for (o, q) in out.iter_mut().zip(decision.quotas.iter()) {
+    for (o, q) in out.iter_mut().zip(decision.quotas()) {
         *o = Verdict {
             allowed: q.allowed,
             remaining: q.remaining,
@@ -1108,11 +1103,10 @@ fn verdicts_of(decision: &Decision, out: &mut [Verdict]) {
 }
 
 /// `decision` with `allowance` units (this instance's) added to what each quota has left.
-fn with_allowance(decision: &Decision, allowance: u64) -> Decision {
+fn with_allowance(decision: &Decision, policy: &Policy, allowance: u64) -> Decision {
     if allowance == 0 {
         return decision.clone();
     }
-    let policy = &decision.policy;
     let n = policy.params().len().min(MAX_QUOTAS);
     let mut v = [Verdict::NONE; MAX_QUOTAS];
     verdicts_of(decision, &mut v[..n]);
@@ -1123,9 +1117,7 @@ fn with_allowance(decision: &Decision, allowance: u64) -> Decision {
         };
         v.remaining = v.remaining.saturating_add(allowance).min(capacity);
     }
-    let mut d = Decision::from_verdicts(policy, decision.allowed, &v[..n], decision.source);
-    d.from_fallback = decision.from_fallback;
-    d
+    Decision::from_verdicts(decision.allowed, &v[..n], decision.source)
 }
 
 fn count_call(policy: &Policy, outcome: &'static str) {
@@ -1168,8 +1160,8 @@ impl Store for LeasedStore {
             v.allowed = true;
             v.retry_after = None;
         }
-        let admitted = Decision::from_verdicts(policy, true, &v[..n], d.source);
-        Ok(with_allowance(&admitted, held))
+        let admitted = Decision::from_verdicts(true, &v[..n], d.source);
+        Ok(with_allowance(&admitted, policy, held))
     }
 
     /// Given back to the shared store (this instance forgets the store's last denial).

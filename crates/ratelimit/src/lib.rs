@@ -26,9 +26,9 @@
 //! assert!(limiter.acquire("user:42", &policy, 1).await.allowed);
 //! let third = limiter.acquire("user:42", &policy, 1).await;
 //! assert!(!third.allowed);
-//! assert!(third.retry_after.is_some());
+//! assert!(third.retry_after().is_some());
 //! // Each quota reports its own state.
-//! assert_eq!(third.quotas[1].remaining, 98);
+//! assert_eq!(third.quota(1).unwrap().remaining, 98);
 //! # Ok(()) }
 //! ```
 //!
@@ -65,7 +65,7 @@ mod store;
 pub mod testing;
 
 pub use crate::clock::{Clock, FakeClock, SystemClock};
-pub use crate::decision::{Decision, DecisionSource, QuotaDecision, Quotas};
+pub use crate::decision::{Decision, DecisionSource, QuotaDecision};
 pub use crate::error::{BoxError, Error, Result};
 pub use crate::lease::{Lease, LeaseRequest, LeaseReturn};
 pub use crate::leased::{LeaseConfig, LeasedStore, LeasedStoreBuilder};

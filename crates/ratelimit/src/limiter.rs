@@ -269,11 +269,10 @@ impl RateLimiter {
             (FailureMode::FallbackToMemory, Some(fallback)) => {
                 let mut d = fallback.acquire_sync(key, policy, cost);
                 d.source = DecisionSource::Fallback;
-                d.from_fallback = true;
                 d
             }
-            (FailureMode::FailClosed, _) => Decision::uncounted(policy, false),
-            _ => Decision::uncounted(policy, true),
+            (FailureMode::FailClosed, _) => Decision::uncounted(false),
+            _ => Decision::uncounted(true),
         }
     }
 }

@@ -388,7 +388,6 @@ fn decision_of(policy: &Policy, reply: &[i64], at: usize) -> Result<Decision> {
         })
         .collect();
     Ok(Decision::from_verdicts(
-        policy,
         reply[0] == 1,
         &verdicts,
         DecisionSource::Store,

@@ -34,7 +34,7 @@
 //! let outcome = limiter.check(&RequestParts::from_request(&req)).await;
 //! let decision = outcome.decision().unwrap();
 //! assert!(decision.allowed);
-//! assert_eq!(decision.quotas[0].remaining, 5); // 10 per minute, cost 5
+//! assert_eq!(decision.quota(0).unwrap().remaining, 5); // 10 per minute, cost 5
 //! # Ok(()) }
 //! ```
 
@@ -988,6 +988,9 @@ pub enum Outcome {
     Limited {
         /// The decision.
         decision: Decision,
+        /// The policy that decided (its name and quotas label the decision's figures, as
+        /// the [`headers`](crate::headers) need them).
+        policy: Policy,
         /// The configured tier it was counted under: the caller's own, or the rules'
         /// default tier for a tier the route does not list.
         tier: String,
@@ -1006,6 +1009,14 @@ impl Outcome {
     pub fn decision(&self) -> Option<&Decision> {
         match self {
             Self::Limited { decision, .. } => Some(decision),
+            _ => None,
+        }
+    }
+
+    /// The policy that decided, when the request was counted.
+    pub fn policy(&self) -> Option<&Policy> {
+        match self {
+            Self::Limited { policy, .. } => Some(policy),
             _ => None,
         }
     }
@@ -1089,6 +1100,7 @@ impl RequestLimiter {
         }
         Outcome::Limited {
             decision,
+            policy: policy.clone(),
             tier: tier.to_string(),
             shadow,
         }

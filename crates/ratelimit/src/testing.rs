@@ -231,19 +231,19 @@ async fn limit_and_refill_for(store: &dyn Store, clock: &FakeClock, alg: Algorit
     for i in 0..5 {
         let d = acquire(store, "k", &p, 1).await;
         assert!(d.allowed, "{alg}: request {i} refused: {d:?}");
-        assert_eq!(d.quotas[0].remaining, 4 - i, "{alg}");
-        assert_eq!(d.quotas[0].limit, 5);
-        assert!(!d.from_fallback);
+        assert_eq!(d.quota(0).unwrap().remaining, 4 - i, "{alg}");
+        assert_eq!(d.len(), 1, "{alg}: one figure per quota");
+        assert!(!d.from_fallback());
     }
     let d = acquire(store, "k", &p, 1).await;
     assert!(!d.allowed, "{alg}: sixth admitted");
-    assert_eq!(d.quotas[0].remaining, 0);
-    let retry = d.retry_after.expect("a retry time");
+    assert_eq!(d.quota(0).unwrap().remaining, 0);
+    let retry = d.retry_after().expect("a retry time");
     assert!(
         retry > Duration::ZERO && retry <= Duration::from_secs(120),
         "{alg}: {retry:?}"
     );
-    assert!(d.quotas[0].reset <= Duration::from_secs(120));
+    assert!(d.quota(0).unwrap().reset <= Duration::from_secs(120));
     // After twice the period every algorithm is whole again.
     clock.advance(Duration::from_secs(120));
     for _ in 0..5 {
@@ -275,22 +275,30 @@ async fn multi_window_denial_consumes_nothing_for(
     for _ in 0..10 {
         let d = acquire(store, "k", &p, 1).await;
         assert!(!d.allowed, "{alg}");
-        assert!(!d.quotas[0].allowed && d.quotas[1].allowed, "{alg}: {d:?}");
+        assert!(
+            !d.quota(0).unwrap().allowed && d.quota(1).unwrap().allowed,
+            "{alg}: {d:?}"
+        );
         assert_eq!(
-            d.quotas[1].remaining, 2,
+            d.quota(1).unwrap().remaining,
+            2,
             "{alg}: the denial consumed from per_minute"
         );
     }
     let peeked = store.peek("k", &p).await.expect("the store answered");
-    assert_eq!(peeked.quotas[1].remaining, 2, "{alg}");
+    assert_eq!(peeked.quota(1).unwrap().remaining, 2, "{alg}");
     clock.advance(Duration::from_millis(2_000));
     assert!(acquire(store, "k", &p, 1).await.allowed, "{alg}");
     assert!(acquire(store, "k", &p, 1).await.allowed, "{alg}");
     let d = acquire(store, "k", &p, 1).await;
     assert!(!d.allowed, "{alg}: per_minute exceeded");
-    assert!(d.quotas[0].allowed && !d.quotas[1].allowed, "{alg}: {d:?}");
+    assert!(
+        d.quota(0).unwrap().allowed && !d.quota(1).unwrap().allowed,
+        "{alg}: {d:?}"
+    );
     assert_eq!(
-        d.quotas[0].remaining, 1,
+        d.quota(0).unwrap().remaining,
+        1,
         "{alg}: the denial consumed from per_second"
     );
     clock.advance(Duration::from_secs(120));
@@ -299,19 +307,22 @@ async fn multi_window_denial_consumes_nothing_for(
 async fn weighted_cost_for(store: &dyn Store, clock: &FakeClock, alg: Algorithm) {
     let p = policy("cost", alg, &[("q", Quota::per_minute(10))]);
     let d = acquire(store, "k", &p, 7).await;
-    assert!(d.allowed && d.quotas[0].remaining == 3, "{alg}: {d:?}");
+    assert!(
+        d.allowed && d.quota(0).unwrap().remaining == 3,
+        "{alg}: {d:?}"
+    );
     let d = acquire(store, "k", &p, 4).await;
     assert!(!d.allowed, "{alg}");
-    assert_eq!(d.quotas[0].remaining, 3, "{alg}");
+    assert_eq!(d.quota(0).unwrap().remaining, 3, "{alg}");
     assert!(acquire(store, "k", &p, 3).await.allowed, "{alg}");
     let d = acquire(store, "other", &p, 11).await;
     assert!(
-        !d.allowed && d.retry_after.is_none(),
+        !d.allowed && d.retry_after().is_none(),
         "{alg}: a cost above the limit can never pass: {d:?}"
     );
     let d = acquire(store, "other", &p, 0).await;
     assert!(
-        d.allowed && d.quotas[0].remaining == 10,
+        d.allowed && d.quota(0).unwrap().remaining == 10,
         "{alg}: cost 0 is a free look: {d:?}"
     );
     clock.advance(Duration::from_secs(120));
@@ -320,16 +331,22 @@ async fn weighted_cost_for(store: &dyn Store, clock: &FakeClock, alg: Algorithm)
 async fn peek_consumes_nothing_for(store: &dyn Store, clock: &FakeClock, alg: Algorithm) {
     let p = policy("peek", alg, &[("q", Quota::per_minute(3))]);
     let d = store.peek("k", &p).await.expect("the store answered");
-    assert!(d.allowed && d.quotas[0].remaining == 3, "{alg}: {d:?}");
+    assert!(
+        d.allowed && d.quota(0).unwrap().remaining == 3,
+        "{alg}: {d:?}"
+    );
     acquire(store, "k", &p, 2).await;
     for _ in 0..5 {
         let d = store.peek("k", &p).await.expect("the store answered");
-        assert!(d.allowed && d.quotas[0].remaining == 1, "{alg}: {d:?}");
+        assert!(
+            d.allowed && d.quota(0).unwrap().remaining == 1,
+            "{alg}: {d:?}"
+        );
     }
     acquire(store, "k", &p, 1).await;
     let d = store.peek("k", &p).await.expect("the store answered");
     assert!(
-        !d.allowed && d.quotas[0].remaining == 0 && d.retry_after.is_some(),
+        !d.allowed && d.quota(0).unwrap().remaining == 0 && d.retry_after().is_some(),
         "{alg}: {d:?}"
     );
     clock.advance(Duration::from_secs(120));
@@ -354,7 +371,7 @@ async fn refund_gives_back_for(store: &dyn Store, clock: &FakeClock, alg: Algori
         .await
         .expect("the store answered");
     let d = store.peek("fresh", &p).await.expect("the store answered");
-    assert_eq!(d.quotas[0].remaining, 5, "{alg}");
+    assert_eq!(d.quota(0).unwrap().remaining, 5, "{alg}");
     clock.advance(Duration::from_secs(120));
 }
 
@@ -368,7 +385,10 @@ async fn reset_forgets_for(store: &dyn Store, clock: &FakeClock, alg: Algorithm)
     assert!(!acquire(store, "k", &p, 1).await.allowed, "{alg}");
     store.reset("k", &p).await.expect("the store answered");
     let d = acquire(store, "k", &p, 2).await;
-    assert!(d.allowed && d.quotas[1].remaining == 1, "{alg}: {d:?}");
+    assert!(
+        d.allowed && d.quota(1).unwrap().remaining == 1,
+        "{alg}: {d:?}"
+    );
     store.reset("k", &p).await.expect("the store answered");
     clock.advance(Duration::from_secs(120));
 }
@@ -396,7 +416,7 @@ async fn hostile_keys_stay_apart_for(store: &dyn Store, clock: &FakeClock, alg: 
     for k in &keys {
         let d = acquire(store, k, &p, 1).await;
         assert!(
-            d.allowed && d.quotas[0].remaining == 1,
+            d.allowed && d.quota(0).unwrap().remaining == 1,
             "{alg}: key {:?} shares state: {d:?}",
             truncate(k)
         );
@@ -404,7 +424,7 @@ async fn hostile_keys_stay_apart_for(store: &dyn Store, clock: &FakeClock, alg: 
     for k in &keys {
         let d = acquire(store, k, &p, 1).await;
         assert!(
-            d.allowed && d.quotas[0].remaining == 0,
+            d.allowed && d.quota(0).unwrap().remaining == 0,
             "{alg}: key {:?}: {d:?}",
             truncate(k)
         );
@@ -443,7 +463,7 @@ async fn retry_after_is_honest_for(store: &dyn Store, clock: &FakeClock, alg: Al
     clock.advance(Duration::from_millis(100));
     let d = acquire(store, "k", &p, 1).await;
     assert!(!d.allowed, "{alg}");
-    let retry = d.retry_after.expect("a retry time");
+    let retry = d.retry_after().expect("a retry time");
     clock.advance(retry);
     assert!(
         acquire(store, "k", &p, 1).await.allowed,
@@ -456,7 +476,7 @@ async fn zero_limit_denies_for(store: &dyn Store, clock: &FakeClock, alg: Algori
     let p = policy("zero", alg, &[("q", Quota::per_minute(0))]);
     for _ in 0..3 {
         let d = acquire(store, "k", &p, 1).await;
-        assert!(!d.allowed && d.retry_after.is_none(), "{alg}: {d:?}");
+        assert!(!d.allowed && d.retry_after().is_none(), "{alg}: {d:?}");
         clock.advance(Duration::from_secs(61));
     }
 }
@@ -478,7 +498,7 @@ async fn a_longer_period_strands_no_key_for(store: &dyn Store, clock: &FakeClock
             "{alg}: request {i} under the longer period refused: {d:?}"
         );
         assert!(
-            d.quotas[0].reset <= Duration::from_secs(120),
+            d.quota(0).unwrap().reset <= Duration::from_secs(120),
             "{alg}: {d:?}"
         );
     }
@@ -551,11 +571,11 @@ async fn a_lease_is_counted_when_granted_for(store: &dyn Store, clock: &FakeCloc
         assert_eq!(lease.granted, 0, "the log is never leased");
     }
     assert_eq!(
-        lease.decision.quotas[0].remaining,
+        lease.decision.quota(0).unwrap().remaining,
         90 - lease.granted,
         "{alg}: the grant is not counted: {lease:?}"
     );
-    let left = |d: Decision| d.quotas[0].remaining;
+    let left = |d: Decision| d.quota(0).unwrap().remaining;
     let peeked = left(store.peek("k", &p).await.expect("the store answered"));
     assert_eq!(peeked, 90 - lease.granted, "{alg}");
     if lease.granted > 0 {

@@ -328,7 +328,13 @@ async fn left(url: &str, prefix: &str, policy: &Policy) -> u64 {
     let store = RedisStore::new(pool)
         .with_prefix(prefix)
         .with_clock(frozen());
-    store.peek("hot", policy).await.unwrap().quotas[0].remaining
+    store
+        .peek("hot", policy)
+        .await
+        .unwrap()
+        .quota(0)
+        .unwrap()
+        .remaining
 }
 
 /// Four processes on one key for `alg`, strict then tolerant.

@@ -118,11 +118,11 @@ fn a_policy_changed_under_the_same_name_starts_fresh() {
         .unwrap();
     let d = store.acquire_sync("k", &two, 1);
     assert!(
-        d.allowed && d.quotas.len() == 2 && d.quotas[1].remaining == 2,
+        d.allowed && d.len() == 2 && d.quota(1).unwrap().remaining == 2,
         "{d:?}"
     );
     store.refund_sync("k", &one, 1);
-    assert_eq!(store.peek_sync("k", &two).quotas[0].remaining, 1);
+    assert_eq!(store.peek_sync("k", &two).quota(0).unwrap().remaining, 1);
     assert!(store.allow_sync("k", &one, 1));
 }
 
@@ -169,10 +169,22 @@ fn ids_and_texts_are_separate_subjects() {
                 "{alg} {id}"
             );
         }
-        assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 0, "{alg}");
+        assert_eq!(
+            store.peek_sync(7_u64, &p).quota(0).unwrap().remaining,
+            0,
+            "{alg}"
+        );
         store.refund_sync(7_u64, &p, 1);
-        assert_eq!(store.peek_sync(7_u64, &p).quotas[0].remaining, 1, "{alg}");
-        assert_eq!(store.peek_sync("7", &p).quotas[0].remaining, 0, "{alg}");
+        assert_eq!(
+            store.peek_sync(7_u64, &p).quota(0).unwrap().remaining,
+            1,
+            "{alg}"
+        );
+        assert_eq!(
+            store.peek_sync("7", &p).quota(0).unwrap().remaining,
+            0,
+            "{alg}"
+        );
         store.reset_sync(0_u64, &p);
         assert!(store.acquire_sync(0_u64, &p, 1).allowed, "{alg}");
         assert!(!store.allow_sync("0", &p, 1), "{alg}");

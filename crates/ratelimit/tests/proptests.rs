@@ -475,7 +475,6 @@ proptest! {
                     prop_assert_eq!(
                         &d,
                         &palisade_ratelimit::Decision::from_verdicts(
-                            &policy,
                             m,
                             &verdicts,
                             palisade_ratelimit::DecisionSource::Store,
@@ -584,7 +583,7 @@ proptest! {
                     } else {
                         prop_assert_eq!(
                             store.acquire_sync(subject, policy, cost),
-                            Decision::from_verdicts(policy, m, &verdicts, DecisionSource::Store)
+                            Decision::from_verdicts(m, &verdicts, DecisionSource::Store)
                         );
                     }
                 }
@@ -600,7 +599,7 @@ proptest! {
             let (p, verdicts) = peek(states, policy, now);
             prop_assert_eq!(
                 store.peek_sync(subject, policy),
-                Decision::from_verdicts(policy, p, &verdicts, DecisionSource::Store)
+                Decision::from_verdicts(p, &verdicts, DecisionSource::Store)
             );
         }
     }

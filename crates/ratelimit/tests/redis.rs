@@ -258,7 +258,7 @@ async fn server_time_refills() {
     assert!(store.acquire("k", &policy, 2).await.unwrap().allowed);
     let d = store.acquire("k", &policy, 1).await.unwrap();
     assert!(!d.allowed);
-    let wait = d.retry_after.unwrap();
+    let wait = d.retry_after().unwrap();
     assert!(wait <= Duration::from_millis(100), "{wait:?}");
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
     assert!(store.acquire("k", &policy, 1).await.unwrap().allowed);
@@ -295,12 +295,12 @@ async fn killed_redis_follows_the_failure_mode() {
     for _ in 0..5 {
         let d = open.acquire("k", &policy, 1).await;
         assert!(
-            d.allowed && d.source == DecisionSource::FailOpen && d.from_fallback,
+            d.allowed && d.source == DecisionSource::FailOpen && d.from_fallback(),
             "{d:?}"
         );
         let d = closed.acquire("k", &policy, 1).await;
         assert!(
-            !d.allowed && d.source == DecisionSource::FailClosed && d.from_fallback,
+            !d.allowed && d.source == DecisionSource::FailClosed && d.from_fallback(),
             "{d:?}"
         );
     }
@@ -499,7 +499,7 @@ async fn a_denied_log_request_does_logarithmic_work() {
             local.acquire("k", &policy, cost).await.unwrap(),
             "cost {cost}"
         );
-        assert!(d.retry_after.is_some(), "cost {cost}");
+        assert!(d.retry_after().is_some(), "cost {cost}");
         // Binary search over 20,000 entries: 15 probes, plus a few reads of the ends.
         assert!(reads <= 24, "cost {cost}: {reads} reads of the log");
     }

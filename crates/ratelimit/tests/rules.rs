@@ -53,10 +53,10 @@ async fn an_unlisted_tier_is_limited_as_the_default_tier() {
         outcomes.push(limiter.check(&RequestParts::from_request(&req)).await);
     }
     for o in &outcomes {
-        let Outcome::Limited { decision, tier, .. } = o else {
+        let Outcome::Limited { policy, tier, .. } = o else {
             panic!("an unlisted tier went unlimited: {o:?}");
         };
-        assert_eq!(decision.policy.name(), "free-ai");
+        assert_eq!(policy.name(), "free-ai");
         assert_eq!(
             tier, "free",
             "counted (and labelled) under the default tier"

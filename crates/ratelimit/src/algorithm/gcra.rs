@@ -3,6 +3,7 @@
 //! transcription is `src/lua/gcra.lua`.
 
 use super::{MAX_MICROS, Machine, OneWord, Verdict, WordLayout};
+use crate::decision::RawVerdict;
 use crate::quota::{Algorithm, Params};
 
 /// The theoretical arrival time of the next request; any `tat <= now` means "full".
@@ -42,15 +43,37 @@ impl Machine for Gcra {
         }
     }
 
-    /// `check` and `take` in one pass: the arrival time is computed once.
+    /// `check` and `take` in one pass: the arrival time is computed once, and the units
+    /// left stay a slack in microseconds (divided by the interval only when read).
     #[inline]
-    fn decide(&mut self, q: &Params, now: u64, cost: u64) -> Verdict {
-        let v = self.check(q, now, cost);
-        if v.allowed {
-            // `check` admitted: the new arrival time is `now` plus the reset it reported.
-            self.tat = now.min(MAX_MICROS) + v.reset;
+    fn decide(&mut self, q: &Params, now: u64, cost: u64) -> RawVerdict {
+        let now = now.min(MAX_MICROS);
+        let t = q.interval;
+        let tau = q.burst * t;
+        let tat0 = self.tat.max(now);
+        let new_tat = tat0.saturating_add(cost.saturating_mul(t));
+        if new_tat <= now + tau {
+            self.tat = new_tat;
+            RawVerdict {
+                left: now + tau - new_tat,
+                unit: t,
+                reset: new_tat - now,
+                retry: RawVerdict::NEVER,
+                allowed: true,
+            }
+        } else {
+            RawVerdict {
+                left: (now + tau).saturating_sub(tat0),
+                unit: t,
+                reset: tat0 - now,
+                retry: if cost <= q.burst {
+                    new_tat - tau - now
+                } else {
+                    RawVerdict::NEVER
+                },
+                allowed: false,
+            }
         }
-        v
     }
 
     #[inline(always)]

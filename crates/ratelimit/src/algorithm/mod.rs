@@ -37,6 +37,7 @@
 
 use std::fmt;
 
+use crate::decision::RawVerdict;
 use crate::quota::{Algorithm, Params, Policy, Quota};
 
 mod fixed_window;
@@ -99,16 +100,17 @@ pub(crate) trait Machine: Clone + fmt::Debug + PartialEq {
     /// policy of several applies to each once all have admitted. A denial changes nothing.
     fn take(&mut self, q: &Params, now: u64, cost: u64) -> bool;
     /// `check`, then `take` when admitted: the verdict of a single quota's decision with
-    /// the request applied. An algorithm may do it in one pass (GCRA does), as long as the
-    /// verdict and the new state are those of `check` and `take`.
+    /// the request applied, its figures left for the reader to compute. An algorithm may do
+    /// it in one pass (GCRA does), as long as the verdict and the new state are those of
+    /// `check` and `take`.
     #[inline]
-    fn decide(&mut self, q: &Params, now: u64, cost: u64) -> Verdict {
+    fn decide(&mut self, q: &Params, now: u64, cost: u64) -> RawVerdict {
         let v = self.check(q, now, cost);
         if v.allowed {
             let taken = self.take(q, now, cost);
             debug_assert!(taken, "check admitted the request");
         }
-        v
+        RawVerdict::of(&v)
     }
     /// Give back up to `cost` units (never beyond the capacity, never below zero).
     fn refund(&mut self, q: &Params, now: u64, cost: u64);
@@ -438,7 +440,7 @@ mod tests {
                 if expected.allowed {
                     prop_assert!(two_pass.take(params, now, cost));
                 }
-                prop_assert_eq!(one_pass.decide(params, now, cost), expected);
+                prop_assert_eq!(one_pass.decide(params, now, cost).verdict(), expected);
                 prop_assert_eq!(one_pass, two_pass);
             }
         }

@@ -98,8 +98,8 @@ impl From<u64> for Subject<'_> {
 ///   shard or a probe sequence cannot be predicted from outside; keys whose hashes collide
 ///   are still told apart by their bytes), one mutex, two table probes (the policy's group,
 ///   then the key), no I/O, no allocation for a known key
-///   ([`allow_sync`](Self::allow_sync) allocates nothing; the [`Decision`] of
-///   [`acquire_sync`](Self::acquire_sync) allocates its per-quota list).
+///   (neither [`allow_sync`](Self::allow_sync) nor, for a single-quota policy, the
+///   [`Decision`] of [`acquire_sync`](Self::acquire_sync) allocates).
 /// * **Memory**: keys are grouped by policy, and each group keeps one table per state
 ///   shape, so an entry holds only the key and the states its policy needs: 24 bytes for a
 ///   single quota of GCRA, token bucket, fixed window or sliding-window counter (its state
@@ -247,11 +247,7 @@ impl MemoryStore {
         cost: u64,
     ) -> Decision {
         let now = self.clock.now();
-        self.call(
-            subject.into(),
-            policy,
-            Slot(Decide { policy, now, cost }, now),
-        )
+        self.call(subject.into(), policy, Slot(Decide { now, cost }, now))
     }
 
     /// Only whether a request of `cost` is admitted (consuming it if so), without building a
@@ -271,7 +267,7 @@ impl MemoryStore {
     /// [`Store::peek`](crate::Store::peek), synchronously.
     pub fn peek_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) -> Decision {
         let now = self.clock.now();
-        self.call(subject.into(), policy, Look(Peek { policy, now }))
+        self.call(subject.into(), policy, Look(Peek { now }))
     }
 
     /// [`Store::refund`](crate::Store::refund), synchronously.
@@ -288,18 +284,7 @@ impl MemoryStore {
         request: &crate::lease::LeaseRequest,
     ) -> crate::lease::Lease {
         let now = self.clock.now();
-        self.call(
-            subject.into(),
-            policy,
-            Slot(
-                LeaseOp {
-                    policy,
-                    now,
-                    request,
-                },
-                now,
-            ),
-        )
+        self.call(subject.into(), policy, Slot(LeaseOp { now, request }, now))
     }
 
     /// [`Store::release`](crate::Store::release), synchronously.
@@ -382,7 +367,7 @@ impl<O: Op> Call for Existing<O> {
 /// Reads the states, or fresh ones when the key is not held.
 struct Look<R>(R);
 
-impl Call for Look<Peek<'_>> {
+impl Call for Look<Peek> {
     type Out = Decision;
     fn on<K: StoredKey, F: Form>(
         self,
@@ -392,10 +377,10 @@ impl Call for Look<Peek<'_>> {
     ) -> Self::Out {
         let (h, shard) = store.shard::<K>(policy, key);
         shard
-            .read::<K, F, Peek<'_>>(h, policy, key, self.0)
+            .read::<K, F, Peek>(h, policy, key, self.0)
             .unwrap_or_else(|| {
                 let (allowed, v) = algorithm::peek(&[], policy, self.0.now);
-                Decision::from_verdicts(policy, allowed, &v, DecisionSource::Store)
+                Decision::from_verdicts(allowed, &v, DecisionSource::Store)
             })
     }
 }
@@ -636,12 +621,7 @@ mod tests {
                         let d = store.acquire_sync(*subject, policy, cost);
                         assert_eq!(
                             d,
-                            Decision::from_verdicts(
-                                policy,
-                                expected,
-                                &verdicts,
-                                DecisionSource::Store
-                            ),
+                            Decision::from_verdicts(expected, &verdicts, DecisionSource::Store),
                             "{alg} step {step} {subject:?}"
                         );
                         d.allowed
@@ -650,7 +630,7 @@ mod tests {
                     let (peeked, verdicts) = algorithm::peek(states, policy, now);
                     assert_eq!(
                         store.peek_sync(*subject, policy),
-                        Decision::from_verdicts(policy, peeked, &verdicts, DecisionSource::Store),
+                        Decision::from_verdicts(peeked, &verdicts, DecisionSource::Store),
                         "{alg} step {step} {subject:?}"
                     );
                 }
@@ -664,7 +644,7 @@ mod tests {
             let (peeked, verdicts) = algorithm::peek(states, &later, clock.now_micros());
             assert_eq!(
                 store.peek_sync("k", &later),
-                Decision::from_verdicts(&later, peeked, &verdicts, DecisionSource::Store),
+                Decision::from_verdicts(peeked, &verdicts, DecisionSource::Store),
                 "{alg} after a refund"
             );
             // Moved keys are forgotten like any other.

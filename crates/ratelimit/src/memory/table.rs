@@ -64,27 +64,26 @@ impl Op for Admit {
 }
 
 /// The decision with every quota's verdict, built where the verdicts are (a single quota's
-/// on the stack, several in a buffer on the stack): nothing is allocated for one quota.
+/// raw verdict as the algorithm leaves it, several through a buffer on the stack): nothing
+/// is allocated for one quota.
 #[derive(Clone, Copy)]
-pub(super) struct Decide<'p> {
-    pub(super) policy: &'p Policy,
+pub(super) struct Decide {
     pub(super) now: u64,
     pub(super) cost: u64,
 }
 
-impl Op for Decide<'_> {
+impl Op for Decide {
     type Out = Decision;
     #[inline]
     fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
-        let v = m.decide(q, self.now, self.cost);
-        Decision::from_verdict(self.policy, &v, DecisionSource::Store)
+        Decision::one(m.decide(q, self.now, self.cost), DecisionSource::Store)
     }
     fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
         let mut out = [Verdict::NONE; MAX_QUOTAS];
         let n = states.len().min(MAX_QUOTAS);
         let allowed =
             algorithm::decide_into(&mut states[..n], policy, self.now, self.cost, &mut out[..n]);
-        Decision::from_verdicts(policy, allowed, &out[..n], DecisionSource::Store)
+        Decision::from_verdicts(allowed, &out[..n], DecisionSource::Store)
     }
 }
 
@@ -108,7 +107,6 @@ impl Op for Refund {
 /// One lease call ([`crate::lease::lease`]): the request and the grant, all or nothing.
 #[derive(Clone, Copy)]
 pub(super) struct LeaseOp<'p> {
-    pub(super) policy: &'p Policy,
     pub(super) now: u64,
     pub(super) request: &'p crate::lease::LeaseRequest,
 }
@@ -116,7 +114,6 @@ pub(super) struct LeaseOp<'p> {
 impl LeaseOp<'_> {
     fn answer(self, o: crate::lease::Outcome, verdicts: &[Verdict]) -> crate::lease::Lease {
         let mut lease = crate::lease::Lease::exact(Decision::from_verdicts(
-            self.policy,
             o.admitted,
             verdicts,
             DecisionSource::Store,
@@ -222,23 +219,22 @@ impl Read for Expiry {
 
 /// What a request of cost 1 would get, consuming nothing.
 #[derive(Clone, Copy)]
-pub(super) struct Peek<'p> {
-    pub(super) policy: &'p Policy,
+pub(super) struct Peek {
     pub(super) now: u64,
 }
 
-impl Read for Peek<'_> {
+impl Read for Peek {
     type Out = Decision;
     fn one<M: Machine>(self, m: &M, q: &Params) -> Decision {
         let mut v = m.check(q, self.now, 1);
         if v.allowed {
             v.remaining += 1;
         }
-        Decision::from_verdicts(self.policy, v.allowed, &[v], DecisionSource::Store)
+        Decision::from_verdicts(v.allowed, &[v], DecisionSource::Store)
     }
     fn list(self, states: &[QuotaState], policy: &Policy) -> Decision {
         let (allowed, v) = algorithm::peek(states, policy, self.now);
-        Decision::from_verdicts(policy, allowed, &v, DecisionSource::Store)
+        Decision::from_verdicts(allowed, &v, DecisionSource::Store)
     }
 }
 
@@ -771,15 +767,39 @@ impl Group {
     }
 
     /// Whether `policy` reads this group's states as they are.
-    #[inline]
+    #[inline(always)]
     fn fits(&self, policy: &Policy) -> bool {
-        self.policy.same(policy)
-            || (self.policy.name() == policy.name() && self.policy.reads_states_of(policy))
+        self.policy.same(policy) || self.matches(policy)
+    }
+
+    /// [`fits`](Self::fits) for another policy object (out of line: rare).
+    #[cold]
+    #[inline(never)]
+    fn matches(&self, policy: &Policy) -> bool {
+        self.policy.name() == policy.name() && self.policy.reads_states_of(policy)
     }
 
     pub(super) fn len(&mut self) -> usize {
         self.text.len() + self.ids.len()
     }
+}
+
+/// A group found under another object of a matching policy follows that one.
+#[cold]
+#[inline(never)]
+fn follow(g: &mut Group, policy: &Policy) {
+    g.policy = policy.clone();
+}
+
+/// The group of a policy first seen in this shard.
+#[cold]
+#[inline(never)]
+fn new_group<'t>(groups: &'t mut HashTable<Group>, policy: &Policy) -> &'t mut Group {
+    groups
+        .insert_unique(policy.name_hash(), Group::new(policy), |g| {
+            g.policy.name_hash()
+        })
+        .into_mut()
 }
 
 /// One shard's keys, grouped by policy ([`Group`]); each group's tables find a key by the
@@ -795,25 +815,24 @@ impl Shard {
         self.groups.iter_mut().map(Group::len).sum()
     }
 
-    /// The group of `policy`, made when missing, following `policy` from now on.
-    #[inline]
+    /// The group of `policy`, made when missing, following `policy` from now on. Inlined
+    /// into every call: the usual case is one probe and a pointer comparison (the same
+    /// policy object as last time); the rest is out of line.
+    #[inline(always)]
     fn group_mut(&mut self, policy: &Policy) -> &mut Group {
-        let g = match self
+        match self
             .groups
             .find_entry(policy.name_hash(), |g| g.fits(policy))
         {
-            Ok(found) => found.into_mut(),
-            Err(absent) => absent
-                .into_table()
-                .insert_unique(policy.name_hash(), Group::new(policy), |g| {
-                    g.policy.name_hash()
-                })
-                .into_mut(),
-        };
-        if !g.policy.same(policy) {
-            g.policy = policy.clone();
+            Ok(found) => {
+                let g = found.into_mut();
+                if !g.policy.same(policy) {
+                    follow(g, policy);
+                }
+                g
+            }
+            Err(absent) => new_group(absent.into_table(), policy),
         }
-        g
     }
 
     /// `r` on the states of (policy, key) in form `F`; `None` when the key is not held.
