@@ -97,9 +97,9 @@ impl Tally {
 /// (fixed window) or one window later (sliding counter: the window's count weighs on the
 /// next); that end, read against this machine's clock, is within a round trip of a window
 /// boundary, so rounding finds it.
-fn window_of(alg: Algorithm, d: &palisade_ratelimit::Decision, now: u64) -> u64 {
-    let q = &d.quotas[0];
-    let p = q.period.as_micros() as u64;
+fn window_of(alg: Algorithm, d: &palisade_ratelimit::Decision, period: Duration, now: u64) -> u64 {
+    let q = d.quota(0).expect("a counted decision");
+    let p = period.as_micros() as u64;
     let end = now + q.reset.as_micros() as u64;
     let boundary = (end + p / 2) / p;
     match alg {
@@ -127,7 +127,12 @@ async fn worker(
             .expect("Redis answers");
         let now = now_micros();
         if d.allowed {
-            let w = window_of(policy.algorithm(), &d, now);
+            let w = window_of(
+                policy.algorithm(),
+                &d,
+                policy.quotas()[0].quota.period(),
+                now,
+            );
             let mut t = tally.lock();
             *t.per_window.entry(w).or_default() += 1;
             if d.source == DecisionSource::Lease {
@@ -400,7 +405,13 @@ async fn left(url: &str, prefix: &str, policy: &Policy) -> u64 {
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .unwrap();
     let store = RedisStore::new(pool).with_prefix(prefix);
-    store.peek("hot", policy).await.unwrap().quotas[0].remaining
+    store
+        .peek("hot", policy)
+        .await
+        .unwrap()
+        .quota(0)
+        .unwrap()
+        .remaining
 }
 
 /// Waits until the UTC day has at least `need` left (the per-day windows must not roll
