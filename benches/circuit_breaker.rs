@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 #[cfg(feature = "redis")]
 use palisade::circuit_breaker::RedisStore;
-use palisade::circuit_breaker::store::{Batch, ProbeGrant, SharedPolicy, Store};
-use palisade::circuit_breaker::{CircuitBreaker, Config, FakeClock, MemoryStore, Outcome, State};
+use palisade::circuit_breaker::store::{Batch, ProbeGrant, SharedPolicy};
+use palisade::circuit_breaker::{
+    CircuitBreaker, Config, FakeClock, MemoryStore, Outcome, State, Store,
+};
 
 fn ready<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
@@ -211,12 +213,10 @@ fn store_rows(
     store: &dyn Store,
     clock: &FakeClock,
 ) {
-    let config = Config {
-        minimum_calls: 1,
-        half_open_probes: 1 << 20,
-        success_threshold: 1,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .minimum_calls(1)
+        .half_open_probes(1 << 20)
+        .success_threshold(1);
     let policy = SharedPolicy::from_config(&config);
     let batch = Batch::new("bench-instance", 20, 1, 0, false);
     g.bench_function(BenchmarkId::new("flush", backend), |b| {

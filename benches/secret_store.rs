@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use palisade::secret_store::deadpool_redis;
+use palisade::secret_store::redact::Redactor;
 use palisade::secret_store::{
-    ExposeSecret, MasterKey, MemoryProvider, Provider, Redactor, RedisProvider, SecretName,
-    SecretString, Secrets,
+    ExposeSecret, MasterKey, MemoryProvider, Provider, RedisProvider, SecretName, SecretString,
+    Secrets,
 };
 
 fn ready<F: Future>(f: F) -> F::Output {

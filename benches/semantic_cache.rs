@@ -12,10 +12,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use palisade::semantic_cache::guard::GuardConfig;
 use palisade::semantic_cache::index::{FlatIndex, HnswIndex, dot};
 use palisade::semantic_cache::{
-    CacheKey, EntryId, GuardConfig, HashingEmbedder, MemoryConfig, MemoryStore, NamespacePolicy,
-    SemanticCache, Usage,
+    CacheKey, EntryId, HashingEmbedder, MemoryConfig, MemoryStore, NamespacePolicy, SemanticCache,
+    Usage,
 };
 
 const DIM: usize = 384;
@@ -174,10 +175,11 @@ fn crossover(c: &mut Criterion) {
 /// A memory-store cache holding `n` templated prompts in one partition (threshold 0, so
 /// every lookup goes through its candidates), and how long filling it took.
 fn filled_cache(rt: &tokio::runtime::Runtime, n: usize) -> (SemanticCache, std::time::Duration) {
-    let store = MemoryStore::new(MemoryConfig {
-        max_entries: n as u64 + 1_000,
-        max_bytes: 1 << 40,
-    })
+    let store = MemoryStore::new(
+        MemoryConfig::default()
+            .max_entries(n as u64 + 1_000)
+            .max_bytes(1 << 40),
+    )
     .unwrap();
     let cache = SemanticCache::builder()
         .store(store)

@@ -89,11 +89,7 @@ async fn main() {
         let served = cache
             .get_or_compute(&ask("acme", "How do I reset my password?"), || async {
                 // The LLM call goes here; it runs once per distinct prompt.
-                let usage = Usage {
-                    input_tokens: 40,
-                    output_tokens: 60,
-                    cost: 0.0004,
-                };
+                let usage = Usage::new(40, 60, 0.0004);
                 Ok::<_, std::io::Error>(Computed::new("Open Settings > Security > Reset.", usage))
             })
             .await

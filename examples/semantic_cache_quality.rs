@@ -14,11 +14,12 @@
 
 use std::fmt::Write as _;
 
+use palisade::semantic_cache::guard::GuardConfig;
 use palisade::semantic_cache::quality::{
     Report, ScoredPair, evaluate_with, markdown_table, parse_set, score, source_table,
     summary_table,
 };
-use palisade::semantic_cache::{Embedder, GuardConfig, HashingEmbedder};
+use palisade::semantic_cache::{Embedder, HashingEmbedder};
 
 const TUNE: &str = include_str!("../crates/semantic-cache/data/quality/tune.tsv");
 const TEST: &str = include_str!("../crates/semantic-cache/data/quality/test.tsv");

@@ -270,11 +270,7 @@ async fn chat(
         .try_get_or_compute(&key, || async {
             // Only a miss gets here, and through the breaker.
             let text = app.breaker.call(app.llm.complete(&body.prompt)).await?;
-            let usage = Usage {
-                input_tokens: 12,
-                output_tokens: 40,
-                cost: 0.0001,
-            };
+            let usage = Usage::new(12, 40, 0.0001);
             Ok::<_, circuit_breaker::Error<LlmError>>(Computed::new(text, usage))
         })
         .await;

@@ -25,16 +25,16 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use palisade::apikey::{ApiKeyLayer, ApiKeys, Identity, Pepper, Peppers};
+use palisade::apikey::layer::{ApiKeyLayer, Identity};
+use palisade::apikey::{ApiKeys, Pepper, Peppers};
 use palisade::circuit_breaker::{
     self as cb, CircuitBreaker, Registry, RegistryConfig, State as BreakerState,
 };
 use palisade::ratelimit::rules::{ClientIp, Key};
 use palisade::ratelimit::{Algorithm, Policy, Quota, RateLimiter};
+use palisade::secret_store::redact::Redactor;
 use palisade::secret_store::vault::{VaultConfig, VaultProvider};
-use palisade::secret_store::{
-    ExposeSecret, FileProvider, Redactor, SecretString, Secrets, SecretsConfig,
-};
+use palisade::secret_store::{ExposeSecret, FileProvider, SecretString, Secrets, SecretsConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -154,21 +154,21 @@ impl Settings {
 /// (half failing, at least 4, or 3 in a row opens it for 30 s; a call is cut at 20 s); the
 /// database and Redis open after 3 failures in a row for 5 s.
 fn default_breakers() -> RegistryConfig {
-    let mut config = RegistryConfig::default();
-    config.default.window = cb::SlidingWindow::Count { size: 10 };
-    config.default.minimum_calls = 4;
-    config.default.consecutive_failures = Some(3);
-    config.default.open_wait = Duration::from_secs(30);
-    config.default.call_timeout = Some(Duration::from_secs(20));
-    config.default.half_open_probes = 1;
-    config.default.success_threshold = 1;
-    for name in ["database", "redis"] {
-        let over: cb::ConfigOverride =
-            toml::from_str("open_wait = \"5s\"\ncall_timeout = \"2s\"\nconsecutive_failures = 3")
-                .expect("a valid override");
-        config.breakers.insert(name.to_owned(), over);
-    }
-    config
+    let provider = cb::Config::default()
+        .window(cb::SlidingWindow::Count { size: 10 })
+        .minimum_calls(4)
+        .consecutive_failures(3)
+        .open_wait(Duration::from_secs(30))
+        .call_timeout(Duration::from_secs(20))
+        .half_open_probes(1)
+        .success_threshold(1);
+    let local = cb::ConfigOverride::default()
+        .open_wait(Duration::from_secs(5))
+        .call_timeout(Duration::from_secs(2))
+        .consecutive_failures(3);
+    RegistryConfig::new(provider)
+        .breaker("database", local.clone())
+        .breaker("redis", local)
 }
 
 /// Where the secrets come from: HashiCorp Vault (KV v2), then a file. Without a Vault

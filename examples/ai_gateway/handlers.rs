@@ -9,7 +9,8 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use palisade::apikey::{Identity, KeySpec};
+use palisade::apikey::KeySpec;
+use palisade::apikey::layer::Identity;
 use palisade::ratelimit::headers::{self, HeaderStyle};
 use palisade::ratelimit::layer::too_many_requests;
 use palisade::semantic_cache::{CacheKey, Computed, ContextHasher, HitKind, Source, Usage};
@@ -262,11 +263,11 @@ async fn answer(
                 let served = cache
                     .get_or_compute(&key, || async {
                         let answered = gateway.upstreams.complete(request).await?;
-                        let usage = Usage {
-                            input_tokens: answered.response.usage.prompt_tokens,
-                            output_tokens: answered.response.usage.completion_tokens,
-                            cost: answered.cost,
-                        };
+                        let usage = Usage::new(
+                            answered.response.usage.prompt_tokens,
+                            answered.response.usage.completion_tokens,
+                            answered.cost,
+                        );
                         *failed.lock().unwrap_or_else(PoisonError::into_inner) = answered.failed;
                         let cached = CachedAnswer {
                             provider: answered.provider,
@@ -292,13 +293,15 @@ async fn answer(
                     .map_err(|e| Problem::internal("reading a cached answer", &e))?;
                 let usage = served.entry.usage;
                 let (label, similarity, spent) = match served.source {
-                    Source::Computed => ("miss", None, usage.cost),
                     Source::Joined => ("joined", None, 0.0),
                     Source::Cache {
                         kind: HitKind::Exact,
                         ..
                     } => ("exact_hit", Some(1.0), 0.0),
                     Source::Cache { similarity, .. } => ("semantic_hit", Some(similarity), 0.0),
+                    // `Computed`, and any source a later version adds (`Source` is
+                    // non-exhaustive): this call paid for the answer.
+                    _ => ("miss", None, usage.cost),
                 };
                 let (saved, tokens_saved) = if label == "miss" {
                     (0.0, 0)

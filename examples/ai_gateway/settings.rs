@@ -71,18 +71,17 @@ impl Default for Settings {
 /// Breakers that judge an upstream on its last 20 calls: half of them failing (at least 4
 /// calls), or 3 failures in a row, or 80 % slower than 5 s opens it for 10 s.
 fn default_breakers() -> RegistryConfig {
-    let mut config = RegistryConfig::default();
-    config.default.window = palisade::circuit_breaker::SlidingWindow::Count { size: 20 };
-    config.default.minimum_calls = 4;
-    config.default.failure_rate_threshold = 50.0;
-    config.default.consecutive_failures = Some(3);
-    config.default.open_wait = Duration::from_secs(10);
-    config.default.call_timeout = Some(Duration::from_secs(30));
-    config.default.slow_call = Some(palisade::circuit_breaker::SlowCallRule {
-        duration: Duration::from_secs(5),
-        rate_threshold: 80.0,
-    });
-    config
+    use palisade::circuit_breaker::{Config, SlidingWindow, SlowCallRule};
+    RegistryConfig::new(
+        Config::default()
+            .window(SlidingWindow::Count { size: 20 })
+            .minimum_calls(4)
+            .failure_rate_threshold(50.0)
+            .consecutive_failures(3)
+            .open_wait(Duration::from_secs(10))
+            .call_timeout(Duration::from_secs(30))
+            .slow_call(SlowCallRule::new(Duration::from_secs(5), 80.0)),
+    )
 }
 
 impl Settings {

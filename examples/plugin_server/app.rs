@@ -24,15 +24,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use palisade::apikey::{
-    ApiKeyLayer, ApiKeys, Claims, Identity, KeySpec, KeyStatus, Pepper, Peppers, Tokens,
-};
+use palisade::apikey::layer::{ApiKeyLayer, Identity};
+use palisade::apikey::{ApiKeys, Claims, KeySpec, KeyStatus, Pepper, Peppers, Tokens};
 use palisade::ratelimit::RateLimiter;
 use palisade::ratelimit::headers::{self, HeaderStyle};
 use palisade::ratelimit::layer::too_many_requests;
-use palisade::secret_store::{
-    EnvProvider, ExposeSecret, FileProvider, MemoryProvider, Redactor, Secrets,
-};
+use palisade::secret_store::redact::Redactor;
+use palisade::secret_store::{EnvProvider, ExposeSecret, FileProvider, MemoryProvider, Secrets};
 use palisade::semantic_cache::{
     CacheKey, Computed, Invalidation, MemoryConfig, NamespacePolicy, SemanticCache, Source, Tenant,
     Usage,
@@ -251,11 +249,11 @@ impl Upstream {
             })
             .collect();
         let output = format!("[{}] {}", self.model, words.join(" "));
-        let usage = Usage {
-            input_tokens: input.split_whitespace().count() as u64,
-            output_tokens: words.len() as u64,
-            ..Usage::default()
-        };
+        let usage = Usage::new(
+            input.split_whitespace().count() as u64,
+            words.len() as u64,
+            0.0,
+        );
         (output, usage)
     }
 }
@@ -417,10 +415,11 @@ pub async fn build(settings: Settings, redactor: Redactor) -> Result<App, BuildE
         None => (
             SemanticCache::builder()
                 .store(
-                    palisade::semantic_cache::MemoryStore::new(MemoryConfig {
-                        max_entries: settings.cache.max_entries,
-                        max_bytes: settings.cache.max_bytes,
-                    })
+                    palisade::semantic_cache::MemoryStore::new(
+                        MemoryConfig::default()
+                            .max_entries(settings.cache.max_entries)
+                            .max_bytes(settings.cache.max_bytes),
+                    )
                     .map_err(|e| fail("cache", e))?,
                 )
                 .namespace(NAMESPACE, policy)
@@ -1084,7 +1083,8 @@ async fn complete(
     let (cache_status, cached) = match served.source {
         Source::Cache { .. } => ("hit", true),
         Source::Joined => ("joined", false),
-        Source::Computed => ("miss", false),
+        // `Computed`, and any source a later version adds (`Source` is non-exhaustive).
+        _ => ("miss", false),
     };
     metrics::counter!("plugin_server_cache_total", "result" => cache_status).increment(1);
     let output = served.entry.response_text().unwrap_or_default().to_owned();

@@ -61,7 +61,7 @@ mod support;
 mod app;
 
 use palisade::apikey::KeySpec;
-use palisade::secret_store::Redactor;
+use palisade::secret_store::redact::Redactor;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use palisade::secret_store::Redactor;
+use palisade::secret_store::redact::Redactor;
 use tracing_subscriber::EnvFilter;
 
 /// Install the process's `tracing` subscriber: `RUST_LOG` (default `info`), one line per

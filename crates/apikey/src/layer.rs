@@ -10,7 +10,8 @@
 //! failed under [`FailureMode::FailClosed`](crate::FailureMode::FailClosed).
 //!
 //! ```
-//! use palisade_apikey::{ApiKeyLayer, ApiKeys, Identity, KeySpec, Pepper, Peppers};
+//! use palisade_apikey::layer::{ApiKeyLayer, Identity};
+//! use palisade_apikey::{ApiKeys, KeySpec, Pepper, Peppers};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,7 +17,7 @@
 //!   carries revocations to every instance's verify cache).
 //! * [`Tokens`] issues and verifies short-lived HS256 JWTs with no store lookup.
 //! * `layer` (feature `tower`) verifies `Authorization: Bearer` (or a header of your
-//!   choice) and puts an [`Identity`] into the request's extensions.
+//!   choice) and puts an [`Identity`](layer::Identity) into the request's extensions.
 //!
 //! ```
 //! use palisade_apikey::{ApiKeys, Denial, KeySpec, MemoryStore, Pepper, Peppers};
@@ -75,9 +75,6 @@ pub use crate::key::{
     Env, FAMILY_LEN, FormatError, KEY_ID_LEN, KeyId, MAX_HASH_VERSION, MAX_KEY_LEN, MAX_PREFIX_LEN,
     ParsedKey, PlaintextKey, Prefix, SECRET_LEN, checksum,
 };
-#[cfg(feature = "tower")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub use crate::layer::{ApiKeyLayer, ClientIp, Identity};
 pub use crate::memory::{DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_KEYS, MemoryStore};
 pub use crate::pepper::{MIN_PEPPER_LEN, Pepper, Peppers};
 pub use crate::record::{

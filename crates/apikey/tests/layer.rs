@@ -6,9 +6,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use palisade_apikey::{
-    ApiKeyLayer, ApiKeys, ClientIp, FailureMode, Identity, KeySpec, MemoryStore, Pepper, Peppers,
-};
+use palisade_apikey::layer::{ApiKeyLayer, ClientIp, Identity};
+use palisade_apikey::{ApiKeys, FailureMode, KeySpec, MemoryStore, Pepper, Peppers};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 fn keys() -> ApiKeys {

@@ -1,5 +1,9 @@
 //! Configuration: plain structs with serde support, validated once when a breaker is built.
 //! The trip rule and the open-wait backoff live here as pure functions.
+//!
+//! Every struct is `#[non_exhaustive]` (the crate contract: a new setting is not a breaking
+//! change), so code outside this crate builds them from `default()` (or `new` where a
+//! field has no sensible default) with the chainable setters below, or assigns fields.
 
 use std::time::Duration;
 
@@ -12,6 +16,30 @@ use crate::window::Snapshot;
 pub const MAX_WINDOW_CALLS: u32 = 1 << 20;
 /// The longest time-based window (seconds).
 pub const MAX_WINDOW_SECONDS: u32 = 3600;
+
+/// Chainable setters named after the fields they set, so a `#[non_exhaustive]` struct is
+/// still written in one expression: `Config::default().minimum_calls(20).open_wait(d)`.
+/// `plain` fields take their value; `optional` fields (`Option<T>`) take a `T` and set `Some`.
+macro_rules! setters {
+    (plain { $($field:ident: $ty:ty),* $(,)? } $(optional { $($opt:ident: $oty:ty),* $(,)? })?) => {
+        $(
+            #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+            #[must_use]
+            pub fn $field(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+        $($(
+            #[doc = concat!("Sets [`", stringify!($opt), "`](Self::", stringify!($opt), ") to `Some`.")]
+            #[must_use]
+            pub fn $opt(mut self, $opt: $oty) -> Self {
+                self.$opt = Some($opt);
+                self
+            }
+        )*)?
+    };
+}
 
 /// Which recent calls the failure and slow-call rates are computed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,10 +68,7 @@ impl Default for SlidingWindow {
 /// calls reaches `rate_threshold` percent (with at least `minimum_calls` in the window).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct SlowCallRule {
     /// A call taking at least this long is slow (`"2s"`, `"800ms"` in serde formats).
     #[serde(with = "humantime_serde")]
@@ -52,20 +77,39 @@ pub struct SlowCallRule {
     pub rate_threshold: f64,
 }
 
+impl SlowCallRule {
+    /// Calls taking at least `duration` are slow; `rate_threshold` percent of them trips.
+    /// Checked by [`Config::validate`].
+    pub fn new(duration: Duration, rate_threshold: f64) -> Self {
+        Self {
+            duration,
+            rate_threshold,
+        }
+    }
+}
+
 /// Growth of the open wait when the breaker trips again right after a half-open period:
 /// the k-th consecutive trip waits `open_wait * multiplier^(k-1)`, at most `max_wait`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct Backoff {
     /// Factor per repeated trip (>= 1).
     pub multiplier: f64,
     /// Upper bound of the open wait.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+}
+
+impl Backoff {
+    /// Multiply the open wait by `multiplier` per repeated trip, up to `max_wait`. Checked
+    /// by [`Config::validate`].
+    pub fn new(multiplier: f64, max_wait: Duration) -> Self {
+        Self {
+            multiplier,
+            max_wait,
+        }
+    }
 }
 
 /// What a breaker with shared state does while its [`Store`](crate::Store) fails (the same
@@ -92,10 +136,7 @@ pub enum FailureMode {
 /// breaker for every other node.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct Quorum {
     /// At least this many instances must report failures within the shared window.
     pub min_instances: u32,
@@ -112,14 +153,17 @@ impl Default for Quorum {
     }
 }
 
+impl Quorum {
+    setters! {
+        plain { min_instances: u32, min_percent: f64 }
+    }
+}
+
 /// Settings used only when the breaker shares its state through a
 /// [`Store`](crate::Store).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct SharedConfig {
     /// How often local outcomes are flushed to the store and the shared state is read back.
     /// This is also the staleness bound: every instance learns a shared transition within one
@@ -150,11 +194,31 @@ impl Default for SharedConfig {
     }
 }
 
+impl SharedConfig {
+    setters! {
+        plain {
+            flush_interval: Duration,
+            window_seconds: u32,
+            failure_mode: FailureMode,
+            probe_lease: Duration,
+        }
+        optional { quorum: Quorum }
+    }
+}
+
 /// Everything that decides how a breaker behaves. Every field has a default; deserialize
-/// from TOML/JSON with humantime durations (`"30s"`).
+/// from TOML/JSON with humantime durations (`"30s"`), or start from `default()` in code.
 ///
 /// ```
-/// use palisade_circuit_breaker::Config;
+/// use palisade_circuit_breaker::{Config, SlowCallRule};
+/// use std::time::Duration;
+///
+/// let config = Config::default()
+///     .minimum_calls(20)
+///     .open_wait(Duration::from_secs(10))
+///     .slow_call(SlowCallRule::new(Duration::from_secs(2), 80.0));
+/// config.validate().unwrap();
+/// assert_eq!(config.minimum_calls, 20);
 ///
 /// let config: Config = serde_json::from_str(r#"{
 ///     "window": { "kind": "time", "seconds": 30 },
@@ -164,12 +228,16 @@ impl Default for SharedConfig {
 /// }"#).unwrap();
 /// config.validate().unwrap();
 /// ```
+///
+/// A struct literal does not compile outside this crate (`#[non_exhaustive]`: a new setting
+/// is not a breaking change):
+///
+/// ```compile_fail
+/// let config = palisade_circuit_breaker::Config { minimum_calls: 20, ..Default::default() };
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct Config {
     /// The sliding window the rates are computed over (default: last 100 calls).
     pub window: SlidingWindow,
@@ -256,6 +324,25 @@ fn check_percent(name: &str, v: f64, allow_zero: bool) -> Result<(), Error> {
 }
 
 impl Config {
+    setters! {
+        plain {
+            window: SlidingWindow,
+            minimum_calls: u32,
+            failure_rate_threshold: f64,
+            open_wait: Duration,
+            half_open_probes: u32,
+            success_threshold: u32,
+            max_half_open_wait: Duration,
+            shared: SharedConfig,
+        }
+        optional {
+            consecutive_failures: u32,
+            slow_call: SlowCallRule,
+            backoff: Backoff,
+            call_timeout: Duration,
+        }
+    }
+
     /// Check every field; [`CircuitBreakerBuilder::build`](crate::CircuitBreakerBuilder::build)
     /// calls this.
     ///
@@ -383,10 +470,7 @@ impl Config {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)] // each field overrides the Config field of the same name
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct ConfigOverride {
     pub window: Option<SlidingWindow>,
     pub minimum_calls: Option<u32>,
@@ -406,6 +490,24 @@ pub struct ConfigOverride {
 }
 
 impl ConfigOverride {
+    setters! {
+        plain {}
+        optional {
+            window: SlidingWindow,
+            minimum_calls: u32,
+            failure_rate_threshold: f64,
+            consecutive_failures: u32,
+            slow_call: SlowCallRule,
+            open_wait: Duration,
+            backoff: Backoff,
+            half_open_probes: u32,
+            success_threshold: u32,
+            max_half_open_wait: Duration,
+            call_timeout: Duration,
+            shared: SharedConfig,
+        }
+    }
+
     /// `base` with every field this override sets replaced.
     pub fn apply(&self, base: &Config) -> Config {
         let mut c = base.clone();
@@ -452,6 +554,49 @@ impl ConfigOverride {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setters_set_their_fields() {
+        let c = Config::default()
+            .minimum_calls(7)
+            .consecutive_failures(3)
+            .call_timeout(Duration::from_secs(2))
+            .slow_call(SlowCallRule::new(Duration::from_millis(800), 60.0))
+            .backoff(Backoff::new(2.0, Duration::from_secs(60)))
+            .shared(
+                SharedConfig::default()
+                    .window_seconds(20)
+                    .quorum(Quorum::default().min_instances(3).min_percent(25.0)),
+            );
+        let expected = Config {
+            minimum_calls: 7,
+            consecutive_failures: Some(3),
+            call_timeout: Some(Duration::from_secs(2)),
+            slow_call: Some(SlowCallRule {
+                duration: Duration::from_millis(800),
+                rate_threshold: 60.0,
+            }),
+            backoff: Some(Backoff {
+                multiplier: 2.0,
+                max_wait: Duration::from_secs(60),
+            }),
+            shared: SharedConfig {
+                window_seconds: 20,
+                quorum: Some(Quorum {
+                    min_instances: 3,
+                    min_percent: 25.0,
+                }),
+                ..SharedConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(c, expected);
+        c.validate().unwrap();
+
+        let o = ConfigOverride::default().open_wait(Duration::from_secs(5));
+        assert_eq!(o.apply(&c).open_wait, Duration::from_secs(5));
+        assert_eq!(o.apply(&c).minimum_calls, 7);
+    }
 
     #[test]
     fn default_is_valid() {

@@ -69,8 +69,8 @@
 //! before building breakers.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
-// The crate contract: every public type that may grow is `#[non_exhaustive]`; the few that
-// are complete by nature, and the configuration structs written with struct-update syntax,
+// The crate contract: every public type that may grow is `#[non_exhaustive]` (configuration
+// included: it is built from `default()` with setters); the few that are complete by nature
 // say why they are not.
 #![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
@@ -121,5 +121,5 @@ pub use outcome::{Classifier, DefaultClassifier, Outcome};
 pub use permit::Permit;
 pub use registry::{Registry, RegistryConfig};
 pub use state::State;
-pub use store::Store;
+pub use store::backend::Store;
 pub use window::Snapshot;

@@ -30,13 +30,18 @@ use crate::store::Store;
 ///     open_wait = "5s"
 /// "#).unwrap();
 /// assert_eq!(config.config_for("database").consecutive_failures, Some(5));
+///
+/// // The same in code.
+/// use palisade_circuit_breaker::{Config, ConfigOverride};
+/// use std::time::Duration;
+///
+/// let in_code = RegistryConfig::new(Config::default().open_wait(Duration::from_secs(30)))
+///     .breaker("database", ConfigOverride::default().consecutive_failures(5));
+/// assert_eq!(in_code.config_for("database").consecutive_failures, Some(5));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "configuration with public fields, written with struct-update syntax; a new field comes with a default"
-)]
+#[non_exhaustive]
 pub struct RegistryConfig {
     /// The configuration of any breaker without an override.
     pub default: Config,
@@ -45,6 +50,21 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
+    /// A registry whose breakers all use `default` unless overridden.
+    pub fn new(default: Config) -> Self {
+        Self {
+            default,
+            breakers: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) the override of the breaker called `name`.
+    #[must_use]
+    pub fn breaker(mut self, name: impl Into<String>, changes: ConfigOverride) -> Self {
+        self.breakers.insert(name.into(), changes);
+        self
+    }
+
     /// The effective configuration of the breaker called `name`.
     pub fn config_for(&self, name: &str) -> Config {
         match self.breakers.get(name) {

@@ -1,4 +1,4 @@
-//! The shared-state backend: the [`Store`] trait, the values its operations exchange
+//! The shared-state backend: the values the [`Store`](crate::Store) trait's operations exchange
 //! ([`SharedPolicy`], [`Batch`], [`SharedState`], [`ProbeGrant`], [`ManualOp`]) and the pure
 //! fleet-wide state machine every backend implements: [`MemoryStore`](crate::MemoryStore)
 //! runs [`SharedMachine`] directly, `RedisStore` runs the same rules as Lua scripts
@@ -8,16 +8,25 @@
 //! [`CircuitBreakerBuilder::store`](crate::CircuitBreakerBuilder::store) as `Arc<dyn Store>`.
 //! The trait uses `async-trait` for that reason: one breaker type whatever the backend,
 //! chosen by value at run time.
+//!
+//! Each public type has one path: the trait is `palisade_circuit_breaker::Store`, not also
+//! `store::Store`:
+//!
+//! ```compile_fail
+//! use palisade_circuit_breaker::store::Store;
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::time::Duration;
 
-use async_trait::async_trait;
-
 use crate::config::Config;
-use crate::error::Result;
 use crate::{Outcome, Snapshot, State};
+
+// The trait lives in its own private module and is public at the crate root only, so it has
+// one path (`palisade_circuit_breaker::Store`); this module's public items are the values its
+// operations exchange.
+pub(crate) mod backend;
+pub(crate) use backend::Store;
 
 /// The fleet-wide rules, derived from a breaker's [`Config`] and sent with every store
 /// operation so that the store itself is stateless about configuration (two deployments with
@@ -225,50 +234,6 @@ pub struct Lease {
     pub(crate) id: String,
     pub(crate) generation: u64,
     pub(crate) local_generation: u32,
-}
-
-/// Where breakers of many instances share their state. Each method is one atomic operation
-/// of the backend (one Lua script for Redis) and decides transitions on the store's clock.
-///
-/// Names are passed as given; backends must encode them so that no name can collide with
-/// another or escape its keys.
-#[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Add `batch` to the shared window, apply the trip rule and return the shared state
-    /// (an empty batch is a plain read). One round trip.
-    async fn flush(&self, name: &str, policy: &SharedPolicy, batch: &Batch) -> Result<SharedState>;
-
-    /// Lease one half-open probe permit, fleet-wide; at most `policy.half_open_probes`
-    /// permits (leased or successful) exist per half-open period. One round trip.
-    async fn acquire_probe(
-        &self,
-        name: &str,
-        policy: &SharedPolicy,
-        lease_id: &str,
-    ) -> Result<ProbeGrant>;
-
-    /// Report the outcome of a probe and give its lease back. Only a report that holds a
-    /// live lease of the current half-open period counts: one with a lease id that was never
-    /// granted, already reported or expired, or of an older generation, changes nothing.
-    /// One round trip.
-    async fn complete_probe(
-        &self,
-        name: &str,
-        policy: &SharedPolicy,
-        generation: u64,
-        lease_id: &str,
-        outcome: Outcome,
-    ) -> Result<SharedState>;
-
-    /// Apply manual control fleet-wide. One round trip.
-    async fn apply(&self, name: &str, policy: &SharedPolicy, op: ManualOp) -> Result<SharedState>;
-
-    /// Whether the backend answers right now, for a `/health` endpoint: `Ok(())` from a store
-    /// that needs no server (the default); the Redis store sends one `PING` within its
-    /// operation timeout and returns the error a breaker operation would get.
-    async fn health(&self) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// The fleet-wide state machine, pure: every method takes the store's current time.

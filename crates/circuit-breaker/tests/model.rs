@@ -224,26 +224,23 @@ fn config() -> impl Strategy<Value = Config> {
                 (probes, succ),
                 max_half,
             )| {
-                let mut c = Config {
-                    window,
-                    minimum_calls,
-                    failure_rate_threshold: rate,
-                    consecutive_failures: consecutive,
-                    slow_call: slow.map(|ms| palisade_circuit_breaker::SlowCallRule {
-                        duration: Duration::from_millis(ms),
-                        rate_threshold: 50.0,
-                    }),
-                    open_wait: Duration::from_millis(wait),
-                    half_open_probes: probes,
-                    success_threshold: (succ % probes) + 1,
-                    max_half_open_wait: Duration::from_millis(max_half),
-                    ..Config::default()
-                };
+                let mut c = Config::default()
+                    .window(window)
+                    .minimum_calls(minimum_calls)
+                    .failure_rate_threshold(rate)
+                    .open_wait(Duration::from_millis(wait))
+                    .half_open_probes(probes)
+                    .success_threshold((succ % probes) + 1)
+                    .max_half_open_wait(Duration::from_millis(max_half));
+                c.consecutive_failures = consecutive;
+                c.slow_call = slow.map(|ms| {
+                    palisade_circuit_breaker::SlowCallRule::new(Duration::from_millis(ms), 50.0)
+                });
                 if backoff {
-                    c.backoff = Some(palisade_circuit_breaker::Backoff {
-                        multiplier: 2.0,
-                        max_wait: Duration::from_millis(wait * 5),
-                    });
+                    c = c.backoff(palisade_circuit_breaker::Backoff::new(
+                        2.0,
+                        Duration::from_millis(wait * 5),
+                    ));
                 }
                 c
             },

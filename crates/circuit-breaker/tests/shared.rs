@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use palisade_circuit_breaker::store::SharedPolicy;
 use palisade_circuit_breaker::{
-    CircuitBreaker, Config, Error, FailureMode, MemoryStore, Outcome, RedisStore, SlidingWindow,
-    State, Store,
+    CircuitBreaker, Config, Error, FailureMode, MemoryStore, Outcome, RedisStore, SharedConfig,
+    SlidingWindow, State, Store,
 };
 use palisade_testkit::{RedisCluster, RedisServer};
 
@@ -19,19 +19,19 @@ const OPEN_WAIT: Duration = Duration::from_millis(400);
 const PROBES: u32 = 3;
 
 fn config() -> Config {
-    let mut c = Config {
-        window: SlidingWindow::Count { size: 100 },
-        minimum_calls: 8,
-        failure_rate_threshold: 50.0,
-        open_wait: OPEN_WAIT,
-        half_open_probes: PROBES,
-        success_threshold: PROBES,
-        max_half_open_wait: Duration::from_secs(10),
-        ..Config::default()
-    };
-    c.shared.flush_interval = FLUSH;
-    c.shared.window_seconds = 10;
-    c
+    Config::default()
+        .window(SlidingWindow::Count { size: 100 })
+        .minimum_calls(8)
+        .failure_rate_threshold(50.0)
+        .open_wait(OPEN_WAIT)
+        .half_open_probes(PROBES)
+        .success_threshold(PROBES)
+        .max_half_open_wait(Duration::from_secs(10))
+        .shared(
+            SharedConfig::default()
+                .flush_interval(FLUSH)
+                .window_seconds(10),
+        )
 }
 
 fn fleet(store: &Arc<dyn Store>, name: &str, n: usize) -> Vec<CircuitBreaker> {
@@ -435,10 +435,11 @@ async fn quorum_keeps_one_bad_node_from_opening_the_fleet() {
         .map(|i| {
             CircuitBreaker::builder("quorum")
                 .config(config())
-                .quorum(palisade_circuit_breaker::Quorum {
-                    min_instances: 2,
-                    min_percent: 40.0,
-                })
+                .quorum(
+                    palisade_circuit_breaker::Quorum::default()
+                        .min_instances(2)
+                        .min_percent(40.0),
+                )
                 .store(store.clone())
                 .instance_id(format!("node-{i}"))
                 .build()

@@ -79,11 +79,9 @@ async fn redis_store_uses_server_time_by_default() {
 
     let redis = palisade_testkit::test_redis().expect("a test Redis");
     let store = RedisStore::new(redis.pool()).with_prefix(redis.prefix().key(""));
-    let config = palisade_circuit_breaker::Config {
-        minimum_calls: 1,
-        open_wait: std::time::Duration::from_secs(60),
-        ..Default::default()
-    };
+    let config = palisade_circuit_breaker::Config::default()
+        .minimum_calls(1)
+        .open_wait(std::time::Duration::from_secs(60));
     let policy = SharedPolicy::from_config(&config);
     use palisade_circuit_breaker::Store as _;
     let s = store

@@ -19,7 +19,8 @@ use std::time::Duration;
 use palisade::apikey::{ApiKeys, KeySpec};
 use palisade::circuit_breaker::{ConfigOverride, SlidingWindow};
 use palisade::ratelimit::{Algorithm, Policy, Quota};
-use palisade::secret_store::{Redactor, SecretString};
+use palisade::secret_store::SecretString;
+use palisade::secret_store::redact::Redactor;
 use palisade_testkit::{LogCapture, PgSchema, RedisServer};
 use serde_json::{Value, json};
 

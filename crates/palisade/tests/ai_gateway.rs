@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use palisade::secret_store::Redactor;
+use palisade::secret_store::redact::Redactor;
 use palisade_testkit::{LogCapture, PgSchema, RedisServer};
 use serde_json::{Value, json};
 

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use palisade::apikey::{KeySpec, Pepper, Peppers, Tokens};
-use palisade::secret_store::Redactor;
+use palisade::secret_store::redact::Redactor;
 use palisade_testkit::{LogCapture, RedisServer};
 use serde_json::{Value, json};
 

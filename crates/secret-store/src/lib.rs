@@ -14,7 +14,7 @@
 //!   encrypted snapshot for cold starts during an outage, versioned reads, rotation with
 //!   [`Rotation`] events on a watch channel, and [`Secrets::with_secret`], which retries a
 //!   refused credential with the previous version, then a fresh one.
-//! * **Redaction by value**: the [`Redactor`] scrubs every loaded value (and API-key-shaped
+//! * **Redaction by value**: the [`Redactor`](redact::Redactor) scrubs every loaded value (and API-key-shaped
 //!   strings) from log output through a `tracing-subscriber` writer wrapper.
 //! * **Operations**: [`Secrets::health`] per provider for `/health`, [`AuditEvent`]s (read,
 //!   refreshed, failed, resurrected, rotated; never values), metrics `palisade_secret_store_*`
@@ -125,7 +125,6 @@ pub use key::{Keyring, MasterKey};
 pub use memory::{DEFAULT_MAX_SECRETS, DEFAULT_MAX_VERSIONS, MemoryProvider};
 pub use policy::{Failed, FailureMode, Freshness, Read, SecretsConfig};
 pub use provider::Provider;
-pub use redact::{RedactingMakeWriter, Redactor};
 pub use secrecy::{self, ExposeSecret, SecretString};
 pub use secrets::{GetFuture, Refused, Secrets, SecretsBuilder, UseError};
 pub use value::{Fetched, MAX_NAME_LEN, MAX_VERSION_LEN, Secret, SecretName, Version};

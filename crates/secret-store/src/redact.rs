@@ -1,8 +1,9 @@
 //! Redaction by value: every loaded secret value (and API-key-shaped text) is scrubbed from
-//! log output, whatever field, message or span it appears in.
+//! log output, whatever field, message or span it appears in. The types live here only, not
+//! also at the crate root (`palisade_secret_store::redact::Redactor`).
 //!
 //! ```
-//! use palisade_secret_store::Redactor;
+//! use palisade_secret_store::redact::Redactor;
 //! use palisade_testkit::LogCapture;
 //!
 //! let redactor = Redactor::new();

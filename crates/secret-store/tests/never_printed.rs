@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use palisade_secret_store::redact::Redactor;
 use palisade_secret_store::{
-    ExposeSecret, Keyring, MasterKey, MemoryProvider, Provider, Redactor, SecretName, Secrets,
+    ExposeSecret, Keyring, MasterKey, MemoryProvider, Provider, SecretName, Secrets,
 };
 use palisade_testkit::LogCapture;
 use proptest::prelude::*;

@@ -69,6 +69,7 @@ pub enum FailureMode {
 /// How one namespace caches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct NamespacePolicy {
     /// How long an entry lives (default one hour; `"1h"`, `"90s"` in configuration files).
     #[serde(with = "humantime_serde")]
@@ -115,6 +116,10 @@ impl NamespacePolicy {
         self
     }
 
+    setters! {
+        plain { ttl: Duration, guard: bool }
+    }
+
     fn check(&self) -> Result<()> {
         if self.ttl.is_zero() {
             return Err(Error::InvalidConfig(
@@ -135,9 +140,30 @@ impl NamespacePolicy {
 }
 
 /// Settings of a [`SemanticCache`]; serde-friendly for TOML/JSON configuration (unknown
-/// fields are refused, durations are written `"1h"`).
+/// fields are refused, durations are written `"1h"`). In code: `default()` and the setters.
+///
+/// ```
+/// use palisade_semantic_cache::{CacheConfig, NamespacePolicy};
+/// use std::time::Duration;
+///
+/// let config = CacheConfig::default()
+///     .candidates(8)
+///     .namespace("faq", NamespacePolicy::default().ttl(Duration::from_secs(86_400)));
+/// assert_eq!(config.namespaces["faq"].ttl, Duration::from_secs(86_400));
+/// let read: CacheConfig = serde_json::from_str(r#"{"candidates": 8, "namespaces": {"faq": {"ttl": "1day"}}}"#)?;
+/// assert_eq!(read, config);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+///
+/// A struct literal does not compile outside this crate (`#[non_exhaustive]`: a new setting
+/// is not a breaking change):
+///
+/// ```compile_fail
+/// let config = palisade_semantic_cache::CacheConfig { candidates: 8, ..Default::default() };
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Policy of namespaces not listed in `namespaces`.
     pub default_policy: NamespacePolicy,
@@ -169,8 +195,29 @@ impl Default for CacheConfig {
     }
 }
 
+impl CacheConfig {
+    setters! {
+        plain {
+            default_policy: NamespacePolicy,
+            max_prompt_bytes: usize,
+            guard: GuardConfig,
+            candidates: usize,
+            failure_mode: FailureMode,
+            feedback: FeedbackConfig,
+        }
+    }
+
+    /// Sets the policy of the namespace called `name` (in [`namespaces`](Self::namespaces)).
+    #[must_use]
+    pub fn namespace(mut self, name: impl Into<String>, policy: NamespacePolicy) -> Self {
+        self.namespaces.insert(name.into(), policy);
+        self
+    }
+}
+
 /// Options of one insert.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct InsertOptions {
     /// Tags for invalidation.
     pub tags: Vec<Tag>,
@@ -178,8 +225,16 @@ pub struct InsertOptions {
     pub ttl: Option<Duration>,
 }
 
+impl InsertOptions {
+    setters! {
+        plain { tags: Vec<Tag> }
+        optional { ttl: Duration }
+    }
+}
+
 /// What a computation passed to [`SemanticCache::get_or_compute`] returns.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Computed {
     /// The response to cache and return.
     pub response: Vec<u8>,
@@ -218,6 +273,7 @@ impl Computed {
 /// Where a [`Served`] response came from.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Source {
     /// A cache hit of this kind and similarity.
     Cache {
@@ -363,7 +419,7 @@ impl SemanticCacheBuilder {
 
     /// The clock (default: the system clock).
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
         self
     }

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 /// reached only when a thousand namespaces each receive two thousand judgements).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FeedbackConfig {
     /// Largest share of wrong hits the calibrated threshold allows (default 0.02).
     pub target_error: f64,
@@ -56,6 +57,10 @@ impl Default for FeedbackConfig {
 }
 
 impl FeedbackConfig {
+    setters! {
+        plain { target_error: f64, z: f64, max_samples: usize, max_namespaces: usize }
+    }
+
     pub(crate) fn check(&self) -> Result<()> {
         let target_ok = self.target_error > 0.0 && self.target_error < 1.0;
         let z_ok = self.z.is_finite() && self.z >= 0.0;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///
 /// Time is counted in whole microseconds since the Unix epoch, as in every Palisade crate
 /// (entries keep millisecond deadlines, so the cache reads it in milliseconds).
-pub trait Clock: Send + Sync + fmt::Debug + 'static {
+pub trait Clock: Send + Sync + fmt::Debug {
     /// Microseconds since the Unix epoch.
     fn now_micros(&self) -> u64;
 }
@@ -28,6 +28,10 @@ pub(crate) fn now_ms(clock: &dyn Clock) -> u64 {
 
 /// The operating system's wall clock (`SystemTime::now`).
 #[derive(Clone, Copy, Debug, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a unit value users write as `SystemClock`"
+)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {

@@ -40,7 +40,7 @@ pub trait Embedder: Send + Sync + fmt::Debug {
 
     /// The lowest similarity of two differing spans for the guard to take one for the other
     /// (`update` for `change`, not `adults` for `children`); see
-    /// [`GuardConfig::substitutions`](crate::GuardConfig::substitutions). The provided
+    /// [`GuardConfig::substitutions`](crate::guard::GuardConfig::substitutions). The provided
     /// value, 1.0, vetoes every substitution: right for an embedder that cannot tell
     /// synonyms apart.
     fn recommended_span_similarity(&self) -> f32 {
@@ -101,6 +101,7 @@ const STOPWORDS: &[&str] = &[
 /// Settings of a [`HashingEmbedder`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HashingConfig {
     /// Vector length (default 384).
     pub dimension: usize,
@@ -125,6 +126,19 @@ impl Default for HashingConfig {
             word_weight: 1.0,
             ngram_weight: 0.3,
             bigram_weight: 0.5,
+        }
+    }
+}
+
+impl HashingConfig {
+    setters! {
+        plain {
+            dimension: usize,
+            min_ngram: usize,
+            max_ngram: usize,
+            word_weight: f32,
+            ngram_weight: f32,
+            bigram_weight: f32,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::key::{EntryId, Scope, ScopeId, Tag};
 
 /// Tokens and money one provider call cost (and a cache hit saves).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Usage {
     /// Prompt tokens.
     pub input_tokens: u64,
@@ -18,6 +19,15 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Usage from token counts and what they cost.
+    pub fn new(input_tokens: u64, output_tokens: u64, cost: f64) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+            cost,
+        }
+    }
+
     /// Usage from token counts and a price per token.
     pub fn priced(
         input_tokens: u64,
@@ -49,6 +59,7 @@ impl Usage {
 /// The response is opaque bytes (a provider's JSON, a serialized struct, plain text); see
 /// [`Entry::response_json`] for serde values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Entry {
     /// Digest of scope and normalised prompt.
     pub id: EntryId,
@@ -118,6 +129,7 @@ impl Entry {
 /// Whether a hit matched the normalised prompt exactly or by meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HitKind {
     /// Same normalised prompt: no embedding was computed.
     Exact,
@@ -127,6 +139,7 @@ pub enum HitKind {
 
 /// A served cache hit.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Hit {
     /// The entry.
     pub entry: Arc<Entry>,
@@ -153,6 +166,10 @@ pub enum MissReason {
 
 /// The outcome of a lookup.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "complete by nature: a lookup is served or it is not (why is in `MissReason`)"
+)]
 pub enum Lookup {
     /// Served from the cache.
     Hit(Hit),

@@ -1,6 +1,12 @@
 //! The lexical guard: a veto on semantic hits between prompts that embed close together but
 //! ask different things ("Cancel my subscription" / "Don't cancel my subscription",
 //! "Refund 20 dollars" / "Refund 200 dollars", "USD to EUR" / "EUR to USD"). Pure logic.
+//!
+//! Its types live here only (one path per type), not also at the crate root:
+//!
+//! ```compile_fail
+//! use palisade_semantic_cache::GuardConfig;
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +18,7 @@ use crate::lexicon;
 /// Which checks the guard runs. All are on by default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GuardConfig {
     /// Veto when the number of negations differs (`not`, `never`, `don't`, `without`, …).
     pub negation: bool,
@@ -73,6 +80,20 @@ impl Default for GuardConfig {
 }
 
 impl GuardConfig {
+    setters! {
+        plain {
+            negation: bool,
+            numbers: bool,
+            entities: bool,
+            antonyms: bool,
+            scope: bool,
+            lexicon: bool,
+            roles: bool,
+            substitutions: bool,
+        }
+        optional { substitution_similarity: f32 }
+    }
+
     /// A guard that never vetoes.
     pub fn disabled() -> Self {
         Self {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 /// Read from a file, `timeout` is a humantime duration (`"10s"`); unknown fields are refused.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HttpEmbedderConfig {
     /// Base URL of the API, without the `/embeddings` suffix
     /// (`https://api.openai.com/v1`, `http://localhost:11434/v1`, …).
@@ -68,6 +69,10 @@ impl HttpEmbedderConfig {
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
+    }
+
+    setters! {
+        plain { send_dimensions: bool, timeout: Duration }
     }
 }
 

@@ -40,6 +40,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// One search result: an entry id and its cosine similarity to the query.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Neighbor {
     /// The entry.
     pub id: EntryId,
@@ -456,6 +457,10 @@ impl VectorIndex {
 pub mod tests_support {
     /// xorshift64*.
     #[derive(Debug)]
+    #[allow(
+        clippy::exhaustive_structs,
+        reason = "a newtype around the generator's state, complete by nature (hidden test support)"
+    )]
     pub struct Rng(pub u64);
 
     impl Rng {

@@ -117,6 +117,7 @@ identifier!(
 /// Tenant and namespace: the unit of isolation. The index is partitioned by it (and by the
 /// exact part of the key), so no lookup can return an entry of another partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Partition {
     /// The owning tenant.
     pub tenant: Tenant,
@@ -337,6 +338,7 @@ impl ContextHasher {
 
 /// The exact part of a key: tenant, namespace, model and context.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Scope {
     /// Tenant and namespace.
     pub partition: Partition,

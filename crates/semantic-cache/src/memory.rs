@@ -17,6 +17,7 @@ use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
 /// Bounds of a [`MemoryStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MemoryConfig {
     /// Most entries kept (default 100 000).
     pub max_entries: u64,
@@ -30,6 +31,12 @@ impl Default for MemoryConfig {
             max_entries: 100_000,
             max_bytes: 256 * 1024 * 1024,
         }
+    }
+}
+
+impl MemoryConfig {
+    setters! {
+        plain { max_entries: u64, max_bytes: u64 }
     }
 }
 

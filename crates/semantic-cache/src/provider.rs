@@ -17,6 +17,7 @@ use crate::key::{CacheKey, ContextHasher, Partition, Tag};
 
 /// Price per token of a model, in the provider's currency.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Pricing {
     /// Price of one prompt token.
     pub input_per_token: f64,
@@ -24,8 +25,19 @@ pub struct Pricing {
     pub output_per_token: f64,
 }
 
+impl Pricing {
+    /// The price of one prompt token and of one completion token.
+    pub fn new(input_per_token: f64, output_per_token: f64) -> Self {
+        Self {
+            input_per_token,
+            output_per_token,
+        }
+    }
+}
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Message {
     /// `"user"`, `"assistant"`, `"tool"`, …
     pub role: String,
@@ -33,10 +45,21 @@ pub struct Message {
     pub content: String,
 }
 
+impl Message {
+    /// A message from `role` (`"user"`, `"assistant"`, …) saying `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
 /// A completion request. Everything but `prompt` (and `tags`) is part of the exact key:
 /// a cached answer is only served for the same system prompt, history, tools and parameters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct CompletionRequest {
     /// The system prompt.
     pub system: Option<String>,
@@ -61,6 +84,16 @@ impl CompletionRequest {
         }
     }
 
+    setters! {
+        plain {
+            history: Vec<Message>,
+            tools: Vec<String>,
+            params: BTreeMap<String, String>,
+            tags: Vec<Tag>,
+        }
+        optional { system: String }
+    }
+
     /// The digest of everything that must match exactly.
     pub fn context_hash(&self) -> crate::key::ContextHash {
         let mut h = ContextHasher::new();
@@ -82,6 +115,7 @@ impl CompletionRequest {
 
 /// A provider's answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Completion {
     /// The generated text.
     pub text: String,
@@ -89,6 +123,17 @@ pub struct Completion {
     pub input_tokens: u64,
     /// Completion tokens billed.
     pub output_tokens: u64,
+}
+
+impl Completion {
+    /// Generated `text` and the tokens billed for it.
+    pub fn new(text: impl Into<String>, input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            text: text.into(),
+            input_tokens,
+            output_tokens,
+        }
+    }
 }
 
 /// An LLM provider: completions, embeddings, the model's name and its price.
@@ -158,6 +203,7 @@ where
 
 /// The answer of a [`CachedProvider`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct CachedCompletion {
     /// The text.
     pub text: String,

@@ -30,6 +30,7 @@ pub const TRAPS: &str = include_str!("../tests/data/traps.tsv");
 
 /// One labelled pair.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LabelledPair {
     /// Where the pair comes from (`templates`, `chatterbot`, `wordnet`; `traps` for
     /// [`TRAPS`]).
@@ -131,6 +132,7 @@ pub fn trap_group(category: &str) -> Option<&'static str> {
 
 /// A pair with what the decision needs, computed once per embedder.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ScoredPair {
     /// The pair.
     pub pair: LabelledPair,
@@ -242,6 +244,7 @@ impl ScoredPair {
 
 /// Served / total for one category.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CategoryResult {
     /// Pairs in the category.
     pub pairs: usize,
@@ -267,6 +270,7 @@ impl CategoryResult {
 
 /// Results of one setting.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
     /// What was measured (`"minilm, guard, 0.85"`).
     pub label: String,

@@ -44,6 +44,7 @@ use crate::store::{Invalidation, PartitionUsage, SearchQuery, Store};
 /// Settings of a [`RedisStore`] (serde: unknown fields refused, durations as `"1s"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// Prefix of every key (default `"psc"`); `{` and `}` are encoded so that the prefix
     /// never changes a key's hash tag.
@@ -77,6 +78,17 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    setters! {
+        plain {
+            prefix: String,
+            stream_max_len: u64,
+            max_local_entries: usize,
+            op_timeout: Duration,
+            poll_block: Duration,
+            invalidation_batch: usize,
+        }
+    }
+
     fn check(&self) -> Result<()> {
         if self.stream_max_len == 0
             || self.max_local_entries == 0

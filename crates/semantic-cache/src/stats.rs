@@ -275,6 +275,7 @@ impl Stats {
 
 /// A copy of a cache's counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StatsSnapshot {
     /// Hits on the normalised prompt.
     pub exact_hits: u64,

@@ -13,6 +13,7 @@ use crate::key::{EntryId, Partition, ScopeId, Tag, Tenant};
 
 /// A nearest-neighbour query inside one scope.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct SearchQuery<'a> {
     /// The partition the scope belongs to; results from any other partition are a bug the
     /// backends check for.
@@ -87,11 +88,19 @@ impl Invalidation {
 
 /// Entries and bytes held for one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PartitionUsage {
     /// Live entries (an upper bound for backends that expire lazily).
     pub entries: u64,
     /// Approximate bytes, when the backend knows.
     pub bytes: Option<u64>,
+}
+
+impl PartitionUsage {
+    /// `entries` live entries taking `bytes` bytes (`None` when the backend does not know).
+    pub fn new(entries: u64, bytes: Option<u64>) -> Self {
+        Self { entries, bytes }
+    }
 }
 
 /// Where entries live. One object-safe `async-trait` trait (the cache holds an

@@ -27,14 +27,7 @@ async fn hundred_concurrent_identical_prompts_make_one_call() {
                 .get_or_compute(&key, || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok::<_, std::io::Error>(Computed::new(
-                        "summary",
-                        Usage {
-                            input_tokens: 10,
-                            output_tokens: 5,
-                            cost: 0.1,
-                        },
-                    ))
+                    Ok::<_, std::io::Error>(Computed::new("summary", Usage::new(10, 5, 0.1)))
                 })
                 .await
                 .unwrap()
@@ -94,19 +87,16 @@ impl LlmProvider for FakeLlm {
     }
 
     fn pricing(&self) -> Pricing {
-        Pricing {
-            input_per_token: 0.001,
-            output_per_token: 0.002,
-        }
+        Pricing::new(0.001, 0.002)
     }
 
     async fn complete(&self, request: &CompletionRequest) -> Result<Completion, BoxError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Completion {
-            text: format!("answer to {}", request.prompt),
-            input_tokens: 100,
-            output_tokens: 50,
-        })
+        Ok(Completion::new(
+            format!("answer to {}", request.prompt),
+            100,
+            50,
+        ))
     }
 }
 
@@ -221,7 +211,7 @@ proptest! {
         rt.block_on(async {
             let cache = SemanticCache::builder()
                 .default_policy(palisade_semantic_cache::NamespacePolicy::default().threshold(-1.0))
-                .guard(palisade_semantic_cache::GuardConfig::disabled())
+                .guard(palisade_semantic_cache::guard::GuardConfig::disabled())
                 .build()
                 .unwrap();
             let tenants = ["alpha", "beta", "gamma", "delta"];

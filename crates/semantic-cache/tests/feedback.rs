@@ -44,11 +44,10 @@ const OWN_THRESHOLD: f32 = 0.70;
 /// A cache whose namespaces `a` and `b` serve anything at or above 0.70 without the guard
 /// (the prompts here are not words), each holding the prompt `"cached"`.
 async fn cache(feedback: FeedbackConfig) -> SemanticCache {
-    let policy = NamespacePolicy {
-        ttl: Duration::from_secs(3600),
-        threshold: OWN_THRESHOLD,
-        guard: false,
-    };
+    let policy = NamespacePolicy::default()
+        .ttl(Duration::from_secs(3600))
+        .threshold(OWN_THRESHOLD)
+        .guard(false);
     let cache = SemanticCache::builder()
         .embedder(AtSimilarity)
         .default_policy(policy)
@@ -168,11 +167,7 @@ async fn exact_hits_are_not_judged_and_served_responses_can_be() {
 
 #[tokio::test]
 async fn feedback_beyond_the_namespace_limit_is_ignored() {
-    let cache = cache(FeedbackConfig {
-        max_namespaces: 1,
-        ..FeedbackConfig::default()
-    })
-    .await;
+    let cache = cache(FeedbackConfig::default().max_namespaces(1)).await;
     let a = cache
         .lookup(&key("a", &ask(0.8, 0)))
         .await
@@ -199,18 +194,9 @@ async fn feedback_beyond_the_namespace_limit_is_ignored() {
 #[test]
 fn bad_feedback_settings_are_refused() {
     for bad in [
-        FeedbackConfig {
-            target_error: 0.0,
-            ..FeedbackConfig::default()
-        },
-        FeedbackConfig {
-            z: f64::NAN,
-            ..FeedbackConfig::default()
-        },
-        FeedbackConfig {
-            max_samples: 0,
-            ..FeedbackConfig::default()
-        },
+        FeedbackConfig::default().target_error(0.0),
+        FeedbackConfig::default().z(f64::NAN),
+        FeedbackConfig::default().max_samples(0),
     ] {
         assert!(SemanticCache::builder().feedback(bad).build().is_err());
     }

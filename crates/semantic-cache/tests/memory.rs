@@ -8,11 +8,8 @@ use palisade_semantic_cache::{MemoryConfig, MemoryStore, Store};
 
 #[tokio::test]
 async fn max_entries_bound_evicts() {
-    let store = MemoryStore::new(MemoryConfig {
-        max_entries: 50,
-        max_bytes: 1 << 30,
-    })
-    .unwrap();
+    let store =
+        MemoryStore::new(MemoryConfig::default().max_entries(50).max_bytes(1 << 30)).unwrap();
     let clock = palisade_semantic_cache::FakeClock::default();
     let c = conformance::cache(Arc::new(store.clone()), &clock);
     for i in 0..500 {
@@ -32,10 +29,11 @@ async fn max_entries_bound_evicts() {
 #[tokio::test]
 async fn max_bytes_bound_evicts() {
     // Each entry is about 2 KiB (vector) + 10 KiB of response: 100 KiB holds fewer than 10.
-    let store = MemoryStore::new(MemoryConfig {
-        max_entries: 10_000,
-        max_bytes: 100 * 1024,
-    })
+    let store = MemoryStore::new(
+        MemoryConfig::default()
+            .max_entries(10_000)
+            .max_bytes(100 * 1024),
+    )
     .unwrap();
     let clock = palisade_semantic_cache::FakeClock::default();
     let c = conformance::cache(Arc::new(store.clone()), &clock);

@@ -17,11 +17,7 @@ fn lookups_savings_and_vetoes_are_exported_per_namespace() {
         rt.block_on(async {
             let cache = SemanticCache::in_memory();
             let key = |ns: &str, prompt: &str| CacheKey::new("acme", ns, "m", prompt).unwrap();
-            let usage = Usage {
-                input_tokens: 10,
-                output_tokens: 5,
-                cost: 0.25,
-            };
+            let usage = Usage::new(10, 5, 0.25);
             cache
                 .insert(&key("support", "Cancel my subscription"), "ok", usage)
                 .await

@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 
+use palisade_semantic_cache::guard::GuardConfig;
 use palisade_semantic_cache::minilm::{MINILM_DIR_ENV, MINILM_THRESHOLD, MiniLmEmbedder};
 use palisade_semantic_cache::quality::{
     TRAPS, evaluate, evaluate_with, parse_pairs, parse_set, score, source_table, summary_table,
 };
-use palisade_semantic_cache::{Embedder, GuardConfig, SemanticCache};
+use palisade_semantic_cache::{Embedder, SemanticCache};
 
 fn model_dir() -> PathBuf {
     std::env::var_os(MINILM_DIR_ENV).map_or_else(
@@ -73,12 +74,10 @@ async fn minilm_quality_on_the_test_part() {
     let scored = score(&minilm, &pairs, &GuardConfig::default())
         .await
         .unwrap();
-    let old_guard = GuardConfig {
-        lexicon: false,
-        roles: false,
-        substitutions: false,
-        ..GuardConfig::default()
-    };
+    let old_guard = GuardConfig::default()
+        .lexicon(false)
+        .roles(false)
+        .substitutions(false);
     let mut reports = Vec::new();
     for (name, guard) in [
         ("no guard", None),

@@ -4,12 +4,13 @@
 
 use std::collections::HashSet;
 
+use palisade_semantic_cache::guard::GuardConfig;
 use palisade_semantic_cache::quality::{
     LabelledPair, TRAPS, evaluate, evaluate_with, parse_pairs, parse_set, score, source_table,
     summary_table,
 };
 use palisade_semantic_cache::{
-    CacheKey, DEFAULT_THRESHOLD, Embedder, GuardConfig, HashingEmbedder, SemanticCache, Usage,
+    CacheKey, DEFAULT_THRESHOLD, Embedder, HashingEmbedder, SemanticCache, Usage,
 };
 
 const TUNE: &str = include_str!("../data/quality/tune.tsv");
@@ -60,12 +61,10 @@ async fn hashing_embedder_on_the_test_part() {
     let scored = score(&embedder, &pairs, &GuardConfig::default())
         .await
         .unwrap();
-    let old_guard = GuardConfig {
-        lexicon: false,
-        roles: false,
-        substitutions: false,
-        ..GuardConfig::default()
-    };
+    let old_guard = GuardConfig::default()
+        .lexicon(false)
+        .roles(false)
+        .substitutions(false);
     let mut reports = Vec::new();
     for (name, guard) in [
         ("no guard", None),

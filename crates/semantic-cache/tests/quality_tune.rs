@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use palisade_semantic_cache::guard::GuardConfig;
 use palisade_semantic_cache::quality::{
     ScoredPair, evaluate_with, parse_set, score, summary_table, trap_group,
 };
-use palisade_semantic_cache::{Embedder, GuardConfig, HashingEmbedder};
+use palisade_semantic_cache::{Embedder, HashingEmbedder};
 
 /// Vectors kept in `target/semantic-cache-quality/` between runs, so that tuning runs do
 /// not embed the set again.
@@ -92,30 +93,15 @@ const TUNE: &str = include_str!("../data/quality/tune.tsv");
 
 fn variants() -> Vec<(&'static str, Option<GuardConfig>)> {
     let all = GuardConfig::default();
-    let old = GuardConfig {
-        lexicon: false,
-        roles: false,
-        substitutions: false,
-        ..GuardConfig::default()
-    };
+    let old = GuardConfig::default()
+        .lexicon(false)
+        .roles(false)
+        .substitutions(false);
     vec![
         ("no guard", None),
         ("guard before issue 15", Some(old.clone())),
-        (
-            "+ lexicon",
-            Some(GuardConfig {
-                lexicon: true,
-                ..old.clone()
-            }),
-        ),
-        (
-            "+ lexicon + roles",
-            Some(GuardConfig {
-                lexicon: true,
-                roles: true,
-                ..old
-            }),
-        ),
+        ("+ lexicon", Some(old.clone().lexicon(true))),
+        ("+ lexicon + roles", Some(old.lexicon(true).roles(true))),
         ("+ substitutions (all)", Some(all)),
     ]
 }

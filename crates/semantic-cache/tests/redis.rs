@@ -17,11 +17,9 @@ use palisade_semantic_cache::{RedisConfig, RedisStore};
 use palisade_testkit::{RedisServer, TestRedis, test_redis};
 
 fn config(redis: &TestRedis) -> RedisConfig {
-    RedisConfig {
-        prefix: redis.prefix().as_str().trim_end_matches(':').to_owned(),
-        poll_block: Duration::from_millis(20),
-        ..RedisConfig::default()
-    }
+    RedisConfig::default()
+        .prefix(redis.prefix().as_str().trim_end_matches(':').to_owned())
+        .poll_block(Duration::from_millis(20))
 }
 
 fn store(redis: &TestRedis) -> RedisStore {
@@ -37,10 +35,7 @@ async fn two_instances_see_each_others_inserts_and_invalidations() {
     let a = conformance::cache(Arc::new(store(&redis)), &clock);
     let b = conformance::cache(Arc::new(store(&redis)), &clock);
     let tag = Tag::new("user:42").unwrap();
-    let opts = InsertOptions {
-        tags: vec![tag.clone()],
-        ..InsertOptions::default()
-    };
+    let opts = InsertOptions::default().tags(vec![tag.clone()]);
     a.insert_with(
         &conformance::key("t1", "chat", "How do I reset my password?"),
         "from a",
@@ -173,11 +168,9 @@ async fn entries_carry_their_ttl_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_falls_back_to_memory_and_recovers() {
     let mut server = RedisServer::start().unwrap();
-    let cfg = RedisConfig {
-        op_timeout: Duration::from_millis(300),
-        poll_block: Duration::from_millis(20),
-        ..RedisConfig::default()
-    };
+    let cfg = RedisConfig::default()
+        .op_timeout(Duration::from_millis(300))
+        .poll_block(Duration::from_millis(20));
     let redis_store = RedisStore::new(server.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let with = |mode| {
@@ -289,10 +282,7 @@ async fn redis_down_falls_back_to_memory_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_rejects_bad_config() {
     let redis = test_redis().unwrap();
-    let bad = RedisConfig {
-        stream_max_len: 0,
-        ..RedisConfig::default()
-    };
+    let bad = RedisConfig::default().stream_max_len(0);
     assert!(matches!(
         RedisStore::new(redis.pool()).with_config(bad),
         Err(Error::InvalidConfig(_))
@@ -316,11 +306,9 @@ async fn an_invalidation_during_an_outage_is_surfaced_and_replayed() {
         .start_async()
         .await
         .unwrap();
-    let cfg = RedisConfig {
-        op_timeout: Duration::from_millis(300),
-        poll_block: Duration::from_millis(20),
-        ..RedisConfig::default()
-    };
+    let cfg = RedisConfig::default()
+        .op_timeout(Duration::from_millis(300))
+        .poll_block(Duration::from_millis(20));
     let redis_store = RedisStore::new(server.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let cache = conformance::builder(Arc::new(redis_store), &clock)
@@ -334,10 +322,7 @@ async fn an_invalidation_during_an_outage_is_surfaced_and_replayed() {
             &private,
             "user 42 earns 100k",
             Usage::default(),
-            InsertOptions {
-                tags: vec![tag.clone()],
-                ..InsertOptions::default()
-            },
+            InsertOptions::default().tags(vec![tag.clone()]),
         )
         .await
         .unwrap();
@@ -434,17 +419,15 @@ async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() {
     let server = RedisServer::builder().start_async().await.unwrap();
-    let cfg = RedisConfig {
-        poll_block: Duration::from_millis(20),
-        ..RedisConfig::default()
-    };
+    let cfg = RedisConfig::default().poll_block(Duration::from_millis(20));
     let store = RedisStore::new(server.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let cache = conformance::cache(Arc::new(store), &clock);
     let tag = Tag::new("user:1").unwrap();
-    let short = |ms| InsertOptions {
-        tags: vec![tag.clone()],
-        ttl: Some(Duration::from_millis(ms)),
+    let short = |ms| {
+        InsertOptions::default()
+            .tags(vec![tag.clone()])
+            .ttl(Duration::from_millis(ms))
     };
     // One long-lived entry keeps the structures alive while short-lived ones come and go.
     let key = conformance::key("t1", "chat", "a lasting question");
@@ -512,10 +495,7 @@ async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_index_prunes_expired_rows_and_shares_its_budget_fairly() {
     let redis = test_redis().unwrap();
-    let cfg = RedisConfig {
-        max_local_entries: 100,
-        ..config(&redis)
-    };
+    let cfg = config(&redis).max_local_entries(100);
     let store = RedisStore::new(redis.pool()).with_config(cfg).unwrap();
     let clock = FakeClock::default();
     let cache = conformance::cache(Arc::new(store.clone()), &clock);

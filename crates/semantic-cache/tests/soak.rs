@@ -88,10 +88,7 @@ async fn redis_memory_tracking_and_local_index_stay_flat() {
     let total = Duration::from_secs(total);
     let server = RedisServer::builder().start_async().await.unwrap();
     let store = RedisStore::new(server.pool())
-        .with_config(RedisConfig {
-            poll_block: Duration::from_millis(50),
-            ..RedisConfig::default()
-        })
+        .with_config(RedisConfig::default().poll_block(Duration::from_millis(50)))
         .unwrap();
     let cache = SemanticCache::builder()
         .store(store.clone())
@@ -118,10 +115,7 @@ async fn redis_memory_tracking_and_local_index_stay_flat() {
                 let prompt = format!("question {i} about order {} and invoice {}", i * 7, i % 13);
                 let key = CacheKey::new(&tenant, &namespace, "model", prompt).unwrap();
                 let tags = vec![Tag::new(format!("user:{}", i % 50)).unwrap()];
-                let options = InsertOptions {
-                    tags,
-                    ..InsertOptions::default()
-                };
+                let options = InsertOptions::default().tags(tags);
                 cache
                     .insert_with(&key, "an answer of a few words", Usage::default(), options)
                     .await

@@ -9,11 +9,9 @@ use palisade_semantic_cache::{RedisConfig, RedisStore};
 /// The Redis settings of the suite: a short stream poll so vectors arrive quickly.
 #[cfg(feature = "redis")]
 fn redis_config(prefix: &str) -> RedisConfig {
-    RedisConfig {
-        prefix: prefix.to_owned(),
-        poll_block: std::time::Duration::from_millis(20),
-        ..RedisConfig::default()
-    }
+    RedisConfig::default()
+        .prefix(prefix.to_owned())
+        .poll_block(std::time::Duration::from_millis(20))
 }
 
 mod memory {
