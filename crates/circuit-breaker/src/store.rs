@@ -1,4 +1,4 @@
-//! The shared-state backend: the values the [`Store`](crate::Store) trait's operations exchange
+//! The shared-state backend: the values the [`Store`] trait's operations exchange
 //! ([`SharedPolicy`], [`Batch`], [`SharedState`], [`ProbeGrant`], [`ManualOp`]) and the pure
 //! fleet-wide state machine every backend implements: [`MemoryStore`](crate::MemoryStore)
 //! runs [`SharedMachine`] directly, `RedisStore` runs the same rules as Lua scripts

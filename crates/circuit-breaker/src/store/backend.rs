@@ -1,4 +1,4 @@
-//! The backend trait, public at the crate root as [`Store`](crate::Store).
+//! The backend trait, public at the crate root as [`Store`].
 
 use std::fmt;
 
