@@ -354,8 +354,9 @@ fn minilm(c: &mut Criterion) {
 fn minilm(_: &mut Criterion) {}
 
 /// The whole decision on one candidate beyond the query's embedding: the guard's features of
-/// both prompts, its lexical checks, and the substitution check, which embeds the two
-/// differing spans (`for children` / `for adults`). `lexical` stops before the spans;
+/// both prompts, its lexical checks, and the substitution check, which compares the two
+/// differing spans (`for children` / `for adults`) with `Embedder::span_similarity` (two
+/// span embeddings with the hashing embedder, MiniLM's static word-piece vectors with it). `lexical` stops before the spans;
 /// `hashing` and (feature `candle`) `minilm` are the whole decision with that embedder.
 /// The exact-hit path runs none of this.
 fn decision(c: &mut Criterion) {

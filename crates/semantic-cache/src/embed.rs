@@ -47,6 +47,26 @@ pub trait Embedder: Send + Sync + fmt::Debug {
         1.0
     }
 
+    /// Cosine similarity of two short spans: the words two prompts do not share (`adults` /
+    /// `children`), which the guard's substitution check compares with
+    /// [`recommended_span_similarity`](Self::recommended_span_similarity). The provided
+    /// method embeds both spans with [`embed_batch`](Self::embed_batch); an embedder with
+    /// a cheaper word-level view overrides it (MiniLM averages its own word-piece vectors
+    /// instead of running the model a second time).
+    ///
+    /// # Errors
+    /// As [`embed_batch`](Self::embed_batch), and [`Error::Embedder`] when it returns the
+    /// wrong number of vectors.
+    async fn span_similarity(&self, a: &str, b: &str) -> Result<f32> {
+        let vectors = self.embed_batch(&[a, b]).await?;
+        match vectors.as_slice() {
+            [x, y] if x.len() == y.len() => Ok(crate::index::dot(x, y)),
+            _ => Err(Error::Embedder(
+                "the embedder returned the wrong number of vectors".into(),
+            )),
+        }
+    }
+
     /// Embed one text.
     ///
     /// # Errors

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::Embedder;
 use crate::error::Result;
-use crate::index::dot;
 use crate::lexicon;
 
 /// Which checks the guard runs. All are on by default.
@@ -47,10 +46,10 @@ pub struct GuardConfig {
     #[serde(default = "yes")]
     pub roles: bool,
     /// Compare what differs: when each prompt has content words the other lacks
-    /// (`for children` / `for adults`), embed the two differing spans and veto unless they
-    /// are at least [`substitution_similarity`](Self::substitution_similarity) alike
-    /// (a synonym passes, another thing does not). Costs one embedding of two short spans,
-    /// only for a candidate that passed every other check.
+    /// (`for children` / `for adults`), compare the two differing spans with
+    /// [`Embedder::span_similarity`] and veto unless they are at least
+    /// [`substitution_similarity`](Self::substitution_similarity) alike (a synonym passes,
+    /// another thing does not). Runs only for a candidate that passed every other check.
     #[serde(default = "yes")]
     pub substitutions: bool,
     /// Lowest cosine similarity of the differing spans for a substitution to pass; `None`
@@ -940,7 +939,8 @@ pub fn check(query: &str, cached: &str, config: &GuardConfig) -> Option<VetoReas
 /// compared. The cache and the quality evaluation both decide through this function.
 ///
 /// Cost: the lexical checks are a few microseconds; a substitution costs one
-/// `embed_batch` of two short spans (only for a candidate that passed everything else).
+/// [`Embedder::span_similarity`] (only for a candidate that passed everything else): two
+/// short embeddings by default, a word-piece table lookup of microseconds with MiniLM.
 ///
 /// # Errors
 /// The embedder's errors.
@@ -966,18 +966,13 @@ pub async fn judge(
     Ok((similarity < floor).then_some(VetoReason::Substitution))
 }
 
-/// Cosine similarity of two spans' embeddings.
+/// Cosine similarity of two spans, as the embedder judges spans
+/// ([`Embedder::span_similarity`]).
 ///
 /// # Errors
 /// The embedder's errors.
 pub async fn span_similarity(embedder: &dyn Embedder, a: &str, b: &str) -> Result<f32> {
-    let vectors = embedder.embed_batch(&[a, b]).await?;
-    match vectors.as_slice() {
-        [x, y] if x.len() == y.len() => Ok(dot(x, y)),
-        _ => Err(crate::error::Error::Embedder(
-            "the embedder returned the wrong number of vectors".into(),
-        )),
-    }
+    embedder.span_similarity(a, b).await
 }
 
 #[cfg(test)]

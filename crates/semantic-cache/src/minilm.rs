@@ -30,16 +30,18 @@ pub const MINILM_DIR_ENV: &str = "PALISADE_MINILM_DIR";
 /// uses it without being told).
 ///
 /// Chosen on the tuning part of the held-out quality set (`data/quality/tune.tsv`): with
-/// the full guard and [`MINILM_SPAN_SIMILARITY`] it served 53.7 % of the should-hit
-/// pairs and 0.8 % of the traps there. The test part's figures are in
-/// `docs/semantic-cache.md`.
+/// the full guard and [`MINILM_SPAN_SIMILARITY`] it served 54.8 % of the should-hit
+/// pairs and 0.8 % of the traps there (0.70 and 0.75 add less than one point of true hits
+/// at the same false hits, and leave more to the guard on unseen prompts). The test part's
+/// figures are in `docs/semantic-cache.md`.
 pub const MINILM_THRESHOLD: f32 = 0.80;
 
 /// The lowest similarity of two differing spans for the guard to take one for the other
-/// with this embedder ([`Embedder::recommended_span_similarity`]): on the tuning part,
-/// 10 % of the should-hit substitutions and 1.5 % of the trap substitutions reach it
-/// (`update` for `change` passes, `adults` for `children` does not).
-pub const MINILM_SPAN_SIMILARITY: f32 = 0.70;
+/// with this embedder ([`Embedder::recommended_span_similarity`]), as measured by
+/// [`MiniLmEmbedder::span_similarity_sync`] (static word-piece vectors). Chosen on the
+/// tuning part: the highest true-hit rate at which at most 1 % of its traps were served
+/// (0.40 served 1.5 % of them; 0.50 served 0.5 % at 1.3 points fewer true hits).
+pub const MINILM_SPAN_SIMILARITY: f32 = 0.45;
 
 /// The architecture of all-MiniLM-L6-v2, used when the folder has no `config.json`.
 const MINILM_CONFIG: &str = r#"{
@@ -59,6 +61,12 @@ struct Inner {
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
+    /// The model's input word-piece embeddings, `[vocabulary, dimension]` (shares the
+    /// weights' storage, no copy): what the span check averages.
+    word_pieces: Tensor,
+    /// The mean word-piece vector, subtracted before comparing spans: every row of the
+    /// table shares a large common direction that would make any two words look alike.
+    centre: Tensor,
 }
 
 /// all-MiniLM-L6-v2 on the CPU with candle: 384-dimensional unit vectors whose cosine
@@ -109,6 +117,19 @@ impl MiniLmEmbedder {
         let weights = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&weights, &device)
             .map_err(|e| embedder_error(format!("{}: {e}", weights.display())))?;
+        let word_pieces = tensors
+            .iter()
+            .find(|(name, _)| name.ends_with("embeddings.word_embeddings.weight"))
+            .map(|(_, t)| t.to_dtype(DType::F32))
+            .transpose()
+            .map_err(embedder_error)?
+            .ok_or_else(|| {
+                embedder_error(format!(
+                    "{}: no word-piece embedding table",
+                    weights.display()
+                ))
+            })?;
+        let centre = word_pieces.mean_keepdim(0).map_err(embedder_error)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let model = BertModel::load(vb, &config).map_err(embedder_error)?;
         let tokenizer_path = dir.join("tokenizer.json");
@@ -128,6 +149,8 @@ impl MiniLmEmbedder {
                 tokenizer,
                 device,
                 dimension,
+                word_pieces,
+                centre,
             }),
             version: format!("all-MiniLM-L6-v2-candle-mean-d{dimension}"),
         })
@@ -140,9 +163,72 @@ impl MiniLmEmbedder {
     pub fn embed_sync(&self, text: &str) -> Result<Vec<f32>> {
         self.inner.embed(text)
     }
+
+    /// The static vector of each word of `span` (whitespace-separated): the mean of its
+    /// word pieces' input embeddings, less the table's mean vector, not normalised. No
+    /// forward pass: a tokenizer call and a table lookup. An empty word list for a span
+    /// without word pieces.
+    ///
+    /// # Errors
+    /// [`Error::Embedder`] when tokenizing or the lookup fails.
+    pub fn word_vectors(&self, span: &str) -> Result<Vec<Vec<f32>>> {
+        span.split_whitespace()
+            .map(|word| self.inner.word_vector(word))
+            .filter_map(Result::transpose)
+            .collect()
+    }
+
+    /// Cosine similarity of two spans from static word-piece vectors
+    /// ([`word_vectors`](Self::word_vectors)): what the guard's substitution check uses with
+    /// this embedder. Takes microseconds; 0.0 when a span has no word pieces.
+    ///
+    /// # Errors
+    /// [`Error::Embedder`] when tokenizing or the lookup fails.
+    pub fn span_similarity_sync(&self, a: &str, b: &str) -> Result<f32> {
+        let (a, b) = (self.word_vectors(a)?, self.word_vectors(b)?);
+        Ok(span_cosine(&a, &b))
+    }
+}
+
+/// Cosine of the two spans' summed word vectors (0.0 when either is empty or zero).
+pub(crate) fn span_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let sum = |words: &[Vec<f32>]| -> Option<Vec<f32>> {
+        let mut total = vec![0.0f32; words.first()?.len()];
+        for w in words {
+            for (t, x) in total.iter_mut().zip(w) {
+                *t += x;
+            }
+        }
+        let norm = total.iter().map(|x| x * x).sum::<f32>().sqrt();
+        (norm > 0.0 && norm.is_finite()).then(|| total.iter().map(|x| x / norm).collect())
+    };
+    match (sum(a), sum(b)) {
+        (Some(x), Some(y)) if x.len() == y.len() => crate::index::dot(&x, &y),
+        _ => 0.0,
+    }
 }
 
 impl Inner {
+    /// One word's static vector (see [`MiniLmEmbedder::word_vectors`]); `None` when the
+    /// tokenizer finds no word piece in it.
+    fn word_vector(&self, word: &str) -> Result<Option<Vec<f32>>> {
+        let encoding = self.tokenizer.encode(word, false).map_err(embedder_error)?;
+        let ids = encoding.get_ids();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let vector = (|| {
+            let ids = Tensor::new(ids, &self.device)?;
+            self.word_pieces
+                .index_select(&ids, 0)?
+                .broadcast_sub(&self.centre)?
+                .mean(0)?
+                .to_vec1::<f32>()
+        })()
+        .map_err(embedder_error)?;
+        Ok(Some(vector))
+    }
+
     fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let encoding = self.tokenizer.encode(text, true).map_err(embedder_error)?;
         let ids = Tensor::new(encoding.get_ids(), &self.device)
@@ -186,6 +272,12 @@ impl Embedder for MiniLmEmbedder {
 
     fn recommended_span_similarity(&self) -> f32 {
         MINILM_SPAN_SIMILARITY
+    }
+
+    /// Static word-piece vectors, no second forward pass: see
+    /// [`MiniLmEmbedder::span_similarity_sync`]. Cheap enough to run on the caller's thread.
+    async fn span_similarity(&self, a: &str, b: &str) -> Result<f32> {
+        self.span_similarity_sync(a, b)
     }
 
     async fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {

@@ -173,15 +173,7 @@ pub async fn score(
         let query = PromptFeatures::extract(&pair.new);
         let cached = PromptFeatures::extract(&pair.cached);
         let span = query.substitution(&cached);
-        for text in [
-            Some(&a),
-            Some(&b),
-            span.as_ref().map(|s| &s.0),
-            span.as_ref().map(|s| &s.1),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for text in [&a, &b] {
             if !vectors.contains_key(text) {
                 vectors.insert(text.clone(), Vec::new());
                 todo.push(text.clone());
@@ -198,10 +190,22 @@ pub async fn score(
         }
     }
     let span_floor = embedder.recommended_span_similarity();
+    let mut span_scores: HashMap<(String, String), f32> = HashMap::new();
     let mut scored = Vec::with_capacity(pairs.len());
     for ((pair, (a, b, query, cached)), span) in pairs.iter().zip(normalized).zip(spans) {
         let similarity = dot(&vectors[&a], &vectors[&b]);
-        let span_similarity = span.map(|(x, y)| dot(&vectors[&x], &vectors[&y]));
+        let span_similarity = match span {
+            Some(key) => Some(match span_scores.get(&key) {
+                Some(s) => *s,
+                None => {
+                    // The cache's own span judge, as `guard::judge` calls it.
+                    let s = embedder.span_similarity(&key.0, &key.1).await?;
+                    span_scores.insert(key, s);
+                    s
+                }
+            }),
+            None => None,
+        };
         let mut s = ScoredPair {
             pair: pair.clone(),
             exact: a == b,

@@ -6,9 +6,12 @@
 use std::path::PathBuf;
 
 use palisade_semantic_cache::guard::GuardConfig;
-use palisade_semantic_cache::minilm::{MINILM_DIR_ENV, MINILM_THRESHOLD, MiniLmEmbedder};
+use palisade_semantic_cache::minilm::{
+    MINILM_DIR_ENV, MINILM_SPAN_SIMILARITY, MINILM_THRESHOLD, MiniLmEmbedder,
+};
 use palisade_semantic_cache::quality::{
-    TRAPS, evaluate, evaluate_with, parse_pairs, parse_set, score, source_table, summary_table,
+    TRAPS, evaluate, evaluate_with, markdown_table, parse_pairs, parse_set, score, source_table,
+    summary_table,
 };
 use palisade_semantic_cache::{Embedder, SemanticCache};
 
@@ -53,14 +56,33 @@ async fn golden_vector_matches_sentence_transformers() {
     assert!((norm - 1.0).abs() < 1e-4);
 }
 
+/// The span check reads MiniLM's own word-piece table instead of running the model on the
+/// spans; the async trait method (what `guard::judge` calls) gives the same value.
+#[tokio::test]
+async fn span_similarity_uses_static_word_pieces() {
+    let minilm = embedder();
+    let same = minilm.span_similarity_sync("Update", "update").unwrap();
+    assert!((same - 1.0).abs() < 1e-5, "{same}");
+    let pair = minilm.span_similarity_sync("adults", "children").unwrap();
+    assert!(pair < MINILM_SPAN_SIMILARITY, "adults/children {pair}");
+    assert_eq!(
+        minilm.span_similarity("adults", "children").await.unwrap(),
+        pair
+    );
+    // Nothing to compare is never alike.
+    assert_eq!(minilm.span_similarity_sync("", "update").unwrap(), 0.0);
+    assert_eq!(minilm.word_vectors("two words").unwrap().len(), 2);
+}
+
 const TEST: &str = include_str!("../data/quality/test.tsv");
 
 /// The test part at the threshold MiniLM recommends (which the builder applies by itself).
 ///
 /// Issue 15's goal is at most 2 % of traps served with at least half of the should-hit
-/// pairs. It is NOT met: when the decision was frozen on the tuning part, the test part
-/// gave 47.7 % true hits and 2.9 % false hits (docs/semantic-cache.md). The bounds below
-/// hold the crate to that measurement (with a small margin), so a regression fails here.
+/// pairs. It is NOT met: when the decision was frozen on the tuning part (span check on
+/// static word-piece vectors, floor 0.45), the test part gave 49.1 % true hits and 2.1 %
+/// false hits (docs/semantic-cache.md; before: 47.7 % / 2.9 %). The bounds below hold the
+/// crate to that measurement (with a small margin), so a regression fails here.
 #[tokio::test]
 async fn minilm_quality_on_the_test_part() {
     let minilm = embedder();
@@ -83,19 +105,33 @@ async fn minilm_quality_on_the_test_part() {
         ("no guard", None),
         ("guard before issue 15", Some(&old_guard)),
     ] {
-        for t in [0.85, 0.90, 0.95] {
+        for t in [0.80, 0.85, 0.90, 0.95] {
             let mut r = evaluate_with(&scored, t, guard);
             r.label = format!("{name}, {t:.2}");
             reports.push(r);
         }
     }
-    for t in [0.70, 0.75, MINILM_THRESHOLD, 0.85, 0.90] {
+    for t in [0.70, 0.75, MINILM_THRESHOLD, 0.85, 0.90, 0.95] {
         let mut r = evaluate(&scored, t, true);
         r.label = format!("guard, {t:.2}");
         reports.push(r);
     }
     println!("{}", summary_table(&reports));
+    // The rows of scripts/quality-plot.py's CSV (the example writes the same with QUALITY_CSV).
+    for r in reports
+        .iter()
+        .filter(|r| !r.label.starts_with("guard before"))
+    {
+        println!(
+            "minilm,test,{},{},{:.4},{:.4}",
+            r.threshold,
+            r.guard,
+            r.hit_rate(),
+            r.false_hit_rate()
+        );
+    }
     let recommended = evaluate(&scored, MINILM_THRESHOLD, true);
+    println!("{}", markdown_table(std::slice::from_ref(&recommended)));
     println!("{}", source_table(&recommended));
     println!(
         "issue 15 goal (<= 2.0 % false hits with >= 50 % true hits): {}",
@@ -106,7 +142,7 @@ async fn minilm_quality_on_the_test_part() {
         }
     );
     assert!(
-        recommended.false_hit_rate() <= 0.04 && recommended.hit_rate() >= 0.45,
+        recommended.false_hit_rate() <= 0.03 && recommended.hit_rate() >= 0.47,
         "at {MINILM_THRESHOLD}: {:.3} true hits, {:.3} false hits",
         recommended.hit_rate(),
         recommended.false_hit_rate()

@@ -68,6 +68,9 @@ impl<E: Embedder> Embedder for Cached<E> {
     fn recommended_span_similarity(&self) -> f32 {
         self.inner.recommended_span_similarity()
     }
+    async fn span_similarity(&self, a: &str, b: &str) -> palisade_semantic_cache::Result<f32> {
+        self.inner.span_similarity(a, b).await
+    }
     async fn embed_batch(&self, texts: &[&str]) -> palisade_semantic_cache::Result<Vec<Vec<f32>>> {
         let missing: Vec<&str> = {
             let v = self.vectors.lock().unwrap();
@@ -210,8 +213,72 @@ async fn tune_minilm() {
     let minilm = Cached::new(minilm);
     let scored = sweep(&minilm, &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95]).await;
     minilm.save();
+    span_judges(&minilm.inner, &scored);
     if std::env::var_os("MISTAKES").is_some() {
         let t = std::env::var("AT").map_or(minilm.recommended_threshold(), |x| x.parse().unwrap());
         mistakes(&scored, t);
+    }
+}
+
+/// Each word of `from` has a near word in `to`: the lowest, over `from`'s words, of the best
+/// cosine with a word of `to`.
+#[cfg(feature = "candle")]
+fn aligned(from: &[Vec<f32>], to: &[Vec<f32>]) -> f32 {
+    let cos = |x: &[f32], y: &[f32]| {
+        let d: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+        let n =
+            (x.iter().map(|a| a * a).sum::<f32>() * y.iter().map(|a| a * a).sum::<f32>()).sqrt();
+        if n > 0.0 { d / n } else { 0.0 }
+    };
+    from.iter()
+        .map(|x| to.iter().map(|y| cos(x, y)).fold(-1.0f32, f32::max))
+        .fold(1.0f32, f32::min)
+}
+
+/// Span judges compared on the tuning part: the shipped one (centred mean of word pieces)
+/// and a word-by-word alignment, at several floors and thresholds.
+#[cfg(feature = "candle")]
+fn span_judges(minilm: &palisade_semantic_cache::minilm::MiniLmEmbedder, scored: &[ScoredPair]) {
+    let mut aligned_scored = scored.to_vec();
+    for s in &mut aligned_scored {
+        if let Some((a, b)) = s.query.substitution(&s.cached) {
+            let (va, vb) = (
+                minilm.word_vectors(&a).unwrap(),
+                minilm.word_vectors(&b).unwrap(),
+            );
+            let x = if s.query.is_insertion(&s.cached) {
+                aligned(&va, &vb).max(aligned(&vb, &va))
+            } else {
+                aligned(&va, &vb).min(aligned(&vb, &va))
+            };
+            s.span_similarity = Some(x);
+        }
+    }
+    for (name, set) in [("mean", scored), ("aligned", &aligned_scored[..])] {
+        println!(
+            "\nspan judge {name}: true / false hits (tune part), rows floor, columns threshold"
+        );
+        let thresholds = [0.7f32, 0.75, 0.8, 0.85, 0.9];
+        println!(
+            "| floor | {} |",
+            thresholds.map(|t| format!("{t:.2}")).join(" | ")
+        );
+        for floor in [
+            0.2f32, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 1.01,
+        ] {
+            let config = GuardConfig::default().substitution_similarity(floor);
+            let cells: Vec<String> = thresholds
+                .iter()
+                .map(|t| {
+                    let r = evaluate_with(set, *t, Some(&config));
+                    format!(
+                        "{:.1}/{:.1}",
+                        r.hit_rate() * 100.0,
+                        r.false_hit_rate() * 100.0
+                    )
+                })
+                .collect();
+            println!("| {floor:.2} | {} |", cells.join(" | "));
+        }
     }
 }
