@@ -7,6 +7,12 @@ use metrics_util::debugging::DebuggingRecorder;
 use palisade_migrate::{Error, FakeClock, LeaseGrant, MemoryStore, MigrationSet, Migrator, Store};
 use palisade_testkit::{LogCapture, metric_lines};
 
+/// The two tests run one at a time. `tracing` caches each callsite's interest when the
+/// callsite is first hit: the other test's thread, which has no subscriber, could register a
+/// span such as `migrate.up` as "never" while this file's capture was being installed, and
+/// the span would then be missing from the captured text (seen once in CI under load).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn set() -> MigrationSet {
     MigrationSet::from_embedded(&[
         ("V1__a.up.sql", "SET a 1"),
@@ -22,6 +28,7 @@ fn set() -> MigrationSet {
 
 #[tokio::test]
 async fn runs_migrations_durations_lock_waits_and_audit_are_recorded() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _metrics = metrics::set_default_local_recorder(&recorder);
@@ -99,6 +106,7 @@ async fn runs_migrations_durations_lock_waits_and_audit_are_recorded() {
 
 #[tokio::test]
 async fn a_waiting_migrator_counts_waits_and_a_fake_clock_expires_a_crashed_lease() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _metrics = metrics::set_default_local_recorder(&recorder);
