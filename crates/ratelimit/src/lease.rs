@@ -26,9 +26,9 @@
 
 use std::time::Duration;
 
-use crate::algorithm::{MAX_MICROS, Machine, QuotaState, Verdict};
-use crate::decision::Decision;
-use crate::quota::{Algorithm, Params, Policy};
+use crate::algorithm::{MAX_MICROS, Machine, Op, QuotaState, Verdict};
+use crate::decision::{Decision, DecisionSource};
+use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy};
 
 /// What an instance asks a store in one [`Store::lease`](crate::Store::lease) call: count a
 /// request of `cost` units — paid first from `held` units of earlier leases when the store
@@ -326,6 +326,96 @@ impl Counters for Many<'_> {
     }
     fn refund(&mut self, i: usize, now: u64, cost: u64) {
         self.states[i].refund_with(&self.params[i], now, cost);
+    }
+}
+
+/// One lease call ([`lease`]) as a store operation: the request and the grant, all or nothing.
+#[derive(Clone, Copy)]
+pub(crate) struct LeaseOp<'p> {
+    pub(crate) now: u64,
+    pub(crate) request: &'p LeaseRequest,
+}
+
+impl LeaseOp<'_> {
+    fn answer(self, o: Outcome, verdicts: &[Verdict]) -> Lease {
+        let mut lease = Lease::exact(Decision::from_verdicts(
+            o.admitted,
+            verdicts,
+            DecisionSource::Store,
+        ));
+        lease.used_held = o.used_held;
+        lease.stale_held = o.stale_held;
+        lease.granted = o.granted;
+        lease.lifetime = Duration::from_micros(o.lifetime);
+        lease.granted_at = o.granted_at;
+        lease
+    }
+}
+
+impl Op for LeaseOp<'_> {
+    type Out = Lease;
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Self::Out {
+        let mut v = [Verdict::NONE];
+        let mut one = One {
+            machine: m,
+            params: q,
+        };
+        let o = lease(&mut one, M::ALGORITHM, self.now, self.request, &mut v);
+        self.answer(o, &v)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Self::Out {
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        let n = states.len().min(MAX_QUOTAS);
+        let mut many = Many {
+            states: &mut states[..n],
+            params: policy.params(),
+        };
+        let o = lease(
+            &mut many,
+            policy.algorithm(),
+            self.now,
+            self.request,
+            &mut out[..n],
+        );
+        self.answer(o, &out[..n])
+    }
+}
+
+/// Give back unspent leased units ([`release`]) as a store operation.
+#[derive(Clone, Copy)]
+pub(crate) struct ReleaseOp {
+    pub(crate) now: u64,
+    pub(crate) units: u64,
+    pub(crate) granted_at: u64,
+}
+
+impl Op for ReleaseOp {
+    type Out = ();
+    fn one<M: Machine>(self, m: &mut M, q: &Params) {
+        let mut one = One {
+            machine: m,
+            params: q,
+        };
+        release(
+            &mut one,
+            M::ALGORITHM,
+            self.now,
+            self.units,
+            self.granted_at,
+        );
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) {
+        let mut many = Many {
+            states,
+            params: policy.params(),
+        };
+        release(
+            &mut many,
+            policy.algorithm(),
+            self.now,
+            self.units,
+            self.granted_at,
+        );
     }
 }
 

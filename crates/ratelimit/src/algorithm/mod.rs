@@ -121,6 +121,25 @@ pub(crate) trait Machine: Clone + fmt::Debug + PartialEq {
     fn expiry(&self, q: &Params, now: u64) -> (u64, u64);
 }
 
+/// What a store call does to one key's states, whatever form the store keeps them in: one
+/// machine, a single sliding-window log with its ends, or the states of several quotas. An
+/// operation is a few numbers (`Copy`): when a state outgrows its form, the store runs it
+/// again on the wider form of the state it left untouched. The memory store runs its calls
+/// as these; the lease calls are ones too (`crate::lease`).
+pub(crate) trait Op: Copy {
+    type Out;
+    /// On the state of a single quota.
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Self::Out;
+    /// On a single sliding-window log whose ends the entry keeps.
+    fn log(self, log: &mut SlidingLog, ends: &mut LogEnds, q: &Params) -> Self::Out {
+        let out = self.one(log, q);
+        *ends = LogEnds::of(log);
+        out
+    }
+    /// On the states of several quotas.
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Self::Out;
+}
+
 /// How a store packs a [`OneWord`] state in one `u64`: the bits of its low field, and a
 /// token bucket's capacity (the word holds how many tokens are missing from it). Fixed when
 /// a store's group of keys is made; a state the layout cannot hold stays at full width.
@@ -193,6 +212,19 @@ impl QuotaState {
             Algorithm::SlidingWindowCounter => {
                 AnyState::SlidingCounter(SlidingCounter::fresh(q, now))
             }
+        })
+    }
+
+    /// The state a store keeps in `word`, laid out by `layout`, for a one-word `algorithm`.
+    pub(crate) fn from_word(algorithm: Algorithm, word: u64, layout: &WordLayout) -> Self {
+        Self(match algorithm {
+            Algorithm::Gcra => AnyState::Gcra(Gcra::unpack(word, layout)),
+            Algorithm::TokenBucket => AnyState::TokenBucket(TokenBucket::unpack(word, layout)),
+            Algorithm::FixedWindow => AnyState::FixedWindow(FixedWindow::unpack(word, layout)),
+            Algorithm::SlidingWindowCounter => {
+                AnyState::SlidingCounter(SlidingCounter::unpack(word, layout))
+            }
+            Algorithm::SlidingWindowLog => unreachable!("a sliding-window log is not one word"),
         })
     }
 

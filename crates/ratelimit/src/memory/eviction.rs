@@ -4,22 +4,11 @@
 use super::table::Shard;
 
 impl Shard {
-    /// `(expires_at, holds)` at `now` of every entry.
-    fn expiries(&mut self, now: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        for g in &mut self.groups {
-            g.text.expiries(&g.layout, &g.policy, now, &mut out);
-            g.ids.expiries(&g.layout, &g.policy, now, &mut out);
-        }
-        out
-    }
-
     /// Keep the entries for which `keep(expires_at, holds)` (at `now`) says so; drop the
     /// groups left empty.
     fn retain(&mut self, now: u64, mut keep: impl FnMut(u64, u64) -> bool) {
         self.groups.retain(|g| {
-            g.text.retain(&g.layout, &g.policy, now, &mut keep);
-            g.ids.retain(&g.layout, &g.policy, now, &mut keep);
+            g.retain(now, &mut keep);
             g.len() > 0
         });
     }
@@ -36,11 +25,11 @@ impl Shard {
         if self.len() < cap {
             return;
         }
-        let mut ranks: Vec<(u64, u64)> = self
-            .expiries(now)
-            .into_iter()
-            .map(|(at, held)| (held, at))
-            .collect();
+        let mut ranks = Vec::with_capacity(self.len());
+        self.retain(now, |at, held| {
+            ranks.push((held, at));
+            true
+        });
         let drop_n = (ranks.len() / 8).max(1);
         let (_, cutoff, _) = ranks.select_nth_unstable(drop_n - 1);
         let cutoff = *cutoff;

@@ -3,8 +3,6 @@
 
 use std::hash::Hasher;
 
-use super::table::{Group, Tables};
-
 /// Keys of up to this many bytes are stored inline.
 pub(super) const INLINE_KEY: usize = 15;
 
@@ -143,8 +141,6 @@ pub(super) trait StoredKey: Sized + std::fmt::Debug {
     /// Feeds the probe to the store's hasher; a stored key feeds the same as its probe.
     fn write_probe(probe: Self::Probe<'_>, h: &mut impl Hasher);
     fn write_stored(&self, h: &mut impl Hasher);
-    fn tables(group: &Group) -> &Tables<Self>;
-    fn tables_mut(group: &mut Group) -> &mut Tables<Self>;
 }
 
 impl StoredKey for KeyBuf {
@@ -174,14 +170,6 @@ impl StoredKey for KeyBuf {
             Self::Heap(bytes) => h.write(bytes),
         }
     }
-    #[inline]
-    fn tables(group: &Group) -> &Tables<Self> {
-        &group.text
-    }
-    #[inline]
-    fn tables_mut(group: &mut Group) -> &mut Tables<Self> {
-        &mut group.text
-    }
 }
 
 impl StoredKey for u64 {
@@ -200,14 +188,6 @@ impl StoredKey for u64 {
     }
     fn write_stored(&self, h: &mut impl Hasher) {
         h.write_u64(*self);
-    }
-    #[inline]
-    fn tables(group: &Group) -> &Tables<Self> {
-        &group.ids
-    }
-    #[inline]
-    fn tables_mut(group: &mut Group) -> &mut Tables<Self> {
-        &mut group.ids
     }
 }
 

@@ -8,18 +8,22 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::algorithm::{self, FixedWindow, Gcra, SlidingCounter, TokenBucket};
+use crate::algorithm::{
+    self, FixedWindow, Gcra, LogEnds, Machine, Op, QuotaState, SlidingCounter, SlidingLog,
+    TokenBucket, Verdict,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::Result;
-use crate::quota::{Algorithm, Policy};
+use crate::lease::{LeaseOp, ReleaseOp};
+use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy};
 
 mod eviction;
 mod key;
 mod table;
 
 use key::{KeyBuf, Probe, StoredKey};
-use table::{Admit, Decide, Form, LeaseOp, List, Log, Op, Peek, Refund, ReleaseOp, Shard, Word};
+use table::{Form, Kind, List, Log, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
@@ -103,14 +107,15 @@ impl From<u64> for Subject<'_> {
 /// * **Memory**: keys are grouped by policy, and each group keeps one table per state
 ///   shape, so an entry holds only the key and the states its policy needs: 24 bytes for a
 ///   single quota of GCRA, token bucket, fixed window or sliding-window counter (its state
-///   packed in one word), 24 plus the states behind one pointer for several quotas, 72 for
+///   packed in one word), 32 plus the states behind one pointer for several quotas, 72 for
 ///   a single sliding-window log (its list's handle, total and end times held in the entry)
 ///   plus 16 per logged microsecond.
 ///   That includes the key when it has at most 15 bytes (user ids, IPv4 addresses); longer
 ///   keys add one allocation. An integer id ([`Subject::Id`]) takes 8 bytes less: 16 bytes
 ///   for a single quota, the size of governor's `usize`-keyed entries. A state that
 ///   outgrows its word (a bucket missing 1,024 tokens or more, a sliding-window count past
-///   its field) moves to a table of 40-byte entries (32 with an id), with the same decisions.
+///   its field) moves to the group's wide table, kept as a list of one quota (32 bytes, 24
+///   with an id, plus the state behind one pointer), with the same decisions.
 /// * **Policies**: a policy's keys are found by its name, algorithm and number of quotas,
 ///   and for the window algorithms also the periods (their states count windows of the
 ///   period). Replacing a policy by one that matches keeps every key's state (the new
@@ -207,35 +212,72 @@ impl MemoryStore {
         (h, self.shards[i as usize].lock())
     }
 
-    /// Runs `call` on `subject` under `policy`, with the key form of the subject's kind and
-    /// the state form of the policy's algorithm and number of quotas.
+    /// Runs `op` on the states of `subject` under `policy`, with the key form of the
+    /// subject's kind and the state form of the policy's algorithm and number of quotas. A
+    /// key not held is made fresh at `fresh` when given, else left alone (`None`).
     #[inline]
-    fn call<C: Call>(&self, subject: Subject<'_>, policy: &Policy, call: C) -> C::Out {
+    fn call<O: Op>(
+        &self,
+        subject: Subject<'_>,
+        policy: &Policy,
+        fresh: Option<u64>,
+        op: O,
+    ) -> Option<O::Out> {
         match subject {
-            Subject::Text(t) => self.call_as::<KeyBuf, C>(Probe::new(t.as_bytes()), policy, call),
-            Subject::Id(id) => self.call_as::<u64, C>(id, policy, call),
+            Subject::Text(t) => {
+                self.call_as::<KeyBuf, O>(Probe::new(t.as_bytes()), policy, fresh, op)
+            }
+            Subject::Id(id) => self.call_as::<u64, O>(id, policy, fresh, op),
         }
     }
 
     #[inline]
-    fn call_as<K: StoredKey, C: Call>(
+    fn call_as<K: Kind, O: Op>(
         &self,
         key: K::Probe<'_>,
         policy: &Policy,
-        call: C,
-    ) -> C::Out {
+        fresh: Option<u64>,
+        op: O,
+    ) -> Option<O::Out> {
         if policy.params().len() != 1 {
-            return call.on::<K, List>(self, key, policy);
+            return self.run::<K, List, O>(key, policy, fresh, op);
         }
         match policy.algorithm() {
-            Algorithm::Gcra => call.on::<K, Word<Gcra>>(self, key, policy),
-            Algorithm::TokenBucket => call.on::<K, Word<TokenBucket>>(self, key, policy),
-            Algorithm::FixedWindow => call.on::<K, Word<FixedWindow>>(self, key, policy),
+            Algorithm::Gcra => self.run::<K, Word<Gcra>, O>(key, policy, fresh, op),
+            Algorithm::TokenBucket => self.run::<K, Word<TokenBucket>, O>(key, policy, fresh, op),
+            Algorithm::FixedWindow => self.run::<K, Word<FixedWindow>, O>(key, policy, fresh, op),
             Algorithm::SlidingWindowCounter => {
-                call.on::<K, Word<SlidingCounter>>(self, key, policy)
+                self.run::<K, Word<SlidingCounter>, O>(key, policy, fresh, op)
             }
-            Algorithm::SlidingWindowLog => call.on::<K, Log>(self, key, policy),
+            Algorithm::SlidingWindowLog => self.run::<K, Log, O>(key, policy, fresh, op),
         }
+    }
+
+    #[inline]
+    fn run<K: Kind, F: Form, O: Op>(
+        &self,
+        key: K::Probe<'_>,
+        policy: &Policy,
+        fresh: Option<u64>,
+        op: O,
+    ) -> Option<O::Out> {
+        let (h, mut shard) = self.shard::<K>(policy, key);
+        let name_hash = policy.name_hash();
+        let rehash = |k: &K| self.hash_of(name_hash, |h| k.write_stored(h));
+        let fresh = fresh.map(|now| (now, self.per_shard));
+        shard.run::<K, F, O>(h, policy, key, fresh, &rehash, op)
+    }
+
+    /// [`call`](Self::call) on states made fresh when missing: it always answers.
+    #[inline]
+    fn call_fresh<O: Op>(&self, subject: Subject<'_>, policy: &Policy, now: u64, op: O) -> O::Out {
+        self.call(subject, policy, Some(now), op)
+            .unwrap_or_else(|| unreachable!("a key not held is made fresh"))
+    }
+
+    fn forget<K: Kind>(&self, key: K::Probe<'_>, policy: &Policy) {
+        let (h, mut shard) = self.shard::<K>(policy, key);
+        shard.remove::<K>(h, policy, key);
     }
 
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
@@ -247,7 +289,7 @@ impl MemoryStore {
         cost: u64,
     ) -> Decision {
         let now = self.clock.now();
-        self.call(subject.into(), policy, Slot(Decide { now, cost }, now))
+        self.call_fresh(subject.into(), policy, now, Decide { now, cost })
     }
 
     /// Only whether a request of `cost` is admitted (consuming it if so), without building a
@@ -261,19 +303,23 @@ impl MemoryStore {
         cost: u64,
     ) -> bool {
         let now = self.clock.now();
-        self.call(subject.into(), policy, Slot(Admit { now, cost }, now))
+        self.call_fresh(subject.into(), policy, now, Admit { now, cost })
     }
 
     /// [`Store::peek`](crate::Store::peek), synchronously.
     pub fn peek_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) -> Decision {
         let now = self.clock.now();
-        self.call(subject.into(), policy, Look(Peek { now }))
+        self.call(subject.into(), policy, None, Peek { now })
+            .unwrap_or_else(|| {
+                let (allowed, v) = algorithm::peek(&[], policy, now);
+                Decision::from_verdicts(allowed, &v, DecisionSource::Store)
+            })
     }
 
     /// [`Store::refund`](crate::Store::refund), synchronously.
     pub fn refund_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy, cost: u64) {
         let now = self.clock.now();
-        self.call(subject.into(), policy, Existing(Refund { now, cost }));
+        self.call(subject.into(), policy, None, Refund { now, cost });
     }
 
     /// [`Store::lease`](crate::Store::lease), synchronously (one shard lock).
@@ -284,7 +330,7 @@ impl MemoryStore {
         request: &crate::lease::LeaseRequest,
     ) -> crate::lease::Lease {
         let now = self.clock.now();
-        self.call(subject.into(), policy, Slot(LeaseOp { now, request }, now))
+        self.call_fresh(subject.into(), policy, now, LeaseOp { now, request })
     }
 
     /// [`Store::release`](crate::Store::release), synchronously.
@@ -296,15 +342,12 @@ impl MemoryStore {
         granted_at: u64,
     ) {
         let now = self.clock.now();
-        self.call(
-            subject.into(),
-            policy,
-            Existing(ReleaseOp {
-                now,
-                units,
-                granted_at,
-            }),
-        );
+        let op = ReleaseOp {
+            now,
+            units,
+            granted_at,
+        };
+        self.call(subject.into(), policy, None, op);
     }
 
     /// [`Store::reset`](crate::Store::reset), synchronously: forgets the subject's states
@@ -312,87 +355,94 @@ impl MemoryStore {
     /// algorithm, number of quotas, or a window algorithm's period) stay until they expire,
     /// as the Redis store's keys of that form do.
     pub fn reset_sync<'k>(&self, subject: impl Into<Subject<'k>>, policy: &Policy) {
-        self.call(subject.into(), policy, Forget);
+        match subject.into() {
+            Subject::Text(t) => self.forget::<KeyBuf>(Probe::new(t.as_bytes()), policy),
+            Subject::Id(id) => self.forget::<u64>(id, policy),
+        }
     }
 }
 
-/// A call on one subject, run with its key form `K` and its policy's state form `F`.
-trait Call {
-    type Out;
-    fn on<K: StoredKey, F: Form>(
-        self,
-        store: &MemoryStore,
-        key: K::Probe<'_>,
-        policy: &Policy,
-    ) -> Self::Out;
+/// Admit or deny, nothing else ([`MemoryStore::allow_sync`]).
+#[derive(Clone, Copy)]
+struct Admit {
+    now: u64,
+    cost: u64,
 }
 
-/// Runs an operation on the states, made fresh when missing (at the given time).
-struct Slot<O>(O, u64);
-
-impl<O: Op> Call for Slot<O> {
-    type Out = O::Out;
+impl Op for Admit {
+    type Out = bool;
     #[inline]
-    fn on<K: StoredKey, F: Form>(
-        self,
-        store: &MemoryStore,
-        key: K::Probe<'_>,
-        policy: &Policy,
-    ) -> O::Out {
-        let (h, mut shard) = store.shard::<K>(policy, key);
-        let name_hash = policy.name_hash();
-        let rehash = |k: &K| store.hash_of(name_hash, |h| k.write_stored(h));
-        shard.with_slot::<K, F, O>(h, policy, key, self.1, store.per_shard, &rehash, self.0)
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> bool {
+        m.take(q, self.now, self.cost)
+    }
+    #[inline]
+    fn log(self, log: &mut SlidingLog, ends: &mut LogEnds, q: &Params) -> bool {
+        log.take_at_ends(ends, q, self.now, self.cost)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> bool {
+        algorithm::admit_aligned(states, policy, self.now, self.cost)
     }
 }
 
-/// Runs an operation on the states when held.
-struct Existing<O>(O);
-
-impl<O: Op> Call for Existing<O> {
-    type Out = Option<O::Out>;
-    fn on<K: StoredKey, F: Form>(
-        self,
-        store: &MemoryStore,
-        key: K::Probe<'_>,
-        policy: &Policy,
-    ) -> Self::Out {
-        let (h, mut shard) = store.shard::<K>(policy, key);
-        let name_hash = policy.name_hash();
-        let rehash = |k: &K| store.hash_of(name_hash, |h| k.write_stored(h));
-        shard.run_existing::<K, F, O>(h, policy, key, &rehash, self.0)
-    }
+/// The decision with every quota's verdict, built where the verdicts are (a single quota's
+/// raw verdict as the algorithm leaves it, several through a buffer on the stack): nothing
+/// is allocated for one quota.
+#[derive(Clone, Copy)]
+struct Decide {
+    now: u64,
+    cost: u64,
 }
 
-/// Reads the states, or fresh ones when the key is not held.
-struct Look<R>(R);
-
-impl Call for Look<Peek> {
+impl Op for Decide {
     type Out = Decision;
-    fn on<K: StoredKey, F: Form>(
-        self,
-        store: &MemoryStore,
-        key: K::Probe<'_>,
-        policy: &Policy,
-    ) -> Self::Out {
-        let (h, shard) = store.shard::<K>(policy, key);
-        shard
-            .read::<K, F, Peek>(h, policy, key, self.0)
-            .unwrap_or_else(|| {
-                let (allowed, v) = algorithm::peek(&[], policy, self.0.now);
-                Decision::from_verdicts(allowed, &v, DecisionSource::Store)
-            })
+    #[inline]
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
+        Decision::one(m.decide(q, self.now, self.cost), DecisionSource::Store)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        let n = states.len().min(MAX_QUOTAS);
+        let allowed =
+            algorithm::decide_into(&mut states[..n], policy, self.now, self.cost, &mut out[..n]);
+        Decision::from_verdicts(allowed, &out[..n], DecisionSource::Store)
     }
 }
 
-/// Forgets the key.
-struct Forget;
+/// Give units back.
+#[derive(Clone, Copy)]
+struct Refund {
+    now: u64,
+    cost: u64,
+}
 
-impl Call for Forget {
+impl Op for Refund {
     type Out = ();
-    fn on<K: StoredKey, F: Form>(self, store: &MemoryStore, key: K::Probe<'_>, policy: &Policy) {
-        let (h, mut shard) = store.shard::<K>(policy, key);
-        shard.remove::<K>(h, policy, key);
+    fn one<M: Machine>(self, m: &mut M, q: &Params) {
+        m.refund(q, self.now, self.cost);
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) {
+        algorithm::refund_aligned(states, policy, self.now, self.cost);
+    }
+}
+
+/// What a request of cost 1 would get, consuming nothing.
+#[derive(Clone, Copy)]
+struct Peek {
+    now: u64,
+}
+
+impl Op for Peek {
+    type Out = Decision;
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
+        let mut v = m.check(q, self.now, 1);
+        if v.allowed {
+            v.remaining += 1;
+        }
+        Decision::from_verdicts(v.allowed, &[v], DecisionSource::Store)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
+        let (allowed, v) = algorithm::peek(states, policy, self.now);
+        Decision::from_verdicts(allowed, &v, DecisionSource::Store)
     }
 }
 
@@ -488,7 +538,6 @@ impl crate::store::Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algorithm::QuotaState;
     use crate::quota::Quota;
 
     /// Forced hash collisions: entries stay apart, and removal and expiry keep the others
@@ -501,16 +550,9 @@ mod tests {
         let mut shard = Shard::default();
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
-            let op = Admit { now, cost };
-            shard.with_slot::<KeyBuf, Word<FixedWindow>, _>(
-                7,
-                p,
-                Probe::new(key.as_bytes()),
-                now,
-                1_000,
-                &|_| 7,
-                op,
-            )
+            let (key, op) = (Probe::new(key.as_bytes()), Admit { now, cost });
+            let fresh = Some((now, 1_000));
+            shard.run::<KeyBuf, Word<FixedWindow>, _>(7, p, key, fresh, &|_| 7, op) == Some(true)
         };
         for p in [&policy, &other] {
             for key in &keys {
@@ -526,13 +568,14 @@ mod tests {
         let probe = |k: &'static str| Probe::new(k.as_bytes());
         shard.remove::<KeyBuf>(7, &policy, probe("k0"));
         assert_eq!(shard.len(), 79);
-        let held = |shard: &Shard, p: &Policy, k| {
+        let held = |shard: &mut Shard, p: &Policy, k| {
+            let op = Peek { now };
             shard
-                .read::<KeyBuf, Word<FixedWindow>, _>(7, p, probe(k), table::Expiry { now })
+                .run::<KeyBuf, Word<FixedWindow>, _>(7, p, probe(k), None, &|_| 7, op)
                 .is_some()
         };
-        assert!(!held(&shard, &policy, "k0"));
-        assert!(held(&shard, &other, "k0") && held(&shard, &policy, "k1"));
+        assert!(!held(&mut shard, &policy, "k0"));
+        assert!(held(&mut shard, &other, "k0") && held(&mut shard, &policy, "k1"));
         // Everything expires when its window ends.
         shard.purge_expired(now + 60_000_000);
         assert_eq!(shard.len(), 0);
@@ -543,7 +586,7 @@ mod tests {
         store.shards.iter().fold((0, 0), |(t, i), s| {
             let s = s.lock();
             let (dt, di) = s.groups.iter().fold((0, 0), |(t, i), g| {
-                (t + g.text.wide_len(), i + g.ids.wide_len())
+                (t + g.text.lists_len(), i + g.ids.lists_len())
             });
             (t + dt, i + di)
         })
