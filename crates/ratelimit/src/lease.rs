@@ -203,6 +203,48 @@ impl LeaseReturn {
     }
 }
 
+/// One key's lease call in a [`Store::lease_many`](crate::Store::lease_many) batch.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct LeaseCall<'a> {
+    /// The key leased.
+    pub key: &'a str,
+    /// Its policy.
+    pub policy: &'a Policy,
+    /// What is asked, as for [`Store::lease`](crate::Store::lease).
+    pub request: LeaseRequest,
+}
+
+impl<'a> LeaseCall<'a> {
+    /// `request` for `key` under `policy`.
+    pub const fn new(key: &'a str, policy: &'a Policy, request: LeaseRequest) -> Self {
+        Self {
+            key,
+            policy,
+            request,
+        }
+    }
+}
+
+/// One key's give-back in a [`Store::release_many`](crate::Store::release_many) batch.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ReleaseCall<'a> {
+    /// The key the units were leased for.
+    pub key: &'a str,
+    /// Its policy.
+    pub policy: &'a Policy,
+    /// What is given back, as for [`Store::release_for`](crate::Store::release_for).
+    pub give: LeaseReturn,
+}
+
+impl<'a> ReleaseCall<'a> {
+    /// `give` back for `key` under `policy`.
+    pub const fn new(key: &'a str, policy: &'a Policy, give: LeaseReturn) -> Self {
+        Self { key, policy, give }
+    }
+}
+
 /// What a store answered to a [`LeaseRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -881,10 +923,26 @@ impl Book {
     /// A call that only leases, when the allowance runs low or its soonest lease is about
     /// to end (within `lead` µs), none is in flight, and the book is not in a quiet spell.
     pub(crate) fn refresh(&mut self, plan: &Plan, now: u64, lead: u64) -> Option<Call> {
+        let lead = lead.clamp(plan.lifetime / 8, plan.lifetime / 2);
+        self.refresh_within(plan, now, lead)
+    }
+
+    /// The background renewal of a key decided since its last lease call (a sparse key's
+    /// trickle included), visited by the store's sweeper: the call of
+    /// [`refresh`](Self::refresh) when the allowance would run low, or its soonest lease
+    /// end, within `horizon` µs (until the sweeper's next visit plus a round trip). A key
+    /// not decided since its last call is not renewed: an idle key's lease ends.
+    pub(crate) fn renew(&mut self, plan: &Plan, now: u64, horizon: u64) -> Option<Call> {
+        if self.spent == 0 {
+            return None;
+        }
+        self.refresh_within(plan, now, horizon)
+    }
+
+    fn refresh_within(&mut self, plan: &Plan, now: u64, lead: u64) -> Option<Call> {
         if !plan.prefetch || self.leasing || now < self.quiet_until || self.figures.is_empty() {
             return None;
         }
-        let lead = lead.clamp(plan.lifetime / 8, plan.lifetime / 2);
         // The demand since the last ask counts too: a key leased before it had any (its
         // first lease) renews ahead of need once it spends.
         let recent = self.spent as f64 / now.saturating_sub(self.mark).max(1) as f64;

@@ -17,11 +17,15 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
 use crate::lease::{
-    Book, Call, Dropped, Held, Lease, LeaseRequest, LeaseReturn, Plan, Reply, bucket_lifetime,
-    micros,
+    Book, Call, Dropped, Held, Lease, LeaseCall, LeaseRequest, LeaseReturn, Plan, ReleaseCall, Reply,
+    bucket_lifetime, micros,
 };
 use crate::quota::{Algorithm, MAX_QUOTAS, Policy};
 use crate::store::Store;
+
+mod batch;
+
+use batch::{Batcher, Done, Job, LeaseJob, ReleaseJob};
 
 const MAX_SHARDS: usize = 64;
 
@@ -383,6 +387,7 @@ impl LeasedStoreBuilder {
         let shards = max.min(MAX_SHARDS);
         Ok(LeasedStore {
             shared: Arc::new(Shared {
+                batcher: Batcher::new(Arc::clone(&self.inner)),
                 inner: self.inner,
                 share_permille: self.config.share_permille(),
                 config: self.config,
@@ -420,6 +425,8 @@ impl TimeSource {
 #[derive(Debug)]
 struct Shared {
     inner: Arc<dyn Store>,
+    /// Every lease and give-back call goes through it: many keys' calls in one store call.
+    batcher: Batcher,
     config: LeaseConfig,
     share_permille: u32,
     clock: TimeSource,
@@ -571,13 +578,7 @@ impl LeasedStore {
                 }
             }
         }
-        let mut first = Ok(());
-        for (key, policy, held) in all {
-            if let Err(e) = self.shared.give_back(&key, &policy, held).await {
-                first = first.and(Err(e));
-            }
-        }
-        first
+        self.shared.give_back(all).await
     }
 }
 
@@ -787,11 +788,7 @@ impl Shared {
             background = false
         );
         let started = Instant::now();
-        let result = self
-            .inner
-            .lease(key, policy, &request)
-            .instrument(span)
-            .await;
+        let result = self.lease_batched(key, policy, request).instrument(span).await;
         let call = pending.call.take().expect("the call is settled once");
         match result {
             Ok(lease) => {
@@ -862,7 +859,27 @@ impl Shared {
         allowance
     }
 
-    /// Send a call that only leases; nobody waits on it.
+    /// One lease call, in the next batch (straight to the shared store when no runtime
+    /// can run the batcher).
+    async fn lease_batched(&self, key: &str, policy: &Policy, request: LeaseRequest) -> Result<Lease> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Lease(LeaseJob {
+            key: Box::from(key),
+            policy: policy.clone(),
+            request,
+            done: Done::new(move |answer| {
+                let _ = tx.send(answer);
+            }),
+        });
+        match self.batcher.submit(job) {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(Error::backend("the lease batch was dropped", true))),
+            Err(_) => self.inner.lease(key, policy, &request).await,
+        }
+    }
+
+    /// Send a call that only leases, in the next batch; nobody waits on it.
     fn lease_in_background(
         self: &Arc<Self>,
         key: &str,
@@ -871,36 +888,13 @@ impl Shared {
         call: Call,
         epoch: u64,
     ) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let _ = self.with_book(key, policy, epoch, |b| b.cancel(call, 0));
-            return;
-        };
-        let (shared, key, policy) = (Arc::clone(self), Box::<str>::from(key), policy.clone());
+        let request = call.request;
+        let (shared, key_c, policy_c) = (Arc::clone(self), Box::<str>::from(key), policy.clone());
         let in_flight = InFlight::new(&self.calls);
-        runtime.spawn(async move {
+        let started = Instant::now();
+        let done = Done::new(move |result: Result<Lease>| {
             let _in_flight = in_flight;
-            let request = call.request;
-            let mut pending = Pending {
-                shared: &shared,
-                key: &key,
-                policy: &policy,
-                epoch,
-                call: Some(call),
-            };
-            let span = tracing::debug_span!(
-                "ratelimit.lease",
-                policy = policy.name(),
-                cost = request.cost,
-                want = request.want,
-                background = true
-            );
-            let started = Instant::now();
-            let result = shared
-                .inner
-                .lease(&key, &policy, &request)
-                .instrument(span)
-                .await;
-            let call = pending.call.take().expect("the call is settled once");
+            let (key, policy) = (&*key_c, &policy_c);
             match result {
                 Ok(lease) => {
                     shared.observe_rtt(started.elapsed());
@@ -910,12 +904,15 @@ impl Shared {
                             "lease calls to the shared store succeed again"
                         );
                     }
-                    let _ = shared.apply(&key, &policy, plan, call, epoch, &lease);
+                    let _ = shared.apply(key, policy, plan, call, epoch, &lease);
                 }
                 Err(error) => {
                     let quiet = shared.clock.now().saturating_add(shared.quiet());
-                    let _ = shared.with_book(&key, &policy, epoch, |b| b.cancel(call, quiet));
-                    count_call(&policy, "error");
+                    let dropped = shared
+                        .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
+                        .map_or(0, |Dropped(d)| d);
+                    count_units(policy, "dropped", dropped);
+                    count_call(policy, "error");
                     if shared.failing.swap(true, Ordering::Relaxed) {
                         tracing::debug!(%error, policy = policy.name(), "background lease failed");
                     } else {
@@ -929,6 +926,21 @@ impl Shared {
                 }
             }
         });
+        tracing::trace!(
+            policy = policy.name(),
+            want = request.want,
+            "ratelimit.lease queued in the background"
+        );
+        let job = Job::Lease(LeaseJob {
+            key: Box::from(key),
+            policy: policy.clone(),
+            request,
+            done,
+        });
+        if let Err(job) = self.batcher.submit(job) {
+            // No runtime: the call is cancelled (its answer, an error, settles the book).
+            drop(job);
+        }
     }
 
     fn observe_rtt(&self, took: Duration) {
@@ -940,7 +952,7 @@ impl Shared {
             });
     }
 
-    /// Give ended leases' units back, in the background.
+    /// Give ended leases' units back, in the next batch.
     fn give_back_later(self: &Arc<Self>, key: &str, policy: &Policy, ended: Ended) {
         if ended.is_empty() {
             return;
@@ -949,16 +961,30 @@ impl Shared {
             count_units(policy, "dropped", ended.iter().map(|h| h.units).sum());
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            count_units(policy, "dropped", ended.iter().map(|h| h.units).sum());
-            return;
-        };
-        let (shared, key, policy) = (Arc::clone(self), Box::<str>::from(key), policy.clone());
-        let in_flight = InFlight::new(&self.calls);
-        runtime.spawn(async move {
-            let _in_flight = in_flight;
-            let _ = shared.give_back(&key, &policy, ended).await;
-        });
+        for h in ended {
+            let in_flight = InFlight::new(&self.calls);
+            let policy_c = policy.clone();
+            let units = h.units;
+            let done = Done::new(move |result: Result<()>| {
+                let _in_flight = in_flight;
+                match result {
+                    Ok(()) => count_units(&policy_c, "returned", units),
+                    Err(e) => {
+                        tracing::debug!(error = %e, policy = policy_c.name(), "giving leased units back failed");
+                        count_units(&policy_c, "dropped", units);
+                    }
+                }
+            });
+            let job = Job::Release(ReleaseJob {
+                key: Box::from(key),
+                policy: policy.clone(),
+                give: LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
+                done,
+            });
+            if let Err(job) = self.batcher.submit(job) {
+                drop(job);
+            }
+        }
     }
 
     /// Whether unspent units of `policy` go back to the shared store: window algorithms
@@ -967,30 +993,35 @@ impl Shared {
         policy.algorithm().counts_windows() || self.owner != 0
     }
 
-    /// Give units back and wait (bucket units are dropped without a ledger record).
-    async fn give_back(&self, key: &str, policy: &Policy, held: Vec<Held>) -> Result<()> {
-        if !self.gives_back(policy) {
-            count_units(policy, "dropped", held.iter().map(|h| h.units).sum());
-            return Ok(());
-        }
-        let mut result = Ok(());
-        for h in held {
-            let span =
-                tracing::debug_span!("ratelimit.release", policy = policy.name(), units = h.units);
-            match self
-                .inner
-                .release_for(
+    /// Give units back and wait (bucket units are dropped without a ledger record), in one
+    /// [`Store::release_many`] call.
+    async fn give_back(&self, all: Vec<(Box<str>, Policy, Vec<Held>)>) -> Result<()> {
+        let mut calls = Vec::new();
+        for (key, policy, held) in &all {
+            if !self.gives_back(policy) {
+                count_units(policy, "dropped", held.iter().map(|h| h.units).sum());
+                continue;
+            }
+            for h in held {
+                calls.push(ReleaseCall::new(
                     key,
                     policy,
-                    &LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
-                )
-                .instrument(span)
-                .await
-            {
-                Ok(()) => count_units(policy, "returned", h.units),
+                    LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
+                ));
+            }
+        }
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let span = tracing::debug_span!("ratelimit.release", keys = calls.len());
+        let answers = self.inner.release_many(&calls).instrument(span).await;
+        let mut result = Ok(());
+        for (c, answer) in calls.iter().zip(answers) {
+            match answer {
+                Ok(()) => count_units(c.policy, "returned", c.give.units),
                 Err(e) => {
-                    tracing::debug!(error = %e, policy = policy.name(), "giving leased units back failed");
-                    count_units(policy, "dropped", h.units);
+                    tracing::debug!(error = %e, policy = c.policy.name(), "giving leased units back failed");
+                    count_units(c.policy, "dropped", c.give.units);
                     result = result.and(Err(e));
                 }
             }
@@ -999,7 +1030,7 @@ impl Shared {
     }
 
     /// One background task per store: gives back ended leases and forgets idle books,
-    /// visiting every shard about twice per lease lifetime.
+    /// visiting every shard four times per `max_lease` (and renews leases ahead of need, see `sweep`).
     fn start_sweeper(self: &Arc<Self>) {
         if self.sweeping.swap(true, Ordering::AcqRel) {
             return;
@@ -1010,7 +1041,7 @@ impl Shared {
         };
         let weak = Arc::downgrade(self);
         let shards = self.shards.len();
-        let period = (micros(self.config.max_lease) / 2).max(2_000);
+        let period = self.sweep_period();
         let tick = (period / shards as u64).max(1_000);
         let per_tick = (shards as u64 * tick).div_ceil(period).max(1) as usize;
         runtime.spawn(async move {
@@ -1036,10 +1067,17 @@ impl Shared {
         });
     }
 
+    /// Visit shard `i`: give back ended leases, forget idle books, and renew, in the
+    /// background, the leases of keys decided since their last lease call that would run
+    /// out or end before the next visit (a quarter of `max_lease` away) plus a round trip: a key
+    /// with a steady trickle of requests, dense or sparse, then never waits on the shared
+    /// store while it has allowance. The renewals go out in batches.
     fn sweep(self: &Arc<Self>, i: usize) {
         let now = self.clock.now();
         let idle_for = micros(self.config.max_lease).saturating_mul(2);
+        let horizon = self.sweep_period().saturating_add(self.lead());
         let mut ended: Vec<(Box<str>, Policy, Ended)> = Vec::new();
+        let mut renewals: Vec<(Box<str>, Policy, Plan, Call, u64)> = Vec::new();
         {
             let mut shard = self.shards[i].lock();
             for e in &mut shard.table {
@@ -1047,6 +1085,11 @@ impl Shared {
                 e.book.expire(now, |h| mine.push(h));
                 if !mine.is_empty() {
                     ended.push((e.key.clone(), e.policy.clone(), mine));
+                }
+                if let Some(plan) = self.plan(&e.policy)
+                    && let Some(call) = e.book.renew(&plan, now, horizon)
+                {
+                    renewals.push((e.key.clone(), e.policy.clone(), plan, call, e.epoch));
                 }
             }
             shard
@@ -1056,6 +1099,15 @@ impl Shared {
         for (key, policy, held) in ended {
             self.give_back_later(&key, &policy, held);
         }
+        for (key, policy, plan, call, epoch) in renewals {
+            self.lease_in_background(&key, &policy, plan, call, epoch);
+        }
+    }
+
+    /// How often the sweeper visits a shard, µs: four times per `max_lease`, so that a
+    /// dense key's lease (of `max_lease`) is renewed at about three quarters of its life.
+    fn sweep_period(&self) -> u64 {
+        (micros(self.config.max_lease) / 4).max(2_000)
     }
 
     fn forget(&self, key: &str, policy: &Policy) {
@@ -1204,5 +1256,17 @@ impl Store for LeasedStore {
             .inner
             .release(key, policy, units, granted_at)
             .await
+    }
+
+    async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
+        self.shared.inner.release_for(key, policy, give).await
+    }
+
+    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
+        self.shared.inner.lease_many(calls).await
+    }
+
+    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<Result<()>> {
+        self.shared.inner.release_many(gives).await
     }
 }

@@ -67,7 +67,7 @@ pub mod testing;
 pub use crate::clock::{Clock, FakeClock, SystemClock};
 pub use crate::decision::{Decision, DecisionSource, QuotaDecision};
 pub use crate::error::{BoxError, Error, Result};
-pub use crate::lease::{Lease, LeaseRequest, LeaseReturn};
+pub use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 pub use crate::leased::{LeaseConfig, LeasedStore, LeasedStoreBuilder};
 pub use crate::limiter::{DEFAULT_TIMEOUT, FailureMode, RateLimiter, RateLimiterBuilder};
 pub use crate::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder, Subject};

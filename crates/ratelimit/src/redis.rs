@@ -13,7 +13,7 @@ use crate::algorithm::Verdict;
 use crate::clock::Clock;
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseRequest, LeaseReturn};
+use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 use crate::quota::{Algorithm, Policy};
 
 /// One algorithm's scripts: the shared prelude, the algorithm's file, one operation.
@@ -68,6 +68,45 @@ static SCRIPTS: LazyLock<[Scripts; 5]> = LazyLock::new(|| {
         scripts!("sliding_counter"),
     ]
 });
+
+/// One algorithm's lease and release scripts as functions of the batch script.
+macro_rules! batch_ops {
+    ($algorithm:literal, $code:literal) => {
+        concat!(
+            "ops['",
+            $code,
+            ":lease'] = function(KEYS, ARGV)\n",
+            include_str!("lua/common.lua"),
+            include_str!(concat!("lua/", $algorithm, ".lua")),
+            include_str!("lua/ledger.lua"),
+            include_str!("lua/lease.lua"),
+            "\nend\nops['",
+            $code,
+            ":release'] = function(KEYS, ARGV)\n",
+            include_str!("lua/common.lua"),
+            include_str!(concat!("lua/", $algorithm, ".lua")),
+            include_str!("lua/ledger.lua"),
+            include_str!("lua/release.lua"),
+            "\nend\n",
+        )
+    };
+}
+
+/// Many keys' lease and release calls in one script call (`src/lua/batch.lua`).
+static BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        "local ops = {}\n",
+        batch_ops!("token_bucket", "tb"),
+        batch_ops!("gcra", "gcra"),
+        batch_ops!("fixed_window", "fw"),
+        batch_ops!("sliding_log", "swl"),
+        batch_ops!("sliding_counter", "swc"),
+        include_str!("lua/batch.lua"),
+    ))
+});
+
+/// The most items one batch script call carries (larger batches are split).
+const MAX_BATCH: usize = 128;
 
 static RESET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reset.lua")));
 
@@ -284,6 +323,12 @@ impl RedisStore {
         for k in self.keys_for(key, policy) {
             inv.key(k);
         }
+        self.common_args(&mut inv, policy, cost);
+        inv
+    }
+
+    /// The arguments every script starts with (`src/lua/common.lua`): 4 + 4 per quota.
+    fn common_args(&self, inv: &mut ScriptInvocation<'_>, policy: &Policy, cost: u64) {
         let now = self
             .clock
             .as_ref()
@@ -298,7 +343,126 @@ impl RedisStore {
                 .arg(q.quota.period_micros())
                 .arg(q.quota.interval_micros());
         }
-        inv
+    }
+
+    /// Append one item to a batch invocation (`src/lua/batch.lua`): its name, key and
+    /// argument counts, then what its own script call would send.
+    fn batch_item(&self, inv: &mut ScriptInvocation<'_>, item: &Item<'_>) {
+        let (key, policy) = item.subject();
+        let n = policy.quotas().len();
+        let code = policy.algorithm().code();
+        match item {
+            Item::Lease(_) => {
+                inv.arg(format!("{code}:lease"))
+                    .arg(n + 1)
+                    .arg(4 + 4 * n + LEASE_ARGS);
+            }
+            Item::Release(_) => {
+                inv.arg(format!("{code}:release"))
+                    .arg(n + 1)
+                    .arg(4 + 4 * n + RELEASE_ARGS);
+            }
+        }
+        for k in self.keys_for(key, policy) {
+            inv.key(k);
+        }
+        inv.key(self.ledger_key(key, policy));
+        match item {
+            Item::Lease(c) => {
+                self.common_args(inv, policy, c.request.cost);
+                lease_args(inv, &c.request);
+            }
+            Item::Release(g) => {
+                self.common_args(inv, policy, g.give.units);
+                release_args(inv, &g.give);
+            }
+        }
+    }
+
+    /// Send `items` in batch script calls: one per Redis Cluster slot (on a single node,
+    /// one for all), at most [`MAX_BATCH`] items each, all calls at once; one reply per item.
+    async fn batch(&self, items: &[Item<'_>]) -> Vec<Result<redis::Value>> {
+        let cluster = matches!(
+            self.conn,
+            RedisConnection::ClusterPool(_) | RedisConnection::Cluster(_)
+        );
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let slot = if cluster {
+                let (key, policy) = item.subject();
+                slot_of(&self.hash_tag(key, policy))
+            } else {
+                0
+            };
+            match groups
+                .iter_mut()
+                .find(|(s, g)| *s == slot && g.len() < MAX_BATCH)
+            {
+                Some((_, g)) => g.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        let calls = groups.iter().map(|(_, group)| async move {
+            let mut inv = BATCH.prepare_invoke();
+            inv.arg(group.len());
+            for &i in group {
+                self.batch_item(&mut inv, &items[i]);
+            }
+            let reply: Result<Vec<redis::Value>> = self.run(inv).await;
+            (group, reply)
+        });
+        let mut out: Vec<Option<Result<redis::Value>>> = items.iter().map(|_| None).collect();
+        for (group, reply) in futures::future::join_all(calls).await {
+            match reply {
+                Ok(values) if values.len() == group.len() => {
+                    for (&i, v) in group.iter().zip(values) {
+                        out[i] = Some(match v {
+                            redis::Value::Array(a)
+                                if matches!(a.first(), Some(redis::Value::BulkString(b)) if b == b"error") =>
+                            {
+                                let message = match a.get(1) {
+                                    Some(redis::Value::BulkString(m)) => {
+                                        String::from_utf8_lossy(m).into_owned()
+                                    }
+                                    _ => String::new(),
+                                };
+                                Err(Error::backend(
+                                    format!("batch item failed: {message}"),
+                                    false,
+                                ))
+                            }
+                            v => Ok(v),
+                        });
+                    }
+                }
+                Ok(values) => {
+                    for &i in group {
+                        out[i] = Some(Err(Error::Protocol(format!(
+                            "batch script answered {} replies for {} items",
+                            values.len(),
+                            group.len()
+                        ))));
+                    }
+                }
+                Err(e) => {
+                    for &i in group {
+                        out[i] = Some(Err(each(&e)));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol(String::from("batch item lost")))))
+            .collect()
+    }
+
+    /// `{policy:key}`'s content, as the keys carry it: what Redis Cluster hashes.
+    fn hash_tag(&self, key: &str, policy: &Policy) -> String {
+        let mut t = String::with_capacity(key.len() + 16);
+        encode_into(&mut t, policy.name());
+        t.push(':');
+        encode_into(&mut t, key);
+        t
     }
 
     async fn run<T: redis::FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T> {
@@ -392,6 +556,97 @@ fn decision_of(policy: &Policy, reply: &[i64], at: usize) -> Result<Decision> {
         &verdicts,
         DecisionSource::Store,
     ))
+}
+
+/// The arguments after the common ones of `src/lua/lease.lua`.
+const LEASE_ARGS: usize = 11;
+/// The arguments after the common ones of `src/lua/release.lua`.
+const RELEASE_ARGS: usize = 3;
+
+fn lease_args(inv: &mut ScriptInvocation<'_>, request: &LeaseRequest) {
+    let max = crate::algorithm::MAX_MICROS;
+    inv.arg(request.held)
+        .arg(request.held_at.min(max))
+        .arg(request.want.min(crate::quota::MAX_LIMIT))
+        .arg(crate::lease::micros(request.lifetime).min(max))
+        .arg(request.max_share_permille.min(1000))
+        .arg(request.owner)
+        .arg(request.kept.min(crate::quota::MAX_LIMIT))
+        .arg(request.kept_at.min(max))
+        .arg(crate::lease::micros(request.grace).min(max))
+        .arg(request.report)
+        .arg(crate::lease::micros(request.held_lifetime).min(max));
+}
+
+fn release_args(inv: &mut ScriptInvocation<'_>, give: &LeaseReturn) {
+    inv.arg(give.granted_at.min(crate::algorithm::MAX_MICROS))
+        .arg(give.owner)
+        .arg(give.reported);
+}
+
+/// Whether a give-back changes anything in the store: units of a leased algorithm, and for
+/// a bucket only with an owner's ledger record.
+fn releases(policy: &Policy, give: &LeaseReturn) -> bool {
+    give.units > 0
+        && policy.algorithm() != Algorithm::SlidingWindowLog
+        && (give.owner != 0 || policy.algorithm().counts_windows())
+}
+
+/// The [`Lease`] in a lease script's reply.
+fn lease_of(policy: &Policy, reply: &[i64]) -> Result<Lease> {
+    if reply.len() < 6 {
+        return Err(Error::Protocol(format!(
+            "lease script answered {} values",
+            reply.len()
+        )));
+    }
+    let mut lease = Lease::exact(decision_of(policy, reply, 6)?);
+    lease.used_held = non_negative(reply[1]);
+    lease.stale_held = reply[2] == 1;
+    lease.granted = non_negative(reply[3]);
+    lease.lifetime = Duration::from_micros(non_negative(reply[4]));
+    lease.granted_at = non_negative(reply[5]);
+    Ok(lease)
+}
+
+/// One call of a batch.
+enum Item<'a> {
+    Lease(&'a LeaseCall<'a>),
+    Release(&'a ReleaseCall<'a>),
+}
+
+impl Item<'_> {
+    fn subject(&self) -> (&str, &Policy) {
+        match self {
+            Self::Lease(c) => (c.key, c.policy),
+            Self::Release(g) => (g.key, g.policy),
+        }
+    }
+}
+
+/// The Redis Cluster slot of a hash tag's content: CRC16 (XMODEM) mod 16384.
+fn slot_of(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in tag.as_bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
+
+/// The error of a script call, for each of the calls it carried.
+fn each(e: &Error) -> Error {
+    match e {
+        Error::Timeout(d) => Error::Timeout(*d),
+        Error::Backend { source, transient } => Error::backend(source.to_string(), *transient),
+        other => Error::Protocol(other.to_string()),
+    }
 }
 
 fn non_negative(v: i64) -> u64 {
@@ -495,7 +750,6 @@ impl crate::store::Store for RedisStore {
     /// One script call (`src/lua/lease.lua`): the request, stale held units given back, the
     /// grant, all atomically with server time.
     async fn lease(&self, key: &str, policy: &Policy, request: &LeaseRequest) -> Result<Lease> {
-        let max = crate::algorithm::MAX_MICROS;
         let mut inv = self.invocation(
             &scripts(policy.algorithm()).lease,
             key,
@@ -503,31 +757,9 @@ impl crate::store::Store for RedisStore {
             request.cost,
         );
         inv.key(self.ledger_key(key, policy));
-        inv.arg(request.held)
-            .arg(request.held_at.min(max))
-            .arg(request.want.min(crate::quota::MAX_LIMIT))
-            .arg(crate::lease::micros(request.lifetime).min(max))
-            .arg(request.max_share_permille.min(1000))
-            .arg(request.owner)
-            .arg(request.kept.min(crate::quota::MAX_LIMIT))
-            .arg(request.kept_at.min(max))
-            .arg(crate::lease::micros(request.grace).min(max))
-            .arg(request.report)
-            .arg(crate::lease::micros(request.held_lifetime).min(max));
+        lease_args(&mut inv, request);
         let reply: Vec<i64> = self.run(inv).await?;
-        if reply.len() < 6 {
-            return Err(Error::Protocol(format!(
-                "lease script answered {} values",
-                reply.len()
-            )));
-        }
-        let mut lease = Lease::exact(decision_of(policy, &reply, 6)?);
-        lease.used_held = non_negative(reply[1]);
-        lease.stale_held = reply[2] == 1;
-        lease.granted = non_negative(reply[3]);
-        lease.lifetime = Duration::from_micros(non_negative(reply[4]));
-        lease.granted_at = non_negative(reply[5]);
-        Ok(lease)
+        lease_of(policy, &reply)
     }
 
     async fn release(&self, key: &str, policy: &Policy, units: u64, granted_at: u64) -> Result<()> {
@@ -540,20 +772,47 @@ impl crate::store::Store for RedisStore {
     /// `granted_at`) only while that record stands: a record already reclaimed gave them
     /// back.
     async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
-        let (units, owner) = (give.units, give.owner);
-        if units == 0
-            || policy.algorithm() == Algorithm::SlidingWindowLog
-            || (owner == 0 && !policy.algorithm().counts_windows())
-        {
+        let units = give.units;
+        if !releases(policy, give) {
             return Ok(());
         }
         let mut inv = self.invocation(&scripts(policy.algorithm()).release, key, policy, units);
         inv.key(self.ledger_key(key, policy));
-        inv.arg(give.granted_at.min(crate::algorithm::MAX_MICROS))
-            .arg(owner)
-            .arg(give.reported);
+        release_args(&mut inv, give);
         let _: i64 = self.run(inv).await?;
         Ok(())
+    }
+
+    /// One script call (`src/lua/batch.lua`) per Redis Cluster slot (one in all on a
+    /// single node), at most 128 calls each, every slot's at once: each key's call does
+    /// what [`lease`](Self::lease)'s own script would, atomically; a failed script call
+    /// fails the calls it carried.
+    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
+        let items: Vec<Item<'_>> = calls.iter().map(Item::Lease).collect();
+        self.batch(&items)
+            .await
+            .into_iter()
+            .zip(calls)
+            .map(|(reply, c)| {
+                let v: Vec<i64> = redis::FromRedisValue::from_redis_value(reply?)
+                    .map_err(|e| Error::Protocol(format!("lease batch reply: {e}")))?;
+                lease_of(c.policy, &v)
+            })
+            .collect()
+    }
+
+    /// In the batch script of [`lease_many`](Self::lease_many); give-backs that need no
+    /// call (nothing to give, no ledger record for a bucket, the log) answer at once.
+    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<Result<()>> {
+        let sent: Vec<usize> = (0..gives.len())
+            .filter(|&i| releases(gives[i].policy, &gives[i].give))
+            .collect();
+        let items: Vec<Item<'_>> = sent.iter().map(|&i| Item::Release(&gives[i])).collect();
+        let mut out: Vec<Result<()>> = gives.iter().map(|_| Ok(())).collect();
+        for (i, reply) in sent.into_iter().zip(self.batch(&items).await) {
+            out[i] = reply.map(|_| ());
+        }
+        out
     }
 
     fn backend_name(&self) -> &'static str {

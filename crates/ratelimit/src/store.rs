@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::decision::Decision;
 use crate::error::Result;
-use crate::lease::{Lease, LeaseRequest, LeaseReturn};
+use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 use crate::quota::Policy;
 
 /// Where counters live. A store operation is a whole decision that the backend runs
@@ -115,6 +115,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
         self.release(key, policy, give.units, give.granted_at).await
     }
+
+    /// Many keys' [`lease`](Self::lease) calls at once, one answer per call in order: what
+    /// a [`LeasedStore`](crate::LeasedStore) sends when several keys need the store at the
+    /// same moment. Each call is atomic on its own key as `lease` is; the batch is not
+    /// atomic as a whole, and one call's failure is its own answer.
+    ///
+    /// The default runs the calls concurrently through `lease`. The Redis store sends them
+    /// in one script call per Redis Cluster slot (one for a single node), the calls of
+    /// different slots together.
+    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
+        futures::future::join_all(
+            calls
+                .iter()
+                .map(|c| self.lease(c.key, c.policy, &c.request)),
+        )
+        .await
+    }
+
+    /// Many [`release_for`](Self::release_for) calls at once, one answer per call in order,
+    /// as [`lease_many`](Self::lease_many) (the Redis store puts them in its batch script
+    /// too).
+    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<Result<()>> {
+        futures::future::join_all(
+            gives
+                .iter()
+                .map(|g| self.release_for(g.key, g.policy, &g.give)),
+        )
+        .await
+    }
 }
 
 #[async_trait]
@@ -148,5 +177,11 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
         (**self).release_for(key, policy, give).await
+    }
+    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
+        (**self).lease_many(calls).await
+    }
+    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<Result<()>> {
+        (**self).release_many(gives).await
     }
 }

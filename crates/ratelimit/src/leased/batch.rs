@@ -1,0 +1,241 @@
+//! The lease traffic of many keys in few store calls: a [`LeasedStore`](super::LeasedStore)
+//! queues every lease and give-back call here, and one task per store sends what is queued
+//! as one [`Store::lease_many`] and one [`Store::release_many`] (on Redis one script call
+//! per Redis Cluster slot, the slots' calls at once).
+//!
+//! When to send: at once when no batch of this store is in flight (a lone call waits for
+//! nothing); otherwise when [`MAX_ITEMS`] calls are queued, when the batch in flight comes
+//! back, or [`LINGER`] after the first queued call, whichever is first. Under load a batch
+//! carries what queued during the previous one's round trip, and every call waits at most
+//! one round trip plus its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
+use crate::quota::Policy;
+use crate::store::Store;
+
+/// A batch is sent once this many calls are queued.
+pub(super) const MAX_ITEMS: usize = 64;
+/// A queued call waits at most this long for a batch in flight to come back.
+pub(super) const LINGER: Duration = Duration::from_millis(1);
+
+/// What to do with a call's answer. Dropped unanswered (its batcher's runtime went away),
+/// it is answered with an error, so that a book never waits for it forever.
+pub(super) struct Done<T>(Option<Box<dyn FnOnce(Result<T>) + Send>>);
+
+impl<T> Done<T> {
+    pub(super) fn new(f: impl FnOnce(Result<T>) + Send + 'static) -> Self {
+        Self(Some(Box::new(f)))
+    }
+
+    fn answer(mut self, result: Result<T>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl<T> Drop for Done<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(Error::backend("the lease batch was dropped unsent", true)));
+        }
+    }
+}
+
+/// One key's lease call.
+pub(super) struct LeaseJob {
+    pub(super) key: Box<str>,
+    pub(super) policy: Policy,
+    pub(super) request: LeaseRequest,
+    pub(super) done: Done<Lease>,
+}
+
+/// One key's give-back.
+pub(super) struct ReleaseJob {
+    pub(super) key: Box<str>,
+    pub(super) policy: Policy,
+    pub(super) give: LeaseReturn,
+    pub(super) done: Done<()>,
+}
+
+pub(super) enum Job {
+    Lease(LeaseJob),
+    Release(ReleaseJob),
+}
+
+enum Msg {
+    Job(Job),
+    /// A batch came back.
+    Flushed,
+}
+
+/// The queue of a store's calls and the task that sends them.
+pub(super) struct Batcher {
+    inner: Arc<dyn Store>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    pub(super) fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            tx: Mutex::new(None),
+        }
+    }
+
+    /// Queue `job`, starting the task on the current tokio runtime when there is none (or
+    /// its runtime went away). `Err` gives the job back when there is no runtime at all.
+    pub(super) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        let mut tx = self.tx.lock();
+        let mut msg = Msg::Job(job);
+        if let Some(t) = tx.as_ref() {
+            match t.send(msg) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(m)) => msg = m,
+            }
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            *tx = None;
+            let Msg::Job(job) = msg else {
+                unreachable!("only jobs are submitted")
+            };
+            return Err(job);
+        };
+        let (t, rx) = mpsc::unbounded_channel();
+        runtime.spawn(run(Arc::clone(&self.inner), rx, t.downgrade()));
+        if t.send(msg).is_err() {
+            unreachable!("the receiver was just made");
+        }
+        *tx = Some(t);
+        Ok(())
+    }
+}
+
+/// The batcher's task: ends when the store (its sender) is gone and the queue is empty.
+async fn run(
+    inner: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::WeakUnboundedSender<Msg>,
+) {
+    let mut queued: Vec<Job> = Vec::new();
+    let mut deadline = Instant::now();
+    let mut in_flight = 0usize;
+    loop {
+        let msg = if queued.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(msg) => msg,
+                Err(_) => {
+                    in_flight += flush(&inner, &mut queued, &tx);
+                    continue;
+                }
+            }
+        };
+        match msg {
+            None => {
+                flush(&inner, &mut queued, &tx);
+                return;
+            }
+            Some(Msg::Flushed) => {
+                in_flight = in_flight.saturating_sub(1);
+                in_flight += flush(&inner, &mut queued, &tx);
+            }
+            Some(Msg::Job(job)) => {
+                if queued.is_empty() {
+                    deadline = Instant::now() + LINGER;
+                }
+                queued.push(job);
+                while queued.len() < MAX_ITEMS {
+                    match rx.try_recv() {
+                        Ok(Msg::Job(job)) => queued.push(job),
+                        Ok(Msg::Flushed) => in_flight = in_flight.saturating_sub(1),
+                        Err(_) => break,
+                    }
+                }
+                if in_flight == 0 || queued.len() >= MAX_ITEMS {
+                    in_flight += flush(&inner, &mut queued, &tx);
+                }
+            }
+        }
+    }
+}
+
+/// Send what is queued as one batch, in a task of its own; the number of batches sent.
+fn flush(
+    inner: &Arc<dyn Store>,
+    queued: &mut Vec<Job>,
+    tx: &mpsc::WeakUnboundedSender<Msg>,
+) -> usize {
+    if queued.is_empty() {
+        return 0;
+    }
+    let jobs = std::mem::take(queued);
+    let (inner, tx) = (Arc::clone(inner), tx.upgrade());
+    tokio::spawn(async move {
+        send(&*inner, jobs).await;
+        if let Some(tx) = tx {
+            let _ = tx.send(Msg::Flushed);
+        }
+    });
+    1
+}
+
+/// One batch: the leases and the give-backs at once, then every call's answer.
+async fn send(inner: &dyn Store, jobs: Vec<Job>) {
+    let (mut leases, mut releases) = (Vec::new(), Vec::new());
+    for job in jobs {
+        match job {
+            Job::Lease(j) => leases.push(j),
+            Job::Release(j) => releases.push(j),
+        }
+    }
+    let lease_calls: Vec<LeaseCall<'_>> = leases
+        .iter()
+        .map(|j| LeaseCall::new(&j.key, &j.policy, j.request))
+        .collect();
+    let release_calls: Vec<ReleaseCall<'_>> = releases
+        .iter()
+        .map(|j| ReleaseCall::new(&j.key, &j.policy, j.give))
+        .collect();
+    let (leased, released) = futures::future::join(
+        async {
+            if lease_calls.is_empty() {
+                Vec::new()
+            } else {
+                inner.lease_many(&lease_calls).await
+            }
+        },
+        async {
+            if release_calls.is_empty() {
+                Vec::new()
+            } else {
+                inner.release_many(&release_calls).await
+            }
+        },
+    )
+    .await;
+    drop((lease_calls, release_calls));
+    // A store that answered fewer calls than it was given: the rest are dropped (answered
+    // with an error).
+    for (job, answer) in leases.into_iter().zip(leased) {
+        job.done.answer(answer);
+    }
+    for (job, answer) in releases.into_iter().zip(released) {
+        job.done.answer(answer);
+    }
+}

@@ -1,0 +1,36 @@
+-- batch: the lease and release calls of many keys in one script call (src/redis.rs
+-- `lease_many` / `release_many`). `ops` holds one function per algorithm and operation,
+-- each the whole single-key script (common.lua, the algorithm, ledger.lua, lease.lua or
+-- release.lua) with KEYS and ARGV as its parameters, so a batch does for each key exactly
+-- what that key's own call would. ARGV[1]: the number of items; then per item its name
+-- ('<algorithm code>:lease' or ':release'), its number of keys, its number of arguments
+-- and those arguments; KEYS: every item's keys, one item after another (on Redis Cluster
+-- all in one slot: the caller groups items by slot).
+-- Reply: per item, the operation's reply, or {'error', message} for an item that failed
+-- (the other items still ran; each item is atomic, as its own script call would be; an
+-- error reply inside the array would fail the whole call in clients).
+local items = tonumber(ARGV[1])
+local p, k = 2, 1
+local replies = {}
+for item = 1, items do
+  local name = ARGV[p]
+  local nk, na = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+  local keys, args = {}, {}
+  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+  for i = 1, na do args[i] = ARGV[p + 2 + i] end
+  p = p + 3 + na
+  k = k + nk
+  local op = ops[name]
+  if op == nil then
+    replies[item] = { 'error', 'unknown batch operation ' .. tostring(name) }
+  else
+    local ok, reply = pcall(op, keys, args)
+    if ok then
+      replies[item] = reply
+    else
+      if type(reply) == 'table' and reply.err then reply = reply.err end
+      replies[item] = { 'error', tostring(reply) }
+    end
+  end
+end
+return replies

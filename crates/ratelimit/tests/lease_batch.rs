@@ -1,0 +1,336 @@
+//! Batched lease traffic (issue 19): `Store::lease_many` / `release_many` on Redis (one
+//! script call per slot) decide exactly what the single-key scripts decide, for keys of
+//! every algorithm and multi-window policies in one batch; a failed batch (Redis down) gives
+//! every key of a `LeasedStore` the limiter's failure mode; on a 3-master cluster, keys on
+//! different slots are batched per slot; and many never-seen keys at once are leased in
+//! batches without one key's call holding up another's.
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_ratelimit::{
+    Algorithm, DecisionSource, FailureMode, FakeClock, LeaseCall, LeaseConfig, LeaseRequest,
+    LeaseReturn, LeasedStore, Policy, Quota, RateLimiter, RedisStore, ReleaseCall,
+    Store,
+};
+use palisade_testkit::{RedisServer, test_redis};
+
+fn next(seed: &mut u64, n: u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed % n
+}
+
+/// Every algorithm, single and multi-window.
+fn policies() -> Vec<Policy> {
+    let mut all = Vec::new();
+    for alg in Algorithm::ALL {
+        all.push(
+            Policy::builder(format!("batch-{alg}"))
+                .algorithm(alg)
+                .quota(
+                    "fast",
+                    Quota::new(40, Duration::from_millis(700)).with_burst(50),
+                )
+                .quota("slow", Quota::new(90, Duration::from_secs(5)))
+                .build()
+                .unwrap(),
+        );
+        all.push(
+            Policy::single(
+                format!("batch-1-{alg}"),
+                alg,
+                Quota::new(60, Duration::from_millis(900)),
+            )
+            .unwrap(),
+        );
+    }
+    all
+}
+
+/// Random batches of lease and release calls over keys of every policy (owners with ledger
+/// records included), sent as one `lease_many` + one `release_many` to one Redis store and
+/// call by call to another (its own prefix), with one fake clock: identical answers and
+/// identical counters. (The single-key script against the memory store's arithmetic is
+/// `tests/leased.rs`.)
+async fn batches_decide_like_single_calls(batched: RedisStore, single: RedisStore, clock: FakeClock) {
+    let policies = policies();
+    let keys = ["a", "b", "{c}", "d:e"];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    // Grants not yet given back: (key, policy index, units, granted_at, owner).
+    let mut grants: Vec<(usize, usize, u64, u64, u64)> = Vec::new();
+    for round in 0..120 {
+        clock.advance(Duration::from_micros(next(&mut seed, 3) * next(&mut seed, 200_000)));
+        let mut leases: Vec<(usize, usize, LeaseRequest)> = Vec::new();
+        let mut gives: Vec<(usize, usize, LeaseReturn)> = Vec::new();
+        let mut used: Vec<(usize, usize)> = Vec::new();
+        for _ in 0..(1 + next(&mut seed, 24)) {
+            let (k, p) = (
+                next(&mut seed, keys.len() as u64) as usize,
+                next(&mut seed, policies.len() as u64) as usize,
+            );
+            // One call per key and policy per batch: calls of one batch have no order.
+            if used.contains(&(k, p)) {
+                continue;
+            }
+            used.push((k, p));
+            let owner = [0, 7][next(&mut seed, 2) as usize];
+            match grants.iter().position(|g| g.0 == k && g.1 == p) {
+                Some(i) if next(&mut seed, 3) == 0 => {
+                    let g = grants.swap_remove(i);
+                    gives.push((k, p, LeaseReturn::new(g.2, g.3).owner(g.4, 0)));
+                }
+                _ => {
+                    let request = LeaseRequest::new(next(&mut seed, 6))
+                        .want(
+                            next(&mut seed, 30),
+                            Duration::from_millis(next(&mut seed, 3) * 400),
+                        )
+                        .max_share_permille([100, 500, 1000][next(&mut seed, 3) as usize])
+                        .owner(owner, Duration::from_millis(500));
+                    leases.push((k, p, request));
+                }
+            }
+        }
+        let lease_calls: Vec<LeaseCall<'_>> = leases
+            .iter()
+            .map(|(k, p, r)| LeaseCall::new(keys[*k], &policies[*p], *r))
+            .collect();
+        let release_calls: Vec<ReleaseCall<'_>> = gives
+            .iter()
+            .map(|(k, p, g)| ReleaseCall::new(keys[*k], &policies[*p], *g))
+            .collect();
+        let b_leases = batched.lease_many(&lease_calls).await;
+        let b_releases = batched.release_many(&release_calls).await;
+        assert_eq!(b_leases.len(), lease_calls.len());
+        assert_eq!(b_releases.len(), release_calls.len());
+        for (c, b) in lease_calls.iter().zip(b_leases) {
+            let b = b.unwrap_or_else(|e| panic!("round {round}: batched lease failed: {e:?}"));
+            let s = single.lease(c.key, c.policy, &c.request).await.unwrap();
+            assert_eq!(b, s, "round {round}: {} {} {:?}", c.key, c.policy.name(), c.request);
+            if b.granted > 0 {
+                let (k, p, r) = leases
+                    .iter()
+                    .find(|(k, p, _)| keys[*k] == c.key && policies[*p] == *c.policy)
+                    .unwrap();
+                grants.push((*k, *p, b.granted, b.granted_at, r.owner));
+            }
+        }
+        for (c, b) in release_calls.iter().zip(b_releases) {
+            b.unwrap();
+            single.release_for(c.key, c.policy, &c.give).await.unwrap();
+        }
+        // Both Redis stores hold the same counters: a peek of every key agrees.
+        for p in &policies {
+            for k in keys {
+                assert_eq!(
+                    batched.peek(k, p).await.unwrap(),
+                    single.peek(k, p).await.unwrap(),
+                    "round {round}: {k} {} after the batch",
+                    p.name()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_every_algorithm_decides_like_single_calls() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let batched = RedisStore::new(redis.pool())
+        .with_prefix(&format!("{}:batched", redis.prefix().as_str()))
+        .with_clock(clock.clone());
+    let single = RedisStore::new(redis.pool())
+        .with_prefix(&format!("{}:single", redis.prefix().as_str()))
+        .with_clock(clock.clone());
+    batches_decide_like_single_calls(batched, single, clock).await;
+}
+
+/// On a 3-master cluster the keys of one batch fall on many slots (and every master): the
+/// store sends one script call per slot, and the answers are the single calls'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_cluster_slots_decides_like_single_calls() {
+    let cluster = palisade_testkit::RedisCluster::start_async(3)
+        .await
+        .expect("a 3-master cluster");
+    let clock = FakeClock::new();
+    let batched = RedisStore::cluster(cluster.pool())
+        .with_prefix("batched")
+        .with_clock(clock.clone());
+    let single = RedisStore::cluster(cluster.pool())
+        .with_prefix("single")
+        .with_clock(clock.clone());
+    batches_decide_like_single_calls(batched, single, clock).await;
+}
+
+/// A `LeasedStore` over a cluster: 300 never-seen keys decided at once (their first
+/// decisions batched, on many slots), every one admitted by the store, then from leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_on_many_slots_lease_through_a_cluster() {
+    let cluster = palisade_testkit::RedisCluster::start_async(3)
+        .await
+        .expect("a 3-master cluster");
+    let store = LeasedStore::new(RedisStore::cluster(cluster.pool()));
+    let limiter = RateLimiter::builder(store.clone())
+        .failure_mode(FailureMode::FailClosed)
+        .timeout(Duration::from_secs(5))
+        .build();
+    let policy = Policy::single("cluster-batch", Algorithm::Gcra, Quota::per_hour(1_000_000)).unwrap();
+    let decide_all = || {
+        let tasks: Vec<_> = (0..300)
+            .map(|k| {
+                let (limiter, policy) = (limiter.clone(), policy.clone());
+                tokio::spawn(async move { limiter.acquire(&format!("user:{k}"), &policy, 1).await })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    for d in decide_all().await {
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.source, DecisionSource::Store, "a first decision sees the store");
+    }
+    store.settled().await;
+    for d in decide_all().await {
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.source, DecisionSource::Lease, "the first call leased the key");
+    }
+}
+
+/// Redis down: a batch fails as a whole, and every key in it (every algorithm and policy)
+/// gets the limiter's failure mode, not an error and not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_gives_every_key_the_failure_mode() {
+    let mut server = RedisServer::builder().start_async().await.unwrap();
+    let url_pool = server.pool();
+    tokio::task::block_in_place(|| server.kill());
+    let store = LeasedStore::new(
+        RedisStore::new(url_pool).with_timeout(Duration::from_millis(300)),
+    );
+    let policies: Vec<Policy> = policies()
+        .into_iter()
+        .filter(|p| p.algorithm() != Algorithm::SlidingWindowLog)
+        .collect();
+    for (mode, allowed, source) in [
+        (FailureMode::FailClosed, false, DecisionSource::FailClosed),
+        (FailureMode::FailOpen, true, DecisionSource::FailOpen),
+    ] {
+        let limiter = Arc::new(
+            RateLimiter::builder(store.clone())
+                .failure_mode(mode)
+                .timeout(Duration::from_secs(2))
+                .build(),
+        );
+        let tasks: Vec<_> = (0..40)
+            .map(|k| {
+                let (limiter, policy) = (Arc::clone(&limiter), policies[k % policies.len()].clone());
+                tokio::spawn(async move { limiter.acquire(&format!("down:{k}"), &policy, 1).await })
+            })
+            .collect();
+        for t in tasks {
+            let d = t.await.unwrap();
+            assert_eq!((d.allowed, d.source), (allowed, source), "{mode:?}: {d:?}");
+        }
+    }
+    // The batch call itself answers an error per call.
+    let answers = store
+        .inner()
+        .lease_many(&[
+            LeaseCall::new("x", &policies[0], LeaseRequest::new(1)),
+            LeaseCall::new("y", &policies[1], LeaseRequest::new(1)),
+        ])
+        .await;
+    assert_eq!(answers.len(), 2);
+    assert!(answers.iter().all(|a| a.as_ref().is_err_and(|e| e.is_backend())));
+}
+
+/// Many never-seen keys decided at once by one instance are leased in batches: far fewer
+/// store calls than keys, and each key's decision is its own (a key that the store denies
+/// does not change another's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_decisions_of_many_keys_are_batched() {
+    let redis = test_redis().unwrap();
+    let inner = Counting {
+        inner: RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str()),
+        batches: Default::default(),
+        calls: Default::default(),
+    };
+    let batches = Arc::clone(&inner.batches);
+    let calls = Arc::clone(&inner.calls);
+    let store = LeasedStore::builder(inner)
+        .config(LeaseConfig::default().prefetch(false))
+        .build()
+        .unwrap();
+    let limiter = RateLimiter::builder(store.clone())
+        .failure_mode(FailureMode::FailClosed)
+        .timeout(Duration::from_secs(5))
+        .build();
+    let open = Policy::single("first-open", Algorithm::FixedWindow, Quota::per_hour(1_000)).unwrap();
+    let shut = Policy::single("first-shut", Algorithm::FixedWindow, Quota::per_hour(1)).unwrap();
+    // Spend the one unit of every `shut` key first.
+    for k in 0..100 {
+        if k % 2 == 1 {
+            assert!(store.inner().acquire(&format!("k{k}"), &shut, 1).await.unwrap().allowed);
+        }
+    }
+    let tasks: Vec<_> = (0..200)
+        .map(|k| {
+            let limiter = limiter.clone();
+            let policy = if k % 2 == 0 { open.clone() } else { shut.clone() };
+            tokio::spawn(async move { (k, limiter.acquire(&format!("k{}", k % 100), &policy, 1).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (k, d) = t.await.unwrap();
+        assert_eq!(d.allowed, k % 2 == 0, "key {k}: {d:?}");
+    }
+    let (b, c) = (
+        batches.load(std::sync::atomic::Ordering::Relaxed),
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(c >= 100, "{c} lease calls");
+    assert!(b < c, "{b} batches for {c} lease calls: none was batched");
+}
+
+/// A store that counts the batches and calls it is given.
+#[derive(Debug)]
+struct Counting {
+    inner: RedisStore,
+    batches: Arc<std::sync::atomic::AtomicU64>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
+        self.inner.acquire(key, policy, cost).await
+    }
+    async fn peek(&self, key: &str, policy: &Policy) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
+        self.inner.peek(key, policy).await
+    }
+    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> palisade_ratelimit::Result<()> {
+        self.inner.refund(key, policy, cost).await
+    }
+    async fn reset(&self, key: &str, policy: &Policy) -> palisade_ratelimit::Result<()> {
+        self.inner.reset(key, policy).await
+    }
+    fn backend_name(&self) -> &'static str {
+        "counting"
+    }
+    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<palisade_ratelimit::Result<palisade_ratelimit::Lease>> {
+        self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.lease_many(calls).await
+    }
+    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<palisade_ratelimit::Result<()>> {
+        self.inner.release_many(gives).await
+    }
+}
