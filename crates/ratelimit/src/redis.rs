@@ -92,18 +92,32 @@ macro_rules! batch_ops {
     };
 }
 
-/// Many keys' lease and release calls in one script call (`src/lua/batch.lua`).
-static BATCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        "local ops = {}\n",
-        batch_ops!("token_bucket", "tb"),
-        batch_ops!("gcra", "gcra"),
-        batch_ops!("fixed_window", "fw"),
-        batch_ops!("sliding_log", "swl"),
-        batch_ops!("sliding_counter", "swc"),
-        include_str!("lua/batch.lua"),
-    ))
+/// One algorithm's batch script (its lease and release scripts as functions, and
+/// `src/lua/batch.lua`), without comment lines: what a server compiles once.
+fn batch_text(ops: &str) -> String {
+    ["local ops = {}\n", ops, include_str!("lua/batch.lua")]
+        .concat()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .flat_map(|l| [l, "\n"])
+        .collect()
+}
+
+/// Per algorithm (in [`algorithm_index`] order), the batch script's text.
+static BATCH_TEXTS: LazyLock<[String; 5]> = LazyLock::new(|| {
+    [
+        batch_text(batch_ops!("token_bucket", "tb")),
+        batch_text(batch_ops!("gcra", "gcra")),
+        batch_text(batch_ops!("fixed_window", "fw")),
+        batch_text(batch_ops!("sliding_log", "swl")),
+        batch_text(batch_ops!("sliding_counter", "swc")),
+    ]
 });
+
+/// Many keys' lease and release calls in one script call (`src/lua/batch.lua`), per
+/// algorithm.
+static BATCHES: LazyLock<[Script; 5]> =
+    LazyLock::new(|| std::array::from_fn(|i| Script::new(&BATCH_TEXTS[i])));
 
 /// The most items one batch script call carries (larger batches are split).
 const MAX_BATCH: usize = 128;
@@ -112,14 +126,18 @@ static RESET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 
 /// The scripts of `algorithm`.
 fn scripts(algorithm: Algorithm) -> &'static Scripts {
-    let i = match algorithm {
+    &SCRIPTS[algorithm_index(algorithm)]
+}
+
+/// `algorithm`'s place in the script tables.
+const fn algorithm_index(algorithm: Algorithm) -> usize {
+    match algorithm {
         Algorithm::TokenBucket => 0,
         Algorithm::Gcra => 1,
         Algorithm::FixedWindow => 2,
         Algorithm::SlidingWindowLog => 3,
         Algorithm::SlidingWindowCounter => 4,
-    };
-    &SCRIPTS[i]
+    }
 }
 
 /// The connection a [`RedisStore`] talks through. Every variant is a handle that many tasks
@@ -199,6 +217,9 @@ pub struct RedisStore {
     // call costs one round trip (deadpool-redis pings every connection it hands out). Dropped
     // on a connection error; the next call takes a fresh one from the pool.
     shared: Arc<ArcSwapOption<MultiplexedConnection>>,
+    // The batch script (large) is loaded once by one call, not by every batch in flight
+    // that meets `NOSCRIPT` at once; a restarted server's `NOSCRIPT` reloads it as usual.
+    batch_loaded: Arc<[tokio::sync::OnceCell<()>; 5]>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -231,6 +252,7 @@ impl RedisStore {
             timeout: None,
             clock: None,
             shared: Arc::new(ArcSwapOption::empty()),
+            batch_loaded: Arc::new(std::array::from_fn(|_| tokio::sync::OnceCell::new())),
         }
     }
 
@@ -379,31 +401,42 @@ impl RedisStore {
         }
     }
 
-    /// Send `items` in batch script calls: one per Redis Cluster slot (on a single node,
-    /// one for all), at most [`MAX_BATCH`] items each, all calls at once; one reply per item.
+    /// Send `items` in batch script calls: one per algorithm and Redis Cluster slot (on a
+    /// single node, one per algorithm), at most [`MAX_BATCH`] items each, all calls at once;
+    /// one reply per item.
     async fn batch(&self, items: &[Item<'_>]) -> Vec<Result<redis::Value>> {
         let cluster = matches!(
             self.conn,
             RedisConnection::ClusterPool(_) | RedisConnection::Cluster(_)
         );
-        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<((usize, u16), Vec<usize>)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
+            let (key, policy) = item.subject();
             let slot = if cluster {
-                let (key, policy) = item.subject();
                 slot_of(&self.hash_tag(key, policy))
             } else {
                 0
             };
+            let to = (algorithm_index(policy.algorithm()), slot);
             match groups
                 .iter_mut()
-                .find(|(s, g)| *s == slot && g.len() < MAX_BATCH)
+                .find(|(g, members)| *g == to && members.len() < MAX_BATCH)
             {
-                Some((_, g)) => g.push(i),
-                None => groups.push((slot, vec![i])),
+                Some((_, members)) => members.push(i),
+                None => groups.push((to, vec![i])),
             }
         }
-        let calls = groups.iter().map(|(_, group)| async move {
-            let mut inv = BATCH.prepare_invoke();
+        let calls = groups.iter().map(|((algorithm, _), group)| async move {
+            // Loaded once per store and algorithm (a failure is left to the call's own
+            // `NOSCRIPT` handling).
+            let _ = self.batch_loaded[*algorithm]
+                .get_or_try_init(|| async {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(BATCH_TEXTS[*algorithm].as_str());
+                    self.send::<String>(Request::Command(load)).await.map(|_| ())
+                })
+                .await;
+            let mut inv = BATCHES[*algorithm].prepare_invoke();
             inv.arg(group.len());
             for &i in group {
                 self.batch_item(&mut inv, &items[i]);
@@ -783,8 +816,8 @@ impl crate::store::Store for RedisStore {
         Ok(())
     }
 
-    /// One script call (`src/lua/batch.lua`) per Redis Cluster slot (one in all on a
-    /// single node), at most 128 calls each, every slot's at once: each key's call does
+    /// One script call (`src/lua/batch.lua`) per algorithm and Redis Cluster slot (per
+    /// algorithm on a single node), at most 128 calls each, all at once: each key's call does
     /// what [`lease`](Self::lease)'s own script would, atomically; a failed script call
     /// fails the calls it carried.
     async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {

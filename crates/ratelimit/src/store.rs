@@ -122,8 +122,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// atomic as a whole, and one call's failure is its own answer.
     ///
     /// The default runs the calls concurrently through `lease`. The Redis store sends them
-    /// in one script call per Redis Cluster slot (one for a single node), the calls of
-    /// different slots together.
+    /// in one script call per algorithm and Redis Cluster slot (per algorithm on a single
+    /// node), all at once.
     async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
         futures::future::join_all(
             calls

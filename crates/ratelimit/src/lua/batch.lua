@@ -1,6 +1,6 @@
--- batch: the lease and release calls of many keys in one script call (src/redis.rs
--- `lease_many` / `release_many`). `ops` holds one function per algorithm and operation,
--- each the whole single-key script (common.lua, the algorithm, ledger.lua, lease.lua or
+-- batch: the lease and release calls of many keys of one algorithm in one script call
+-- (src/redis.rs `lease_many` / `release_many`: one such script per algorithm). `ops` holds
+-- the algorithm's two operations as functions, each the whole single-key script (common.lua, the algorithm, ledger.lua, lease.lua or
 -- release.lua) with KEYS and ARGV as its parameters, so a batch does for each key exactly
 -- what that key's own call would. ARGV[1]: the number of items; then per item its name
 -- ('<algorithm code>:lease' or ':release'), its number of keys, its number of arguments
