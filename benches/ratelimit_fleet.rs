@@ -294,7 +294,11 @@ fn child() {
             let (store, policy, names) = (store.clone(), policy.clone(), Arc::clone(&names));
             warmers.push(tokio::spawn(async move {
                 let mut firsts = Vec::new();
-                for name in names.iter().skip(t as usize).step_by(in_flight.max(1) as usize) {
+                for name in names
+                    .iter()
+                    .skip(t as usize)
+                    .step_by(in_flight.max(1) as usize)
+                {
                     let began = Instant::now();
                     store.acquire(name, &policy, 1).await;
                     firsts.push(u32::try_from(began.elapsed().as_nanos()).unwrap_or(u32::MAX));

@@ -17,8 +17,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
 use crate::lease::{
-    Book, Call, Dropped, Held, Lease, LeaseCall, LeaseRequest, LeaseReturn, Plan, ReleaseCall, Reply,
-    bucket_lifetime, micros,
+    Book, Call, Dropped, Held, Lease, LeaseCall, LeaseRequest, LeaseReturn, Plan, ReleaseCall,
+    Reply, bucket_lifetime, micros,
 };
 use crate::quota::{Algorithm, MAX_QUOTAS, Policy};
 use crate::store::Store;
@@ -788,7 +788,10 @@ impl Shared {
             background = false
         );
         let started = Instant::now();
-        let result = self.lease_batched(key, policy, request).instrument(span).await;
+        let result = self
+            .lease_batched(key, policy, request)
+            .instrument(span)
+            .await;
         let call = pending.call.take().expect("the call is settled once");
         match result {
             Ok(lease) => {
@@ -861,7 +864,12 @@ impl Shared {
 
     /// One lease call, in the next batch (straight to the shared store when no runtime
     /// can run the batcher).
-    async fn lease_batched(&self, key: &str, policy: &Policy, request: LeaseRequest) -> Result<Lease> {
+    async fn lease_batched(
+        &self,
+        key: &str,
+        policy: &Policy,
+        request: LeaseRequest,
+    ) -> Result<Lease> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = Job::Lease(LeaseJob {
             key: Box::from(key),
@@ -871,11 +879,11 @@ impl Shared {
                 let _ = tx.send(answer);
             }),
         });
-        match self.batcher.submit(job) {
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| Err(Error::backend("the lease batch was dropped", true))),
-            Err(_) => self.inner.lease(key, policy, &request).await,
+        if self.batcher.submit(job) {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::backend("the lease batch was dropped", true)))
+        } else {
+            self.inner.lease(key, policy, &request).await
         }
     }
 
@@ -937,10 +945,8 @@ impl Shared {
             request,
             done,
         });
-        if let Err(job) = self.batcher.submit(job) {
-            // No runtime: the call is cancelled (its answer, an error, settles the book).
-            drop(job);
-        }
+        // Without a runtime the job is dropped: its answer, an error, cancels the call.
+        let _ = self.batcher.submit(job);
     }
 
     fn observe_rtt(&self, took: Duration) {
@@ -981,9 +987,9 @@ impl Shared {
                 give: LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
                 done,
             });
-            if let Err(job) = self.batcher.submit(job) {
-                drop(job);
-            }
+            // Without a runtime the job is dropped: its answer, an error, counts the units
+            // dropped.
+            let _ = self.batcher.submit(job);
         }
     }
 

@@ -433,7 +433,9 @@ impl RedisStore {
                 .get_or_try_init(|| async {
                     let mut load = redis::cmd("SCRIPT");
                     load.arg("LOAD").arg(BATCH_TEXTS[*algorithm].as_str());
-                    self.send::<String>(Request::Command(load)).await.map(|_| ())
+                    self.send::<String>(Request::Command(load))
+                        .await
+                        .map(|_| ())
                 })
                 .await;
             let mut inv = BATCHES[*algorithm].prepare_invoke();
@@ -450,8 +452,7 @@ impl RedisStore {
                 Ok(values) if values.len() == group.len() => {
                     for (&i, v) in group.iter().zip(values) {
                         out[i] = Some(match v {
-                            redis::Value::Array(a)
-                                if matches!(a.first(), Some(redis::Value::BulkString(b)) if b == b"error") =>
+                            redis::Value::Array(a) if matches!(a.first(), Some(redis::Value::BulkString(b)) if b == b"error") =>
                             {
                                 let message = match a.get(1) {
                                     Some(redis::Value::BulkString(m)) => {

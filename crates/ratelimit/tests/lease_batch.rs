@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use palisade_ratelimit::{
     Algorithm, DecisionSource, FailureMode, FakeClock, LeaseCall, LeaseConfig, LeaseRequest,
-    LeaseReturn, LeasedStore, Policy, Quota, RateLimiter, RedisStore, ReleaseCall,
-    Store,
+    LeaseReturn, LeasedStore, Policy, Quota, RateLimiter, RedisStore, ReleaseCall, Store,
 };
 use palisade_testkit::{RedisServer, test_redis};
 
@@ -55,14 +54,20 @@ fn policies() -> Vec<Policy> {
 /// call by call to another (its own prefix), with one fake clock: identical answers and
 /// identical counters. (The single-key script against the memory store's arithmetic is
 /// `tests/leased.rs`.)
-async fn batches_decide_like_single_calls(batched: RedisStore, single: RedisStore, clock: FakeClock) {
+async fn batches_decide_like_single_calls(
+    batched: RedisStore,
+    single: RedisStore,
+    clock: FakeClock,
+) {
     let policies = policies();
     let keys = ["a", "b", "{c}", "d:e"];
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     // Grants not yet given back: (key, policy index, units, granted_at, owner).
     let mut grants: Vec<(usize, usize, u64, u64, u64)> = Vec::new();
     for round in 0..120 {
-        clock.advance(Duration::from_micros(next(&mut seed, 3) * next(&mut seed, 200_000)));
+        clock.advance(Duration::from_micros(
+            next(&mut seed, 3) * next(&mut seed, 200_000),
+        ));
         let mut leases: Vec<(usize, usize, LeaseRequest)> = Vec::new();
         let mut gives: Vec<(usize, usize, LeaseReturn)> = Vec::new();
         let mut used: Vec<(usize, usize)> = Vec::new();
@@ -109,7 +114,14 @@ async fn batches_decide_like_single_calls(batched: RedisStore, single: RedisStor
         for (c, b) in lease_calls.iter().zip(b_leases) {
             let b = b.unwrap_or_else(|e| panic!("round {round}: batched lease failed: {e:?}"));
             let s = single.lease(c.key, c.policy, &c.request).await.unwrap();
-            assert_eq!(b, s, "round {round}: {} {} {:?}", c.key, c.policy.name(), c.request);
+            assert_eq!(
+                b,
+                s,
+                "round {round}: {} {} {:?}",
+                c.key,
+                c.policy.name(),
+                c.request
+            );
             if b.granted > 0 {
                 let (k, p, r) = leases
                     .iter()
@@ -178,7 +190,8 @@ async fn many_keys_on_many_slots_lease_through_a_cluster() {
         .failure_mode(FailureMode::FailClosed)
         .timeout(Duration::from_secs(5))
         .build();
-    let policy = Policy::single("cluster-batch", Algorithm::Gcra, Quota::per_hour(1_000_000)).unwrap();
+    let policy =
+        Policy::single("cluster-batch", Algorithm::Gcra, Quota::per_hour(1_000_000)).unwrap();
     let decide_all = || {
         let tasks: Vec<_> = (0..300)
             .map(|k| {
@@ -196,12 +209,20 @@ async fn many_keys_on_many_slots_lease_through_a_cluster() {
     };
     for d in decide_all().await {
         assert!(d.allowed, "{d:?}");
-        assert_eq!(d.source, DecisionSource::Store, "a first decision sees the store");
+        assert_eq!(
+            d.source,
+            DecisionSource::Store,
+            "a first decision sees the store"
+        );
     }
     store.settled().await;
     for d in decide_all().await {
         assert!(d.allowed, "{d:?}");
-        assert_eq!(d.source, DecisionSource::Lease, "the first call leased the key");
+        assert_eq!(
+            d.source,
+            DecisionSource::Lease,
+            "the first call leased the key"
+        );
     }
 }
 
@@ -212,9 +233,8 @@ async fn a_failed_batch_gives_every_key_the_failure_mode() {
     let mut server = RedisServer::builder().start_async().await.unwrap();
     let url_pool = server.pool();
     tokio::task::block_in_place(|| server.kill());
-    let store = LeasedStore::new(
-        RedisStore::new(url_pool).with_timeout(Duration::from_millis(300)),
-    );
+    let store =
+        LeasedStore::new(RedisStore::new(url_pool).with_timeout(Duration::from_millis(300)));
     let policies: Vec<Policy> = policies()
         .into_iter()
         .filter(|p| p.algorithm() != Algorithm::SlidingWindowLog)
@@ -231,7 +251,8 @@ async fn a_failed_batch_gives_every_key_the_failure_mode() {
         );
         let tasks: Vec<_> = (0..40)
             .map(|k| {
-                let (limiter, policy) = (Arc::clone(&limiter), policies[k % policies.len()].clone());
+                let (limiter, policy) =
+                    (Arc::clone(&limiter), policies[k % policies.len()].clone());
                 tokio::spawn(async move { limiter.acquire(&format!("down:{k}"), &policy, 1).await })
             })
             .collect();
@@ -249,7 +270,11 @@ async fn a_failed_batch_gives_every_key_the_failure_mode() {
         ])
         .await;
     assert_eq!(answers.len(), 2);
-    assert!(answers.iter().all(|a| a.as_ref().is_err_and(|e| e.is_backend())));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_err_and(|e| e.is_backend()))
+    );
 }
 
 /// Many never-seen keys decided at once by one instance are leased in batches: far fewer
@@ -273,19 +298,36 @@ async fn first_decisions_of_many_keys_are_batched() {
         .failure_mode(FailureMode::FailClosed)
         .timeout(Duration::from_secs(5))
         .build();
-    let open = Policy::single("first-open", Algorithm::FixedWindow, Quota::per_hour(1_000)).unwrap();
+    let open =
+        Policy::single("first-open", Algorithm::FixedWindow, Quota::per_hour(1_000)).unwrap();
     let shut = Policy::single("first-shut", Algorithm::FixedWindow, Quota::per_hour(1)).unwrap();
     // Spend the one unit of every `shut` key first.
     for k in 0..100 {
         if k % 2 == 1 {
-            assert!(store.inner().acquire(&format!("k{k}"), &shut, 1).await.unwrap().allowed);
+            assert!(
+                store
+                    .inner()
+                    .acquire(&format!("k{k}"), &shut, 1)
+                    .await
+                    .unwrap()
+                    .allowed
+            );
         }
     }
     let tasks: Vec<_> = (0..200)
         .map(|k| {
             let limiter = limiter.clone();
-            let policy = if k % 2 == 0 { open.clone() } else { shut.clone() };
-            tokio::spawn(async move { (k, limiter.acquire(&format!("k{}", k % 100), &policy, 1).await) })
+            let policy = if k % 2 == 0 {
+                open.clone()
+            } else {
+                shut.clone()
+            };
+            tokio::spawn(async move {
+                (
+                    k,
+                    limiter.acquire(&format!("k{}", k % 100), &policy, 1).await,
+                )
+            })
         })
         .collect();
     for t in tasks {
@@ -310,13 +352,27 @@ struct Counting {
 
 #[async_trait::async_trait]
 impl Store for Counting {
-    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
+    async fn acquire(
+        &self,
+        key: &str,
+        policy: &Policy,
+        cost: u64,
+    ) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
         self.inner.acquire(key, policy, cost).await
     }
-    async fn peek(&self, key: &str, policy: &Policy) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
+    async fn peek(
+        &self,
+        key: &str,
+        policy: &Policy,
+    ) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
         self.inner.peek(key, policy).await
     }
-    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> palisade_ratelimit::Result<()> {
+    async fn refund(
+        &self,
+        key: &str,
+        policy: &Policy,
+        cost: u64,
+    ) -> palisade_ratelimit::Result<()> {
         self.inner.refund(key, policy, cost).await
     }
     async fn reset(&self, key: &str, policy: &Policy) -> palisade_ratelimit::Result<()> {
@@ -325,9 +381,14 @@ impl Store for Counting {
     fn backend_name(&self) -> &'static str {
         "counting"
     }
-    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<palisade_ratelimit::Result<palisade_ratelimit::Lease>> {
-        self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.calls.fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    async fn lease_many(
+        &self,
+        calls: &[LeaseCall<'_>],
+    ) -> Vec<palisade_ratelimit::Result<palisade_ratelimit::Lease>> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls
+            .fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.inner.lease_many(calls).await
     }
     async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<palisade_ratelimit::Result<()>> {

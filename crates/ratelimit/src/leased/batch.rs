@@ -45,7 +45,10 @@ impl<T> Done<T> {
 impl<T> Drop for Done<T> {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
-            f(Err(Error::backend("the lease batch was dropped unsent", true)));
+            f(Err(Error::backend(
+                "the lease batch was dropped unsent",
+                true,
+            )));
         }
     }
 }
@@ -98,30 +101,28 @@ impl Batcher {
     }
 
     /// Queue `job`, starting the task on the current tokio runtime when there is none (or
-    /// its runtime went away). `Err` gives the job back when there is no runtime at all.
-    pub(super) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+    /// its runtime went away). `false` when there is no runtime at all: the job is dropped
+    /// (its answer, an error, is given at once).
+    pub(super) fn submit(&self, job: Job) -> bool {
         let mut tx = self.tx.lock();
         let mut msg = Msg::Job(job);
         if let Some(t) = tx.as_ref() {
             match t.send(msg) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return true,
                 Err(mpsc::error::SendError(m)) => msg = m,
             }
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             *tx = None;
-            let Msg::Job(job) = msg else {
-                unreachable!("only jobs are submitted")
-            };
-            return Err(job);
+            drop(tx);
+            drop(msg);
+            return false;
         };
         let (t, rx) = mpsc::unbounded_channel();
         runtime.spawn(run(Arc::clone(&self.inner), rx, t.downgrade()));
-        if t.send(msg).is_err() {
-            unreachable!("the receiver was just made");
-        }
+        let sent = t.send(msg).is_ok();
         *tx = Some(t);
-        Ok(())
+        sent
     }
 }
 
