@@ -656,6 +656,12 @@ pub(crate) struct Plan {
 /// for sparse keys, see [`Book`]'s `terms`).
 const SPARSE_UNITS: f64 = 4.0;
 
+/// A key whose demand would not fill this many units in one lease lifetime is leased
+/// longer, up to `plan.sparse`, so that one lease call serves about this many of its
+/// decisions (a key decided a few times a second would otherwise cost a lease call, and a
+/// give-back, every few decisions: more store work than deciding each in the store).
+const COVER_UNITS: f64 = 32.0;
+
 /// `x` rounded up to whole units (0 for nothing, NaN or negative).
 fn units_of(x: f64) -> u64 {
     let units = x.ceil();
@@ -979,19 +985,20 @@ impl Book {
 
     /// Units to ask for and for how long: the demand since the last ask (rising at once,
     /// falling by half per ask) over one lease lifetime, plus the request's own cost. A key
-    /// whose demand would not fill [`SPARSE_UNITS`] in one lifetime (a key decided now and
-    /// then, or for the first time) is leased longer, up to `plan.sparse`, for at least
-    /// that many units: a lease then lasts until its key's next requests instead of ending
-    /// unspent before them.
+    /// whose demand would not fill [`COVER_UNITS`] in one lifetime (a key decided a few
+    /// times a second, now and then, or for the first time) is leased longer, long enough
+    /// for that many units up to `plan.sparse`, for its demand over that time and at least
+    /// [`SPARSE_UNITS`]: a lease then lasts until its key's next requests instead of ending
+    /// unspent before them, and one lease call serves many decisions.
     fn terms(&mut self, now: u64, plan: &Plan, cost: u64) -> (u64, u64) {
         let rate = self.measure(now);
         let base = plan.lifetime;
-        let dense = rate * base as f64 >= SPARSE_UNITS;
+        let dense = rate * base as f64 >= COVER_UNITS;
         if dense || plan.sparse <= base {
             return (units_of(rate * base as f64).saturating_add(cost), base);
         }
         let life = if rate > 0.0 {
-            let fill = SPARSE_UNITS / rate;
+            let fill = COVER_UNITS / rate;
             if fill.is_finite() {
                 (fill as u64).clamp(base, plan.sparse)
             } else {

@@ -22,7 +22,9 @@ fn next(seed: &mut u64, n: u64) -> u64 {
     *seed % n
 }
 
-/// Every algorithm, single and multi-window.
+/// Every algorithm, single and multi-window. Periods of minutes: Redis expires keys on its
+/// own clock (TTL of about a period), and the fake clock must not see keys expire at
+/// different moments in the two stores.
 fn policies() -> Vec<Policy> {
     let mut all = Vec::new();
     for alg in Algorithm::ALL {
@@ -31,9 +33,9 @@ fn policies() -> Vec<Policy> {
                 .algorithm(alg)
                 .quota(
                     "fast",
-                    Quota::new(40, Duration::from_millis(700)).with_burst(50),
+                    Quota::new(40, Duration::from_secs(70)).with_burst(50),
                 )
-                .quota("slow", Quota::new(90, Duration::from_secs(5)))
+                .quota("slow", Quota::new(90, Duration::from_secs(500)))
                 .build()
                 .unwrap(),
         );
@@ -41,7 +43,7 @@ fn policies() -> Vec<Policy> {
             Policy::single(
                 format!("batch-1-{alg}"),
                 alg,
-                Quota::new(60, Duration::from_millis(900)),
+                Quota::new(60, Duration::from_secs(90)),
             )
             .unwrap(),
         );
@@ -91,7 +93,7 @@ async fn batches_decide_like_single_calls(
                     let request = LeaseRequest::new(next(&mut seed, 6))
                         .want(
                             next(&mut seed, 30),
-                            Duration::from_millis(next(&mut seed, 3) * 400),
+                            Duration::from_secs(next(&mut seed, 3) * 40),
                         )
                         .max_share_permille([100, 500, 1000][next(&mut seed, 3) as usize])
                         .owner(owner, Duration::from_millis(500));

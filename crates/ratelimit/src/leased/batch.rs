@@ -4,10 +4,12 @@
 //! per Redis Cluster slot, the slots' calls at once).
 //!
 //! When to send: at once when no batch of this store is in flight (a lone call waits for
-//! nothing); otherwise when [`MAX_ITEMS`] calls are queued, when the batch in flight comes
-//! back, or [`LINGER`] after the first queued call, whichever is first. Under load a batch
-//! carries what queued during the previous one's round trip, and every call waits at most
-//! one round trip plus its own.
+//! nothing), or while fewer than four are when a request waits on a queued call (a key's
+//! decision that found no allowance: it takes the background calls queued so far with it);
+//! otherwise when
+//! [`MAX_ITEMS`] calls are queued, when the batch in flight comes back, or [`LINGER`] after
+//! the first queued call, whichever is first. Under load a batch carries what queued during
+//! the previous one's round trip, and no request waits for another batch than its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ use crate::store::Store;
 pub(super) const MAX_ITEMS: usize = 64;
 /// A queued call waits at most this long for a batch in flight to come back.
 pub(super) const LINGER: Duration = Duration::from_millis(1);
+/// A call a request waits on leaves at once while fewer batches than this are in flight.
+const URGENT_IN_FLIGHT: usize = 4;
 
 /// What to do with a call's answer. Dropped unanswered (its batcher's runtime went away),
 /// it is answered with an error, so that a book never waits for it forever.
@@ -72,6 +76,13 @@ pub(super) struct ReleaseJob {
 pub(super) enum Job {
     Lease(LeaseJob),
     Release(ReleaseJob),
+}
+
+impl Job {
+    /// A request waits on this call: it leaves with the next batch at once.
+    fn urgent(&self) -> bool {
+        matches!(self, Self::Lease(j) if j.request.cost > 0)
+    }
 }
 
 enum Msg {
@@ -160,15 +171,22 @@ async fn run(
                 if queued.is_empty() {
                     deadline = Instant::now() + LINGER;
                 }
+                let mut urgent = job.urgent();
                 queued.push(job);
                 while queued.len() < MAX_ITEMS {
                     match rx.try_recv() {
-                        Ok(Msg::Job(job)) => queued.push(job),
+                        Ok(Msg::Job(job)) => {
+                            urgent |= job.urgent();
+                            queued.push(job);
+                        }
                         Ok(Msg::Flushed) => in_flight = in_flight.saturating_sub(1),
                         Err(_) => break,
                     }
                 }
-                if in_flight == 0 || queued.len() >= MAX_ITEMS {
+                if in_flight == 0
+                    || (urgent && in_flight < URGENT_IN_FLIGHT)
+                    || queued.len() >= MAX_ITEMS
+                {
                     in_flight += flush(&inner, &mut queued, &tx);
                 }
             }
