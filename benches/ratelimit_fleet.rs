@@ -10,8 +10,9 @@
 //! FLEET_SECONDS=5 FLEET_IN_FLIGHT=32 cargo bench -p palisade --bench ratelimit_fleet
 //! ```
 //! It starts its own `redis-server` through the test kit, or uses `REDIS_URL`. Each process
-//! runs `FLEET_IN_FLIGHT` (default 16) tasks on a two-thread tokio runtime for
-//! `FLEET_SECONDS` (default 2) from a start time the parent gives, and reports its decisions
+//! warms every key up with one decision (`FLEET_IN_FLIGHT` tasks at once, timed: a key's
+//! first decision), then runs `FLEET_IN_FLIGHT` (default 16) tasks on a two-thread tokio
+//! runtime for `FLEET_SECONDS` (default 2) from a start time the parent gives, and reports its decisions
 //! and the latency of every 4th one; the parent adds the decisions up and takes the p50/p99
 //! of all the samples. This is a throughput harness, not a criterion bench: criterion cannot
 //! time four processes at once. The binary re-executes itself for the children

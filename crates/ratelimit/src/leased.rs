@@ -66,9 +66,10 @@ pub struct LeaseConfig {
     #[serde(with = "humantime_serde")]
     pub max_lease: Duration,
     /// The longest a lease lives for a key this instance decides sparsely (default 10 s):
-    /// one whose demand here would not fill 4 units in `max_lease` (decided now and then, or
-    /// for the first time) is leased long enough to hold 4 units of it, up to this long, so
-    /// that its lease lasts until its next requests instead of ending unspent before them.
+    /// one whose demand here would not fill 32 units in `max_lease` (decided a few times a
+    /// second, now and then, or for the first time) is leased long enough for 32 units of
+    /// it, up to this long (for its demand over that time, at least 4 units), so that its
+    /// lease lasts until its next requests and one lease call serves many of them.
     /// The bucket algorithms still cap it by `max_overshoot` (the bound is derived from the
     /// longer of the two); the window algorithms end every lease with its window.
     #[serde(with = "humantime_serde")]
