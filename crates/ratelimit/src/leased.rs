@@ -25,7 +25,7 @@ use crate::store::Store;
 
 mod batch;
 
-use batch::{Batcher, Done, Job, LeaseJob, ReleaseJob};
+use batch::{Batcher, Done, Job, LeaseJob, ReleaseJob, Reply as Answer};
 
 const MAX_SHARDS: usize = 64;
 
@@ -876,9 +876,7 @@ impl Shared {
             key: Box::from(key),
             policy: policy.clone(),
             request,
-            done: Done::new(move |answer| {
-                let _ = tx.send(answer);
-            }),
+            done: Answer::Caller(tx),
         });
         if self.batcher.submit(job) {
             rx.await
@@ -944,7 +942,7 @@ impl Shared {
             key: Box::from(key),
             policy: policy.clone(),
             request,
-            done,
+            done: Answer::Then(done),
         });
         // Without a runtime the job is dropped: its answer, an error, cancels the call.
         let _ = self.batcher.submit(job);

@@ -10,6 +10,9 @@
 //! [`MAX_ITEMS`] calls are queued, when the batch in flight comes back, or [`LINGER`] after
 //! the first queued call, whichever is first. Under load a batch carries what queued during
 //! the previous one's round trip, and no request waits for another batch than its own.
+//! At most [`MAX_IN_FLIGHT`] batches are in flight (a hung store): calls then queue, and a
+//! call whose request gave up (its limiter's timeout) is dropped unsent, so a hang holds a
+//! bounded number of tasks and calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,10 @@ pub(super) const MAX_ITEMS: usize = 64;
 pub(super) const LINGER: Duration = Duration::from_millis(1);
 /// A call a request waits on leaves at once while fewer batches than this are in flight.
 const URGENT_IN_FLIGHT: usize = 4;
+/// No batch leaves while this many are in flight (a hung store): calls queue, and those
+/// whose request gave up are dropped from the queue, so a hang holds a bounded number of
+/// calls and tasks.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// What to do with a call's answer. Dropped unanswered (its batcher's runtime went away),
 /// it is answered with an error, so that a book never waits for it forever.
@@ -57,12 +64,35 @@ impl<T> Drop for Done<T> {
     }
 }
 
+/// Who gets a lease call's answer: a request waiting on it, or a callback.
+pub(super) enum Reply {
+    /// A request waits (it may give up: its limiter's timeout).
+    Caller(tokio::sync::oneshot::Sender<Result<Lease>>),
+    Then(Done<Lease>),
+}
+
+impl Reply {
+    fn answer(self, result: Result<Lease>) {
+        match self {
+            Self::Caller(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Then(done) => done.answer(result),
+        }
+    }
+
+    /// The request that waited gave up (it settled its book itself): the call is not sent.
+    fn abandoned(&self) -> bool {
+        matches!(self, Self::Caller(tx) if tx.is_closed())
+    }
+}
+
 /// One key's lease call.
 pub(super) struct LeaseJob {
     pub(super) key: Box<str>,
     pub(super) policy: Policy,
     pub(super) request: LeaseRequest,
-    pub(super) done: Done<Lease>,
+    pub(super) done: Reply,
 }
 
 /// One key's give-back.
@@ -82,6 +112,10 @@ impl Job {
     /// A request waits on this call: it leaves with the next batch at once.
     fn urgent(&self) -> bool {
         matches!(self, Self::Lease(j) if j.request.cost > 0)
+    }
+
+    fn abandoned(&self) -> bool {
+        matches!(self, Self::Lease(j) if j.done.abandoned())
     }
 }
 
@@ -153,7 +187,12 @@ async fn run(
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(msg) => msg,
                 Err(_) => {
-                    in_flight += flush(&inner, &mut queued, &tx);
+                    if in_flight < MAX_IN_FLIGHT {
+                        in_flight += flush(&inner, &mut queued, &tx);
+                    } else {
+                        queued.retain(|j| !j.abandoned());
+                        deadline = Instant::now() + LINGER;
+                    }
                     continue;
                 }
             }
@@ -185,7 +224,7 @@ async fn run(
                 }
                 if in_flight == 0
                     || (urgent && in_flight < URGENT_IN_FLIGHT)
-                    || queued.len() >= MAX_ITEMS
+                    || (queued.len() >= MAX_ITEMS && in_flight < MAX_IN_FLIGHT)
                 {
                     in_flight += flush(&inner, &mut queued, &tx);
                 }
@@ -219,6 +258,7 @@ async fn send(inner: &dyn Store, jobs: Vec<Job>) {
     let (mut leases, mut releases) = (Vec::new(), Vec::new());
     for job in jobs {
         match job {
+            Job::Lease(j) if j.done.abandoned() => {}
             Job::Lease(j) => leases.push(j),
             Job::Release(j) => releases.push(j),
         }
