@@ -228,6 +228,12 @@ impl QuotaState {
         })
     }
 
+    /// The machine this state holds, when it is an `M` (one comparison once inlined).
+    #[inline]
+    pub(crate) fn machine_mut<M: Machine + 'static>(&mut self) -> Option<&mut M> {
+        on_machine!(&mut self.0, s => (s as &mut dyn std::any::Any).downcast_mut::<M>())
+    }
+
     /// The algorithm this state belongs to.
     pub fn algorithm(&self) -> Algorithm {
         fn of<M: Machine>(_: &M) -> Algorithm {

@@ -282,6 +282,7 @@ impl MemoryStore {
 
     /// The decision, synchronously (what [`Store::acquire`](crate::Store::acquire) runs; no
     /// I/O, one shard lock). `subject` is a text key or an integer id ([`Subject`]).
+    #[inline]
     pub fn acquire_sync<'k>(
         &self,
         subject: impl Into<Subject<'k>>,
@@ -296,6 +297,7 @@ impl MemoryStore {
     /// [`Decision`]: no allocation at all for a known key. The same decision as
     /// [`acquire_sync`](Self::acquire_sync), for hot paths that need no headers or
     /// retry times.
+    #[inline]
     pub fn allow_sync<'k>(
         &self,
         subject: impl Into<Subject<'k>>,

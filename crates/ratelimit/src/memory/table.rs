@@ -38,12 +38,17 @@ pub(super) trait Form {
     /// Runs `op`; when this form cannot hold the result, `Err` with the states, unchanged,
     /// in the wide form.
     fn run<O: Op>(s: &mut Self::State, l: &WordLayout, p: &Policy, op: O) -> Result<O::Out, List>;
+    /// Runs `op` on states of this form kept in the wide table.
+    #[inline]
+    fn run_wide<O: Op>(list: &mut List, policy: &Policy, op: O) -> O::Out {
+        op.list(&mut list.0, policy)
+    }
 }
 
 /// A single quota's state in one word, laid out by its machine's codec.
 pub(super) struct Word<M>(PhantomData<M>);
 
-impl<M: OneWord> Form for Word<M> {
+impl<M: OneWord + 'static> Form for Word<M> {
     type State = u64;
     const SPILLS: bool = true;
     fn layout(policy: &Policy) -> WordLayout {
@@ -65,6 +70,15 @@ impl<M: OneWord> Form for Word<M> {
             None => return Err(List::of_word(M::ALGORITHM, *w, l)),
         }
         Ok(out)
+    }
+    /// The machine's own transition (as in its word), not the list walk: a busy bucket
+    /// with a large burst lives here.
+    #[inline]
+    fn run_wide<O: Op>(list: &mut List, policy: &Policy, op: O) -> O::Out {
+        match list.0.first_mut().and_then(QuotaState::machine_mut::<M>) {
+            Some(m) => op.one(m, only(policy)),
+            None => unreachable!("a one-word group's wide states are its machine's"),
+        }
     }
 }
 
@@ -228,11 +242,11 @@ impl<K: StoredKey> Tables<K> {
                 Err(wide) => wide,
             };
             let (Entry { key, .. }, _) = found.remove();
-            return Some(self.insert_wide(h, key, wide, policy, rehash, op));
+            return Some(self.insert_wide::<F, O>(h, key, wide, policy, rehash, op));
         }
         if F::SPILLS && !self.lists.is_empty() {
             let e = self.lists.find_mut(h, |e| e.key.matches(key))?;
-            return Some(op.list(&mut e.state.0, policy));
+            return Some(F::run_wide(&mut e.state, policy, op));
         }
         None
     }
@@ -252,20 +266,20 @@ impl<K: StoredKey> Tables<K> {
     ) -> O::Out {
         let Some(mut state) = F::fresh(layout, policy, now) else {
             let wide = List(algorithm::fresh_states(policy, now).into());
-            return self.insert_wide(h, key, wide, policy, rehash, op);
+            return self.insert_wide::<F, O>(h, key, wide, policy, rehash, op);
         };
         match F::run(&mut state, layout, policy, op) {
             Ok(out) => {
                 F::table(self).insert_unique(h, Entry { key, state }, |e| rehash(&e.key));
                 out
             }
-            Err(wide) => self.insert_wide(h, key, wide, policy, rehash, op),
+            Err(wide) => self.insert_wide::<F, O>(h, key, wide, policy, rehash, op),
         }
     }
 
     /// Runs `op` on `wide`, then keeps it for `key` in the wide table.
     #[cold]
-    fn insert_wide<O: Op>(
+    fn insert_wide<F: Form, O: Op>(
         &mut self,
         h: u64,
         key: K,
@@ -274,7 +288,7 @@ impl<K: StoredKey> Tables<K> {
         rehash: &impl Fn(&K) -> u64,
         op: O,
     ) -> O::Out {
-        let out = op.list(&mut wide.0, policy);
+        let out = F::run_wide(&mut wide, policy, op);
         self.lists
             .insert_unique(h, Entry { key, state: wide }, |e| rehash(&e.key));
         out
