@@ -229,7 +229,10 @@ impl ScoredPair {
         if let Some(reason) = self.query.veto(&self.cached, config) {
             return Some(reason);
         }
-        let floor = config.substitution_similarity.unwrap_or(self.span_floor);
+        let floor = self.query.substitution_floor(
+            &self.cached,
+            config.substitution_similarity.unwrap_or(self.span_floor),
+        );
         match self.span_similarity {
             Some(s) if config.substitutions && s < floor => Some(VetoReason::Substitution),
             _ => None,

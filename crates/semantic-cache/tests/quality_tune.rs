@@ -214,6 +214,7 @@ async fn tune_minilm() {
     let scored = sweep(&minilm, &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95]).await;
     minilm.save();
     span_judges(&minilm.inner, &scored);
+    span_shapes(&scored);
     if std::env::var_os("MISTAKES").is_some() {
         let t = std::env::var("AT").map_or(minilm.recommended_threshold(), |x| x.parse().unwrap());
         mistakes(&scored, t);
@@ -280,5 +281,56 @@ fn span_judges(minilm: &palisade_semantic_cache::minilm::MiniLmEmbedder, scored:
                 .collect();
             println!("| {floor:.2} | {} |", cells.join(" | "));
         }
+    }
+}
+
+/// Span judge floors by the shape of the difference (one word for one word, an insertion,
+/// several words): hits / traps passing at each floor, tune part, similarity >= 0.80.
+#[cfg(feature = "candle")]
+fn span_shapes(scored: &[ScoredPair]) {
+    let shape = |s: &ScoredPair| -> &'static str {
+        let (a, b) = s.query.substitution(&s.cached).unwrap_or_default();
+        if s.query.is_insertion(&s.cached) {
+            "insertion"
+        } else if a.split(' ').count() == 1 && b.split(' ').count() == 1 {
+            "one-for-one"
+        } else if a.split(' ').count() + b.split(' ').count() <= 3 {
+            "two-for-one"
+        } else {
+            "several"
+        }
+    };
+    for name in ["one-for-one", "two-for-one", "several", "insertion"] {
+        let mut hits = Vec::new();
+        let mut traps = Vec::new();
+        for s in scored {
+            if let Some(x) = s.span_similarity
+                && s.similarity >= 0.8
+                && s.query.veto(&s.cached, &GuardConfig::default()).is_none()
+                && shape(s) == name
+            {
+                if s.pair.should_hit {
+                    hits.push(x);
+                } else {
+                    traps.push(x);
+                }
+            }
+        }
+        let cells: Vec<String> = [-1.0f32, 0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+            .iter()
+            .map(|f| {
+                format!(
+                    "{f:.2}:{}/{}",
+                    hits.iter().filter(|x| **x >= *f).count(),
+                    traps.iter().filter(|x| **x >= *f).count()
+                )
+            })
+            .collect();
+        println!(
+            "{name} (hits {}, traps {}): {}",
+            hits.len(),
+            traps.len(),
+            cells.join("  ")
+        );
     }
 }
