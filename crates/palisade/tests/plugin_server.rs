@@ -508,10 +508,16 @@ async fn limits_change_at_run_time_validated_and_audited() {
     let served = s.complete(&token, "page 3").await;
     assert_eq!(served.status, 200, "{}", served.body);
     assert_eq!(served.header("x-ratelimit-limit"), Some("600"));
-    // Lowered: refused at the next call.
+    // Lowered: the bucket keeps its level, capped at the new burst of 1, so at most one
+    // more request passes (one does when 200 ms or more of the raised rate went by since
+    // the refusal above: a loaded machine), and the next is refused.
     let lowered = put(json!({"per_minute": 1, "burst": 1}), "req-lower").await;
     assert_eq!(lowered.status, 200);
-    assert_eq!(s.complete(&token, "page 4").await.status, 429);
+    let first = s.complete(&token, "page 4").await.status;
+    assert!(first == 200 || first == 429, "{first}");
+    if first == 200 {
+        assert_eq!(s.complete(&token, "page 5").await.status, 429);
+    }
 
     // Validated.
     for (body, code) in [
