@@ -819,7 +819,7 @@ impl crate::store::Store for RedisStore {
 
     /// One script call (`src/lua/batch.lua`) per algorithm and Redis Cluster slot (per
     /// algorithm on a single node), at most 128 calls each, all at once: each key's call does
-    /// what [`lease`](Self::lease)'s own script would, atomically; a failed script call
+    /// what [`Store::lease`](crate::Store::lease)'s own script would, atomically; a failed script call
     /// fails the calls it carried.
     async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
         let items: Vec<Item<'_>> = calls.iter().map(Item::Lease).collect();
@@ -835,7 +835,7 @@ impl crate::store::Store for RedisStore {
             .collect()
     }
 
-    /// In the batch script of [`lease_many`](Self::lease_many); give-backs that need no
+    /// In the batch script of [`Store::lease_many`](crate::Store::lease_many); give-backs that need no
     /// call (nothing to give, no ledger record for a bucket, the log) answer at once.
     async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<Result<()>> {
         let sent: Vec<usize> = (0..gives.len())
