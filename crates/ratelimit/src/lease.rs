@@ -672,6 +672,11 @@ fn units_of(x: f64) -> u64 {
     }
 }
 
+/// A book asks for a lease in the background only while it holds fewer leases than this,
+/// so an instance holds at most this many (each at most `max_share` of what was left when
+/// it was granted): what a crash strands, and what a live instance holds unspent.
+pub(crate) const MAX_HELD_LEASES: usize = 2;
+
 /// Report numbers: one counter for the process, so every owner's only grow.
 static REPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -949,6 +954,17 @@ impl Book {
         if !plan.prefetch || self.leasing || now < self.quiet_until || self.figures.is_empty() {
             return None;
         }
+        // At most two leases at once: the one being spent and its renewal. (Renewing while
+        // two are held let a book pile up a lease per round trip, each a tenth of what was
+        // left, while it spent the first: a SIGKILLed instance was seen holding three.)
+        let live = self
+            .held
+            .iter()
+            .filter(|h| h.units > 0 && h.expires > now)
+            .count();
+        if live >= MAX_HELD_LEASES {
+            return None;
+        }
         // The demand since the last ask counts too: a key leased before it had any (its
         // first lease) renews ahead of need once it spends.
         let recent = self.spent as f64 / now.saturating_sub(self.mark).max(1) as f64;
@@ -1117,6 +1133,13 @@ impl Book {
         Dropped(call.reserved.into_iter().map(|h| h.units).sum())
     }
 
+    /// The call was never sent (its request gave up while it was queued): the store counted
+    /// nothing, and the units it carried are held again.
+    pub(crate) fn unsend(&mut self, call: Call) {
+        self.settle(&call);
+        self.held.extend(call.reserved);
+    }
+
     fn settle(&mut self, call: &Call) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if call.wanted {
@@ -1137,8 +1160,12 @@ impl Book {
         self.denial = None;
     }
 
-    /// Every unit held, taken out of the book (to give back at shutdown).
+    /// Every unit held, taken out of the book (to give back at shutdown). The demand seen
+    /// since the last call is forgotten too, so that the sweeper does not lease again for a
+    /// key nobody decided since (it renewed such a key once: a lease taken after the
+    /// give-back, held by an instance about to stop).
     pub(crate) fn take_all(&mut self) -> Vec<Held> {
+        self.spent = 0;
         let reported = self.reported;
         let mut all = std::mem::take(&mut self.held);
         for h in &mut all {

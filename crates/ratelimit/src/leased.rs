@@ -25,7 +25,7 @@ use crate::store::Store;
 
 mod batch;
 
-use batch::{Batcher, Done, Job, LeaseJob, ReleaseJob, Reply as Answer};
+use batch::{Batcher, Done, Job, LeaseJob, ReleaseJob, Reply as Answer, Waiter};
 
 const MAX_SHARDS: usize = 64;
 
@@ -763,8 +763,76 @@ impl Shared {
             .map(|e| f(&mut e.book))
     }
 
-    /// Send `call` and apply the answer (a request waits on this).
+    /// Send `call` and apply the answer (a request waits on this). The answer is applied to
+    /// the book even when the request gave up meanwhile (its limiter's timeout): what the
+    /// store granted is this instance's to spend, and the units the call carried come back
+    /// to the book when it was never sent. (Before, a request that gave up after its call
+    /// left dropped the grant and the carried units: counted in the store, held by nobody,
+    /// and left out of the ledger by the instance's next report.)
     async fn remote(
+        self: &Arc<Self>,
+        key: &str,
+        policy: &Policy,
+        plan: Plan,
+        call: Call,
+        epoch: u64,
+    ) -> Result<Decision> {
+        let request = call.request;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.remote_direct(key, policy, plan, call, epoch).await;
+        }
+        let in_flight = InFlight::new(&self.calls);
+        let (shared, key_c, policy_c) = (Arc::clone(self), Box::<str>::from(key), policy.clone());
+        let started = Instant::now();
+        let settle: batch::Settle = Box::new(move |outcome: Option<Result<Lease>>| {
+            let _in_flight = in_flight;
+            let (key, policy) = (&*key_c, &policy_c);
+            match outcome {
+                None => {
+                    shared.with_book(key, policy, epoch, |b| b.unsend(call));
+                    Err(Error::backend("the lease call was not sent", true))
+                }
+                Some(Ok(lease)) => {
+                    shared.observe_rtt(started.elapsed());
+                    let allowance = shared.apply(key, policy, plan, call, epoch, &lease);
+                    Ok(with_allowance(&lease.decision, policy, allowance))
+                }
+                Some(Err(error)) => {
+                    let quiet = shared.clock.now().saturating_add(shared.quiet());
+                    let dropped = shared
+                        .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
+                        .map_or(0, |Dropped(d)| d);
+                    count_units(policy, "dropped", dropped);
+                    count_call(policy, "error");
+                    Err(error)
+                }
+            }
+        });
+        let span = tracing::debug_span!(
+            "ratelimit.lease",
+            policy = policy.name(),
+            cost = request.cost,
+            want = request.want,
+            background = false
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Lease(LeaseJob {
+            key: Box::from(key),
+            policy: policy.clone(),
+            request,
+            done: Answer::Caller(Waiter::new(tx, settle)),
+        });
+        // Queued on the current runtime (checked above); a job it could not queue was
+        // settled as failed when dropped.
+        let _ = self.batcher.submit(job);
+        rx.instrument(span)
+            .await
+            .unwrap_or_else(|_| Err(Error::backend("the lease batch was dropped", true)))
+    }
+
+    /// [`remote`](Self::remote) without a tokio runtime to batch on: straight to the shared
+    /// store (a request that gives up drops what the call carried).
+    async fn remote_direct(
         self: &Arc<Self>,
         key: &str,
         policy: &Policy,
@@ -781,18 +849,8 @@ impl Shared {
             epoch,
             call: Some(call),
         };
-        let span = tracing::debug_span!(
-            "ratelimit.lease",
-            policy = policy.name(),
-            cost = request.cost,
-            want = request.want,
-            background = false
-        );
         let started = Instant::now();
-        let result = self
-            .lease_batched(key, policy, request)
-            .instrument(span)
-            .await;
+        let result = self.inner.lease(key, policy, &request).await;
         let call = pending.call.take().expect("the call is settled once");
         match result {
             Ok(lease) => {
@@ -861,29 +919,6 @@ impl Shared {
             },
         );
         allowance
-    }
-
-    /// One lease call, in the next batch (straight to the shared store when no runtime
-    /// can run the batcher).
-    async fn lease_batched(
-        &self,
-        key: &str,
-        policy: &Policy,
-        request: LeaseRequest,
-    ) -> Result<Lease> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job::Lease(LeaseJob {
-            key: Box::from(key),
-            policy: policy.clone(),
-            request,
-            done: Answer::Caller(tx),
-        });
-        if self.batcher.submit(job) {
-            rx.await
-                .unwrap_or_else(|_| Err(Error::backend("the lease batch was dropped", true)))
-        } else {
-            self.inner.lease(key, policy, &request).await
-        }
     }
 
     /// Send a call that only leases, in the next batch; nobody waits on it.

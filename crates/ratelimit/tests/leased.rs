@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use palisade_ratelimit::{
     Algorithm, Clock, DecisionSource, FailureMode, FakeClock, LeaseConfig, LeaseRequest,
-    LeasedStore, MemoryStore, Policy, Quota, RateLimiter, RedisStore, Store, SystemClock,
+    LeasedStore, MemoryStore, Policy, Quota, RateLimiter, RedisConnection, RedisStore, Store,
+    SystemClock,
 };
 use palisade_testkit::{RedisServer, test_redis};
 
@@ -287,6 +288,22 @@ async fn hammer(
     }
 }
 
+/// Every store gives back what it holds, and no call of theirs is in flight afterwards.
+async fn give_back_everything(stores: &[LeasedStore], policy: &Policy) {
+    loop {
+        for store in stores {
+            store.release_all().await.unwrap();
+        }
+        for store in stores {
+            store.settled().await;
+        }
+        // A background renewal sent before a give-back may have landed after it.
+        if stores.iter().all(|s| s.allowance("hot", policy) == 0) {
+            return;
+        }
+    }
+}
+
 /// Four instances (each its own `LeasedStore` and connection) on one key, 16 tasks each,
 /// far more requests than the quota: exactly the quota is admitted for every leasable
 /// algorithm (server time frozen by a fake clock: no refill, no new window), most of it
@@ -328,9 +345,22 @@ async fn four_instances_in_one_process_admit_exactly_the_quota() {
         // with the server's time frozen they never do, so each gives back what it holds (as
         // at shutdown) and one instance spends what is left.
         let before_release = tally.admitted.load(Ordering::Relaxed);
-        for store in &stores {
-            store.release_all().await.unwrap();
-        }
+        give_back_everything(&stores, &policy).await;
+        // The ledger balances: with nothing held, Redis counts exactly what was admitted
+        // (a unit granted and neither spent, held nor given back would show here).
+        let left = stores[0]
+            .inner()
+            .peek("hot", &policy)
+            .await
+            .unwrap()
+            .remaining()
+            .unwrap();
+        assert_eq!(
+            20_000 - left,
+            before_release,
+            "{alg}: Redis counts {} units, {before_release} were admitted and none is held",
+            20_000 - left
+        );
         hammer(
             stores[0].clone(),
             policy.clone(),
@@ -347,8 +377,9 @@ async fn four_instances_in_one_process_admit_exactly_the_quota() {
             admitted <= 20_000,
             "{alg}: {admitted} admitted, over the quota"
         );
-        // 32,000 requests for 20,000 units, then the leftovers given back and spent.
-        assert!(admitted >= 19_000, "{alg}: only {admitted} admitted");
+        // 32,000 requests for 20,000 units, then the leftovers given back and spent:
+        // exactly the quota.
+        assert_eq!(admitted, 20_000, "{alg}: {admitted} admitted");
         if alg == Algorithm::SlidingWindowLog {
             assert_eq!(local, 0, "the log is never leased");
             assert_eq!(admitted, 20_000);
@@ -483,6 +514,90 @@ async fn a_hung_redis_never_stalls_a_request_while_allowance_is_left() {
     let d = limiter.acquire("k", &policy, 1).await;
     assert_eq!(d.source, DecisionSource::FailOpen, "{d:?}");
     server.resume();
+}
+
+/// A request that gives up (its limiter's timeout) while its lease call is out strands
+/// nothing: the call's answer still reaches the instance, which then holds what Redis
+/// granted (and the units the call carried); a call that never left is taken back. The
+/// ledger balances: what Redis counts is what was admitted, plus what is held, plus at most
+/// the cost of each request that gave up (counted when its call ran). Before the fix the
+/// grant of every such call was counted in Redis and held by nobody (a lease of at least 5
+/// units per give-up here, and of up to a tenth of what remained under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_gives_up_strands_nothing() {
+    let server = RedisServer::builder().start_async().await.unwrap();
+    // No store timeout, nor the client's (500 ms by default): the call outlives the pause
+    // and is answered after it. (A call the client gives up on after sending it is an
+    // error, and the store may have run it: that grant is lost, as before.)
+    let config = palisade_testkit::redis::AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(None);
+    let conn = palisade_testkit::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let inner = RedisStore::from_connection(RedisConnection::Multiplexed(conn));
+    let store = LeasedStore::builder(inner)
+        .config(
+            LeaseConfig::default()
+                .max_lease(Duration::from_secs(60))
+                .prefetch(false),
+        )
+        .build()
+        .unwrap();
+    let limiter = RateLimiter::builder(store.clone())
+        .failure_mode(FailureMode::FailClosed)
+        .timeout(Duration::from_millis(20))
+        .build();
+    let quota = 1_000_000;
+    let policy = Policy::single(
+        "gave-up",
+        Algorithm::FixedWindow,
+        Quota::new(quota, Duration::from_secs(366 * 86_400)),
+    )
+    .unwrap();
+    let (mut admitted, mut gave_up) = (0u64, 0u64);
+    for _ in 0..4 {
+        // Spend what is held, so that the next request calls Redis.
+        loop {
+            let rest = store.allowance("k", &policy);
+            if rest == 0 {
+                break;
+            }
+            let d = limiter.acquire("k", &policy, rest).await;
+            assert!(d.allowed && d.source == DecisionSource::Lease, "{d:?}");
+            admitted += rest;
+        }
+        // Redis hangs for far longer than the limiter waits: the request gives up while
+        // its call is queued or in Redis' socket, and the call runs after the pause.
+        server.pause(Duration::from_millis(300));
+        let d = limiter.acquire("k", &policy, 1).await;
+        if d.allowed {
+            admitted += 1;
+        } else {
+            assert_eq!(d.source, DecisionSource::FailClosed, "{d:?}");
+            gave_up += 1;
+        }
+        store.settled().await;
+        let left = store
+            .inner()
+            .peek("k", &policy)
+            .await
+            .unwrap()
+            .remaining()
+            .unwrap();
+        let counted = quota - left;
+        let held = store.allowance("k", &policy);
+        assert!(
+            counted >= admitted + held && counted <= admitted + held + gave_up,
+            "Redis counts {counted}; admitted {admitted}, held {held}, {gave_up} gave up"
+        );
+    }
+    assert!(
+        gave_up > 0,
+        "no request gave up: the pause never outlasted the timeout"
+    );
 }
 
 /// Redis restarted mid-window under four instances. The restarted Redis forgot the

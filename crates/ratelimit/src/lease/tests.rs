@@ -42,8 +42,12 @@ enum Act {
     Request(u64),
     /// The instance looks at its leases (what the sweeper does).
     Sweep,
-    /// The instance abandons one of its calls in flight (a timeout).
+    /// One of the instance's calls fails (an error, or the store's answer lost): the book
+    /// cancels it.
     Abandon,
+    /// The request waiting on one of the instance's calls gives up before the call is sent
+    /// (its limiter's timeout while the call is queued): the book takes its units back.
+    Unsent,
 }
 
 fn act() -> impl Strategy<Value = Act> {
@@ -51,6 +55,7 @@ fn act() -> impl Strategy<Value = Act> {
         8 => (0u64..4).prop_map(Act::Request),
         1 => Just(Act::Sweep),
         1 => Just(Act::Abandon),
+        1 => Just(Act::Unsent),
     ]
 }
 
@@ -220,6 +225,19 @@ impl Sim {
                 }
             }
             Act::Sweep => self.books[who].expire(local, |h| ended.push(h)),
+            Act::Unsent => {
+                let mine = self
+                    .pending
+                    .iter()
+                    .position(|(_, _, m)| matches!(m, Msg::Call { who: w, .. } if *w == who));
+                if let Some(i) = mine {
+                    let (_, _, msg) = self.pending.swap_remove(i);
+                    let Msg::Call { call, .. } = msg else {
+                        unreachable!("matched a call")
+                    };
+                    self.books[who].unsend(call);
+                }
+            }
             Act::Abandon => {
                 let mine = self.pending.iter().position(|(_, _, m)| {
                     matches!(m, Msg::Call { who: w, .. } | Msg::Answer { who: w, .. } if *w == who)
@@ -320,6 +338,10 @@ proptest! {
             now += dt;
             sim.run_until(now);
             sim.act(who % instances, act, now);
+            for (b, off) in sim.books.iter().zip(&sim.offsets) {
+                let live = b.held.iter().filter(|h| h.units > 0 && h.expires > now + off).count();
+                prop_assert!(live <= MAX_HELD_LEASES, "a book holds {} leases: {:?}", live, b.held);
+            }
         }
         sim.run_until(u64::MAX);
 
@@ -519,4 +541,78 @@ fn held_units_count_only_while_valid() {
             "{alg}: stale held units do not"
         );
     }
+}
+
+/// A book holds at most two leases, whatever its demand: renewed in the background only
+/// while it holds fewer. Here each grant (a tenth of what is left) is far below the demand
+/// over a renewal's lead, so every local decision finds the allowance low; answered at
+/// once, the renewals used to pile up a lease per decision.
+#[test]
+fn a_book_holds_at_most_two_leases() {
+    let policy = Policy::single("cap", Algorithm::FixedWindow, Quota::per_hour(20_000)).unwrap();
+    let params = policy.params().to_vec();
+    let alg = policy.algorithm();
+    let plan = Plan {
+        lifetime: 1_000_000,
+        share_permille: 100,
+        max_denial: 1_000_000,
+        prefetch: true,
+        sparse: 1_000_000,
+        owner: 0,
+        grace: 0,
+    };
+    let mut states = fresh_states(&policy, T0);
+    let mut book = Book::new(T0);
+    let mut answer = |book: &mut Book, call: Call, now: u64| {
+        let mut verdicts = [Verdict::NONE];
+        let o = lease(
+            &mut Many {
+                states: &mut states,
+                params: &params,
+            },
+            alg,
+            now,
+            &call.request,
+            &mut verdicts,
+        );
+        let reply = Reply {
+            admitted: o.admitted,
+            used_held: o.used_held,
+            stale_held: o.stale_held,
+            granted: o.granted,
+            lifetime: o.lifetime,
+            granted_at: o.granted_at,
+            verdicts: &verdicts,
+        };
+        assert_eq!(book.finish(call, &reply, &plan, now), Dropped(0));
+    };
+    let (mut now, mut most) = (T0, 0);
+    for _ in 0..5_000 {
+        // 100,000 requests a second.
+        now += 10;
+        let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
+        match book.begin(&policy, &plan, now, 1, &mut out, &mut ended) {
+            Step::Local => {
+                if let Some(call) = book.refresh(&plan, now, 0) {
+                    answer(&mut book, call, now);
+                }
+            }
+            Step::Remote(call) => answer(&mut book, call, now),
+            Step::Denied => break,
+        }
+        assert!(ended.is_empty());
+        let live = book
+            .held
+            .iter()
+            .filter(|h| h.units > 0 && h.expires > now)
+            .count();
+        assert!(
+            live <= MAX_HELD_LEASES,
+            "{live} leases held: {:?}",
+            book.held
+        );
+        most = most.max(live);
+    }
+    // A renewal does land while the lease before it still holds units.
+    assert_eq!(most, MAX_HELD_LEASES);
 }

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 use crate::quota::Policy;
@@ -64,26 +65,67 @@ impl<T> Drop for Done<T> {
     }
 }
 
+/// What a request's call does with its answer: applies it to its book (whether or not the
+/// request still waits: a grant that reached the store is the instance's, not lost with a
+/// request that gave up) and makes the request's decision. `None`: the call was never sent
+/// (its request gave up first), so the store counted nothing and the book takes its units
+/// back.
+pub(super) type Settle = Box<dyn FnOnce(Option<Result<Lease>>) -> Result<Decision> + Send>;
+
+/// A request waiting on its call (it may give up: its limiter's timeout). Dropped
+/// unanswered (its batcher's runtime went away, maybe after sending it), the call is settled
+/// as failed.
+pub(super) struct Waiter {
+    tx: Option<tokio::sync::oneshot::Sender<Result<Decision>>>,
+    settle: Option<Settle>,
+}
+
+impl Waiter {
+    pub(super) fn new(tx: tokio::sync::oneshot::Sender<Result<Decision>>, settle: Settle) -> Self {
+        Self {
+            tx: Some(tx),
+            settle: Some(settle),
+        }
+    }
+
+    fn finish(mut self, outcome: Option<Result<Lease>>) {
+        if let Some(settle) = self.settle.take() {
+            let decision = settle(outcome);
+            if let Some(tx) = self.tx.take() {
+                let _ = tx.send(decision);
+            }
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            let _ = settle(Some(Err(Error::backend(
+                "the lease batch was dropped",
+                true,
+            ))));
+        }
+    }
+}
+
 /// Who gets a lease call's answer: a request waiting on it, or a callback.
 pub(super) enum Reply {
-    /// A request waits (it may give up: its limiter's timeout).
-    Caller(tokio::sync::oneshot::Sender<Result<Lease>>),
+    Caller(Waiter),
     Then(Done<Lease>),
 }
 
 impl Reply {
     fn answer(self, result: Result<Lease>) {
         match self {
-            Self::Caller(tx) => {
-                let _ = tx.send(result);
-            }
+            Self::Caller(w) => w.finish(Some(result)),
             Self::Then(done) => done.answer(result),
         }
     }
 
-    /// The request that waited gave up (it settled its book itself): the call is not sent.
+    /// The request that waited gave up before its call was sent: it is not sent.
     fn abandoned(&self) -> bool {
-        matches!(self, Self::Caller(tx) if tx.is_closed())
+        matches!(self, Self::Caller(w) if w.tx.as_ref().is_none_or(|tx| tx.is_closed()))
     }
 }
 
@@ -116,6 +158,27 @@ impl Job {
 
     fn abandoned(&self) -> bool {
         matches!(self, Self::Lease(j) if j.done.abandoned())
+    }
+
+    /// Settle a job that will not be sent (its request gave up): the store counted nothing.
+    fn unsent(self) {
+        if let Self::Lease(LeaseJob {
+            done: Reply::Caller(w),
+            ..
+        }) = self
+        {
+            w.finish(None);
+        }
+    }
+}
+
+/// Take the abandoned jobs out of `queued`, settled as never sent.
+fn drop_abandoned(queued: &mut Vec<Job>) {
+    let (gone, kept): (Vec<Job>, Vec<Job>) =
+        std::mem::take(queued).into_iter().partition(Job::abandoned);
+    *queued = kept;
+    for job in gone {
+        job.unsent();
     }
 }
 
@@ -190,7 +253,7 @@ async fn run(
                     if in_flight < MAX_IN_FLIGHT {
                         in_flight += flush(&inner, &mut queued, &tx);
                     } else {
-                        queued.retain(|j| !j.abandoned());
+                        drop_abandoned(&mut queued);
                         deadline = Instant::now() + LINGER;
                     }
                     continue;
@@ -258,7 +321,7 @@ async fn send(inner: &dyn Store, jobs: Vec<Job>) {
     let (mut leases, mut releases) = (Vec::new(), Vec::new());
     for job in jobs {
         match job {
-            Job::Lease(j) if j.done.abandoned() => {}
+            Job::Lease(j) if j.done.abandoned() => Job::Lease(j).unsent(),
             Job::Lease(j) => leases.push(j),
             Job::Release(j) => releases.push(j),
         }

@@ -87,6 +87,14 @@ local function record(owner, report, snapshot, delta, at, ends_if_granted)
   put(owner, units, at, ends, seq)
   local due = tonumber(redis.call('HGET', ledger, 'due'))
   if due == nil or ends < due then redis.call('HSET', ledger, 'due', fmt(ends)) end
+  -- The ledger lives at least as long as the counters it accounts for: a record that
+  -- vanished with its key before they did would strand its units in them (until the
+  -- window ends), and a live owner's give-back that finds no record gives nothing back.
   local keep = math.ceil((ends - now) / 1000) + 1000
+  for i = 1, n do
+    local q = quota(i)
+    local t = ttl_ms(q)
+    if t > keep then keep = t end
+  end
   if redis.call('PTTL', ledger) < keep then redis.call('PEXPIRE', ledger, keep) end
 end
