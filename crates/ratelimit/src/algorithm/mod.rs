@@ -37,8 +37,8 @@
 
 use std::fmt;
 
-use crate::decision::RawVerdict;
-use crate::quota::{Algorithm, Params, Policy, Quota};
+use crate::decision::{Decision, DecisionSource, RawVerdict};
+use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy, Quota};
 
 mod fixed_window;
 mod gcra;
@@ -138,6 +138,88 @@ pub(crate) trait Op: Copy {
     }
     /// On the states of several quotas.
     fn list(self, states: &mut [QuotaState], policy: &Policy) -> Self::Out;
+}
+
+// The memory store's calls as operations (its lease calls are in `crate::lease`).
+
+/// Admit or deny, nothing else (`MemoryStore::allow_sync`).
+#[derive(Clone, Copy)]
+pub(crate) struct Admit {
+    pub(crate) now: u64,
+    pub(crate) cost: u64,
+}
+
+impl Op for Admit {
+    type Out = bool;
+    #[inline]
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> bool {
+        m.take(q, self.now, self.cost)
+    }
+    #[inline]
+    fn log(self, log: &mut SlidingLog, ends: &mut LogEnds, q: &Params) -> bool {
+        log.take_at_ends(ends, q, self.now, self.cost)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> bool {
+        admit_aligned(states, policy, self.now, self.cost)
+    }
+}
+
+/// The decision with every quota's verdict, built where the verdicts are (a single quota's
+/// raw verdict as the algorithm leaves it, several through a buffer on the stack): nothing
+/// is allocated for one quota.
+#[derive(Clone, Copy)]
+pub(crate) struct Decide {
+    pub(crate) now: u64,
+    pub(crate) cost: u64,
+}
+
+impl Op for Decide {
+    type Out = Decision;
+    #[inline]
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
+        Decision::one(m.decide(q, self.now, self.cost), DecisionSource::Store)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
+        let mut out = [Verdict::NONE; MAX_QUOTAS];
+        let n = states.len().min(MAX_QUOTAS);
+        let allowed = decide_into(&mut states[..n], policy, self.now, self.cost, &mut out[..n]);
+        Decision::from_verdicts(allowed, &out[..n], DecisionSource::Store)
+    }
+}
+
+/// Give units back.
+#[derive(Clone, Copy)]
+pub(crate) struct Refund {
+    pub(crate) now: u64,
+    pub(crate) cost: u64,
+}
+
+impl Op for Refund {
+    type Out = ();
+    fn one<M: Machine>(self, m: &mut M, q: &Params) {
+        m.refund(q, self.now, self.cost);
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) {
+        refund_aligned(states, policy, self.now, self.cost);
+    }
+}
+
+/// What a request of cost 1 would get, consuming nothing.
+#[derive(Clone, Copy)]
+pub(crate) struct Peek {
+    pub(crate) now: u64,
+}
+
+impl Op for Peek {
+    type Out = Decision;
+    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
+        let v = peeked(m.check(q, self.now, 1));
+        Decision::from_verdicts(v.allowed, &[v], DecisionSource::Store)
+    }
+    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
+        let (allowed, v) = peek(states, policy, self.now);
+        Decision::from_verdicts(allowed, &v, DecisionSource::Store)
+    }
 }
 
 /// How a store packs a [`OneWord`] state in one `u64`: the bits of its low field, and a
@@ -392,14 +474,18 @@ pub fn peek(states: &[QuotaState], policy: &Policy, now: u64) -> (bool, Vec<Verd
                     &fresh
                 }
             };
-            let mut v = state.check_with(q, now, 1);
-            if v.allowed {
-                v.remaining += 1;
-            }
-            v
+            peeked(state.check_with(q, now, 1))
         })
         .collect();
     (verdicts.iter().all(|v| v.allowed), verdicts)
+}
+
+/// A peek's verdict from that of a request of cost 1: what is left now.
+fn peeked(mut v: Verdict) -> Verdict {
+    if v.allowed {
+        v.remaining += 1;
+    }
+    v
 }
 
 /// Give `cost` units back to every quota (never beyond its capacity).

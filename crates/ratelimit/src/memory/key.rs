@@ -3,12 +3,14 @@
 
 use std::hash::Hasher;
 
-/// Keys of up to this many bytes are stored inline.
-pub(super) const INLINE_KEY: usize = 15;
+use super::table::{Group, Tables};
 
-/// A key stored inline when short (user ids, API-key ids, IPv4 addresses), so that comparing
-/// it touches no other cache line. Keys are UTF-8, which never contains 0xFF, so an inline
-/// key is padded with 0xFF and compared as a whole.
+/// Keys of up to this many bytes are stored inline.
+const INLINE_KEY: usize = 15;
+
+/// A text key stored inline when short (user ids, API-key ids, IPv4 addresses), so that
+/// comparing it touches no other cache line. Keys are UTF-8, which never contains 0xFF, so an
+/// inline key is padded with 0xFF and compared as a whole.
 #[derive(Debug)]
 pub(super) enum KeyBuf {
     Inline([u8; INLINE_KEY]),
@@ -41,13 +43,6 @@ impl ShortKey {
             _ => unreachable!("an inline key has 15 bytes"),
         }
     }
-
-    fn to_inline(self) -> [u8; INLINE_KEY] {
-        let mut b = [0; INLINE_KEY];
-        b[..8].copy_from_slice(&self.0.to_le_bytes());
-        b[7..].copy_from_slice(&self.1.to_le_bytes());
-        b
-    }
 }
 
 /// Up to the first eight bytes as a little-endian word, padded with 0xFF.
@@ -69,8 +64,8 @@ fn le_padded(bytes: &[u8]) -> u64 {
     word | (u64::MAX << (8 * n))
 }
 
-/// A looked-up key, put in inline form once per call when short.
-#[derive(Clone, Copy)]
+/// A text key as it is looked up and compared: in inline form (made once per call) when short.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Probe<'a> {
     Short(ShortKey),
     Long(&'a [u8]),
@@ -87,58 +82,46 @@ impl<'a> Probe<'a> {
     }
 }
 
-impl KeyBuf {
-    pub(super) fn new(key: Probe<'_>) -> Self {
-        match key {
-            Probe::Short(k) => Self::Inline(k.to_inline()),
-            Probe::Long(k) => Self::Heap(Box::new(k.into())),
-        }
-    }
-
-    #[inline]
-    fn matches(&self, key: Probe<'_>) -> bool {
-        match (self, key) {
-            (Self::Inline(a), Probe::Short(b)) => ShortKey::of_inline(a) == b,
-            (Self::Heap(a), Probe::Long(b)) => ***a == *b,
-            _ => false,
-        }
-    }
-
-    #[cfg(test)]
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Inline(b) => {
-                let n = b.iter().position(|&c| c == 0xff).unwrap_or(INLINE_KEY);
-                &b[..n]
-            }
-            Self::Heap(s) => s,
-        }
-    }
-}
-
-/// A key as a table stores it: a text key ([`KeyBuf`]) or an id (`u64`).
+/// A key as a table stores it, a text key ([`KeyBuf`]) or an id (`u64`), and which of a
+/// group's tables keeps keys of its kind.
 pub(super) trait StoredKey: Sized + std::fmt::Debug {
-    /// The looked-up form, made once per call.
+    /// The looked-up form.
     type Probe<'a>: Copy;
     fn stored(probe: Self::Probe<'_>) -> Self;
+    fn probe(&self) -> Self::Probe<'_>;
+    /// Whether this key is the probe's: its own probe equals it.
     fn matches(&self, probe: Self::Probe<'_>) -> bool;
-    /// Feeds the probe to the store's hasher; a stored key feeds the same as its probe.
-    fn write_probe(probe: Self::Probe<'_>, h: &mut impl Hasher);
-    fn write_stored(&self, h: &mut impl Hasher);
+    /// Feeds a probe to the store's hasher (a stored key hashes as its probe).
+    fn write(probe: Self::Probe<'_>, h: &mut impl Hasher);
+    fn tables(group: &mut Group) -> &mut Tables<Self>;
 }
 
 impl StoredKey for KeyBuf {
     type Probe<'a> = Probe<'a>;
-    #[inline]
     fn stored(probe: Probe<'_>) -> Self {
-        Self::new(probe)
+        match probe {
+            Probe::Short(ShortKey(lo, hi)) => {
+                let mut b = [0; INLINE_KEY];
+                b[..8].copy_from_slice(&lo.to_le_bytes());
+                b[7..].copy_from_slice(&hi.to_le_bytes());
+                Self::Inline(b)
+            }
+            Probe::Long(k) => Self::Heap(Box::new(k.into())),
+        }
+    }
+    #[inline]
+    fn probe(&self) -> Probe<'_> {
+        match self {
+            Self::Inline(b) => Probe::Short(ShortKey::of_inline(b)),
+            Self::Heap(b) => Probe::Long(b),
+        }
     }
     #[inline]
     fn matches(&self, probe: Probe<'_>) -> bool {
-        KeyBuf::matches(self, probe)
+        self.probe() == probe
     }
     #[inline]
-    fn write_probe(probe: Probe<'_>, h: &mut impl Hasher) {
+    fn write(probe: Probe<'_>, h: &mut impl Hasher) {
         match probe {
             // The two words the key is compared by; no second pass over the bytes.
             Probe::Short(ShortKey(a, b)) => {
@@ -148,11 +131,9 @@ impl StoredKey for KeyBuf {
             Probe::Long(bytes) => h.write(bytes),
         }
     }
-    fn write_stored(&self, h: &mut impl Hasher) {
-        match self {
-            Self::Inline(b) => Self::write_probe(Probe::Short(ShortKey::of_inline(b)), h),
-            Self::Heap(bytes) => h.write(bytes),
-        }
+    #[inline(always)]
+    fn tables(group: &mut Group) -> &mut Tables<Self> {
+        &mut group.text
     }
 }
 
@@ -163,15 +144,20 @@ impl StoredKey for u64 {
         probe
     }
     #[inline]
+    fn probe(&self) -> u64 {
+        *self
+    }
+    #[inline]
     fn matches(&self, probe: u64) -> bool {
         *self == probe
     }
     #[inline]
-    fn write_probe(probe: u64, h: &mut impl Hasher) {
+    fn write(probe: u64, h: &mut impl Hasher) {
         h.write_u64(probe);
     }
-    fn write_stored(&self, h: &mut impl Hasher) {
-        h.write_u64(*self);
+    #[inline(always)]
+    fn tables(group: &mut Group) -> &mut Tables<Self> {
+        &mut group.ids
     }
 }
 
@@ -194,9 +180,13 @@ mod tests {
                 *c = c.wrapping_add(1) % 0xff;
             }
             for other in [&a, &b, &near] {
-                let stored = KeyBuf::new(Probe::new(other));
-                proptest::prop_assert_eq!(stored.as_bytes(), other.as_slice());
-                proptest::prop_assert_eq!(stored.matches(Probe::new(&a)), *other == a);
+                let stored = KeyBuf::stored(Probe::new(other));
+                let bytes: &[u8] = match &stored {
+                    KeyBuf::Inline(b) => &b[..b.iter().position(|&c| c == 0xff).unwrap_or(15)],
+                    KeyBuf::Heap(s) => s,
+                };
+                proptest::prop_assert_eq!(bytes, other.as_slice());
+                proptest::prop_assert_eq!(stored.probe() == Probe::new(&a), *other == a);
             }
         }
     }

@@ -9,21 +9,20 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::algorithm::{
-    self, FixedWindow, Gcra, LogEnds, Machine, Op, QuotaState, SlidingCounter, SlidingLog,
-    TokenBucket, Verdict,
+    self, Admit, Decide, FixedWindow, Gcra, Op, Peek, Refund, SlidingCounter, TokenBucket,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::Result;
 use crate::lease::{LeaseOp, ReleaseOp};
-use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy};
+use crate::quota::{Algorithm, Policy};
 
 mod eviction;
 mod key;
 mod table;
 
 use key::{KeyBuf, Probe, StoredKey};
-use table::{Form, Kind, List, Log, Shard, Word};
+use table::{Call, List, Log, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
@@ -204,7 +203,7 @@ impl MemoryStore {
         policy: &Policy,
         key: K::Probe<'_>,
     ) -> (u64, MutexGuard<'_, Shard>) {
-        let h = self.hash_of(policy.name_hash(), |h| K::write_probe(key, h));
+        let h = self.hash_of(policy.name_hash(), |h| K::write(key, h));
         // The tables use the low bits (bucket) and the top seven (tag) of the hash; the shard
         // is picked from bits in between so that neither is constant within a shard.
         let mid = (h >> 24) & 0xffff_ffff;
@@ -232,29 +231,7 @@ impl MemoryStore {
     }
 
     #[inline]
-    fn call_as<K: Kind, O: Op>(
-        &self,
-        key: K::Probe<'_>,
-        policy: &Policy,
-        fresh: Option<u64>,
-        op: O,
-    ) -> Option<O::Out> {
-        if policy.params().len() != 1 {
-            return self.run::<K, List, O>(key, policy, fresh, op);
-        }
-        match policy.algorithm() {
-            Algorithm::Gcra => self.run::<K, Word<Gcra>, O>(key, policy, fresh, op),
-            Algorithm::TokenBucket => self.run::<K, Word<TokenBucket>, O>(key, policy, fresh, op),
-            Algorithm::FixedWindow => self.run::<K, Word<FixedWindow>, O>(key, policy, fresh, op),
-            Algorithm::SlidingWindowCounter => {
-                self.run::<K, Word<SlidingCounter>, O>(key, policy, fresh, op)
-            }
-            Algorithm::SlidingWindowLog => self.run::<K, Log, O>(key, policy, fresh, op),
-        }
-    }
-
-    #[inline]
-    fn run<K: Kind, F: Form, O: Op>(
+    fn call_as<K: StoredKey, O: Op>(
         &self,
         key: K::Probe<'_>,
         policy: &Policy,
@@ -263,9 +240,21 @@ impl MemoryStore {
     ) -> Option<O::Out> {
         let (h, mut shard) = self.shard::<K>(policy, key);
         let name_hash = policy.name_hash();
-        let rehash = |k: &K| self.hash_of(name_hash, |h| k.write_stored(h));
+        let rehash = |k: &K| self.hash_of(name_hash, |h| K::write(k.probe(), h));
+        let (c, s) = (&Call { h, policy, rehash }, &mut *shard);
         let fresh = fresh.map(|now| (now, self.per_shard));
-        shard.run::<K, F, O>(h, policy, key, fresh, &rehash, op)
+        if policy.params().len() != 1 {
+            return s.run::<K, List, O>(c, key, fresh, op);
+        }
+        match policy.algorithm() {
+            Algorithm::Gcra => s.run::<K, Word<Gcra>, O>(c, key, fresh, op),
+            Algorithm::TokenBucket => s.run::<K, Word<TokenBucket>, O>(c, key, fresh, op),
+            Algorithm::FixedWindow => s.run::<K, Word<FixedWindow>, O>(c, key, fresh, op),
+            Algorithm::SlidingWindowCounter => {
+                s.run::<K, Word<SlidingCounter>, O>(c, key, fresh, op)
+            }
+            Algorithm::SlidingWindowLog => s.run::<K, Log, O>(c, key, fresh, op),
+        }
     }
 
     /// [`call`](Self::call) on states made fresh when missing: it always answers.
@@ -275,7 +264,7 @@ impl MemoryStore {
             .unwrap_or_else(|| unreachable!("a key not held is made fresh"))
     }
 
-    fn forget<K: Kind>(&self, key: K::Probe<'_>, policy: &Policy) {
+    fn forget<K: StoredKey>(&self, key: K::Probe<'_>, policy: &Policy) {
         let (h, mut shard) = self.shard::<K>(policy, key);
         shard.remove::<K>(h, policy, key);
     }
@@ -361,90 +350,6 @@ impl MemoryStore {
             Subject::Text(t) => self.forget::<KeyBuf>(Probe::new(t.as_bytes()), policy),
             Subject::Id(id) => self.forget::<u64>(id, policy),
         }
-    }
-}
-
-/// Admit or deny, nothing else ([`MemoryStore::allow_sync`]).
-#[derive(Clone, Copy)]
-struct Admit {
-    now: u64,
-    cost: u64,
-}
-
-impl Op for Admit {
-    type Out = bool;
-    #[inline]
-    fn one<M: Machine>(self, m: &mut M, q: &Params) -> bool {
-        m.take(q, self.now, self.cost)
-    }
-    #[inline]
-    fn log(self, log: &mut SlidingLog, ends: &mut LogEnds, q: &Params) -> bool {
-        log.take_at_ends(ends, q, self.now, self.cost)
-    }
-    fn list(self, states: &mut [QuotaState], policy: &Policy) -> bool {
-        algorithm::admit_aligned(states, policy, self.now, self.cost)
-    }
-}
-
-/// The decision with every quota's verdict, built where the verdicts are (a single quota's
-/// raw verdict as the algorithm leaves it, several through a buffer on the stack): nothing
-/// is allocated for one quota.
-#[derive(Clone, Copy)]
-struct Decide {
-    now: u64,
-    cost: u64,
-}
-
-impl Op for Decide {
-    type Out = Decision;
-    #[inline]
-    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
-        Decision::one(m.decide(q, self.now, self.cost), DecisionSource::Store)
-    }
-    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
-        let mut out = [Verdict::NONE; MAX_QUOTAS];
-        let n = states.len().min(MAX_QUOTAS);
-        let allowed =
-            algorithm::decide_into(&mut states[..n], policy, self.now, self.cost, &mut out[..n]);
-        Decision::from_verdicts(allowed, &out[..n], DecisionSource::Store)
-    }
-}
-
-/// Give units back.
-#[derive(Clone, Copy)]
-struct Refund {
-    now: u64,
-    cost: u64,
-}
-
-impl Op for Refund {
-    type Out = ();
-    fn one<M: Machine>(self, m: &mut M, q: &Params) {
-        m.refund(q, self.now, self.cost);
-    }
-    fn list(self, states: &mut [QuotaState], policy: &Policy) {
-        algorithm::refund_aligned(states, policy, self.now, self.cost);
-    }
-}
-
-/// What a request of cost 1 would get, consuming nothing.
-#[derive(Clone, Copy)]
-struct Peek {
-    now: u64,
-}
-
-impl Op for Peek {
-    type Out = Decision;
-    fn one<M: Machine>(self, m: &mut M, q: &Params) -> Decision {
-        let mut v = m.check(q, self.now, 1);
-        if v.allowed {
-            v.remaining += 1;
-        }
-        Decision::from_verdicts(v.allowed, &[v], DecisionSource::Store)
-    }
-    fn list(self, states: &mut [QuotaState], policy: &Policy) -> Decision {
-        let (allowed, v) = algorithm::peek(states, policy, self.now);
-        Decision::from_verdicts(allowed, &v, DecisionSource::Store)
     }
 }
 
@@ -540,55 +445,15 @@ impl crate::store::Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithm::QuotaState;
     use crate::quota::Quota;
-
-    /// Forced hash collisions: entries stay apart, and removal and expiry keep the others
-    /// reachable.
-    #[test]
-    fn colliding_hashes_stay_apart() {
-        let policy = Policy::single("p", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
-        let other = Policy::single("q", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
-        let now = 1_700_006_400_000_000;
-        let mut shard = Shard::default();
-        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
-        let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
-            let (key, op) = (Probe::new(key.as_bytes()), Admit { now, cost });
-            let fresh = Some((now, 1_000));
-            shard.run::<KeyBuf, Word<FixedWindow>, _>(7, p, key, fresh, &|_| 7, op) == Some(true)
-        };
-        for p in [&policy, &other] {
-            for key in &keys {
-                assert!(admit(&mut shard, p, key, 2), "{key}");
-            }
-        }
-        assert_eq!(shard.len(), 80);
-        for p in [&policy, &other] {
-            for key in &keys {
-                assert!(!admit(&mut shard, p, key, 1), "{key} shares state");
-            }
-        }
-        let probe = |k: &'static str| Probe::new(k.as_bytes());
-        shard.remove::<KeyBuf>(7, &policy, probe("k0"));
-        assert_eq!(shard.len(), 79);
-        let held = |shard: &mut Shard, p: &Policy, k| {
-            let op = Peek { now };
-            shard
-                .run::<KeyBuf, Word<FixedWindow>, _>(7, p, probe(k), None, &|_| 7, op)
-                .is_some()
-        };
-        assert!(!held(&mut shard, &policy, "k0"));
-        assert!(held(&mut shard, &other, "k0") && held(&mut shard, &policy, "k1"));
-        // Everything expires when its window ends.
-        shard.purge_expired(now + 60_000_000);
-        assert_eq!(shard.len(), 0);
-    }
 
     /// Keys of (text, id) held in wide form, summed over every shard and group.
     fn wide_keys(store: &MemoryStore) -> (usize, usize) {
         store.shards.iter().fold((0, 0), |(t, i), s| {
             let s = s.lock();
             let (dt, di) = s.groups.iter().fold((0, 0), |(t, i), g| {
-                (t + g.text.lists_len(), i + g.ids.lists_len())
+                (t + g.text.lists.len(), i + g.ids.lists.len())
             });
             (t + dt, i + di)
         })
@@ -603,40 +468,17 @@ mod tests {
     fn outgrown_words_move_to_the_wide_table() {
         use std::time::Duration;
         let single = |alg, q| Policy::single("w", alg, q).unwrap();
+        let bucket = |q| single(Algorithm::TokenBucket, q);
+        let burst = |b| bucket(Quota::per_hour(100_000).with_burst(b));
+        let counter = |n| single(Algorithm::SlidingWindowCounter, Quota::per_hour(n));
         let cases = [
+            (burst(5_000), burst(8_000), 700),
             (
-                single(
-                    Algorithm::TokenBucket,
-                    Quota::per_hour(100_000).with_burst(5_000),
-                ),
-                single(
-                    Algorithm::TokenBucket,
-                    Quota::per_hour(100_000).with_burst(8_000),
-                ),
+                burst(5_000),
+                bucket(Quota::new(1_000, Duration::from_millis(1))),
                 700,
             ),
-            (
-                single(
-                    Algorithm::TokenBucket,
-                    Quota::per_hour(100_000).with_burst(5_000),
-                ),
-                single(
-                    Algorithm::TokenBucket,
-                    Quota::new(1_000, Duration::from_millis(1)),
-                ),
-                700,
-            ),
-            (
-                single(
-                    Algorithm::SlidingWindowCounter,
-                    Quota::per_hour(1_000_000_000),
-                ),
-                single(
-                    Algorithm::SlidingWindowCounter,
-                    Quota::per_hour(900_000_000),
-                ),
-                1_500_000,
-            ),
+            (counter(1_000_000_000), counter(900_000_000), 1_500_000),
         ];
         for (first, later, cost) in cases {
             let alg = first.algorithm();

@@ -3,7 +3,6 @@
 //! one-word state that outgrew its word in the wide table (the lists). One implementation
 //! for every form, generic over the small [`Form`] trait.
 
-use std::fmt;
 use std::marker::PhantomData;
 
 use hashbrown::HashTable;
@@ -25,16 +24,14 @@ fn only(policy: &Policy) -> &Params {
 /// How a group keeps one key's states: what an entry holds ([`State`](Self::State)) and
 /// which of the group's tables holds it.
 pub(super) trait Form {
-    type State: fmt::Debug;
-    /// Whether a state may outgrow this form, and then move to the wide table.
-    const SPILLS: bool = false;
+    type State;
     /// How a group of `policy` lays out this form's words.
     fn layout(_: &Policy) -> WordLayout {
         WordLayout::default()
     }
     fn table<K>(tables: &mut Tables<K>) -> &mut Table<K, Self::State>;
-    /// The fresh states of `policy`; `None` when this form cannot hold them.
-    fn fresh(layout: &WordLayout, policy: &Policy, now: u64) -> Option<Self::State>;
+    /// The fresh states of `policy`, or, when this form cannot hold them, the wide form.
+    fn fresh(layout: &WordLayout, policy: &Policy, now: u64) -> Result<Self::State, List>;
     /// Runs `op`; when this form cannot hold the result, `Err` with the states, unchanged,
     /// in the wide form.
     fn run<O: Op>(s: &mut Self::State, l: &WordLayout, p: &Policy, op: O) -> Result<O::Out, List>;
@@ -50,7 +47,6 @@ pub(super) struct Word<M>(PhantomData<M>);
 
 impl<M: OneWord + 'static> Form for Word<M> {
     type State = u64;
-    const SPILLS: bool = true;
     fn layout(policy: &Policy) -> WordLayout {
         M::layout(only(policy))
     }
@@ -58,8 +54,9 @@ impl<M: OneWord + 'static> Form for Word<M> {
     fn table<K>(tables: &mut Tables<K>) -> &mut Table<K, u64> {
         &mut tables.words
     }
-    fn fresh(layout: &WordLayout, policy: &Policy, now: u64) -> Option<u64> {
-        M::fresh(only(policy), now).pack(layout)
+    fn fresh(layout: &WordLayout, policy: &Policy, now: u64) -> Result<u64, List> {
+        let wide = || List(algorithm::fresh_states(policy, now).into());
+        M::fresh(only(policy), now).pack(layout).ok_or_else(wide)
     }
     #[inline(always)]
     fn run<O: Op>(w: &mut u64, l: &WordLayout, p: &Policy, op: O) -> Result<O::Out, List> {
@@ -96,10 +93,10 @@ impl Form for Log {
     fn table<K>(tables: &mut Tables<K>) -> &mut Table<K, Self> {
         &mut tables.logs
     }
-    fn fresh(_: &WordLayout, policy: &Policy, now: u64) -> Option<Self> {
+    fn fresh(_: &WordLayout, policy: &Policy, now: u64) -> Result<Self, List> {
         let log = SlidingLog::fresh(only(policy), now);
         let ends = LogEnds::of(&log);
-        Some(Self { log, ends })
+        Ok(Self { log, ends })
     }
     #[inline]
     fn run<O: Op>(s: &mut Self, _: &WordLayout, p: &Policy, op: O) -> Result<O::Out, List> {
@@ -125,8 +122,8 @@ impl Form for List {
     fn table<K>(tables: &mut Tables<K>) -> &mut Table<K, Self> {
         &mut tables.lists
     }
-    fn fresh(_: &WordLayout, policy: &Policy, now: u64) -> Option<Self> {
-        Some(Self(algorithm::fresh_states(policy, now).into()))
+    fn fresh(_: &WordLayout, policy: &Policy, now: u64) -> Result<Self, List> {
+        Ok(Self(algorithm::fresh_states(policy, now).into()))
     }
     fn run<O: Op>(s: &mut Self, _: &WordLayout, p: &Policy, op: O) -> Result<O::Out, List> {
         Ok(op.list(&mut s.0, p))
@@ -155,13 +152,21 @@ const _: () = {
     assert!(size_of::<Entry<KeyBuf, List>>() == 32);
 };
 
+/// What every step of one store call on one key needs: the store's hash of (policy name,
+/// key), the policy, and the same hash of a stored key (for a table that grows).
+pub(super) struct Call<'p, R> {
+    pub(super) h: u64,
+    pub(super) policy: &'p Policy,
+    pub(super) rehash: R,
+}
+
 /// A group's keys of one kind (text or id). Only the table of the group's form and, for a
 /// one-word form, the wide table (`lists`) ever hold entries; a key is in one table only.
 #[derive(Debug)]
 pub(super) struct Tables<K> {
     words: Table<K, u64>,
     logs: Table<K, Log>,
-    lists: Table<K, List>,
+    pub(super) lists: Table<K, List>,
 }
 
 impl<K> Default for Tables<K> {
@@ -176,21 +181,18 @@ impl<K> Default for Tables<K> {
 
 /// Removes `key` from `table`; whether it was there.
 fn forget<K: StoredKey, S>(table: &mut Table<K, S>, h: u64, key: K::Probe<'_>) -> bool {
-    table
-        .find_entry(h, |e| e.key.matches(key))
-        .map(|e| e.remove())
-        .is_ok()
+    let found = table.find_entry(h, |e| e.key.matches(key));
+    found.map(|e| e.remove()).is_ok()
+}
+
+/// Keeps `state` for `key` in `table`.
+fn put<K, S>(table: &mut Table<K, S>, c: &Call<'_, impl Fn(&K) -> u64>, key: K, state: S) {
+    table.insert_unique(c.h, Entry { key, state }, |e| (c.rehash)(&e.key));
 }
 
 impl<K: StoredKey> Tables<K> {
     fn len(&self) -> usize {
         self.words.len() + self.logs.len() + self.lists.len()
-    }
-
-    /// Keys held in the wide table (states that outgrew their word, or several quotas).
-    #[cfg(test)]
-    pub(super) fn lists_len(&self) -> usize {
-        self.lists.len()
     }
 
     fn remove(&mut self, h: u64, key: K::Probe<'_>) {
@@ -203,25 +205,17 @@ impl<K: StoredKey> Tables<K> {
     /// read as `policy`'s, words laid out by `layout`).
     fn retain(
         &mut self,
-        policy: &Policy,
-        layout: &WordLayout,
+        p: &Policy,
+        l: &WordLayout,
         now: u64,
         keep: &mut impl FnMut(u64, u64) -> bool,
     ) {
-        let params = policy.params();
-        let one = |s: &QuotaState| algorithm::expiry(std::slice::from_ref(s), params, now);
-        self.words.retain(|e| {
-            let (at, held) = one(&QuotaState::from_word(policy.algorithm(), e.state, layout));
-            keep(at, held)
-        });
-        self.logs.retain(|e| {
-            let (at, held) = e.state.log.expiry(only(policy), now);
-            keep(at, held)
-        });
-        self.lists.retain(|e| {
-            let (at, held) = algorithm::expiry(&e.state.0, params, now);
-            keep(at, held)
-        });
+        let mut keep = |(at, held)| keep(at, held);
+        let word = |w| QuotaState::from_word(p.algorithm(), w, l).expiry(only(p), now);
+        self.words.retain(|e| keep(word(e.state)));
+        self.logs.retain(|e| keep(e.state.log.expiry(only(p), now)));
+        self.lists
+            .retain(|e| keep(algorithm::expiry(&e.state.0, p.params(), now)));
     }
 
     /// Runs `op` on the states of `key` in form `F`, or in the wide table when they moved
@@ -229,51 +223,37 @@ impl<K: StoredKey> Tables<K> {
     #[inline]
     fn run<F: Form, O: Op>(
         &mut self,
-        h: u64,
+        c: &Call<'_, impl Fn(&K) -> u64>,
         key: K::Probe<'_>,
         layout: &WordLayout,
-        policy: &Policy,
-        rehash: &impl Fn(&K) -> u64,
         op: O,
     ) -> Option<O::Out> {
-        if let Ok(mut found) = F::table(self).find_entry(h, |e| e.key.matches(key)) {
-            let wide = match F::run(&mut found.get_mut().state, layout, policy, op) {
+        if let Ok(mut found) = F::table(self).find_entry(c.h, |e| e.key.matches(key)) {
+            let wide = match F::run(&mut found.get_mut().state, layout, c.policy, op) {
                 Ok(out) => return Some(out),
                 Err(wide) => wide,
             };
             let (Entry { key, .. }, _) = found.remove();
-            return Some(self.insert_wide::<F, O>(h, key, wide, policy, rehash, op));
+            return Some(self.insert_wide::<F, O>(c, key, wide, op));
         }
-        if F::SPILLS && !self.lists.is_empty() {
-            let e = self.lists.find_mut(h, |e| e.key.matches(key))?;
-            return Some(F::run_wide(&mut e.state, policy, op));
+        if self.lists.is_empty() {
+            return None;
         }
-        None
+        let e = self.lists.find_mut(c.h, |e| e.key.matches(key))?;
+        Some(F::run_wide(&mut e.state, c.policy, op))
     }
 
-    /// Runs `op` on the fresh states of a key not held yet, then keeps the key in the form
-    /// that holds what `op` left.
-    #[allow(clippy::too_many_arguments)]
-    fn run_fresh<F: Form, O: Op>(
+    /// Keeps fresh states for `key`, in the wide table when form `F` cannot hold them.
+    fn insert_fresh<F: Form>(
         &mut self,
-        h: u64,
+        c: &Call<'_, impl Fn(&K) -> u64>,
         key: K,
         layout: &WordLayout,
-        policy: &Policy,
         now: u64,
-        rehash: &impl Fn(&K) -> u64,
-        op: O,
-    ) -> O::Out {
-        let Some(mut state) = F::fresh(layout, policy, now) else {
-            let wide = List(algorithm::fresh_states(policy, now).into());
-            return self.insert_wide::<F, O>(h, key, wide, policy, rehash, op);
-        };
-        match F::run(&mut state, layout, policy, op) {
-            Ok(out) => {
-                F::table(self).insert_unique(h, Entry { key, state }, |e| rehash(&e.key));
-                out
-            }
-            Err(wide) => self.insert_wide::<F, O>(h, key, wide, policy, rehash, op),
+    ) {
+        match F::fresh(layout, c.policy, now) {
+            Ok(state) => put(F::table(self), c, key, state),
+            Err(wide) => put(&mut self.lists, c, key, wide),
         }
     }
 
@@ -281,16 +261,13 @@ impl<K: StoredKey> Tables<K> {
     #[cold]
     fn insert_wide<F: Form, O: Op>(
         &mut self,
-        h: u64,
+        c: &Call<'_, impl Fn(&K) -> u64>,
         key: K,
         mut wide: List,
-        policy: &Policy,
-        rehash: &impl Fn(&K) -> u64,
         op: O,
     ) -> O::Out {
-        let out = F::run_wide(&mut wide, policy, op);
-        self.lists
-            .insert_unique(h, Entry { key, state: wide }, |e| rehash(&e.key));
+        let out = F::run_wide(&mut wide, c.policy, op);
+        put(&mut self.lists, c, key, wide);
         out
     }
 }
@@ -310,25 +287,6 @@ pub(super) struct Group {
     layout: WordLayout,
     pub(super) text: Tables<KeyBuf>,
     pub(super) ids: Tables<u64>,
-}
-
-/// Which of a group's tables keeps keys of this kind.
-pub(super) trait Kind: StoredKey {
-    fn tables(group: &mut Group) -> &mut Tables<Self>;
-}
-
-impl Kind for KeyBuf {
-    #[inline(always)]
-    fn tables(group: &mut Group) -> &mut Tables<Self> {
-        &mut group.text
-    }
-}
-
-impl Kind for u64 {
-    #[inline(always)]
-    fn tables(group: &mut Group) -> &mut Tables<Self> {
-        &mut group.ids
-    }
 }
 
 impl Group {
@@ -413,44 +371,117 @@ impl Shard {
 
     /// Runs `op` on the states of (policy, key) in form `F`. A key not held is made fresh
     /// when `fresh` gives the time and the shard's bound `(now, cap)` (evicting first when
-    /// the shard is full), else left alone (`None`). `rehash` gives a key's hash again when
-    /// its table grows.
+    /// the shard is full), else left alone (`None`).
     #[inline]
-    pub(super) fn run<K: Kind, F: Form, O: Op>(
+    pub(super) fn run<K: StoredKey, F: Form, O: Op>(
         &mut self,
-        h: u64,
-        policy: &Policy,
+        c: &Call<'_, impl Fn(&K) -> u64>,
         key: K::Probe<'_>,
         fresh: Option<(u64, usize)>,
-        rehash: &impl Fn(&K) -> u64,
         op: O,
     ) -> Option<O::Out> {
-        let g = match fresh {
-            Some(_) => self.group_mut::<F>(policy),
+        let mut g = match fresh {
+            Some(_) => self.group_mut::<F>(c.policy),
             None => self
                 .groups
-                .find_mut(policy.name_hash(), |g| g.fits(policy))?,
+                .find_mut(c.policy.name_hash(), |g| g.fits(c.policy))?,
         };
-        let layout = g.layout;
-        if let Some(out) = K::tables(g).run::<F, O>(h, key, &layout, policy, rehash, op) {
-            return Some(out);
+        // One call site of the table's `run`, so that it inlines: a second pass only after
+        // the key was made fresh (and a second miss is `None`).
+        let mut fresh = fresh;
+        loop {
+            let layout = g.layout;
+            if let Some(out) = K::tables(g).run::<F, O>(c, key, &layout, op) {
+                return Some(out);
+            }
+            let (now, cap) = fresh.take()?;
+            g = self.insert_fresh::<K, F>(c, key, now, cap);
         }
-        let (now, cap) = fresh?;
+    }
+
+    /// Keeps fresh states for a key not held (evicting first when the shard is full); the
+    /// key's group.
+    #[cold]
+    fn insert_fresh<K: StoredKey, F: Form>(
+        &mut self,
+        c: &Call<'_, impl Fn(&K) -> u64>,
+        key: K::Probe<'_>,
+        now: u64,
+        cap: usize,
+    ) -> &mut Group {
         if self.len() >= cap {
             self.evict(now, cap);
         }
         // Eviction may have dropped the group; a new one has its own layout.
-        let g = self.group_mut::<F>(policy);
+        let g = self.group_mut::<F>(c.policy);
         let layout = g.layout;
-        let key = K::stored(key);
-        Some(K::tables(g).run_fresh::<F, O>(h, key, &layout, policy, now, rehash, op))
+        K::tables(g).insert_fresh::<F>(c, K::stored(key), &layout, now);
+        g
     }
 
     /// Forget `key` in the group that reads `policy`'s states; the groups of other forms
     /// of its name keep theirs (as the Redis store's keys of another form do).
-    pub(super) fn remove<K: Kind>(&mut self, h: u64, policy: &Policy, key: K::Probe<'_>) {
+    pub(super) fn remove<K: StoredKey>(&mut self, h: u64, policy: &Policy, key: K::Probe<'_>) {
         if let Some(g) = self.groups.find_mut(policy.name_hash(), |g| g.fits(policy)) {
             K::tables(g).remove(h, key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::Probe;
+    use super::*;
+    use crate::algorithm::{Admit, FixedWindow, Peek};
+    use crate::quota::{Algorithm, Quota};
+
+    /// Forced hash collisions: entries stay apart, and removal and expiry keep the others
+    /// reachable.
+    #[test]
+    fn colliding_hashes_stay_apart() {
+        let policy = Policy::single("p", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
+        let other = Policy::single("q", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
+        let now = 1_700_006_400_000_000;
+        let mut shard = Shard::default();
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        // Every key hashes to 7, also when a table grows.
+        fn at(policy: &Policy) -> Call<'_, impl Fn(&KeyBuf) -> u64> {
+            let rehash = |_: &KeyBuf| 7;
+            Call {
+                h: 7,
+                policy,
+                rehash,
+            }
+        }
+        let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
+            let (key, op) = (Probe::new(key.as_bytes()), Admit { now, cost });
+            let fresh = Some((now, 1_000));
+            shard.run::<KeyBuf, Word<FixedWindow>, _>(&at(p), key, fresh, op) == Some(true)
+        };
+        for p in [&policy, &other] {
+            for key in &keys {
+                assert!(admit(&mut shard, p, key, 2), "{key}");
+            }
+        }
+        assert_eq!(shard.len(), 80);
+        for p in [&policy, &other] {
+            for key in &keys {
+                assert!(!admit(&mut shard, p, key, 1), "{key} shares state");
+            }
+        }
+        let probe = |k: &'static str| Probe::new(k.as_bytes());
+        shard.remove::<KeyBuf>(7, &policy, probe("k0"));
+        assert_eq!(shard.len(), 79);
+        let held = |shard: &mut Shard, p: &Policy, k| {
+            let op = Peek { now };
+            shard
+                .run::<KeyBuf, Word<FixedWindow>, _>(&at(p), probe(k), None, op)
+                .is_some()
+        };
+        assert!(!held(&mut shard, &policy, "k0"));
+        assert!(held(&mut shard, &other, "k0") && held(&mut shard, &policy, "k1"));
+        // Everything expires when its window ends.
+        shard.purge_expired(now + 60_000_000);
+        assert_eq!(shard.len(), 0);
     }
 }
