@@ -89,7 +89,7 @@ pub(super) trait StoredKey: Sized + std::fmt::Debug {
     type Probe<'a>: Copy;
     fn stored(probe: Self::Probe<'_>) -> Self;
     fn probe(&self) -> Self::Probe<'_>;
-    /// Whether this key is the probe's: its own probe equals it.
+    /// Whether this key is the probe's (its own probe equals it).
     fn matches(&self, probe: Self::Probe<'_>) -> bool;
     /// Feeds a probe to the store's hasher (a stored key hashes as its probe).
     fn write(probe: Self::Probe<'_>, h: &mut impl Hasher);
@@ -118,7 +118,11 @@ impl StoredKey for KeyBuf {
     }
     #[inline]
     fn matches(&self, probe: Probe<'_>) -> bool {
-        self.probe() == probe
+        match (self, probe) {
+            (Self::Inline(a), Probe::Short(b)) => ShortKey::of_inline(a) == b,
+            (Self::Heap(a), Probe::Long(b)) => ***a == *b,
+            _ => false,
+        }
     }
     #[inline]
     fn write(probe: Probe<'_>, h: &mut impl Hasher) {

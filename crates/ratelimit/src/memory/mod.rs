@@ -22,7 +22,7 @@ mod key;
 mod table;
 
 use key::{KeyBuf, Probe, StoredKey};
-use table::{Call, List, Log, Shard, Word};
+use table::{Call, Form, List, Log, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
@@ -238,23 +238,36 @@ impl MemoryStore {
         fresh: Option<u64>,
         op: O,
     ) -> Option<O::Out> {
+        if policy.params().len() != 1 {
+            return self.run::<K, List, O>(key, policy, fresh, op);
+        }
+        match policy.algorithm() {
+            Algorithm::Gcra => self.run::<K, Word<Gcra>, O>(key, policy, fresh, op),
+            Algorithm::TokenBucket => self.run::<K, Word<TokenBucket>, O>(key, policy, fresh, op),
+            Algorithm::FixedWindow => self.run::<K, Word<FixedWindow>, O>(key, policy, fresh, op),
+            Algorithm::SlidingWindowCounter => {
+                self.run::<K, Word<SlidingCounter>, O>(key, policy, fresh, op)
+            }
+            Algorithm::SlidingWindowLog => self.run::<K, Log, O>(key, policy, fresh, op),
+        }
+    }
+
+    /// One form's call, straight-line from the hash to the unlock (each form's copy keeps
+    /// its values in registers; a lock shared by the forms before the dispatch cost a few
+    /// instructions per call).
+    #[inline]
+    fn run<K: StoredKey, F: Form, O: Op>(
+        &self,
+        key: K::Probe<'_>,
+        policy: &Policy,
+        fresh: Option<u64>,
+        op: O,
+    ) -> Option<O::Out> {
         let (h, mut shard) = self.shard::<K>(policy, key);
         let name_hash = policy.name_hash();
         let rehash = |k: &K| self.hash_of(name_hash, |h| K::write(k.probe(), h));
-        let (c, s) = (&Call { h, policy, rehash }, &mut *shard);
         let fresh = fresh.map(|now| (now, self.per_shard));
-        if policy.params().len() != 1 {
-            return s.run::<K, List, O>(c, key, fresh, op);
-        }
-        match policy.algorithm() {
-            Algorithm::Gcra => s.run::<K, Word<Gcra>, O>(c, key, fresh, op),
-            Algorithm::TokenBucket => s.run::<K, Word<TokenBucket>, O>(c, key, fresh, op),
-            Algorithm::FixedWindow => s.run::<K, Word<FixedWindow>, O>(c, key, fresh, op),
-            Algorithm::SlidingWindowCounter => {
-                s.run::<K, Word<SlidingCounter>, O>(c, key, fresh, op)
-            }
-            Algorithm::SlidingWindowLog => s.run::<K, Log, O>(c, key, fresh, op),
-        }
+        shard.run::<K, F, O>(Call { h, policy, rehash }, key, fresh, op)
     }
 
     /// [`call`](Self::call) on states made fresh when missing: it always answers.

@@ -153,7 +153,10 @@ const _: () = {
 };
 
 /// What every step of one store call on one key needs: the store's hash of (policy name,
-/// key), the policy, and the same hash of a stored key (for a table that grows).
+/// key), the policy, and the same hash of a stored key (for a table that grows). Passed by
+/// value: inlined steps keep it in registers, and only the rare out-of-line ones (a new key,
+/// a state that outgrows its form) copy it.
+#[derive(Clone, Copy)]
 pub(super) struct Call<'p, R> {
     pub(super) h: u64,
     pub(super) policy: &'p Policy,
@@ -186,7 +189,7 @@ fn forget<K: StoredKey, S>(table: &mut Table<K, S>, h: u64, key: K::Probe<'_>) -
 }
 
 /// Keeps `state` for `key` in `table`.
-fn put<K, S>(table: &mut Table<K, S>, c: &Call<'_, impl Fn(&K) -> u64>, key: K, state: S) {
+fn put<K, S>(table: &mut Table<K, S>, c: Call<'_, impl Copy + Fn(&K) -> u64>, key: K, state: S) {
     table.insert_unique(c.h, Entry { key, state }, |e| (c.rehash)(&e.key));
 }
 
@@ -219,11 +222,13 @@ impl<K: StoredKey> Tables<K> {
     }
 
     /// Runs `op` on the states of `key` in form `F`, or in the wide table when they moved
-    /// there; `None` when the key is not held. States that outgrow form `F` move.
-    #[inline]
+    /// there; `None` when the key is not held. States that outgrow form `F` move. Always
+    /// inlined: the shard calls it twice (the second time after making a key fresh), and
+    /// out of line it cost every call of a known key some twenty instructions.
+    #[inline(always)]
     fn run<F: Form, O: Op>(
         &mut self,
-        c: &Call<'_, impl Fn(&K) -> u64>,
+        c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K::Probe<'_>,
         layout: &WordLayout,
         op: O,
@@ -246,7 +251,7 @@ impl<K: StoredKey> Tables<K> {
     /// Keeps fresh states for `key`, in the wide table when form `F` cannot hold them.
     fn insert_fresh<F: Form>(
         &mut self,
-        c: &Call<'_, impl Fn(&K) -> u64>,
+        c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K,
         layout: &WordLayout,
         now: u64,
@@ -261,7 +266,7 @@ impl<K: StoredKey> Tables<K> {
     #[cold]
     fn insert_wide<F: Form, O: Op>(
         &mut self,
-        c: &Call<'_, impl Fn(&K) -> u64>,
+        c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K,
         mut wide: List,
         op: O,
@@ -375,28 +380,25 @@ impl Shard {
     #[inline]
     pub(super) fn run<K: StoredKey, F: Form, O: Op>(
         &mut self,
-        c: &Call<'_, impl Fn(&K) -> u64>,
+        c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K::Probe<'_>,
         fresh: Option<(u64, usize)>,
         op: O,
     ) -> Option<O::Out> {
-        let mut g = match fresh {
+        let g = match fresh {
             Some(_) => self.group_mut::<F>(c.policy),
             None => self
                 .groups
                 .find_mut(c.policy.name_hash(), |g| g.fits(c.policy))?,
         };
-        // One call site of the table's `run`, so that it inlines: a second pass only after
-        // the key was made fresh (and a second miss is `None`).
-        let mut fresh = fresh;
-        loop {
-            let layout = g.layout;
-            if let Some(out) = K::tables(g).run::<F, O>(c, key, &layout, op) {
-                return Some(out);
-            }
-            let (now, cap) = fresh.take()?;
-            g = self.insert_fresh::<K, F>(c, key, now, cap);
+        let layout = g.layout;
+        if let Some(out) = K::tables(g).run::<F, O>(c, key, &layout, op) {
+            return Some(out);
         }
+        let (now, cap) = fresh?;
+        let g = self.insert_fresh::<K, F>(c, key, now, cap);
+        let layout = g.layout;
+        K::tables(g).run::<F, O>(c, key, &layout, op)
     }
 
     /// Keeps fresh states for a key not held (evicting first when the shard is full); the
@@ -404,7 +406,7 @@ impl Shard {
     #[cold]
     fn insert_fresh<K: StoredKey, F: Form>(
         &mut self,
-        c: &Call<'_, impl Fn(&K) -> u64>,
+        c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K::Probe<'_>,
         now: u64,
         cap: usize,
@@ -445,7 +447,7 @@ mod tests {
         let mut shard = Shard::default();
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         // Every key hashes to 7, also when a table grows.
-        fn at(policy: &Policy) -> Call<'_, impl Fn(&KeyBuf) -> u64> {
+        fn at(policy: &Policy) -> Call<'_, impl Copy + Fn(&KeyBuf) -> u64> {
             let rehash = |_: &KeyBuf| 7;
             Call {
                 h: 7,
@@ -456,7 +458,7 @@ mod tests {
         let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
             let (key, op) = (Probe::new(key.as_bytes()), Admit { now, cost });
             let fresh = Some((now, 1_000));
-            shard.run::<KeyBuf, Word<FixedWindow>, _>(&at(p), key, fresh, op) == Some(true)
+            shard.run::<KeyBuf, Word<FixedWindow>, _>(at(p), key, fresh, op) == Some(true)
         };
         for p in [&policy, &other] {
             for key in &keys {
@@ -475,7 +477,7 @@ mod tests {
         let held = |shard: &mut Shard, p: &Policy, k| {
             let op = Peek { now };
             shard
-                .run::<KeyBuf, Word<FixedWindow>, _>(&at(p), probe(k), None, op)
+                .run::<KeyBuf, Word<FixedWindow>, _>(at(p), probe(k), None, op)
                 .is_some()
         };
         assert!(!held(&mut shard, &policy, "k0"));
