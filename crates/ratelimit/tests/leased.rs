@@ -642,12 +642,15 @@ async fn redis_restarted_mid_window() {
         Quota::new(quota, Duration::from_secs(366 * 86_400)),
     )
     .unwrap();
+    // Generous timeouts: with the limiter's default 50 ms a lease call queued on a loaded
+    // machine was refused (fail-closed) and 1,597 of 1,600 passed before the restart.
     let stores: Vec<LeasedStore> = (0..4)
         .map(|_| {
-            fault_store(
-                &server,
-                LeaseConfig::default().max_lease(Duration::from_secs(60)),
-            )
+            let inner = RedisStore::new(server.pool()).with_timeout(Duration::from_secs(2));
+            LeasedStore::builder(inner)
+                .config(LeaseConfig::default().max_lease(Duration::from_secs(60)))
+                .build()
+                .unwrap()
         })
         .collect();
     let limiters: Vec<RateLimiter> = stores
@@ -655,6 +658,7 @@ async fn redis_restarted_mid_window() {
         .map(|s| {
             RateLimiter::builder(s.clone())
                 .failure_mode(FailureMode::FailClosed)
+                .timeout(Duration::from_secs(2))
                 .build()
         })
         .collect();
