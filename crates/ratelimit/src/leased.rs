@@ -747,6 +747,18 @@ impl Shared {
         Some(shard.table.insert_unique(h, entry, |e| e.hash).into_mut())
     }
 
+    /// A lease call failed: its book cancels it (dropping the units it carried, and staying
+    /// quiet for a while) and the loss is counted. One place for the request path, the
+    /// direct path and the background renewal.
+    fn failed(&self, key: &str, policy: &Policy, epoch: u64, call: Call) {
+        let quiet = self.clock.now().saturating_add(self.quiet());
+        let dropped = self
+            .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
+            .map_or(0, |Dropped(d)| d);
+        count_units(policy, "dropped", dropped);
+        count_call(policy, "error");
+    }
+
     /// Runs `f` on the book `epoch` of `key`, if it is still there.
     fn with_book<R>(
         &self,
@@ -798,12 +810,7 @@ impl Shared {
                     Ok(with_allowance(&lease.decision, policy, allowance))
                 }
                 Some(Err(error)) => {
-                    let quiet = shared.clock.now().saturating_add(shared.quiet());
-                    let dropped = shared
-                        .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
-                        .map_or(0, |Dropped(d)| d);
-                    count_units(policy, "dropped", dropped);
-                    count_call(policy, "error");
+                    shared.failed(key, policy, epoch, call);
                     Err(error)
                 }
             }
@@ -859,13 +866,7 @@ impl Shared {
                 Ok(with_allowance(&lease.decision, policy, allowance))
             }
             Err(error) => {
-                let now = self.clock.now();
-                let quiet = now.saturating_add(self.quiet());
-                let dropped = self
-                    .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
-                    .map_or(0, |Dropped(d)| d);
-                count_units(policy, "dropped", dropped);
-                count_call(policy, "error");
+                self.failed(key, policy, epoch, call);
                 Err(error)
             }
         }
@@ -949,12 +950,7 @@ impl Shared {
                     let _ = shared.apply(key, policy, plan, call, epoch, &lease);
                 }
                 Err(error) => {
-                    let quiet = shared.clock.now().saturating_add(shared.quiet());
-                    let dropped = shared
-                        .with_book(key, policy, epoch, |b| b.cancel(call, quiet))
-                        .map_or(0, |Dropped(d)| d);
-                    count_units(policy, "dropped", dropped);
-                    count_call(policy, "error");
+                    shared.failed(key, policy, epoch, call);
                     if shared.failing.swap(true, Ordering::Relaxed) {
                         tracing::debug!(%error, policy = policy.name(), "background lease failed");
                     } else {
