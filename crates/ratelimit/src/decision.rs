@@ -3,7 +3,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::algorithm::Verdict;
 use crate::quota::{NamedQuota, Policy};
 
 /// Who made a [`Decision`].
@@ -60,6 +59,33 @@ pub struct QuotaDecision {
     /// When this quota denied: time until a request of the same cost would pass it;
     /// `None` when admitted or when the cost exceeds the quota's capacity.
     pub retry_after: Option<Duration>,
+}
+
+/// What one quota says about one request: an algorithm's answer, in full figures (a
+/// [`Decision`] keeps one per quota of its policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verdict {
+    /// Whether this quota admits the request.
+    pub allowed: bool,
+    /// Units left after the request (when admitted) or now (when denied).
+    pub remaining: u64,
+    /// Microseconds until the quota is whole again (after the request, when admitted).
+    pub reset: u64,
+    /// When denied: microseconds until a request of the same cost would be admitted by this
+    /// quota, or `None` when it never will (the cost exceeds the quota's capacity).
+    /// Always `None` when admitted.
+    pub retry_after: Option<u64>,
+}
+
+impl Verdict {
+    /// A placeholder, overwritten before it is read.
+    pub(crate) const NONE: Self = Self {
+        allowed: false,
+        remaining: 0,
+        reset: 0,
+        retry_after: None,
+    };
 }
 
 /// A verdict as an algorithm leaves it, its figures read when asked: units left are kept as

@@ -37,6 +37,7 @@
 
 use std::fmt;
 
+pub use crate::decision::Verdict;
 use crate::decision::{Decision, DecisionSource, RawVerdict};
 use crate::quota::{Algorithm, MAX_QUOTAS, Params, Policy, Quota};
 
@@ -55,32 +56,6 @@ pub(crate) use token_bucket::TokenBucket;
 /// Times beyond 2^53 µs (year 2255) are treated as 2^53 µs: every value the algorithms
 /// store stays exact in a double (Lua) and no arithmetic can overflow.
 pub const MAX_MICROS: u64 = 1 << 53;
-
-/// What one quota says about one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Verdict {
-    /// Whether this quota admits the request.
-    pub allowed: bool,
-    /// Units left after the request (when admitted) or now (when denied).
-    pub remaining: u64,
-    /// Microseconds until the quota is whole again (after the request, when admitted).
-    pub reset: u64,
-    /// When denied: microseconds until a request of the same cost would be admitted by this
-    /// quota, or `None` when it never will (the cost exceeds the quota's capacity).
-    /// Always `None` when admitted.
-    pub retry_after: Option<u64>,
-}
-
-impl Verdict {
-    /// A placeholder, overwritten before it is read.
-    pub(crate) const NONE: Self = Self {
-        allowed: false,
-        remaining: 0,
-        reset: 0,
-        retry_after: None,
-    };
-}
 
 /// One algorithm: its state of one quota for one key, and every transition of it. Time is
 /// capped at [`MAX_MICROS`] by each transition; time that goes backwards is time that stands

@@ -3,8 +3,6 @@
 
 use std::hash::Hasher;
 
-use super::table::{Group, Tables};
-
 /// Keys of up to this many bytes are stored inline.
 const INLINE_KEY: usize = 15;
 
@@ -82,8 +80,7 @@ impl<'a> Probe<'a> {
     }
 }
 
-/// A key as a table stores it, a text key ([`KeyBuf`]) or an id (`u64`), and which of a
-/// group's tables keeps keys of its kind.
+/// A key as a table stores it: a text key ([`KeyBuf`]) or an id (`u64`).
 pub(super) trait StoredKey: Sized + std::fmt::Debug {
     /// The looked-up form.
     type Probe<'a>: Copy;
@@ -93,7 +90,6 @@ pub(super) trait StoredKey: Sized + std::fmt::Debug {
     fn matches(&self, probe: Self::Probe<'_>) -> bool;
     /// Feeds a probe to the store's hasher (a stored key hashes as its probe).
     fn write(probe: Self::Probe<'_>, h: &mut impl Hasher);
-    fn tables(group: &mut Group) -> &mut Tables<Self>;
 }
 
 impl StoredKey for KeyBuf {
@@ -135,10 +131,6 @@ impl StoredKey for KeyBuf {
             Probe::Long(bytes) => h.write(bytes),
         }
     }
-    #[inline(always)]
-    fn tables(group: &mut Group) -> &mut Tables<Self> {
-        &mut group.text
-    }
 }
 
 impl StoredKey for u64 {
@@ -158,10 +150,6 @@ impl StoredKey for u64 {
     #[inline]
     fn write(probe: u64, h: &mut impl Hasher) {
         h.write_u64(probe);
-    }
-    #[inline(always)]
-    fn tables(group: &mut Group) -> &mut Tables<Self> {
-        &mut group.ids
     }
 }
 

@@ -22,7 +22,7 @@ mod key;
 mod table;
 
 use key::{KeyBuf, Probe, StoredKey};
-use table::{Call, Form, List, Log, Shard, Word};
+use table::{Call, Form, KeyKind, List, Log, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
@@ -183,27 +183,23 @@ impl MemoryStore {
             .sum()
     }
 
-    /// The hash of (policy name, key): the policy's fixed name hash, then what `write`
-    /// feeds (the key).
+    /// The store's hash of (policy name, key): the policy's fixed name hash, then the key.
     #[inline]
-    fn hash_of(
-        &self,
-        name_hash: u64,
-        write: impl FnOnce(&mut foldhash::fast::FoldHasher<'_>),
-    ) -> u64 {
+    fn hash<K: StoredKey>(&self, name_hash: u64, key: K::Probe<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
         h.write_u64(name_hash);
-        write(&mut h);
+        K::write(key, &mut h);
         h.finish()
     }
 
+    /// The hash of (policy, key) and its shard, locked.
     #[inline]
     fn shard<K: StoredKey>(
         &self,
         policy: &Policy,
         key: K::Probe<'_>,
     ) -> (u64, MutexGuard<'_, Shard>) {
-        let h = self.hash_of(policy.name_hash(), |h| K::write(key, h));
+        let h = self.hash::<K>(policy.name_hash(), key);
         // The tables use the low bits (bucket) and the top seven (tag) of the hash; the shard
         // is picked from bits in between so that neither is constant within a shard.
         let mid = (h >> 24) & 0xffff_ffff;
@@ -231,7 +227,7 @@ impl MemoryStore {
     }
 
     #[inline]
-    fn call_as<K: StoredKey, O: Op>(
+    fn call_as<K: KeyKind, O: Op>(
         &self,
         key: K::Probe<'_>,
         policy: &Policy,
@@ -256,7 +252,7 @@ impl MemoryStore {
     /// its values in registers; a lock shared by the forms before the dispatch cost a few
     /// instructions per call).
     #[inline]
-    fn run<K: StoredKey, F: Form, O: Op>(
+    fn run<K: KeyKind, F: Form, O: Op>(
         &self,
         key: K::Probe<'_>,
         policy: &Policy,
@@ -265,7 +261,7 @@ impl MemoryStore {
     ) -> Option<O::Out> {
         let (h, mut shard) = self.shard::<K>(policy, key);
         let name_hash = policy.name_hash();
-        let rehash = |k: &K| self.hash_of(name_hash, |h| K::write(k.probe(), h));
+        let rehash = |k: &K| self.hash::<K>(name_hash, k.probe());
         let fresh = fresh.map(|now| (now, self.per_shard));
         shard.run::<K, F, O>(Call { h, policy, rehash }, key, fresh, op)
     }
@@ -277,7 +273,7 @@ impl MemoryStore {
             .unwrap_or_else(|| unreachable!("a key not held is made fresh"))
     }
 
-    fn forget<K: StoredKey>(&self, key: K::Probe<'_>, policy: &Policy) {
+    fn forget<K: KeyKind>(&self, key: K::Probe<'_>, policy: &Policy) {
         let (h, mut shard) = self.shard::<K>(policy, key);
         shard.remove::<K>(h, policy, key);
     }

@@ -182,6 +182,25 @@ impl<K> Default for Tables<K> {
     }
 }
 
+/// Which of a group's tables keeps keys of a kind: text keys in `text`, ids in `ids`.
+pub(super) trait KeyKind: StoredKey {
+    fn tables(group: &mut Group) -> &mut Tables<Self>;
+}
+
+impl KeyKind for KeyBuf {
+    #[inline(always)]
+    fn tables(group: &mut Group) -> &mut Tables<Self> {
+        &mut group.text
+    }
+}
+
+impl KeyKind for u64 {
+    #[inline(always)]
+    fn tables(group: &mut Group) -> &mut Tables<Self> {
+        &mut group.ids
+    }
+}
+
 /// Removes `key` from `table`; whether it was there.
 fn forget<K: StoredKey, S>(table: &mut Table<K, S>, h: u64, key: K::Probe<'_>) -> bool {
     let found = table.find_entry(h, |e| e.key.matches(key));
@@ -246,20 +265,6 @@ impl<K: StoredKey> Tables<K> {
         }
         let e = self.lists.find_mut(c.h, |e| e.key.matches(key))?;
         Some(F::run_wide(&mut e.state, c.policy, op))
-    }
-
-    /// Keeps fresh states for `key`, in the wide table when form `F` cannot hold them.
-    fn insert_fresh<F: Form>(
-        &mut self,
-        c: Call<'_, impl Copy + Fn(&K) -> u64>,
-        key: K,
-        layout: &WordLayout,
-        now: u64,
-    ) {
-        match F::fresh(layout, c.policy, now) {
-            Ok(state) => put(F::table(self), c, key, state),
-            Err(wide) => put(&mut self.lists, c, key, wide),
-        }
     }
 
     /// Runs `op` on `wide`, then keeps it for `key` in the wide table.
@@ -378,7 +383,7 @@ impl Shard {
     /// when `fresh` gives the time and the shard's bound `(now, cap)` (evicting first when
     /// the shard is full), else left alone (`None`).
     #[inline]
-    pub(super) fn run<K: StoredKey, F: Form, O: Op>(
+    pub(super) fn run<K: KeyKind, F: Form, O: Op>(
         &mut self,
         c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K::Probe<'_>,
@@ -401,10 +406,10 @@ impl Shard {
         K::tables(g).run::<F, O>(c, key, &layout, op)
     }
 
-    /// Keeps fresh states for a key not held (evicting first when the shard is full); the
-    /// key's group.
+    /// Keeps fresh states for a key not held (evicting first when the shard is full), in
+    /// the wide table when form `F` cannot hold them; the key's group.
     #[cold]
-    fn insert_fresh<K: StoredKey, F: Form>(
+    fn insert_fresh<K: KeyKind, F: Form>(
         &mut self,
         c: Call<'_, impl Copy + Fn(&K) -> u64>,
         key: K::Probe<'_>,
@@ -416,14 +421,18 @@ impl Shard {
         }
         // Eviction may have dropped the group; a new one has its own layout.
         let g = self.group_mut::<F>(c.policy);
-        let layout = g.layout;
-        K::tables(g).insert_fresh::<F>(c, K::stored(key), &layout, now);
+        let (key, layout) = (K::stored(key), g.layout);
+        let tables = K::tables(g);
+        match F::fresh(&layout, c.policy, now) {
+            Ok(state) => put(F::table(tables), c, key, state),
+            Err(wide) => put(&mut tables.lists, c, key, wide),
+        }
         g
     }
 
     /// Forget `key` in the group that reads `policy`'s states; the groups of other forms
     /// of its name keep theirs (as the Redis store's keys of another form do).
-    pub(super) fn remove<K: StoredKey>(&mut self, h: u64, policy: &Policy, key: K::Probe<'_>) {
+    pub(super) fn remove<K: KeyKind>(&mut self, h: u64, policy: &Policy, key: K::Probe<'_>) {
         if let Some(g) = self.groups.find_mut(policy.name_hash(), |g| g.fits(policy)) {
             K::tables(g).remove(h, key);
         }
