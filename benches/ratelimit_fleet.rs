@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! cargo bench -p palisade --bench ratelimit_fleet
-//! FLEET_SECONDS=5 FLEET_IN_FLIGHT=32 cargo bench -p palisade --bench ratelimit_fleet
+//! FLEET_SECONDS=5 FLEET_IN_FLIGHT=32 FLEET_WARMUP=20 cargo bench -p palisade --bench ratelimit_fleet
 //! ```
 //! It starts its own `redis-server` through the test kit, or uses `REDIS_URL`. Each process
 //! warms every key up with one decision (`FLEET_IN_FLIGHT` tasks at once, timed: a key's
@@ -17,6 +17,13 @@
 //! of all the samples. This is a throughput harness, not a criterion bench: criterion cannot
 //! time four processes at once. The binary re-executes itself for the children
 //! (`FLEET_CHILD` set).
+//!
+//! The 10,000-key rows run twice: cold (as above: the row starts right after each key's
+//! first decision, so it holds the keys' start-up lease traffic) and steady (`/warm`: the
+//! same keys decided at full speed for `FLEET_WARMUP` seconds, default 10, before the row
+//! is timed, as a service that has run for a while), timed over `FLEET_WARM_SECONDS`
+//! (default 10: a sparse key's whole lease cycle, `max_sparse_lease`, so that a row does
+//! not land on or between the renewal waves of keys that all started at once).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -80,16 +87,18 @@ fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| server.as_ref().unwrap().url());
     let seconds = env_u64("FLEET_SECONDS", 2);
     let in_flight = env_u64("FLEET_IN_FLIGHT", 16);
+    let warmup = env_u64("FLEET_WARMUP", 10);
+    let warm_seconds = env_u64("FLEET_WARM_SECONDS", 10);
     println!(
         "fleet bench: {PROCESSES} processes x {in_flight} in flight, {seconds} s per row, \
-         GCRA; {} CPUs; load average {}",
+         GCRA; /warm rows {warm_seconds} s after {warmup} s at full speed; {} CPUs; load average {}",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
     println!(
-        "{:<9} {:>6} {:>14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10}",
+        "{:<14} {:>6} {:>14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10}",
         "store",
         "keys",
         "decisions/s",
@@ -102,22 +111,42 @@ fn main() {
         "1st p99"
     );
     let mut run = 0;
-    for keys in [1u64, 10_000] {
-        for backend in ["memory", "redis", "leased", "leased10s"] {
-            run += 1;
-            let r = fleet(&url, run, backend, keys, false, seconds, in_flight);
-            println!(
-                "{backend:<9} {keys:>6} {:>14.0} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>10.1} {:>10.1}",
-                r.decisions as f64 / r.span_s,
-                r.p50_us,
-                r.p99_us,
-                r.p999_us,
-                100.0 * r.local as f64 / r.decisions.max(1) as f64,
-                r.admitted,
-                r.first_p50_us,
-                r.first_p99_us,
-            );
-        }
+    let rows = [1u64, 10_000]
+        .into_iter()
+        .flat_map(|keys| {
+            ["memory", "redis", "leased", "leased10s"]
+                .into_iter()
+                .map(move |b| (b, keys, 0))
+        })
+        .chain(
+            ["memory", "redis", "leased", "leased10s"]
+                .into_iter()
+                .map(|b| (b, 10_000, warmup)),
+        );
+    for (backend, keys, warm) in rows {
+        run += 1;
+        let timing = Timing {
+            seconds: if warm > 0 { warm_seconds } else { seconds },
+            warmup: warm,
+            in_flight,
+        };
+        let r = fleet(&url, run, backend, keys, false, timing);
+        let label = if warm > 0 {
+            format!("{backend}/warm")
+        } else {
+            backend.to_owned()
+        };
+        println!(
+            "{label:<14} {keys:>6} {:>14.0} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>10.1} {:>10.1}",
+            r.decisions as f64 / r.span_s,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            100.0 * r.local as f64 / r.decisions.max(1) as f64,
+            r.admitted,
+            r.first_p50_us,
+            r.first_p99_us,
+        );
     }
     println!();
     println!(
@@ -126,7 +155,12 @@ fn main() {
     );
     for backend in ["redis", "leased"] {
         run += 1;
-        let r = fleet(&url, run, backend, 1, true, seconds, in_flight);
+        let timing = Timing {
+            seconds,
+            warmup: 0,
+            in_flight,
+        };
+        let r = fleet(&url, run, backend, 1, true, timing);
         let allowed = BINDING_PER_SECOND as f64 * (1.0 + r.span_s);
         println!(
             "{backend:<8} admitted {} in {:.3} s, allowed {:.0}: {:+.2} % ({:+.0} units; bound {} units)",
@@ -143,6 +177,14 @@ fn main() {
         );
     }
     drop(server);
+}
+
+/// How long a row runs, after how long a warm-up at full speed, with how many tasks.
+#[derive(Clone, Copy)]
+struct Timing {
+    seconds: u64,
+    warmup: u64,
+    in_flight: u64,
 }
 
 /// What the fleet did in one row.
@@ -169,18 +211,15 @@ fn quantile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1_000.0
 }
 
-fn fleet(
-    url: &str,
-    run: u32,
-    backend: &str,
-    keys: u64,
-    binding: bool,
-    seconds: u64,
-    in_flight: u64,
-) -> Row {
+fn fleet(url: &str, run: u32, backend: &str, keys: u64, binding: bool, timing: Timing) -> Row {
+    let Timing {
+        seconds,
+        warmup,
+        in_flight,
+    } = timing;
     let exe = std::env::current_exe().expect("the bench binary");
-    // Time for four processes to start and connect on a loaded machine.
-    let start = unix_micros() + 2_000_000;
+    // Time for four processes to start and connect on a loaded machine, and the warm-up.
+    let start = unix_micros() + 2_000_000 + warmup * 1_000_000;
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
             Command::new(&exe)
@@ -195,6 +234,7 @@ fn fleet(
                 .env("FLEET_BINDING", if binding { "1" } else { "0" })
                 .env("FLEET_START", start.to_string())
                 .env("FLEET_SECONDS", seconds.to_string())
+                .env("FLEET_WARMUP", warmup.to_string())
                 .env("FLEET_IN_FLIGHT", in_flight.to_string())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -257,6 +297,7 @@ fn child() {
     let start: u64 = var("FLEET_START").parse().unwrap();
     let seconds: u64 = var("FLEET_SECONDS").parse().unwrap();
     let in_flight: u64 = var("FLEET_IN_FLIGHT").parse().unwrap();
+    let warmup: u64 = var("FLEET_WARMUP").parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -312,70 +353,94 @@ fn child() {
             firsts.extend(w.await.unwrap());
         }
         // The binding run starts from a whole bucket: the wait below refills what the
-        // warm-up took, and a warm-up lease (10 ms on this quota) has ended by then.
+        // warm-up took, and a warm-up lease (10 ms on this quota) has ended by then. A
+        // `/warm` row first decides at full speed for `warmup` seconds, untimed.
+        let warm_from = start.saturating_sub(warmup * 1_000_000);
+        tokio::time::sleep(Duration::from_micros(
+            warm_from.saturating_sub(unix_micros()),
+        ))
+        .await;
+        if warmup > 0 {
+            drive(&store, &policy, &names, in_flight, warmup).await;
+        }
         let wait = start.saturating_sub(unix_micros());
         tokio::time::sleep(Duration::from_micros(wait)).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (decisions, admitted, local) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-        );
         let first = unix_micros();
-        let mut tasks = Vec::new();
-        for t in 0..in_flight {
-            let (store, policy, names, stop) = (
-                store.clone(),
-                policy.clone(),
-                Arc::clone(&names),
-                Arc::clone(&stop),
-            );
-            let (decisions, admitted, local) = (
-                Arc::clone(&decisions),
-                Arc::clone(&admitted),
-                Arc::clone(&local),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let mut i: u64 = t * 7_919;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = &names[usize::try_from(i % names.len() as u64).unwrap_or(0)];
-                    let began = Instant::now();
-                    let d = store.acquire(key, &policy, 1).await;
-                    if i.is_multiple_of(4) {
-                        samples.push(u32::try_from(began.elapsed().as_nanos()).unwrap_or(u32::MAX));
-                    }
-                    i = i.wrapping_add(1);
-                    decisions.fetch_add(1, Ordering::Relaxed);
-                    if d.allowed {
-                        admitted.fetch_add(1, Ordering::Relaxed);
-                        if d.source == DecisionSource::Lease {
-                            local.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if i.is_multiple_of(64) {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                samples
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut samples = Vec::new();
-        for t in tasks {
-            samples.extend(t.await.unwrap());
-        }
+        let (decisions, admitted, local, samples) =
+            drive(&store, &policy, &names, in_flight, seconds).await;
         let last = unix_micros();
-        println!(
-            "{} {} {} {first} {last}",
-            decisions.load(Ordering::Relaxed),
-            admitted.load(Ordering::Relaxed),
-            local.load(Ordering::Relaxed)
-        );
+        println!("{decisions} {admitted} {local} {first} {last}");
         for list in [&samples, &firsts] {
             let line: Vec<String> = list.iter().map(u32::to_string).collect();
             println!("{}", line.join(" "));
         }
     });
+}
+
+/// `in_flight` tasks deciding at full speed for `seconds` (task t walks the keys from
+/// t x 7,919): decisions, admitted, admitted from a lease, and every 4th decision's
+/// latency (ns).
+async fn drive(
+    store: &RateLimiter,
+    policy: &Policy,
+    names: &Arc<Vec<String>>,
+    in_flight: u64,
+    seconds: u64,
+) -> (u64, u64, u64, Vec<u32>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (decisions, admitted, local) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..in_flight {
+        let (store, policy, names, stop) = (
+            store.clone(),
+            policy.clone(),
+            Arc::clone(names),
+            Arc::clone(&stop),
+        );
+        let (decisions, admitted, local) = (
+            Arc::clone(&decisions),
+            Arc::clone(&admitted),
+            Arc::clone(&local),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut i: u64 = t * 7_919;
+            while !stop.load(Ordering::Relaxed) {
+                let key = &names[usize::try_from(i % names.len() as u64).unwrap_or(0)];
+                let began = Instant::now();
+                let d = store.acquire(key, &policy, 1).await;
+                if i.is_multiple_of(4) {
+                    samples.push(u32::try_from(began.elapsed().as_nanos()).unwrap_or(u32::MAX));
+                }
+                i = i.wrapping_add(1);
+                decisions.fetch_add(1, Ordering::Relaxed);
+                if d.allowed {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                    if d.source == DecisionSource::Lease {
+                        local.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if i.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            samples
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap());
+    }
+    (
+        decisions.load(Ordering::Relaxed),
+        admitted.load(Ordering::Relaxed),
+        local.load(Ordering::Relaxed),
+        samples,
+    )
 }

@@ -394,7 +394,7 @@ async fn ledger(url: &str, prefix: &str, policy: &Policy) -> BTreeMap<String, u6
         .await
         .unwrap();
     all.into_iter()
-        .filter(|(f, _)| f != "due")
+        .filter(|(f, _)| f != "due" && f != "exp")
         .map(|(f, v)| (f, v.split(':').next().unwrap().parse().unwrap()))
         .collect()
 }

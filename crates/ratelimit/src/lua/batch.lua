@@ -9,15 +9,25 @@
 -- Reply: per item, the operation's reply, or {'error', message} for an item that failed
 -- (the other items still ran; each item is atomic, as its own script call would be; an
 -- error reply inside the array would fail the whole call in clients).
+-- Items whose time is '0' (read Redis' TIME) all get the time the batch began: one TIME
+-- per batch, not one per item (the batch is atomic: no other call runs in between).
 local items = tonumber(ARGV[1])
 local p, k = 2, 1
 local replies = {}
+local batch_now = nil
 for item = 1, items do
   local name = ARGV[p]
   local nk, na = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
   local keys, args = {}, {}
   for i = 1, nk do keys[i] = KEYS[k + i - 1] end
   for i = 1, na do args[i] = ARGV[p + 2 + i] end
+  if args[1] == '0' then
+    if batch_now == nil then
+      local t = redis.call('TIME')
+      batch_now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+    end
+    args[1] = batch_now
+  end
   p = p + 3 + na
   k = k + nk
   local op = ops[name]

@@ -36,10 +36,25 @@ local function quota(i)
   }
 end
 
+-- The string state keys this call read or wrote, by name (false: absent): a state read
+-- again, or read back after this call wrote it, costs no second GET. Every write of a string
+-- state goes through `save`, so the copy is what Redis holds until the call ends.
+local states_seen = {}
+
 -- A string key's numbers 'a:b:c', or none when absent.
 local function load_numbers(q)
-  local raw = redis.call('GET', q.key)
+  local raw = states_seen[q.key]
+  if raw == nil then
+    raw = redis.call('GET', q.key)
+    states_seen[q.key] = raw
+  end
   local out = {}
   if raw then for part in string.gmatch(raw, '[^:]+') do out[#out + 1] = tonumber(part) end end
   return out
+end
+
+-- Write a string state (and remember it for `load_numbers`).
+local function save(q, value, ttl)
+  redis.call('SET', q.key, value, 'PX', ttl)
+  states_seen[q.key] = value
 end

@@ -22,11 +22,11 @@ local function consume(q, s, c)
   local w = idiv(now, q.p)
   local count = s.count
   if w > s.window then count = 0 else w = s.window end
-  redis.call('SET', q.key, fmt(w) .. ':' .. fmt(count + c), 'PX', ttl_ms(q))
+  save(q, fmt(w) .. ':' .. fmt(count + c), ttl_ms(q))
 end
 
 local function refund(q, s, c)
   if idiv(now, q.p) <= s.window then
-    redis.call('SET', q.key, fmt(s.window) .. ':' .. fmt(max0(s.count - c)), 'PX', ttl_ms(q))
+    save(q, fmt(s.window) .. ':' .. fmt(max0(s.count - c)), ttl_ms(q))
   end
 end

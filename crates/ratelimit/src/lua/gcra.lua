@@ -17,9 +17,9 @@ local function check(q, s, c)
 end
 
 local function consume(q, s, c)
-  redis.call('SET', q.key, fmt(math.max(s.tat, now) + c * q.t), 'PX', ttl_ms(q))
+  save(q, fmt(math.max(s.tat, now) + c * q.t), ttl_ms(q))
 end
 
 local function refund(q, s, c)
-  redis.call('SET', q.key, fmt(math.max(s.tat - c * q.t, now)), 'PX', ttl_ms(q))
+  save(q, fmt(math.max(s.tat - c * q.t, now)), ttl_ms(q))
 end

@@ -17,7 +17,7 @@ local owner, kept, kept_at = ARGV[b + 6] or '0', num(ARGV[b + 7], 0), num(ARGV[b
 local grace, report = num(ARGV[b + 9], 0), num(ARGV[b + 10], 0)
 local held_life = math.max(lifetime, num(ARGV[b + 11], 0))
 
-reclaim()
+reclaim(owner)
 local quotas = {}
 for i = 1, n do quotas[i] = quota(i) end
 

@@ -3,7 +3,10 @@
 -- KEYS[n + 1] is a hash: field = the owner (a LeasedStore's id), value
 -- 'units:at:ends' (units the owner reported holding, the store time the oldest of them
 -- was granted, the store time after which they are reclaimed), plus 'due' = the earliest
--- 'ends'. Owner '0' keeps no record (strict mode): nothing is reclaimed.
+-- 'ends', and 'exp' = the store time (µs) until which the ledger's TTL was last set, so that
+-- the TTL is extended only when it must be. Owner '0' keeps no record (strict mode): nothing
+-- is reclaimed. A call reads the ledger once (`look`: the owner's record, 'due', 'exp') and
+-- writes it at most once (one HSET), not at all when nothing moved.
 local ledger = KEYS[n + 1]
 local code = ARGV[2]
 local windows = code == 'fw' or code == 'swc'
@@ -15,8 +18,23 @@ local function split4(raw)
   return out[1] or 0, out[2] or 0, out[3] or 0, out[4] or 0
 end
 
+local function entry(units, at, ends, seq)
+  return fmt(max0(units)) .. ':' .. fmt(at) .. ':' .. fmt(ends) .. ':' .. fmt(seq)
+end
+
 local function put(owner, units, at, ends, seq)
-  redis.call('HSET', ledger, owner, fmt(max0(units)) .. ':' .. fmt(at) .. ':' .. fmt(ends) .. ':' .. fmt(seq))
+  redis.call('HSET', ledger, owner, entry(units, at, ends, seq))
+end
+
+-- What this call knows of the ledger: the owner's record (false: none), 'due', 'exp' (nil:
+-- absent), read with one HMGET and kept up to date by this call's own writes.
+local seen = nil
+local function look(owner)
+  if seen == nil then
+    local r = redis.call('HMGET', ledger, owner, 'due', 'exp')
+    seen = { raw = r[1], due = tonumber(r[2]), exp = tonumber(r[3]) }
+  end
+  return seen
 end
 
 -- Give back `units` granted at store time `at` that were never spent: to the windows still
@@ -37,29 +55,35 @@ local function give(units, at)
 end
 
 -- Reclaim the records whose TTL passed: their owners stopped spending them (a live owner
--- gives its leases back before; one that did not is taken for dead).
-local function reclaim()
+-- gives its leases back before; one that did not is taken for dead). `owner`: the call's
+-- owner, whose record `look` reads along with 'due'.
+local function reclaim(owner)
   if not ledger then return end
-  local due = tonumber(redis.call('HGET', ledger, 'due'))
-  if due == nil or due > now then return end
+  local s = look(owner)
+  if s.due == nil or s.due > now then return end
   local all = redis.call('HGETALL', ledger)
   local next_due = nil
+  local gone = {}
   for j = 1, #all, 2 do
     local f = all[j]
-    if f ~= 'due' then
+    if f ~= 'due' and f ~= 'exp' then
       local units, at, ends = split4(all[j + 1])
       if ends <= now then
         give(units, at)
-        redis.call('HDEL', ledger, f)
+        gone[#gone + 1] = f
+        if f == owner then s.raw = false end
       elseif next_due == nil or ends < next_due then
         next_due = ends
       end
     end
   end
   if next_due then
+    if #gone > 0 then redis.call('HDEL', ledger, unpack(gone)) end
     redis.call('HSET', ledger, 'due', fmt(next_due))
+    s.due = next_due
   else
     redis.call('DEL', ledger)
+    s.raw, s.due, s.exp = false, nil, nil
   end
 end
 
@@ -73,8 +97,10 @@ end
 -- units were reclaimed.
 local function record(owner, report, snapshot, delta, at, ends_if_granted)
   if not ledger or owner == '0' then return end
-  local raw = redis.call('HGET', ledger, owner)
-  if raw == false and ends_if_granted == nil then return end
+  local s = look(owner)
+  local raw = s.raw
+  if not raw and ends_if_granted == nil then return end
+  local existed = raw or s.due ~= nil
   local units, old_at, ends, seq = 0, at, 0, 0
   if raw then units, old_at, ends, seq = split4(raw) end
   if ends_if_granted and ends_if_granted > ends then ends = ends_if_granted end
@@ -84,17 +110,38 @@ local function record(owner, report, snapshot, delta, at, ends_if_granted)
     units = max0(units + delta)
     if raw and (at == 0 or (old_at > 0 and old_at < at)) then at = old_at end
   end
-  put(owner, units, at, ends, seq)
-  local due = tonumber(redis.call('HGET', ledger, 'due'))
-  if due == nil or ends < due then redis.call('HSET', ledger, 'due', fmt(ends)) end
+  local fields = {}
+  local value = entry(units, at, ends, seq)
+  if value ~= raw then
+    fields[1], fields[2] = owner, value
+    s.raw = value
+  end
+  if s.due == nil or ends < s.due then
+    fields[#fields + 1], fields[#fields + 2] = 'due', fmt(ends)
+    s.due = ends
+  end
   -- The ledger lives at least as long as the counters it accounts for: a record that
   -- vanished with its key before they did would strand its units in them (until the
   -- window ends), and a live owner's give-back that finds no record gives nothing back.
+  -- When it must grow, its TTL is set to twice that ('exp' says until when), so a key
+  -- decided steadily extends it about once per TTL, not on every call.
   local keep = math.ceil((ends - now) / 1000) + 1000
   for i = 1, n do
     local q = quota(i)
     local t = ttl_ms(q)
     if t > keep then keep = t end
   end
-  if redis.call('PTTL', ledger) < keep then redis.call('PEXPIRE', ledger, keep) end
+  local exp = s.exp
+  if exp == nil and existed then
+    -- A ledger written before 'exp' was kept: its TTL as Redis has it.
+    local left = redis.call('PTTL', ledger)
+    if left > 0 then exp = now + left * 1000 end
+  end
+  local extend = exp == nil or exp < now + keep * 1000
+  if extend then
+    s.exp = now + 2 * keep * 1000
+    fields[#fields + 1], fields[#fields + 2] = 'exp', fmt(s.exp)
+  end
+  if #fields > 0 then redis.call('HSET', ledger, unpack(fields)) end
+  if extend then redis.call('PEXPIRE', ledger, 2 * keep) end
 end

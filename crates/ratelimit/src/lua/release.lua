@@ -8,7 +8,7 @@
 local granted_at = tonumber(ARGV[4 + 4 * n + 1])
 local owner = ARGV[4 + 4 * n + 2] or '0'
 local reported = num(ARGV[4 + 4 * n + 3], 0)
-reclaim()
+reclaim(owner)
 if cost > 0 then
   if owner == '0' or not ledger then
     if windows then
@@ -18,7 +18,7 @@ if cost > 0 then
       end
     end
   else
-    local raw = redis.call('HGET', ledger, owner)
+    local raw = look(owner).raw
     if raw then
       give(cost, granted_at)
       -- A record written by a report sent after these units left the owner's hands left

@@ -43,10 +43,10 @@ end
 
 local function consume(q, s, c)
   local w, prev, curr = at(s, q.p)
-  redis.call('SET', q.key, fmt(w) .. ':' .. fmt(prev) .. ':' .. fmt(curr + c), 'PX', ttl_ms(q))
+  save(q, fmt(w) .. ':' .. fmt(prev) .. ':' .. fmt(curr + c), ttl_ms(q))
 end
 
 local function refund(q, s, c)
   local w, prev, curr = at(s, q.p)
-  redis.call('SET', q.key, fmt(w) .. ':' .. fmt(prev) .. ':' .. fmt(max0(curr - c)), 'PX', ttl_ms(q))
+  save(q, fmt(w) .. ':' .. fmt(prev) .. ':' .. fmt(max0(curr - c)), ttl_ms(q))
 end

@@ -27,12 +27,12 @@ end
 
 local function consume(q, s, c)
   local tok, l = refill(s.tokens, s.last, q.burst, q.t)
-  redis.call('SET', q.key, fmt(max0(tok - c)) .. ':' .. fmt(l), 'PX', ttl_ms(q))
+  save(q, fmt(max0(tok - c)) .. ':' .. fmt(l), ttl_ms(q))
 end
 
 local function refund(q, s, c)
   local tok, l = refill(s.tokens, s.last, q.burst, q.t)
   tok = math.min(tok + c, q.burst)
   if tok == q.burst then l = math.max(now, l) end
-  redis.call('SET', q.key, fmt(tok) .. ':' .. fmt(l), 'PX', ttl_ms(q))
+  save(q, fmt(tok) .. ':' .. fmt(l), ttl_ms(q))
 end
