@@ -669,6 +669,7 @@ impl PromptFeatures {
             self.roles.push(position);
         }
         let counted = NEGATIONS.contains(&bare.as_str())
+            || time.is_some()
             || QUANTIFIERS.contains(&bare.as_str())
             || OWNERS.iter().any(|(w, _)| *w == bare)
             || NUMBER_WORDS.iter().any(|(w, _)| *w == bare)
@@ -723,13 +724,18 @@ impl PromptFeatures {
         })
     }
 
-    /// Content words of `self` that `other` does not have (by stem, and not among its
-    /// tokens in any case), in order.
+    /// Content words of `self` that `other` does not have (by stem, not among its tokens in
+    /// any case, and no WordNet synonym of them among its content words), in order.
     fn only_here<'a>(&'a self, other: &Self) -> Vec<&'a str> {
         self.content
             .iter()
             .filter(|(_, stem, word)| {
-                !other.has_spelling_of(stem, word) && !other.tokens.contains(word)
+                !other.has_spelling_of(stem, word)
+                    && !other.tokens.contains(word)
+                    && !other
+                        .content
+                        .iter()
+                        .any(|(_, _, w)| lexicon::are_synonyms(word, w))
             })
             .map(|(_, _, word)| word.as_str())
             .collect()
@@ -819,6 +825,39 @@ impl PromptFeatures {
         false
     }
 
+    /// Whether the speaker is the subject (`I sell`, `can we sell`) or the object (`sells
+    /// me`, `sell us`) of the content word with `stem`, at any of its occurrences.
+    fn speaker_role(&self, stem: &str) -> (bool, bool) {
+        let (mut subject, mut object) = (false, false);
+        for (at, s, _) in &self.content {
+            if s != stem {
+                continue;
+            }
+            let before = &self.tokens[at.saturating_sub(2)..*at];
+            subject |= before.iter().any(|t| t == "i" || t == "we");
+            object |= self
+                .tokens
+                .get(at + 1)
+                .is_some_and(|t| t == "me" || t == "us");
+        }
+        (subject, object)
+    }
+
+    /// A shared word whose doer is the speaker in one prompt and whose receiver is the
+    /// speaker in the other (`when I sell bitcoin` / `when someone sells me bitcoin`, `can I
+    /// send you` / `can you send me`).
+    fn speaker_swapped(&self, other: &Self) -> bool {
+        self.content.iter().any(|(_, stem, _)| {
+            if !other.has_stem(stem) {
+                return false;
+            }
+            let (a_subject, a_object) = self.speaker_role(stem);
+            let (b_subject, b_object) = other.speaker_role(stem);
+            (a_subject && !a_object && b_object && !b_subject)
+                || (a_object && !a_subject && b_subject && !b_object)
+        })
+    }
+
     /// What each prompt says that the other does not: this prompt's span first. When both
     /// say something of their own it is a substitution (`children` / `adults`); when only
     /// one does, an insertion, and the other side is the other prompt's content words
@@ -895,7 +934,7 @@ impl PromptFeatures {
                 return Some(VetoReason::Antonym);
             }
         }
-        if config.roles && self.roles_swapped(other) {
+        if config.roles && (self.roles_swapped(other) || self.speaker_swapped(other)) {
             return Some(VetoReason::Role);
         }
         if config.scope {
@@ -1189,6 +1228,54 @@ mod tests {
             ),
             Some(VetoReason::Antonym)
         );
+    }
+
+    #[test]
+    fn wordnet_synonyms_are_not_differences() {
+        let span =
+            |a: &str, b: &str| PromptFeatures::extract(a).substitution(&PromptFeatures::extract(b));
+        assert_eq!(
+            span(
+                "Dose of ibuprofen for kids",
+                "dose of ibuprofen for children"
+            ),
+            None
+        );
+        assert_eq!(
+            span("Where can I purchase stamps", "where can I buy stamps"),
+            None
+        );
+        assert!(
+            span(
+                "Dose of ibuprofen for adults",
+                "dose of ibuprofen for children"
+            )
+            .is_some()
+        );
+        // Plural weekdays are times, not content words ("open on Sundays").
+        assert_eq!(
+            span(
+                "Is the pharmacy open on Sunday?",
+                "Does the pharmacy open on Sundays?"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_speaker_as_doer_or_receiver_is_a_role() {
+        assert_eq!(
+            veto(
+                "Do I pay tax when I sell bitcoin?",
+                "Do I pay tax when someone sells me bitcoin?"
+            ),
+            Some(VetoReason::Role)
+        );
+        assert_eq!(
+            veto("Can you send me the file?", "Can I send you the file?"),
+            Some(VetoReason::Role)
+        );
+        assert_eq!(veto("Can I sell my car?", "How can I sell my car?"), None);
     }
 
     #[test]

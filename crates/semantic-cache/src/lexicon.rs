@@ -8,6 +8,10 @@ use std::sync::OnceLock;
 /// The generated table: `word opposite` a line, `#` comments.
 const ANTONYM_TABLE: &str = include_str!("data/antonyms.txt");
 
+/// The generated table of words that say the same thing (`scripts/wordnet-synonyms.py`):
+/// `word synonym` a line, `=form base` for an irregular form, `#` comments.
+const SYNONYM_TABLE: &str = include_str!("data/synonyms.txt");
+
 /// Words that say how something is asked, not what is asked: articles, auxiliaries,
 /// pronouns, request wording ("please", "tell me", "what's the way to"). Two prompts that
 /// differ only in these ask the same thing.
@@ -228,6 +232,60 @@ fn antonyms() -> &'static HashMap<&'static str, Vec<&'static str>> {
     })
 }
 
+struct Synonyms {
+    pairs: HashMap<&'static str, Vec<&'static str>>,
+    irregular: HashMap<&'static str, &'static str>,
+}
+
+fn synonyms() -> &'static Synonyms {
+    static TABLE: OnceLock<Synonyms> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = Synonyms {
+            pairs: HashMap::new(),
+            irregular: HashMap::new(),
+        };
+        for line in SYNONYM_TABLE.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((a, b)) = line.split_once(' ') else {
+                continue;
+            };
+            if let Some(form) = a.strip_prefix('=') {
+                table.irregular.insert(form, b);
+                continue;
+            }
+            table.pairs.entry(a).or_default().push(b);
+            table.pairs.entry(b).or_default().push(a);
+        }
+        table
+    })
+}
+
+/// Whether `a` and `b` say the same thing by the WordNet table: a shared synset that is the
+/// commonest sense of both (`child` / `kid`, `buy` / `purchase`), in any of their forms
+/// (`children` / `kids`, `bought` / `purchased`).
+pub(crate) fn are_synonyms(a: &str, b: &str) -> bool {
+    if a == b {
+        return false;
+    }
+    let table = synonyms();
+    let with_irregular = |w: &str| {
+        let mut f = forms(w);
+        if let Some(base) = table.irregular.get(w) {
+            f.push((*base).to_owned());
+        }
+        f
+    };
+    let (fa, fb) = (with_irregular(a), with_irregular(b));
+    fa.iter().any(|x| {
+        table
+            .pairs
+            .get(x.as_str())
+            .is_some_and(|list| fb.iter().any(|y| list.contains(&y.as_str())))
+    })
+}
+
 /// A crude English stem: plural, past and gerund endings stripped, a final `e` dropped
 /// (`takes`, `taking`, `taken`… are not all met, but `closed`/`close`/`closes` are).
 pub(crate) fn stem(word: &str) -> String {
@@ -324,9 +382,12 @@ pub(crate) fn are_opposites(a: &str, b: &str) -> bool {
                 .iter()
                 .any(|p| x.strip_prefix(p).is_some_and(|rest| rest == y))
     };
+    // The Greek `a-` only before longer words (`synchrony` / `asynchrony`, `typical` /
+    // `atypical`; not `broad` / `abroad`).
+    let alpha = |x: &str, y: &str| y.len() >= 6 && x.strip_prefix('a') == Some(y);
     for x in &fa {
         for y in &fb {
-            if prefixed(x, y) || prefixed(y, x) {
+            if prefixed(x, y) || prefixed(y, x) || alpha(x, y) || alpha(y, x) {
                 return true;
             }
         }
@@ -352,6 +413,8 @@ mod tests {
         assert!(are_opposites("safe", "unsafe"));
         assert!(are_opposites("like", "dislike"));
         assert!(are_opposites("careful", "careless"));
+        assert!(are_opposites("synchrony", "asynchrony"));
+        assert!(!are_opposites("broad", "abroad"));
         assert!(are_opposites("buying", "selling"));
         assert!(!are_opposites("change", "update"));
         assert!(!are_opposites("open", "open"));
@@ -370,5 +433,17 @@ mod tests {
     #[test]
     fn the_table_is_loaded() {
         assert!(antonyms().len() > 1000);
+        assert!(synonyms().pairs.len() > 1000);
+    }
+
+    #[test]
+    fn synonyms_from_the_table_in_any_form() {
+        assert!(are_synonyms("child", "kid"));
+        assert!(are_synonyms("children", "kids"));
+        assert!(are_synonyms("purchase", "buy"));
+        assert!(are_synonyms("purchased", "bought"));
+        assert!(!are_synonyms("child", "adult"));
+        assert!(!are_synonyms("buy", "sell"));
+        assert!(!are_synonyms("kid", "kid"));
     }
 }
