@@ -436,7 +436,7 @@ impl SemanticCacheBuilder {
     /// The similarity threshold of namespaces without their own policy. Without this (or
     /// [`default_policy`](Self::default_policy) / [`config`](Self::config)) the cache uses
     /// the embedder's [`Embedder::recommended_threshold`]: 0.70 for the built-in hashing
-    /// embedder, `MINILM_THRESHOLD` (0.80) for MiniLM.
+    /// embedder, `MINILM_THRESHOLD` (0.90) for MiniLM.
     #[must_use]
     pub fn threshold(mut self, threshold: f32) -> Self {
         self.config.default_policy.threshold = threshold;

@@ -79,10 +79,11 @@ const TEST: &str = include_str!("../data/quality/test.tsv");
 /// The test part at the threshold MiniLM recommends (which the builder applies by itself).
 ///
 /// Issue 15's goal is at most 2 % of traps served with at least half of the should-hit
-/// pairs. It is NOT met: when the decision was frozen on the tuning part (span check on
-/// static word-piece vectors, floor 0.45), the test part gave 49.1 % true hits and 2.1 %
-/// false hits (docs/semantic-cache.md; before: 47.7 % / 2.9 %). The bounds below hold the
-/// crate to that measurement (with a small margin), so a regression fails here.
+/// pairs. It is NOT met at the recommended threshold: with the decision frozen (guard levers
+/// chosen on the tuning part, the threshold, 0.90, on the threshold part by its stated rule)
+/// the test part gave 49.3 % true hits and 1.3 % false hits (docs/semantic-cache.md; at
+/// 0.80 before: 52.3 % / 2.5 %). The bounds below hold the crate to that measurement (with
+/// a small margin), so a regression fails here.
 #[tokio::test]
 async fn minilm_quality_on_the_test_part() {
     let minilm = embedder();
@@ -111,7 +112,7 @@ async fn minilm_quality_on_the_test_part() {
             reports.push(r);
         }
     }
-    for t in [0.70, 0.75, MINILM_THRESHOLD, 0.85, 0.90, 0.95] {
+    for t in [0.70, 0.75, 0.80, 0.85, 0.90, 0.95] {
         let mut r = evaluate(&scored, t, true);
         r.label = format!("guard, {t:.2}");
         reports.push(r);
@@ -142,7 +143,7 @@ async fn minilm_quality_on_the_test_part() {
         }
     );
     assert!(
-        recommended.false_hit_rate() <= 0.03 && recommended.hit_rate() >= 0.50,
+        recommended.false_hit_rate() <= 0.02 && recommended.hit_rate() >= 0.48,
         "at {MINILM_THRESHOLD}: {:.3} true hits, {:.3} false hits",
         recommended.hit_rate(),
         recommended.false_hit_rate()

@@ -131,7 +131,7 @@ async fn hashing_embedder_on_the_test_part() {
     );
     // The figure measured when the decision was frozen (docs/semantic-cache.md), less a
     // margin: a change that loses many true hits must show up here.
-    assert!(default.hit_rate() >= 0.40, "{:.3}", default.hit_rate());
+    assert!(default.hit_rate() >= 0.52, "{:.3}", default.hit_rate());
 }
 
 /// The evaluation decides exactly as the cache does: every pair of the tuning part looked
