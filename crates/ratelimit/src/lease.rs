@@ -181,6 +181,11 @@ pub struct LeaseReturn {
     /// The owner's last [`LeaseRequest::report`] sent before these units left its hands:
     /// a ledger record written by a later report already left them out.
     pub reported: u64,
+    /// Store time (µs) from which a ledger may have reclaimed these units with the owner's
+    /// record: the grant's time plus the lease's lifetime plus the grace. A give-back that
+    /// arrives then or later gives nothing back (the units went back with the record, or
+    /// go back with it; counting them again would admit them twice). 0: no such time.
+    pub reclaim_at: u64,
 }
 
 impl LeaseReturn {
@@ -191,6 +196,7 @@ impl LeaseReturn {
             granted_at,
             owner: 0,
             reported: 0,
+            reclaim_at: 0,
         }
     }
 
@@ -199,6 +205,13 @@ impl LeaseReturn {
     pub const fn owner(mut self, owner: u64, reported: u64) -> Self {
         self.owner = owner;
         self.reported = reported;
+        self
+    }
+
+    /// See [`reclaim_at`](Self::reclaim_at).
+    #[must_use]
+    pub const fn reclaim_at(mut self, store_time: u64) -> Self {
+        self.reclaim_at = store_time;
         self
     }
 }
@@ -630,8 +643,25 @@ pub(crate) struct Held {
     pub(crate) expires: u64,
     /// Store time of the grant.
     pub(crate) granted_at: u64,
+    /// Store time from which the store's ledger may reclaim the units (the grant plus the
+    /// lease's lifetime plus the grace; 0 without a ledger record).
+    pub(crate) reclaim_at: u64,
     /// The book's last report when the units left it (0 while held).
     pub(crate) reported: u64,
+}
+
+impl Held {
+    /// Take `other`'s units; of each time the earlier one.
+    fn join(&mut self, other: Held) {
+        self.units = self.units.saturating_add(other.units);
+        self.expires = self.expires.min(other.expires);
+        self.granted_at = self.granted_at.min(other.granted_at);
+        self.reclaim_at = match (self.reclaim_at, other.reclaim_at) {
+            (0, r) | (r, 0) => r,
+            (a, b) => a.min(b),
+        };
+        self.reported = self.reported.max(other.reported);
+    }
 }
 
 /// How an instance leases one policy: fixed when its book is made.
@@ -888,7 +918,27 @@ impl Book {
     /// Put back leases [`decide_here`](Self::decide_here) found ended (the caller will not
     /// send a call now: the next one carries them).
     pub(crate) fn keep(&mut self, ended: Vec<Held>) {
-        self.held.extend(ended);
+        self.hold(ended);
+    }
+
+    /// Hold `leases` (again). A book holds at most [`MAX_HELD_LEASES`] entries (the bound
+    /// counts them): parts of one grant join its entry, and when a call's units come back
+    /// while another call's grant arrived (a request that gave up, a call never sent), the
+    /// two soonest-ending entries become one, taking the earlier of each time — it ends,
+    /// counts as granted and may be reclaimed at the earlier one, so it is spent, offered
+    /// and given back no longer than either part would have been.
+    fn hold(&mut self, leases: impl IntoIterator<Item = Held>) {
+        for h in leases.into_iter().filter(|h| h.units > 0) {
+            match self.held.iter_mut().find(|k| k.granted_at == h.granted_at) {
+                Some(k) => k.join(h),
+                None => self.held.push(h),
+            }
+        }
+        while self.held.len() > MAX_HELD_LEASES {
+            self.held.sort_by_key(|h| h.expires);
+            let second = self.held.remove(1);
+            self.held[0].join(second);
+        }
     }
 
     /// The call the store must decide a request of `cost` with, carrying every unit held
@@ -1070,19 +1120,28 @@ impl Book {
                     h.units -= t;
                     used -= t;
                 }
-                self.held.extend(rest.into_iter().filter(|h| h.units > 0));
+                self.hold(rest);
             }
             if call.request.cost > 0 {
                 self.spent = self.spent.saturating_add(call.request.cost);
             }
             self.denial = None;
             if reply.granted > 0 {
-                self.held.push(Held {
+                self.hold([Held {
                     units: reply.granted,
                     expires: call.sent.saturating_add(reply.lifetime),
                     granted_at: reply.granted_at,
+                    // As the ledger computes the record's end (lease.lua).
+                    reclaim_at: if call.request.owner == 0 {
+                        0
+                    } else {
+                        reply
+                            .granted_at
+                            .saturating_add(reply.lifetime)
+                            .saturating_add(micros(call.request.grace))
+                    },
                     reported: 0,
-                });
+                }]);
             } else if call.wanted && call.request.want > 0 {
                 // Nothing to lease now (the quota is nearly spent): no background calls for
                 // a while; requests that find no allowance still ask.
@@ -1090,7 +1149,7 @@ impl Book {
             }
         } else {
             if !reply.stale_held {
-                self.held.extend(call.reserved);
+                self.hold(call.reserved);
             }
             let mut until = call.sent.saturating_add(plan.max_denial);
             for v in reply.verdicts.iter().filter(|v| !v.allowed) {
@@ -1137,7 +1196,7 @@ impl Book {
     /// nothing, and the units it carried are held again.
     pub(crate) fn unsend(&mut self, call: Call) {
         self.settle(&call);
-        self.held.extend(call.reserved);
+        self.hold(call.reserved);
     }
 
     fn settle(&mut self, call: &Call) {

@@ -1014,7 +1014,9 @@ impl Shared {
             let job = Job::Release(ReleaseJob {
                 key: Box::from(key),
                 policy: policy.clone(),
-                give: LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
+                give: LeaseReturn::new(h.units, h.granted_at)
+                    .owner(self.owner, h.reported)
+                    .reclaim_at(h.reclaim_at),
                 done,
             });
             // Without a runtime the job is dropped: its answer, an error, counts the units
@@ -1042,7 +1044,9 @@ impl Shared {
                 calls.push(ReleaseCall::new(
                     key,
                     policy,
-                    LeaseReturn::new(h.units, h.granted_at).owner(self.owner, h.reported),
+                    LeaseReturn::new(h.units, h.granted_at)
+                        .owner(self.owner, h.reported)
+                        .reclaim_at(h.reclaim_at),
                 ));
             }
         }

@@ -595,7 +595,7 @@ fn decision_of(policy: &Policy, reply: &[i64], at: usize) -> Result<Decision> {
 /// The arguments after the common ones of `src/lua/lease.lua`.
 const LEASE_ARGS: usize = 11;
 /// The arguments after the common ones of `src/lua/release.lua`.
-const RELEASE_ARGS: usize = 3;
+const RELEASE_ARGS: usize = 4;
 
 fn lease_args(inv: &mut ScriptInvocation<'_>, request: &LeaseRequest) {
     let max = crate::algorithm::MAX_MICROS;
@@ -615,7 +615,8 @@ fn lease_args(inv: &mut ScriptInvocation<'_>, request: &LeaseRequest) {
 fn release_args(inv: &mut ScriptInvocation<'_>, give: &LeaseReturn) {
     inv.arg(give.granted_at.min(crate::algorithm::MAX_MICROS))
         .arg(give.owner)
-        .arg(give.reported);
+        .arg(give.reported)
+        .arg(give.reclaim_at.min(crate::algorithm::MAX_MICROS));
 }
 
 /// Whether a give-back changes anything in the store: units of a leased algorithm, and for

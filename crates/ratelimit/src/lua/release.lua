@@ -3,11 +3,16 @@
 -- quotas whose window is still the one of the grant. With an owner (ledger.lua): only while
 -- the owner's record stands (a record already reclaimed gave these units back), buckets
 -- included, less what they refilled since the grant; the record shrinks by the units.
+-- A give-back that arrives once the units may have been reclaimed with the owner's record
+-- (`reclaim_at`: the grant plus the lease's lifetime plus the grace, as lease.lua sets the
+-- record's end) gives nothing: a record found then may be a newer one, written after the
+-- reclaim gave these units back, and counting them again would admit them twice.
 -- ARGV after the quotas: granted_at, owner, reported (the owner's last report before the
--- units left its hands).
+-- units left its hands), reclaim_at (0: none).
 local granted_at = tonumber(ARGV[4 + 4 * n + 1])
 local owner = ARGV[4 + 4 * n + 2] or '0'
 local reported = num(ARGV[4 + 4 * n + 3], 0)
+local reclaim_at = num(ARGV[4 + 4 * n + 4], 0)
 reclaim(owner)
 if cost > 0 then
   if owner == '0' or not ledger then
@@ -19,7 +24,7 @@ if cost > 0 then
     end
   else
     local raw = look(owner).raw
-    if raw then
+    if raw and (reclaim_at == 0 or now < reclaim_at) then
       give(cost, granted_at)
       -- A record written by a report sent after these units left the owner's hands left
       -- them out already.

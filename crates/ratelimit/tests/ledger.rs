@@ -1,0 +1,116 @@
+//! The Redis lease ledger (issue 19): an owner's record stands for the units it leased and
+//! did not give back; once the record's TTL passed, the next call on the key reclaims it
+//! (gives its units back to the quota). A give-back that arrives after that — the owner was
+//! alive but late — must not be counted again against a *newer* record of the same owner:
+//! those units went back with the reclaimed record already. Seen in `tests/fleet_live.rs`
+//! on a loaded machine as survivors admitting one or two units over the quota.
+#![cfg(feature = "redis")]
+
+use std::time::Duration;
+
+use palisade_ratelimit::{
+    Algorithm, FakeClock, Lease, LeaseRequest, LeaseReturn, Policy, Quota, RedisStore, Store,
+};
+use palisade_testkit::test_redis;
+
+const LIFETIME: Duration = Duration::from_secs(1);
+const GRACE: Duration = Duration::from_secs(1);
+
+/// What owner 7 gives back of `lease`, as a `LeasedStore` does: with the store time from
+/// which the ledger may have reclaimed it.
+fn give_back(lease: &Lease) -> LeaseReturn {
+    let reclaim_at = lease.granted_at + (lease.lifetime + GRACE).as_micros() as u64;
+    LeaseReturn::new(lease.granted, lease.granted_at)
+        .owner(7, 0)
+        .reclaim_at(reclaim_at)
+}
+
+async fn remaining(store: &RedisStore, policy: &Policy) -> u64 {
+    store
+        .peek("k", policy)
+        .await
+        .unwrap()
+        .quota(0)
+        .unwrap()
+        .remaining
+}
+
+/// Owner 7 leases 10 units and goes quiet past the record's TTL; owner 8's call reclaims
+/// them; owner 7 leases 5 more (a new record), then its give-back of the first lease's 10
+/// units lands. The quota must count owner 8's unit and owner 7's live 5, nothing less.
+async fn a_late_give_back_is_not_counted_twice(alg: Algorithm) {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    // Hours: the fake clock moves a few seconds and stays in one window.
+    let policy = Policy::single(format!("ledger-{alg}"), alg, Quota::per_hour(100)).unwrap();
+    let store = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+
+    let first = store
+        .lease(
+            "k",
+            &policy,
+            &LeaseRequest::new(0).want(10, LIFETIME).owner(7, GRACE),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.granted, 10, "{alg}: the first lease");
+    assert_eq!(remaining(&store, &policy).await, 90, "{alg}");
+
+    // Past the lease's lifetime and the grace: the record is due.
+    clock.advance(LIFETIME + GRACE + Duration::from_millis(10));
+    let other = store
+        .lease("k", &policy, &LeaseRequest::new(1).owner(8, GRACE))
+        .await
+        .unwrap();
+    assert!(other.decision.allowed, "{alg}: owner 8's request");
+    assert_eq!(
+        remaining(&store, &policy).await,
+        99,
+        "{alg}: owner 7's 10 units were reclaimed"
+    );
+
+    let second = store
+        .lease(
+            "k",
+            &policy,
+            &LeaseRequest::new(0).want(5, LIFETIME).owner(7, GRACE),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.granted, 5, "{alg}: the second lease");
+    assert_eq!(remaining(&store, &policy).await, 94, "{alg}");
+
+    // The first lease's give-back, late: its units are back already.
+    store
+        .release_for("k", &policy, &give_back(&first))
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining(&store, &policy).await,
+        94,
+        "{alg}: a give-back of reclaimed units was counted again"
+    );
+
+    // The live lease's own give-back still counts.
+    store
+        .release_for("k", &policy, &give_back(&second))
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining(&store, &policy).await,
+        99,
+        "{alg}: the live lease's give-back"
+    );
+}
+
+#[tokio::test]
+async fn a_late_give_back_is_not_counted_twice_fixed_window() {
+    a_late_give_back_is_not_counted_twice(Algorithm::FixedWindow).await;
+}
+
+#[tokio::test]
+async fn a_late_give_back_is_not_counted_twice_sliding_window_counter() {
+    a_late_give_back_is_not_counted_twice(Algorithm::SlidingWindowCounter).await;
+}
