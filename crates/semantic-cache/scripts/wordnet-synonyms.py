@@ -20,10 +20,11 @@ generated file's header and in data/quality/README.md.
 import os
 import sys
 
+from wordnet import LICENCE_HEADER, POS, lemmas, synsets
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.normpath(os.path.join(HERE, "..", "src", "data", "synonyms.txt"))
 ANTONYMS = os.path.normpath(os.path.join(HERE, "..", "src", "data", "antonyms.txt"))
-POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 # How many of a word's commonest senses count.
 SENSES = 1
 
@@ -31,36 +32,12 @@ SENSES = 1
 def senses(folder):
     """(pos, lemma) -> its synset offsets, commonest first, for lemmas seen in the
     sense-tagged corpus."""
-    out = {}
-    for pos in POS:
-        for line in open(os.path.join(folder, f"index.{pos}"), encoding="latin-1"):
-            if line.startswith("  "):
-                continue
-            f = line.split()
-            lemma, synset_cnt, p_cnt = f[0].lower(), int(f[2]), int(f[3])
-            tagged = int(f[4 + p_cnt + 1])
-            if tagged == 0 or not lemma.isalpha():
-                continue
-            offsets = f[4 + p_cnt + 2 : 4 + p_cnt + 2 + synset_cnt]
-            out[(pos, lemma)] = offsets
-    return out
-
-
-def read(folder, pos):
-    synsets = {}
-    for line in open(os.path.join(folder, f"data.{pos}"), encoding="latin-1"):
-        if line.startswith("  "):
-            continue
-        f = line.split(" | ")[0].split()
-        offset, w_cnt = f[0], int(f[3], 16)
-        words = [f[4 + 2 * i].lower().split("(")[0] for i in range(w_cnt)]
-        k = 4 + 2 * w_cnt
-        pointers = []
-        for j in range(int(f[k])):
-            sym, target, tpos, st = f[k + 1 + 4 * j : k + 5 + 4 * j]
-            pointers.append((sym, target, tpos, int(st[:2], 16), int(st[2:], 16)))
-        synsets[offset] = (words, pointers)
-    return synsets
+    return {
+        (pos, lemma): offsets
+        for pos in POS
+        for lemma, tagged, offsets in lemmas(folder, pos)
+        if tagged > 0 and lemma.isalpha()
+    }
 
 
 def main():
@@ -83,9 +60,9 @@ def main():
             if pair not in opposites:
                 into.add(pair)
 
-    data = {pos: read(folder, pos) for pos in POS}
+    data = {pos: synsets(folder, pos) for pos in POS}
     for pos in POS:
-        for offset, (words, _) in data[pos].items():
+        for offset, (_, words, _) in data[pos].items():
             members = [w for w in dict.fromkeys(words) if common(pos, w, offset)]
             for i, a in enumerate(members):
                 for b in members[i + 1 :]:
@@ -107,12 +84,7 @@ def main():
             f"# is among the first {SENSES} sense(s) of both words; words seen in its\n"
             "# sense-tagged corpus only), then `=form base` lines: irregular forms of\n"
             "# the table's words from WordNet's exception lists. Do not edit.\n"
-            "# WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.\n"
-            "# Permission to use, copy, modify and distribute this database for any purpose\n"
-            "# and without fee or royalty is granted provided this notice appears on all copies.\n"
-            "# THE DATABASE IS PROVIDED \"AS IS\" AND PRINCETON UNIVERSITY MAKES NO\n"
-            "# REPRESENTATIONS OR WARRANTIES, EXPRESS OR IMPLIED. The full licence is in\n"
-            "# crates/semantic-cache/data/quality/README.md.\n"
+            + LICENCE_HEADER
         )
         for a, b in sorted(pairs):
             f.write(f"{a} {b}\n")
