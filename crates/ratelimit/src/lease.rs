@@ -922,18 +922,15 @@ impl Book {
     }
 
     /// Hold `leases` (again). A book holds at most [`MAX_HELD_LEASES`] entries (the bound
-    /// counts them): parts of one grant join its entry, and when a call's units come back
-    /// while another call's grant arrived (a request that gave up, a call never sent), the
-    /// two soonest-ending entries become one, taking the earlier of each time — it ends,
-    /// counts as granted and may be reclaimed at the earlier one, so it is spent, offered
-    /// and given back no longer than either part would have been.
+    /// counts them): when a call's units come back while another call's grant arrived (a
+    /// request that gave up, a call never sent), the two soonest-ending entries become one,
+    /// taking the earlier of each time — it ends, counts as granted and may be reclaimed at
+    /// the earlier one, so it is spent, offered and given back no longer than either part
+    /// would have been. (Entries are not joined by grant time: one batch grants every call
+    /// in it at the same store time, and two grants counted as one entry would let the
+    /// book ask for a third.)
     fn hold(&mut self, leases: impl IntoIterator<Item = Held>) {
-        for h in leases.into_iter().filter(|h| h.units > 0) {
-            match self.held.iter_mut().find(|k| k.granted_at == h.granted_at) {
-                Some(k) => k.join(h),
-                None => self.held.push(h),
-            }
-        }
+        self.held.extend(leases.into_iter().filter(|h| h.units > 0));
         while self.held.len() > MAX_HELD_LEASES {
             self.held.sort_by_key(|h| h.expires);
             let second = self.held.remove(1);
