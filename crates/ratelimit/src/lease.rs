@@ -61,6 +61,11 @@ pub struct LeaseRequest {
     /// The longest any of the `held` units was granted for, when longer than `lifetime`
     /// (bucket algorithms count held units within this of `held_at`).
     pub held_lifetime: Duration,
+    /// Store time from which a ledger may have reclaimed some of the `held` units with the
+    /// owner's record (the earliest [`LeaseReturn::reclaim_at`] among them; 0: none). From
+    /// then on the store counts none of them, neither towards the cost nor back into the
+    /// quota: they went back with the record, or go back with it.
+    pub held_reclaim_at: u64,
     /// A lease takes at most this many thousandths of what each quota has left after the
     /// request, so that the last units of a window are decided by the store one request
     /// at a time. Default 100 (10 %).
@@ -96,6 +101,7 @@ impl LeaseRequest {
             want: 0,
             lifetime: Duration::ZERO,
             held_lifetime: Duration::ZERO,
+            held_reclaim_at: 0,
             max_share_permille: 100,
             owner: 0,
             kept: 0,
@@ -126,6 +132,13 @@ impl LeaseRequest {
     #[must_use]
     pub const fn held_for(mut self, lifetime: Duration) -> Self {
         self.held_lifetime = lifetime;
+        self
+    }
+
+    /// See [`held_reclaim_at`](Self::held_reclaim_at).
+    #[must_use]
+    pub const fn held_reclaim_at(mut self, store_time: u64) -> Self {
+        self.held_reclaim_at = store_time;
         self
     }
 
@@ -952,12 +965,19 @@ impl Book {
         reserved.extend(ended);
         let held: u64 = reserved.iter().map(|h| h.units).sum();
         let held_at = reserved.iter().map(|h| h.granted_at).min().unwrap_or(0);
+        let reclaim_at = reserved
+            .iter()
+            .map(|h| h.reclaim_at)
+            .filter(|&r| r > 0)
+            .min()
+            .unwrap_or(0);
         let report = self.next_report(plan, false);
         self.leasing |= wanted;
         self.in_flight += 1;
         Call {
             request: LeaseRequest::new(cost)
                 .held(held, held_at)
+                .held_reclaim_at(reclaim_at)
                 .want(want, Duration::from_micros(life))
                 .held_for(Duration::from_micros(plan.sparse))
                 .max_share_permille(plan.share_permille)

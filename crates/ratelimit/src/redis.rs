@@ -593,7 +593,7 @@ fn decision_of(policy: &Policy, reply: &[i64], at: usize) -> Result<Decision> {
 }
 
 /// The arguments after the common ones of `src/lua/lease.lua`.
-const LEASE_ARGS: usize = 11;
+const LEASE_ARGS: usize = 12;
 /// The arguments after the common ones of `src/lua/release.lua`.
 const RELEASE_ARGS: usize = 4;
 
@@ -609,7 +609,8 @@ fn lease_args(inv: &mut ScriptInvocation<'_>, request: &LeaseRequest) {
         .arg(request.kept_at.min(max))
         .arg(crate::lease::micros(request.grace).min(max))
         .arg(request.report)
-        .arg(crate::lease::micros(request.held_lifetime).min(max));
+        .arg(crate::lease::micros(request.held_lifetime).min(max))
+        .arg(request.held_reclaim_at.min(max));
 }
 
 fn release_args(inv: &mut ScriptInvocation<'_>, give: &LeaseReturn) {

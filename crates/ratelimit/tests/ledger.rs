@@ -3,7 +3,8 @@
 //! (gives its units back to the quota). A give-back that arrives after that — the owner was
 //! alive but late — must not be counted again against a *newer* record of the same owner:
 //! those units went back with the reclaimed record already. Seen in `tests/fleet_live.rs`
-//! on a loaded machine as survivors admitting one or two units over the quota.
+//! on a loaded machine as survivors admitting one or two units over the quota. Nor may the
+//! owner spend them: held units offered towards a request after that time count for nothing.
 #![cfg(feature = "redis")]
 
 use std::time::Duration;
@@ -103,6 +104,54 @@ async fn a_late_give_back_is_not_counted_twice(alg: Algorithm) {
         99,
         "{alg}: the live lease's give-back"
     );
+}
+
+/// The same late owner does not give its first lease back but offers it towards a request
+/// (a request's call carries every unit its book holds): past the lease's `reclaim_at` the
+/// store counts none of them — the request is charged in full, and nothing is refunded.
+async fn reclaimed_units_are_not_spent_again(alg: Algorithm) {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let policy = Policy::single(format!("ledger-held-{alg}"), alg, Quota::per_hour(100)).unwrap();
+    let store = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
+    let first = store.lease("k", &policy, &want(10)).await.unwrap();
+    assert_eq!(first.granted, 10, "{alg}");
+    clock.advance(LIFETIME + GRACE + Duration::from_millis(10));
+    store
+        .lease("k", &policy, &LeaseRequest::new(1).owner(8, GRACE))
+        .await
+        .unwrap();
+    let second = store.lease("k", &policy, &want(5)).await.unwrap();
+    assert_eq!(second.granted, 5, "{alg}");
+    assert_eq!(remaining(&store, &policy).await, 94, "{alg}");
+
+    let reclaim_at = give_back(&first).reclaim_at;
+    let request = LeaseRequest::new(1)
+        .held(10, first.granted_at)
+        .held_reclaim_at(reclaim_at)
+        .owner(7, GRACE);
+    let answer = store.lease("k", &policy, &request).await.unwrap();
+    assert!(answer.decision.allowed, "{alg}: the request");
+    assert_eq!(answer.used_held, 0, "{alg}: reclaimed units paid for it");
+    assert!(answer.stale_held, "{alg}: the reclaimed units are gone");
+    assert_eq!(
+        remaining(&store, &policy).await,
+        93,
+        "{alg}: the request was not charged, or reclaimed units were refunded"
+    );
+}
+
+#[tokio::test]
+async fn reclaimed_units_are_not_spent_again_fixed_window() {
+    reclaimed_units_are_not_spent_again(Algorithm::FixedWindow).await;
+}
+
+#[tokio::test]
+async fn reclaimed_units_are_not_spent_again_sliding_window_counter() {
+    reclaimed_units_are_not_spent_again(Algorithm::SlidingWindowCounter).await;
 }
 
 #[tokio::test]

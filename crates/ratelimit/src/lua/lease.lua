@@ -3,7 +3,10 @@
 -- the instance holds when they are still valid, then lease up to `want` more, at most
 -- share/1000 of what each quota has left, taken from every quota. Stale held units are
 -- given back first, as release.lua does. ARGV after the quotas: held, held_at, want,
--- lifetime_us, share_permille, owner, kept, kept_at, grace_us, report, held_lifetime_us
+-- lifetime_us, share_permille, owner, kept, kept_at, grace_us, report, held_lifetime_us,
+-- held_reclaim_at (from then on held units may have gone back with the owner's reclaimed
+-- record: they count for nothing, neither towards the cost nor back into the quota, as a
+-- late give-back in release.lua)
 -- (buckets count held units within the longer of the two lifetimes of held_at; ledger.lua: the records of
 -- owners whose TTL passed are reclaimed first; what the owner holds afterwards, the held
 -- units it kept back and did not offer included, is recorded with a TTL of the lease's
@@ -16,6 +19,7 @@ local want, lifetime, share = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonu
 local owner, kept, kept_at = ARGV[b + 6] or '0', num(ARGV[b + 7], 0), num(ARGV[b + 8], 0)
 local grace, report = num(ARGV[b + 9], 0), num(ARGV[b + 10], 0)
 local held_life = math.max(lifetime, num(ARGV[b + 11], 0))
+local held_reclaim_at = num(ARGV[b + 12], 0)
 
 reclaim(owner)
 local quotas = {}
@@ -34,7 +38,9 @@ end
 
 local usable, stale = 0, 0
 if held > 0 and cost > 0 then
-  if held_valid() then
+  if owner ~= '0' and held_reclaim_at > 0 and now >= held_reclaim_at then
+    stale = 1
+  elseif held_valid() then
     usable = math.min(held, cost)
   else
     stale = 1
