@@ -17,13 +17,17 @@ use palisade_testkit::test_redis;
 const LIFETIME: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(1);
 
-/// What owner 7 gives back of `lease`, as a `LeasedStore` does: with the store time from
-/// which the ledger may have reclaimed it.
+/// The store time from which the ledger may have reclaimed `lease` (as `LeasedStore` sets
+/// it: the grant plus the lease's lifetime plus the grace).
+fn reclaim_at(lease: &Lease) -> u64 {
+    lease.granted_at + (lease.lifetime + GRACE).as_micros() as u64
+}
+
+/// What owner 7 gives back of `lease`, as a `LeasedStore` does.
 fn give_back(lease: &Lease) -> LeaseReturn {
-    let reclaim_at = lease.granted_at + (lease.lifetime + GRACE).as_micros() as u64;
     LeaseReturn::new(lease.granted, lease.granted_at)
         .owner(7, 0)
-        .reclaim_at(reclaim_at)
+        .reclaim_at(reclaim_at(lease))
 }
 
 async fn remaining(store: &RedisStore, policy: &Policy) -> u64 {
@@ -36,26 +40,27 @@ async fn remaining(store: &RedisStore, policy: &Policy) -> u64 {
         .remaining
 }
 
-/// Owner 7 leases 10 units and goes quiet past the record's TTL; owner 8's call reclaims
-/// them; owner 7 leases 5 more (a new record), then its give-back of the first lease's 10
-/// units lands. The quota must count owner 8's unit and owner 7's live 5, nothing less.
-async fn a_late_give_back_is_not_counted_twice(alg: Algorithm) {
+/// Owner 7 after its record was reclaimed: it leased 10 units and went quiet past the
+/// record's TTL, owner 8's call reclaimed them, and owner 7 leased 5 more (a new record).
+struct LateOwner {
+    _redis: palisade_testkit::TestRedis,
+    store: RedisStore,
+    policy: Policy,
+    first: Lease,
+    second: Lease,
+}
+
+async fn late_owner(alg: Algorithm, name: &str) -> LateOwner {
     let redis = test_redis().unwrap();
     let clock = FakeClock::new();
     // Hours: the fake clock moves a few seconds and stays in one window.
-    let policy = Policy::single(format!("ledger-{alg}"), alg, Quota::per_hour(100)).unwrap();
+    let policy = Policy::single(format!("{name}-{alg}"), alg, Quota::per_hour(100)).unwrap();
     let store = RedisStore::new(redis.pool())
         .with_prefix(redis.prefix().as_str())
         .with_clock(clock.clone());
+    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
 
-    let first = store
-        .lease(
-            "k",
-            &policy,
-            &LeaseRequest::new(0).want(10, LIFETIME).owner(7, GRACE),
-        )
-        .await
-        .unwrap();
+    let first = store.lease("k", &policy, &want(10)).await.unwrap();
     assert_eq!(first.granted, 10, "{alg}: the first lease");
     assert_eq!(remaining(&store, &policy).await, 90, "{alg}");
 
@@ -72,16 +77,29 @@ async fn a_late_give_back_is_not_counted_twice(alg: Algorithm) {
         "{alg}: owner 7's 10 units were reclaimed"
     );
 
-    let second = store
-        .lease(
-            "k",
-            &policy,
-            &LeaseRequest::new(0).want(5, LIFETIME).owner(7, GRACE),
-        )
-        .await
-        .unwrap();
+    let second = store.lease("k", &policy, &want(5)).await.unwrap();
     assert_eq!(second.granted, 5, "{alg}: the second lease");
     assert_eq!(remaining(&store, &policy).await, 94, "{alg}");
+    LateOwner {
+        _redis: redis,
+        store,
+        policy,
+        first,
+        second,
+    }
+}
+
+/// Then its give-back of the first lease's 10 units lands. The quota must count owner 8's
+/// unit and owner 7's live 5, nothing less.
+async fn a_late_give_back_is_not_counted_twice(alg: Algorithm) {
+    // `_redis` bound: the throwaway server lives until the end of the test.
+    let LateOwner {
+        _redis,
+        store,
+        policy,
+        first,
+        second,
+    } = late_owner(alg, "ledger").await;
 
     // The first lease's give-back, late: its units are back already.
     store
@@ -106,32 +124,22 @@ async fn a_late_give_back_is_not_counted_twice(alg: Algorithm) {
     );
 }
 
-/// The same late owner does not give its first lease back but offers it towards a request
-/// (a request's call carries every unit its book holds): past the lease's `reclaim_at` the
-/// store counts none of them — the request is charged in full, and nothing is refunded.
+/// Or it does not give its first lease back but offers it towards a request (a request's
+/// call carries every unit its book holds): past the lease's `reclaim_at` the store counts
+/// none of them — the request is charged in full, and nothing is refunded.
 async fn reclaimed_units_are_not_spent_again(alg: Algorithm) {
-    let redis = test_redis().unwrap();
-    let clock = FakeClock::new();
-    let policy = Policy::single(format!("ledger-held-{alg}"), alg, Quota::per_hour(100)).unwrap();
-    let store = RedisStore::new(redis.pool())
-        .with_prefix(redis.prefix().as_str())
-        .with_clock(clock.clone());
-    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
-    let first = store.lease("k", &policy, &want(10)).await.unwrap();
-    assert_eq!(first.granted, 10, "{alg}");
-    clock.advance(LIFETIME + GRACE + Duration::from_millis(10));
-    store
-        .lease("k", &policy, &LeaseRequest::new(1).owner(8, GRACE))
-        .await
-        .unwrap();
-    let second = store.lease("k", &policy, &want(5)).await.unwrap();
-    assert_eq!(second.granted, 5, "{alg}");
-    assert_eq!(remaining(&store, &policy).await, 94, "{alg}");
+    // `_redis` bound: the throwaway server lives until the end of the test.
+    let LateOwner {
+        _redis,
+        store,
+        policy,
+        first,
+        ..
+    } = late_owner(alg, "ledger-held").await;
 
-    let reclaim_at = give_back(&first).reclaim_at;
     let request = LeaseRequest::new(1)
         .held(10, first.granted_at)
-        .held_reclaim_at(reclaim_at)
+        .held_reclaim_at(reclaim_at(&first))
         .owner(7, GRACE);
     let answer = store.lease("k", &policy, &request).await.unwrap();
     assert!(answer.decision.allowed, "{alg}: the request");

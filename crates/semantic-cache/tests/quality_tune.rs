@@ -146,10 +146,10 @@ async fn threshold_hashing() {
     choose(&HashingEmbedder::default(), 0.70, 0.03).await;
 }
 
+/// all-MiniLM-L6-v2 from `PALISADE_MINILM_DIR` or the repository's `.model-cache/` (where
+/// `scripts/fetch-minilm.sh` puts it), its vectors cached between runs.
 #[cfg(feature = "candle")]
-#[tokio::test]
-#[ignore = "threshold choice, run by hand"]
-async fn threshold_minilm() {
+fn minilm() -> Cached<palisade_semantic_cache::minilm::MiniLmEmbedder> {
     let dir = std::path::PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../.model-cache/all-MiniLM-L6-v2"
@@ -158,7 +158,14 @@ async fn threshold_minilm() {
         std::env::var_os("PALISADE_MINILM_DIR").map_or(dir, std::path::PathBuf::from),
     )
     .unwrap();
-    let minilm = Cached::new(minilm);
+    Cached::new(minilm)
+}
+
+#[cfg(feature = "candle")]
+#[tokio::test]
+#[ignore = "threshold choice, run by hand"]
+async fn threshold_minilm() {
+    let minilm = minilm();
     choose(&minilm, 0.70, 0.015).await;
     minilm.save();
 }
@@ -271,15 +278,7 @@ async fn tune_hashing() {
 #[tokio::test]
 #[ignore = "tuning diagnostics, run by hand"]
 async fn tune_minilm() {
-    let dir = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../.model-cache/all-MiniLM-L6-v2"
-    ));
-    let minilm = palisade_semantic_cache::minilm::MiniLmEmbedder::from_dir(
-        std::env::var_os("PALISADE_MINILM_DIR").map_or(dir, std::path::PathBuf::from),
-    )
-    .unwrap();
-    let minilm = Cached::new(minilm);
+    let minilm = minilm();
     let scored = sweep(&minilm, &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95]).await;
     minilm.save();
     span_judges(&minilm.inner, &scored);
