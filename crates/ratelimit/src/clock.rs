@@ -68,6 +68,28 @@ impl Clock for SystemClock {
     }
 }
 
+/// A store's clock: the system clock called directly (it is on every decision's path, and a
+/// call through `dyn Clock` cost it an indirect call), or any other [`Clock`].
+#[derive(Debug, Clone)]
+pub(crate) enum TimeSource {
+    System,
+    Other(Arc<dyn Clock>),
+}
+
+impl TimeSource {
+    pub(crate) fn of(clock: impl Clock + 'static) -> Self {
+        Self::Other(Arc::new(clock))
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        match self {
+            Self::System => SystemClock.now_micros(),
+            Self::Other(clock) => clock.now_micros(),
+        }
+    }
+}
+
 /// A clock that only moves when told to. Clones share the same time, so a test keeps one
 /// clone and hands another to the store.
 ///

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tracing::Instrument;
 
 use crate::algorithm::Verdict;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, TimeSource};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
 use crate::lease::{
@@ -372,7 +372,7 @@ impl LeasedStoreBuilder {
     /// Tests pass the [`FakeClock`](crate::FakeClock) the inner store reads.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = TimeSource::Other(Arc::new(clock));
+        self.clock = TimeSource::of(clock);
         self
     }
 
@@ -404,22 +404,6 @@ impl LeasedStoreBuilder {
                 owner: if self.config.reclaim { owner_id() } else { 0 },
             }),
         })
-    }
-}
-
-#[derive(Debug, Clone)]
-enum TimeSource {
-    System,
-    Other(Arc<dyn Clock>),
-}
-
-impl TimeSource {
-    #[inline]
-    fn now(&self) -> u64 {
-        match self {
-            Self::System => SystemClock.now_micros(),
-            Self::Other(c) => c.now_micros(),
-        }
     }
 }
 

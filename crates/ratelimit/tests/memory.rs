@@ -214,3 +214,73 @@ fn long_keys_stay_apart() {
     }
     assert_eq!(store.key_count(), keys.len() as u64);
 }
+
+/// Keys whose one-word states outgrow their word (a bucket missing 1,024 tokens or more or
+/// fuller than the capacity its group was made with, a sliding-window count past its field:
+/// the store then keeps them in its wide table, which a unit test of `src/memory` checks)
+/// decide, peek, refund and reset exactly as the algorithms run on plain states.
+#[test]
+fn outgrown_word_states_decide_as_the_algorithms() {
+    use palisade_ratelimit::algorithm::{self, QuotaState};
+    use palisade_ratelimit::{Clock, Decision, DecisionSource};
+    let from = |(allowed, verdicts): (bool, Vec<_>)| {
+        Decision::from_verdicts(allowed, &verdicts, DecisionSource::Store)
+    };
+    let single = |alg, q| Policy::single("w", alg, q).unwrap();
+    let bucket = |q| single(Algorithm::TokenBucket, q);
+    let burst = |b| bucket(Quota::per_hour(100_000).with_burst(b));
+    let fast = bucket(Quota::new(1_000, Duration::from_millis(1)));
+    let counter = |n| single(Algorithm::SlidingWindowCounter, Quota::per_hour(n));
+    let cases = [
+        (burst(5_000), burst(8_000), 700),
+        (burst(5_000), fast, 700),
+        (counter(1_000_000_000), counter(900_000_000), 1_500_000),
+    ];
+    for (first, later, cost) in cases {
+        let alg = first.algorithm();
+        let t0 = 1_700_000_000_000_000;
+        let clock = FakeClock::at_micros(t0);
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let subjects = [Subject::Text("k"), Subject::Id(7), Subject::Text("late")];
+        let mut model: Vec<Option<Vec<QuotaState>>> = vec![None; subjects.len()];
+        // "late" first comes under `later`, into its shard's group made with `first`.
+        store.allow_sync("late", &first, 0);
+        store.reset_sync("late", &first);
+        for step in 0..8_u64 {
+            let now = t0 + step * 10_000;
+            clock.set_micros(now);
+            let policy = if step < 4 { &first } else { &later };
+            for (i, subject) in subjects
+                .iter()
+                .enumerate()
+                .take(if step < 4 { 2 } else { 3 })
+            {
+                let states = model[i].get_or_insert_with(|| algorithm::fresh_states(policy, now));
+                let expected = algorithm::decide(states, policy, now, cost);
+                let at = format!("{alg} step {step} {subject:?}");
+                if step % 2 == 0 {
+                    assert_eq!(store.allow_sync(*subject, policy, cost), expected.0, "{at}");
+                } else {
+                    assert_eq!(
+                        store.acquire_sync(*subject, policy, cost),
+                        from(expected),
+                        "{at}"
+                    );
+                }
+                let peeked = from(algorithm::peek(states, policy, now));
+                assert_eq!(store.peek_sync(*subject, policy), peeked, "{at}");
+            }
+        }
+        // Refunds reach the moved states.
+        store.refund_sync("k", &later, cost);
+        let (states, now) = (model[0].as_mut().unwrap(), clock.now_micros());
+        algorithm::refund(states, &later, now, cost);
+        let peeked = from(algorithm::peek(states, &later, now));
+        assert_eq!(store.peek_sync("k", &later), peeked, "{alg} after a refund");
+        // Moved keys are forgotten like any other.
+        for subject in subjects {
+            store.reset_sync(subject, &later);
+        }
+        assert_eq!(store.key_count(), 0, "{alg}");
+    }
+}

@@ -140,9 +140,7 @@ pub(super) struct Entry<K, S> {
 
 pub(super) type Table<K, S> = HashTable<Entry<K, S>>;
 
-// A single GCRA quota, token bucket, fixed window or sliding-window counter takes 24 bytes
-// for a text key of up to 15 bytes, 16 for an id (the size of governor's `usize`-keyed
-// entries); a single sliding-window log keeps its list's handle, total and ends inline.
+// The measured entry sizes (docs/ratelimit.md): 16 bytes is governor's `usize`-keyed entry.
 #[cfg(target_pointer_width = "64")]
 const _: () = {
     assert!(size_of::<Entry<KeyBuf, u64>>() == 24);
@@ -201,13 +199,12 @@ impl KeyKind for u64 {
     }
 }
 
-/// Removes `key` from `table`; whether it was there.
+/// Whether `key` was in `table` (and is no more).
 fn forget<K: StoredKey, S>(table: &mut Table<K, S>, h: u64, key: K::Probe<'_>) -> bool {
     let found = table.find_entry(h, |e| e.key.matches(key));
     found.map(|e| e.remove()).is_ok()
 }
 
-/// Keeps `state` for `key` in `table`.
 fn put<K, S>(table: &mut Table<K, S>, c: Call<'_, impl Copy + Fn(&K) -> u64>, key: K, state: S) {
     table.insert_unique(c.h, Entry { key, state }, |e| (c.rehash)(&e.key));
 }
@@ -282,12 +279,10 @@ impl<K: StoredKey> Tables<K> {
     }
 }
 
-/// The keys of one policy in one shard. A group is found by the policy's name and what its
-/// states mean ([`Policy::reads_states_of`]: algorithm, number of quotas, and the window
-/// algorithms' periods): a policy replaced by a matching one keeps the states (the group
-/// follows the new object), any other gets a group of its own, so its keys start fresh; the
-/// old group's keys expire or are evicted like any other. The Redis store behaves the same
-/// way: its keys name the policy, quota, algorithm and a window algorithm's period.
+/// The keys of one policy in one shard, found by the policy's name and what its states mean
+/// ([`Policy::reads_states_of`]): a policy replaced by a matching one keeps the states (the
+/// group follows the new object), any other gets a group of its own, so its keys start
+/// fresh while the old group's expire or are evicted like any other.
 #[derive(Debug)]
 pub(super) struct Group {
     pub(super) policy: Policy,
@@ -450,47 +445,41 @@ mod tests {
     /// reachable.
     #[test]
     fn colliding_hashes_stay_apart() {
-        let policy = Policy::single("p", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
-        let other = Policy::single("q", Algorithm::FixedWindow, Quota::per_minute(2)).unwrap();
+        let fixed = |name| Policy::single(name, Algorithm::FixedWindow, Quota::per_minute(2));
+        let (policy, other) = (fixed("p").unwrap(), fixed("q").unwrap());
         let now = 1_700_006_400_000_000;
         let mut shard = Shard::default();
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
-        // Every key hashes to 7, also when a table grows.
-        fn at(policy: &Policy) -> Call<'_, impl Copy + Fn(&KeyBuf) -> u64> {
-            let rehash = |_: &KeyBuf| 7;
-            Call {
+        // Runs `op` on `key` in a call where every key hashes to 7, also when a table grows.
+        fn run<O: Op>(
+            shard: &mut Shard,
+            p: &Policy,
+            k: &str,
+            fresh: bool,
+            op: O,
+        ) -> Option<O::Out> {
+            let c = Call {
                 h: 7,
-                policy,
-                rehash,
-            }
+                policy: p,
+                rehash: |_: &KeyBuf| 7,
+            };
+            let fresh = fresh.then_some((1_700_006_400_000_000, 1_000));
+            shard.run::<KeyBuf, Word<FixedWindow>, O>(c, Probe::new(k.as_bytes()), fresh, op)
         }
-        let admit = |shard: &mut Shard, p: &Policy, key: &str, cost| {
-            let (key, op) = (Probe::new(key.as_bytes()), Admit { now, cost });
-            let fresh = Some((now, 1_000));
-            shard.run::<KeyBuf, Word<FixedWindow>, _>(at(p), key, fresh, op) == Some(true)
-        };
-        for p in [&policy, &other] {
-            for key in &keys {
-                assert!(admit(&mut shard, p, key, 2), "{key}");
+        for (cost, admitted) in [(2, true), (1, false)] {
+            for p in [&policy, &other] {
+                for key in &keys {
+                    let got = run(&mut shard, p, key, true, Admit { now, cost });
+                    assert_eq!(got, Some(admitted), "{key} cost {cost}");
+                }
             }
+            assert_eq!(shard.len(), 80);
         }
-        assert_eq!(shard.len(), 80);
-        for p in [&policy, &other] {
-            for key in &keys {
-                assert!(!admit(&mut shard, p, key, 1), "{key} shares state");
-            }
-        }
-        let probe = |k: &'static str| Probe::new(k.as_bytes());
-        shard.remove::<KeyBuf>(7, &policy, probe("k0"));
+        shard.remove::<KeyBuf>(7, &policy, Probe::new(b"k0"));
         assert_eq!(shard.len(), 79);
-        let held = |shard: &mut Shard, p: &Policy, k| {
-            let op = Peek { now };
-            shard
-                .run::<KeyBuf, Word<FixedWindow>, _>(at(p), probe(k), None, op)
-                .is_some()
-        };
-        assert!(!held(&mut shard, &policy, "k0"));
-        assert!(held(&mut shard, &other, "k0") && held(&mut shard, &policy, "k1"));
+        let mut held = |p, k| run(&mut shard, p, k, false, Peek { now }).is_some();
+        assert!(!held(&policy, "k0"));
+        assert!(held(&other, "k0") && held(&policy, "k1"));
         // Everything expires when its window ends.
         shard.purge_expired(now + 60_000_000);
         assert_eq!(shard.len(), 0);
