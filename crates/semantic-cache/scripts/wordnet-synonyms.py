@@ -12,6 +12,7 @@ first sense gives 65.4 % true / 0.3 % false hits; two senses, or derivation poin
 neither is used.
 
 Usage: python3 crates/semantic-cache/scripts/wordnet-synonyms.py [/usr/share/wordnet]
+(SYNONYM_SENSES=N SYNONYMS_OUT=file: N senses, written to file instead, for diagnostics)
 (Debian: `apt-get install wordnet-base`). The output is deterministic.
 WordNet 3.0 Copyright 2006 by Princeton University; its licence is reproduced in the
 generated file's header and in data/quality/README.md.
@@ -23,10 +24,13 @@ import sys
 from wordnet import LICENCE_HEADER, POS, lemmas, synsets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.normpath(os.path.join(HERE, "..", "src", "data", "synonyms.txt"))
+OUT = os.environ.get("SYNONYMS_OUT") or os.path.normpath(
+    os.path.join(HERE, "..", "src", "data", "synonyms.txt")
+)
 ANTONYMS = os.path.normpath(os.path.join(HERE, "..", "src", "data", "antonyms.txt"))
-# How many of a word's commonest senses count.
-SENSES = 1
+# How many of a word's commonest senses count (SYNONYM_SENSES and SYNONYMS_OUT write a
+# wider table elsewhere, for the tuning diagnostics in tests/quality_tune.rs).
+SENSES = int(os.environ.get("SYNONYM_SENSES", "1"))
 
 
 def senses(folder):

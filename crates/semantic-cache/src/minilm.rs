@@ -180,6 +180,19 @@ impl MiniLmEmbedder {
             .collect()
     }
 
+    /// Each word of `text` (as the tokenizer splits words, lower-cased) with the mean of its
+    /// word pieces' final hidden states from one forward pass over the whole text: the
+    /// words' vectors in context. For the tuning diagnostics (`tests/quality_tune.rs`); the
+    /// guard does not use it (it would need the cached prompt's states stored with the
+    /// entry, or a second forward pass per candidate).
+    ///
+    /// # Errors
+    /// [`Error::Embedder`] when tokenizing or the forward pass fails.
+    #[doc(hidden)]
+    pub fn contextual_word_vectors(&self, text: &str) -> Result<Vec<(String, Vec<f32>)>> {
+        self.inner.contextual_word_vectors(text)
+    }
+
     /// Cosine similarity of two spans from static word-piece vectors
     /// ([`word_vectors`](Self::word_vectors)): what the guard's substitution check uses with
     /// this embedder. Takes microseconds; 0.0 when a span has no word pieces.
@@ -229,6 +242,46 @@ impl Inner {
         })()
         .map_err(embedder_error)?;
         Ok(Some(vector))
+    }
+
+    fn contextual_word_vectors(&self, text: &str) -> Result<Vec<(String, Vec<f32>)>> {
+        let encoding = self.tokenizer.encode(text, true).map_err(embedder_error)?;
+        let ids = Tensor::new(encoding.get_ids(), &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(embedder_error)?;
+        let type_ids = ids.zeros_like().map_err(embedder_error)?;
+        let mask = Tensor::new(encoding.get_attention_mask(), &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(embedder_error)?;
+        let hidden = self
+            .model
+            .forward(&ids, &type_ids, Some(&mask))
+            .and_then(|h| h.squeeze(0))
+            .and_then(|h| h.to_vec2::<f32>())
+            .map_err(embedder_error)?;
+        let mut words: Vec<(String, Vec<f32>, usize)> = Vec::new();
+        let mut last: Option<u32> = None;
+        for (i, word) in encoding.get_word_ids().iter().enumerate() {
+            let Some(word) = *word else { continue };
+            let (start, end) = encoding.get_offsets()[i];
+            let piece = text.get(start..end).unwrap_or_default().to_lowercase();
+            if last == Some(word) {
+                if let Some((w, v, n)) = words.last_mut() {
+                    w.push_str(&piece);
+                    for (x, y) in v.iter_mut().zip(&hidden[i]) {
+                        *x += y;
+                    }
+                    *n += 1;
+                }
+            } else {
+                words.push((piece, hidden[i].clone(), 1));
+            }
+            last = Some(word);
+        }
+        Ok(words
+            .into_iter()
+            .map(|(w, v, n)| (w, v.into_iter().map(|x| x / n as f32).collect()))
+            .collect())
     }
 
     fn embed(&self, text: &str) -> Result<Vec<f32>> {

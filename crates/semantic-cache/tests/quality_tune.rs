@@ -7,6 +7,9 @@
 //! ```sh
 //! cargo test -p palisade-semantic-cache --test quality_tune -- --ignored --nocapture
 //! cargo test -p palisade-semantic-cache --features candle --test quality_tune -- --ignored --nocapture
+//! # wider WordNet synonym tables for the span-judge comparison (scripts/wordnet-synonyms.py
+//! # with SYNONYM_SENSES=N SYNONYMS_OUT=file):
+//! WIDE_SYNONYMS=file[,file] cargo test ... --features candle --test quality_tune -- --ignored tune_minilm
 //! ```
 
 use std::collections::HashMap;
@@ -281,11 +284,44 @@ async fn tune_minilm() {
     let minilm = minilm();
     let scored = sweep(&minilm, &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95]).await;
     minilm.save();
+    failures(&scored, &[0.85, 0.90]);
     span_judges(&minilm.inner, &scored);
     span_shapes(&scored);
     if std::env::var_os("MISTAKES").is_some() {
         let t = std::env::var("AT").map_or(minilm.recommended_threshold(), |x| x.parse().unwrap());
         mistakes(&scored, t);
+    }
+}
+
+/// Where the tuning part's should-hit pairs fail, by category: below the threshold, or
+/// vetoed (which check). Counts only.
+fn failures(scored: &[ScoredPair], thresholds: &[f32]) {
+    let config = GuardConfig::default();
+    for t in thresholds {
+        let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+        let mut totals: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in scored.iter().filter(|s| s.pair.should_hit) {
+            *totals.entry(s.pair.category.clone()).or_default() += 1;
+            let why = if s.served(*t, Some(&config)) {
+                "served"
+            } else if s.similarity < *t {
+                "below threshold"
+            } else {
+                s.veto(&config).map_or("?", |r| r.as_str())
+            };
+            *counts
+                .entry((s.pair.category.clone(), why.to_owned()))
+                .or_default() += 1;
+        }
+        println!("\nshould-hit pairs at {t:.2} (tune part), by category and outcome:");
+        for (category, total) in &totals {
+            let cells: Vec<String> = counts
+                .iter()
+                .filter(|((c, _), _)| c == category)
+                .map(|((_, why), n)| format!("{why} {n}"))
+                .collect();
+            println!("  {category} (n={total}): {}", cells.join(", "));
+        }
     }
 }
 
@@ -304,12 +340,30 @@ fn aligned(from: &[Vec<f32>], to: &[Vec<f32>]) -> f32 {
         .fold(1.0f32, f32::min)
 }
 
-/// Span judges compared on the tuning part: the shipped one (centred mean of word pieces)
-/// and a word-by-word alignment, at several floors and thresholds.
+/// Span judges compared on the tuning part: the shipped one (centred mean of word pieces),
+/// a word-by-word alignment, the model's own embedding of each span (a forward pass of the
+/// span alone) and the larger of the static and forward judges, at several floors and
+/// thresholds.
 #[cfg(feature = "candle")]
 fn span_judges(minilm: &palisade_semantic_cache::minilm::MiniLmEmbedder, scored: &[ScoredPair]) {
     let mut aligned_scored = scored.to_vec();
-    for s in &mut aligned_scored {
+    let mut forward_scored = scored.to_vec();
+    let mut max_scored = scored.to_vec();
+    let mut forward_cache: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut forward_time = std::time::Duration::ZERO;
+    let mut forward_calls = 0u32;
+    let mut forward = |text: &str| -> Vec<f32> {
+        if let Some(v) = forward_cache.get(text) {
+            return v.clone();
+        }
+        let started = std::time::Instant::now();
+        let v = minilm.embed_sync(text).unwrap();
+        forward_time += started.elapsed();
+        forward_calls += 1;
+        forward_cache.insert(text.to_owned(), v.clone());
+        v
+    };
+    for (i, s) in scored.iter().enumerate() {
         if let Some((a, b)) = s.query.substitution(&s.cached) {
             let (va, vb) = (
                 minilm.word_vectors(&a).unwrap(),
@@ -320,10 +374,88 @@ fn span_judges(minilm: &palisade_semantic_cache::minilm::MiniLmEmbedder, scored:
             } else {
                 aligned(&va, &vb).min(aligned(&vb, &va))
             };
-            s.span_similarity = Some(x);
+            aligned_scored[i].span_similarity = Some(x);
+            let (fa, fb) = (forward(&a), forward(&b));
+            let f: f32 = fa.iter().zip(&fb).map(|(x, y)| x * y).sum();
+            forward_scored[i].span_similarity = Some(f);
+            max_scored[i].span_similarity = Some(f.max(s.span_similarity.unwrap_or(0.0)));
         }
     }
-    for (name, set) in [("mean", scored), ("aligned", &aligned_scored[..])] {
+    println!(
+        "\nforward pass of one span: {:.0} us on average ({forward_calls} spans)",
+        forward_time.as_secs_f64() * 1e6 / f64::from(forward_calls.max(1))
+    );
+    // Contextual word vectors: each prompt's own forward pass (the query's is the pass it
+    // already pays; the cached prompt's would have to be stored with the entry), the
+    // differing words' final hidden states summed per span.
+    let mut context_scored = scored.to_vec();
+    let mut context_cache: HashMap<String, Vec<(String, Vec<f32>)>> = HashMap::new();
+    let mut context = |text: &str| -> Vec<(String, Vec<f32>)> {
+        context_cache
+            .entry(text.to_owned())
+            .or_insert_with(|| minilm.contextual_word_vectors(text).unwrap())
+            .clone()
+    };
+    let mut unmatched = 0usize;
+    for (i, s) in scored.iter().enumerate() {
+        if let Some((a, b)) = s.query.substitution(&s.cached) {
+            let (qa, cb) = (context(&s.pair.new), context(&s.pair.cached));
+            let pick = |span: &str, words: &[(String, Vec<f32>)], missing: &mut usize| {
+                span.split_whitespace()
+                    .filter_map(|w| {
+                        let found = words.iter().find(|(x, _)| x == w).map(|(_, v)| v.clone());
+                        if found.is_none() {
+                            *missing += 1;
+                        }
+                        found
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let (va, vb) = (pick(&a, &qa, &mut unmatched), pick(&b, &cb, &mut unmatched));
+            context_scored[i].span_similarity = Some(sum_cosine(&va, &vb));
+        }
+    }
+    println!("contextual judge: {unmatched} span words not found among the tokenizer's words");
+    // Wider WordNet synonym tables (scripts/wordnet-synonyms.py with SYNONYM_SENSES=N
+    // SYNONYMS_OUT=file), named by WIDE_SYNONYMS=file[,file]: a substitution whose every
+    // differing word has a synonym of the table on the other side passes when the static
+    // span check gives at least `gate` (-1: always).
+    let mut wide: Vec<(String, Vec<ScoredPair>)> = Vec::new();
+    for file in std::env::var("WIDE_SYNONYMS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|f| !f.is_empty())
+    {
+        let table = wide_synonyms(file);
+        for gate in [-1.0f32, 0.25] {
+            let mut set = scored.to_vec();
+            let mut matched = 0;
+            for s in &mut set {
+                if let (Some(x), Some((a, b))) =
+                    (s.span_similarity, s.query.substitution(&s.cached))
+                    && !s.query.is_insertion(&s.cached)
+                    && x >= gate
+                    && table.covers(&a, &b)
+                {
+                    s.span_similarity = Some(1.0);
+                    matched += 1;
+                }
+            }
+            let name = format!("mean + {file} (gate {gate:.2}, {matched} spans matched)");
+            wide.push((name, set));
+        }
+    }
+    let mut judges: Vec<(String, &[ScoredPair])> = vec![
+        ("mean".to_owned(), scored),
+        ("aligned".to_owned(), &aligned_scored[..]),
+        ("forward".to_owned(), &forward_scored[..]),
+        ("max(mean, forward)".to_owned(), &max_scored[..]),
+        ("contextual".to_owned(), &context_scored[..]),
+    ];
+    for (name, set) in &wide {
+        judges.push((name.clone(), &set[..]));
+    }
+    for (name, set) in judges {
         println!(
             "\nspan judge {name}: true / false hits (tune part), rows floor, columns threshold"
         );
@@ -333,7 +465,8 @@ fn span_judges(minilm: &palisade_semantic_cache::minilm::MiniLmEmbedder, scored:
             thresholds.map(|t| format!("{t:.2}")).join(" | ")
         );
         for floor in [
-            0.2f32, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 1.01,
+            0.2f32, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9,
+            0.95, 1.01,
         ] {
             let config = GuardConfig::default().substitution_similarity(floor);
             let cells: Vec<String> = thresholds
@@ -349,6 +482,97 @@ fn span_judges(minilm: &palisade_semantic_cache::minilm::MiniLmEmbedder, scored:
                 .collect();
             println!("| {floor:.2} | {} |", cells.join(" | "));
         }
+    }
+}
+
+/// Cosine of two spans' summed word vectors (0.0 when either is empty).
+#[cfg(feature = "candle")]
+fn sum_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let sum = |words: &[Vec<f32>]| -> Option<Vec<f32>> {
+        let mut total = vec![0.0f32; words.first()?.len()];
+        for w in words {
+            for (t, x) in total.iter_mut().zip(w) {
+                *t += x;
+            }
+        }
+        Some(total)
+    };
+    let (Some(x), Some(y)) = (sum(a), sum(b)) else {
+        return 0.0;
+    };
+    let d: f32 = x.iter().zip(&y).map(|(p, q)| p * q).sum();
+    let n = (x.iter().map(|p| p * p).sum::<f32>() * y.iter().map(|q| q * q).sum::<f32>()).sqrt();
+    if n > 0.0 { d / n } else { 0.0 }
+}
+
+/// A wider synonym table for the diagnostics (`word synonym` and `=form base` lines).
+#[cfg(feature = "candle")]
+struct WideSynonyms {
+    pairs: std::collections::HashSet<(String, String)>,
+    forms: HashMap<String, String>,
+}
+
+#[cfg(feature = "candle")]
+fn wide_synonyms(file: &str) -> WideSynonyms {
+    let mut table = WideSynonyms {
+        pairs: Default::default(),
+        forms: HashMap::new(),
+    };
+    for line in std::fs::read_to_string(file).unwrap().lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(a), Some(b)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if let Some(form) = a.strip_prefix('=') {
+            table.forms.insert(form.to_owned(), b.to_owned());
+        } else {
+            table.pairs.insert((a.to_owned(), b.to_owned()));
+            table.pairs.insert((b.to_owned(), a.to_owned()));
+        }
+    }
+    table
+}
+
+#[cfg(feature = "candle")]
+impl WideSynonyms {
+    /// The word's candidate base forms: as written, its irregular base, without a plural
+    /// or verb ending.
+    fn bases(&self, word: &str) -> Vec<String> {
+        let mut out = vec![word.to_owned()];
+        if let Some(b) = self.forms.get(word) {
+            out.push(b.clone());
+        }
+        for suffix in ["s", "es", "ed", "d", "ing"] {
+            if let Some(b) = word.strip_suffix(suffix)
+                && b.len() >= 3
+            {
+                out.push(b.to_owned());
+            }
+        }
+        out
+    }
+
+    fn synonyms(&self, a: &str, b: &str) -> bool {
+        let (ba, bb) = (self.bases(a), self.bases(b));
+        ba.iter().any(|x| {
+            bb.iter()
+                .any(|y| self.pairs.contains(&(x.clone(), y.clone())))
+        })
+    }
+
+    /// Every word of each span has a synonym in the other span.
+    fn covers(&self, a: &str, b: &str) -> bool {
+        let (wa, wb): (Vec<&str>, Vec<&str>) = (
+            a.split_whitespace().collect(),
+            b.split_whitespace().collect(),
+        );
+        !wa.is_empty()
+            && !wb.is_empty()
+            && wa.iter().all(|x| wb.iter().any(|y| self.synonyms(x, y)))
+            && wb.iter().all(|y| wa.iter().any(|x| self.synonyms(x, y)))
     }
 }
 
