@@ -295,6 +295,7 @@ async fn tune_minilm() {
 
 /// Where the tuning part's should-hit pairs fail, by category: below the threshold, or
 /// vetoed (which check). Counts only.
+#[cfg(feature = "candle")]
 fn failures(scored: &[ScoredPair], thresholds: &[f32]) {
     let config = GuardConfig::default();
     for t in thresholds {
