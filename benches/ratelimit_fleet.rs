@@ -24,6 +24,15 @@
 //! is timed, as a service that has run for a while), timed over `FLEET_WARM_SECONDS`
 //! (default 10: a sparse key's whole lease cycle, `max_sparse_lease`, so that a row does
 //! not land on or between the renewal waves of keys that all started at once).
+//!
+//! A second table says where the shared store's work came from in each row's timed part:
+//! per key, process and second, the lease calls answered (those a request waited on, the
+//! rest renewals ahead of need), the give-backs sent, the units per grant, the requests the
+//! limiter gave up on (its 50 ms timeout), and Redis's own time in commands (`INFO
+//! commandstats` through `redis-cli`, read by the parent at the row's start and end: the
+//! share of one core) and script calls per second. Each child counts with a metrics
+//! recorder of its own (the lease counters and the limiter's timeouts; every other metric a
+//! no-op), installed in every row alike.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -36,6 +45,136 @@ use palisade::ratelimit::{
 };
 
 const PROCESSES: usize = 4;
+
+/// What each child counts of its store's work (a metrics recorder: the lease counters of
+/// `LeasedStore` and the limiter's backend errors; every other metric is a no-op, in every
+/// row alike): lease calls answered, give-backs sent back (one per ended lease with units
+/// left), the units granted and returned, and requests the limiter gave up on (timeouts).
+#[derive(Default)]
+struct Counts {
+    calls: AtomicU64,
+    gives: AtomicU64,
+    granted: AtomicU64,
+    returned: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+static COUNTS: Counts = Counts {
+    calls: AtomicU64::new(0),
+    gives: AtomicU64::new(0),
+    granted: AtomicU64::new(0),
+    returned: AtomicU64::new(0),
+    timeouts: AtomicU64::new(0),
+};
+
+impl Counts {
+    fn snapshot(&self) -> [u64; 5] {
+        [
+            self.calls.load(Ordering::Relaxed),
+            self.gives.load(Ordering::Relaxed),
+            self.granted.load(Ordering::Relaxed),
+            self.returned.load(Ordering::Relaxed),
+            self.timeouts.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// Which of [`COUNTS`] a counter feeds: (how many increments, how many units).
+struct Tally(Option<&'static AtomicU64>, Option<&'static AtomicU64>);
+
+impl metrics::CounterFn for Tally {
+    fn increment(&self, value: u64) {
+        if let Some(n) = self.0 {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(u) = self.1 {
+            u.fetch_add(value, Ordering::Relaxed);
+        }
+    }
+    fn absolute(&self, _: u64) {}
+}
+
+struct Counting;
+
+impl metrics::Recorder for Counting {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let label = |name: &str| {
+            key.labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+        };
+        let tally = match key.name() {
+            "palisade_ratelimit_lease_calls_total" => Tally(Some(&COUNTS.calls), None),
+            "palisade_ratelimit_lease_units_total" => match label("fate").as_deref() {
+                Some("granted") => Tally(None, Some(&COUNTS.granted)),
+                Some("returned") => Tally(Some(&COUNTS.gives), Some(&COUNTS.returned)),
+                _ => return metrics::Counter::noop(),
+            },
+            "palisade_ratelimit_backend_errors_total"
+                if label("kind").as_deref() == Some("timeout") =>
+            {
+                Tally(Some(&COUNTS.timeouts), None)
+            }
+            _ => return metrics::Counter::noop(),
+        };
+        metrics::Counter::from_arc(Arc::new(tally))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Redis's own time in commands (µs, all `cmdstat_*` lines of `INFO commandstats`) and the
+/// script calls (`evalsha`), read with `redis-cli`; `None` without it.
+fn redis_time(url: &str) -> Option<(u64, u64)> {
+    let out = Command::new("redis-cli")
+        .args(["-u", url, "INFO", "commandstats"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut usec, mut scripts) = (0, 0);
+    for line in text.lines().filter(|l| l.starts_with("cmdstat_")) {
+        let field = |name: &str| {
+            line.split([':', ','])
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        usec += field("usec=");
+        if line.starts_with("cmdstat_evalsha:") {
+            scripts += field("calls=");
+        }
+    }
+    Some((usec, scripts))
+}
 /// The over-admission run's quota: GCRA, this many per second (burst = limit).
 const BINDING_PER_SECOND: u64 = 20_000;
 
@@ -111,6 +250,7 @@ fn main() {
         "1st p99"
     );
     let mut run = 0;
+    let mut traffic = Vec::new();
     let rows = [1u64, 10_000]
         .into_iter()
         .flat_map(|keys| {
@@ -146,6 +286,44 @@ fn main() {
             r.admitted,
             r.first_p50_us,
             r.first_p99_us,
+        );
+        if backend != "memory" {
+            traffic.push((label, keys, r));
+        }
+    }
+    // Where the shared store's work comes from, in the timed part of each row: per key and
+    // process and second, the lease calls answered (`calls`), of which the requests that
+    // waited on one (`waited`: decisions not admitted from a lease) and the rest (renewals
+    // ahead of need; a key's first leases are in the warm-up), the give-backs sent, the
+    // units per grant; requests the limiter gave up on (50 ms); Redis's own time in
+    // commands per second (`INFO commandstats`, the share of one core) and script calls.
+    println!();
+    println!(
+        "{:<14} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>10}",
+        "traffic",
+        "keys",
+        "calls/k/s",
+        "waited",
+        "renewals",
+        "gives/k/s",
+        "units/gr",
+        "timeouts",
+        "redis cpu",
+        "scripts/s"
+    );
+    for (label, keys, r) in &traffic {
+        let per = (*keys as f64) * PROCESSES as f64 * r.span_s.max(1e-9);
+        let waited = r.decisions.saturating_sub(r.local);
+        println!(
+            "{label:<14} {keys:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>9.1} {:>9} {:>9.2} {:>10.0}",
+            r.counts[0] as f64 / per,
+            waited as f64 / per,
+            r.counts[0].saturating_sub(waited) as f64 / per,
+            r.counts[1] as f64 / per,
+            r.counts[2] as f64 / r.counts[0].max(1) as f64,
+            r.counts[4],
+            r.redis_usec as f64 / 1e6 / r.span_s.max(1e-9),
+            r.redis_scripts as f64 / r.span_s.max(1e-9),
         );
     }
     println!();
@@ -200,6 +378,13 @@ struct Row {
     /// must see the shared store once).
     first_p50_us: f64,
     first_p99_us: f64,
+    /// Summed over the processes, over the timed part: lease calls, give-backs, units
+    /// granted, units returned, limiter timeouts (see [`Counts`]).
+    counts: [u64; 5],
+    /// Redis's time in commands (µs) and its script calls over the timed part (as the
+    /// parent sampled it: from the row's start time to its end).
+    redis_usec: u64,
+    redis_scripts: u64,
 }
 
 /// The `p` quantile of sorted nanosecond samples, in µs.
@@ -241,6 +426,23 @@ fn fleet(url: &str, run: u32, backend: &str, keys: u64, binding: bool, timing: T
                 .expect("a child process")
         })
         .collect();
+    let sampler = {
+        let url = url.to_owned();
+        std::thread::spawn(move || {
+            let until = |at: u64| {
+                std::thread::sleep(Duration::from_micros(at.saturating_sub(unix_micros())));
+            };
+            until(start);
+            let before = redis_time(&url);
+            until(start + seconds * 1_000_000);
+            let after = redis_time(&url);
+            match (before, after) {
+                (Some(b), Some(a)) => (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)),
+                _ => (0, 0),
+            }
+        })
+    };
+    let mut counts = [0u64; 5];
     let (mut decisions, mut admitted, mut local) = (0, 0, 0);
     let (mut first, mut last) = (u64::MAX, 0);
     let mut samples: Vec<u32> = Vec::new();
@@ -260,6 +462,9 @@ fn fleet(url: &str, run: u32, backend: &str, keys: u64, binding: bool, timing: T
         local += f[2];
         first = first.min(f[3]);
         last = last.max(f[4]);
+        for (c, v) in counts.iter_mut().zip(&f[5..10]) {
+            *c += v;
+        }
         for into in [&mut samples, &mut firsts] {
             into.extend(
                 lines
@@ -272,7 +477,11 @@ fn fleet(url: &str, run: u32, backend: &str, keys: u64, binding: bool, timing: T
     }
     samples.sort_unstable();
     firsts.sort_unstable();
+    let (redis_usec, redis_scripts) = sampler.join().unwrap_or((0, 0));
     Row {
+        counts,
+        redis_usec,
+        redis_scripts,
         decisions,
         admitted,
         local,
@@ -298,6 +507,7 @@ fn child() {
     let seconds: u64 = var("FLEET_SECONDS").parse().unwrap();
     let in_flight: u64 = var("FLEET_IN_FLIGHT").parse().unwrap();
     let warmup: u64 = var("FLEET_WARMUP").parse().unwrap();
+    metrics::set_global_recorder(Counting).expect("the only recorder");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -366,10 +576,20 @@ fn child() {
         let wait = start.saturating_sub(unix_micros());
         tokio::time::sleep(Duration::from_micros(wait)).await;
         let first = unix_micros();
+        let before = COUNTS.snapshot();
         let (decisions, admitted, local, samples) =
             drive(&store, &policy, &names, in_flight, seconds).await;
         let last = unix_micros();
-        println!("{decisions} {admitted} {local} {first} {last}");
+        let after = COUNTS.snapshot();
+        let c: Vec<String> = after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(b).to_string())
+            .collect();
+        println!(
+            "{decisions} {admitted} {local} {first} {last} {}",
+            c.join(" ")
+        );
         for list in [&samples, &firsts] {
             let line: Vec<String> = list.iter().map(u32::to_string).collect();
             println!("{}", line.join(" "));
