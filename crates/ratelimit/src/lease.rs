@@ -701,9 +701,12 @@ const SPARSE_UNITS: f64 = 4.0;
 
 /// A key whose demand would not fill this many units in one lease lifetime is leased
 /// longer, up to `plan.sparse`, so that one lease call serves about this many of its
-/// decisions (a key decided a few times a second would otherwise cost a lease call, and a
-/// give-back, every few decisions: more store work than deciding each in the store).
-const COVER_UNITS: f64 = 32.0;
+/// decisions. A lease call costs the store two to three plain decisions' work (and an ended
+/// lease's give-back about one more), so a lease that serves `n` decisions spends about
+/// `4 / n` of what deciding them in the store would: at 32 (before issue 19's seventh pass)
+/// an eighth, and 10,000 keys each decided a few dozen times a second per instance kept
+/// Redis saturated by renewals alone (`docs/benchmarks.md`); at 256 it is about 1.5 %.
+const COVER_UNITS: f64 = 256.0;
 
 /// `x` rounded up to whole units (0 for nothing, NaN or negative).
 fn units_of(x: f64) -> u64 {
@@ -719,6 +722,19 @@ fn units_of(x: f64) -> u64 {
 /// so an instance holds at most this many (each at most `max_share` of what was left when
 /// it was granted): what a crash strands, and what a live instance holds unspent.
 pub(crate) const MAX_HELD_LEASES: usize = 2;
+
+/// A number in `[0, 1)`, different at every call (a process-wide sequence through
+/// SplitMix64: spreads sparse leases' lifetimes, no need for unpredictability).
+fn jitter() -> f64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut z = SEQ
+        .fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// Report numbers: one counter for the process, so every owner's only grow.
 static REPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -1008,13 +1024,19 @@ impl Book {
     /// The background renewal of a key decided since its last lease call (a sparse key's
     /// trickle included), visited by the store's sweeper: the call of
     /// [`refresh`](Self::refresh) when the allowance would run low, or its soonest lease
-    /// end, within `horizon` µs (until the sweeper's next visit plus a round trip). A key
-    /// not decided since its last call is not renewed: an idle key's lease ends.
-    pub(crate) fn renew(&mut self, plan: &Plan, now: u64, horizon: u64) -> Option<Call> {
+    /// end, within `period` µs (until the sweeper's next visit) plus `lead` (twice the
+    /// round trip), the lead clamped as `refresh` clamps it, to ⅛–½ of the dense
+    /// lifetime. A key not decided since its last call is not renewed: an idle key's
+    /// lease ends. (Unclamped, a Redis saturated by lease calls answered batches in
+    /// seconds, the lead grew with it, and 10,000 sparse keys renewed their 10 s leases
+    /// after about 6 s, giving the unspent rest back: more calls, a slower Redis, an
+    /// earlier renewal.)
+    pub(crate) fn renew(&mut self, plan: &Plan, now: u64, period: u64, lead: u64) -> Option<Call> {
         if self.spent == 0 {
             return None;
         }
-        self.refresh_within(plan, now, horizon)
+        let lead = lead.clamp(plan.lifetime / 8, plan.lifetime / 2);
+        self.refresh_within(plan, now, period.saturating_add(lead))
     }
 
     fn refresh_within(&mut self, plan: &Plan, now: u64, lead: u64) -> Option<Call> {
@@ -1068,11 +1090,12 @@ impl Book {
 
     /// Units to ask for and for how long: the demand since the last ask (rising at once,
     /// falling by half per ask) over one lease lifetime, plus the request's own cost. A key
-    /// whose demand would not fill [`COVER_UNITS`] in one lifetime (a key decided a few
-    /// times a second, now and then, or for the first time) is leased longer, long enough
-    /// for that many units up to `plan.sparse`, for its demand over that time and at least
-    /// [`SPARSE_UNITS`]: a lease then lasts until its key's next requests instead of ending
-    /// unspent before them, and one lease call serves many decisions.
+    /// whose demand would not fill [`COVER_UNITS`] in one lifetime (a key decided up to a
+    /// few hundred times a second, now and then, or for the first time) is leased longer,
+    /// long enough for that many units up to `plan.sparse` (up to a quarter less, at random),
+    /// for its demand over that time and at least [`SPARSE_UNITS`]: a lease then lasts until
+    /// its key's next requests instead of ending unspent before them, and one lease call
+    /// serves many decisions.
     fn terms(&mut self, now: u64, plan: &Plan, cost: u64) -> (u64, u64) {
         let rate = self.measure(now);
         let base = plan.lifetime;
@@ -1090,6 +1113,12 @@ impl Book {
         } else {
             plan.sparse
         };
+        // Up to a quarter shorter, at random: keys that started together (a deploy, a
+        // warm-up) would otherwise all renew together, one lifetime apart, in waves of
+        // lease calls that queue every request finding its allowance spent behind them.
+        let life = life
+            .saturating_sub((life as f64 * 0.25 * jitter()) as u64)
+            .max(base);
         let units = units_of((rate * life as f64).max(SPARSE_UNITS));
         (units.saturating_add(cost), life)
     }

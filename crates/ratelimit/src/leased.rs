@@ -66,10 +66,12 @@ pub struct LeaseConfig {
     #[serde(with = "humantime_serde")]
     pub max_lease: Duration,
     /// The longest a lease lives for a key this instance decides sparsely (default 10 s):
-    /// one whose demand here would not fill 32 units in `max_lease` (decided a few times a
-    /// second, now and then, or for the first time) is leased long enough for 32 units of
-    /// it, up to this long (for its demand over that time, at least 4 units), so that its
-    /// lease lasts until its next requests and one lease call serves many of them.
+    /// one whose demand here would not fill 256 units in `max_lease` (decided up to a few
+    /// hundred times a second, now and then, or for the first time) is leased long enough
+    /// for 256 units of it, up to this long (for its demand over that time, at least 4
+    /// units; up to a quarter shorter at random, so that keys that started together do not
+    /// renew together), so that its lease lasts until its next requests and one lease call
+    /// serves many of them.
     /// The bucket algorithms still cap it by `max_overshoot` (the bound is derived from the
     /// longer of the two); the window algorithms end every lease with its window.
     #[serde(with = "humantime_serde")]
@@ -982,6 +984,10 @@ impl Shared {
             return;
         }
         for h in ended {
+            if self.refilled(policy, h.units) {
+                count_units(policy, "refilled", h.units);
+                continue;
+            }
             let in_flight = InFlight::new(&self.calls);
             let policy_c = policy.clone();
             let units = h.units;
@@ -1007,6 +1013,29 @@ impl Shared {
             // dropped.
             let _ = self.batcher.submit(job);
         }
+    }
+
+    /// Whether `units` of an ended bucket lease would come back as nothing, so that giving
+    /// them back is not worth a call: Redis gives back `units − ⌈(t − g) / interval⌉`
+    /// per quota (guide, "Giving bucket units back"), and an ended lease was granted at
+    /// least its lifetime (≥ the policy's dense lifetime) less a round trip ago — at least
+    /// half that lifetime while a round trip takes less than the other half. Such units
+    /// stay counted, as the give-back would have left them (had a round trip taken longer,
+    /// the bucket keeps a few units it could have had back: under-admission, never more);
+    /// the owner's ledger record keeps them until its next report replaces it, or its
+    /// reclaim gives back what the bucket has not refilled since — nothing, by then.
+    fn refilled(&self, policy: &Policy, units: u64) -> bool {
+        if policy.algorithm().counts_windows() {
+            return false;
+        }
+        let Some(lifetime) = self.config.lifetime_micros(policy) else {
+            return false;
+        };
+        let since = lifetime / 2;
+        policy
+            .params()
+            .iter()
+            .all(|q| units.saturating_mul(q.interval) <= since)
     }
 
     /// Whether unspent units of `policy` go back to the shared store: window algorithms
@@ -1093,13 +1122,14 @@ impl Shared {
 
     /// Visit shard `i`: give back ended leases, forget idle books, and renew, in the
     /// background, the leases of keys decided since their last lease call that would run
-    /// out or end before the next visit (a quarter of `max_lease` away) plus a round trip: a key
+    /// out or end before the next visit (a quarter of `max_lease` away) plus twice the round
+    /// trip (clamped to ⅛–½ of the dense lifetime, see [`Book::renew`]): a key
     /// with a steady trickle of requests, dense or sparse, then never waits on the shared
     /// store while it has allowance. The renewals go out in batches.
     fn sweep(self: &Arc<Self>, i: usize) {
         let now = self.clock.now();
         let idle_for = micros(self.config.max_lease).saturating_mul(2);
-        let horizon = self.sweep_period().saturating_add(self.lead());
+        let (period, lead) = (self.sweep_period(), self.lead());
         let mut ended: Vec<(Box<str>, Policy, Ended)> = Vec::new();
         let mut renewals: Vec<(Box<str>, Policy, Plan, Call, u64)> = Vec::new();
         {
@@ -1111,7 +1141,7 @@ impl Shared {
                     ended.push((e.key.clone(), e.policy.clone(), mine));
                 }
                 if let Some(plan) = self.plan(&e.policy)
-                    && let Some(call) = e.book.renew(&plan, now, horizon)
+                    && let Some(call) = e.book.renew(&plan, now, period, lead)
                 {
                     renewals.push((e.key.clone(), e.policy.clone(), plan, call, e.epoch));
                 }

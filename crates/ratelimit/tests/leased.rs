@@ -881,6 +881,75 @@ fn lease_metrics_are_recorded() {
     );
 }
 
+/// An ended bucket lease whose unspent units the bucket's refill already covers is not
+/// given back (Redis would give back nothing: `units − ⌈elapsed / interval⌉`); it is
+/// counted as `refilled`. A window's unspent units still go back.
+#[test]
+fn an_ended_bucket_lease_the_refill_covers_is_not_given_back() {
+    use metrics_util::debugging::DebuggingRecorder;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let clock = FakeClock::new();
+            let inner = MemoryStore::builder().clock(clock.clone()).build();
+            let store = LeasedStore::builder(inner)
+                .config(
+                    LeaseConfig::default()
+                        .max_lease(Duration::from_secs(1))
+                        .max_sparse_lease(Duration::ZERO)
+                        .prefetch(false),
+                )
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+            // GCRA: one unit per millisecond, so a 1 s lease's unit is refilled long before
+            // it ends. Fixed window: nothing refills within the hour.
+            let bucket =
+                Policy::single("refill-gcra", Algorithm::Gcra, Quota::per_hour(3_600_000)).unwrap();
+            let window = Policy::single(
+                "refill-window",
+                Algorithm::FixedWindow,
+                Quota::per_hour(100),
+            )
+            .unwrap();
+            for policy in [&bucket, &window] {
+                // A first decision leases one unit beyond its own (no demand seen yet).
+                assert!(store.acquire("k", policy, 1).await.unwrap().allowed);
+                assert_eq!(store.allowance("k", policy), 1);
+            }
+            clock.advance(Duration::from_secs(2));
+            // The sweeper (four visits per `max_lease`, real time) finds both leases ended.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            store.settled().await;
+        });
+    });
+    let lines = palisade_testkit::metric_lines(&snapshotter);
+    assert!(
+        lines.iter().any(
+            |l| l == "palisade_ratelimit_lease_units_total{fate=refilled,policy=refill-gcra} 1"
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                == "palisade_ratelimit_lease_units_total{fate=returned,policy=refill-window} 1"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("fate=returned,policy=refill-gcra")),
+        "{lines:?}"
+    );
+}
+
 /// A key decided less often than once per `max_lease` is leased longer (up to
 /// `max_sparse_lease`, for at least 4 units), so that its next requests find the lease; with
 /// sparse leases off, each lease has ended before the key's next request.

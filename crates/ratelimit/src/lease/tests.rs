@@ -616,3 +616,72 @@ fn a_book_holds_at_most_two_leases() {
     // A renewal does land while the lease before it still holds units.
     assert_eq!(most, MAX_HELD_LEASES);
 }
+
+/// The sweeper's renewal of a sparse key asks ahead by at most half the dense lifetime
+/// past its next visit, however slow the round trips: a saturated Redis (batches answered
+/// in seconds) made the lead seconds long, and 10 s sparse leases were renewed after ~6 s
+/// and their unspent rest given back — more calls, a slower Redis, earlier renewals.
+#[test]
+fn a_slow_round_trip_does_not_renew_a_sparse_lease_early() {
+    let policy =
+        Policy::single("sparse", Algorithm::FixedWindow, Quota::per_day(1_000_000)).unwrap();
+    let params = policy.params().to_vec();
+    let alg = policy.algorithm();
+    let plan = Plan {
+        lifetime: 1_000_000,
+        share_permille: 100,
+        max_denial: 1_000_000,
+        prefetch: true,
+        sparse: 10_000_000,
+        owner: 0,
+        grace: 0,
+    };
+    let mut states = fresh_states(&policy, T0);
+    let mut book = Book::new(T0);
+    let mut out = [Verdict::NONE];
+    let mut ended = Vec::new();
+    let Step::Remote(call) = book.begin(&policy, &plan, T0, 1, &mut out, &mut ended) else {
+        panic!("a new book asks the store");
+    };
+    let mut verdicts = [Verdict::NONE];
+    let o = lease(
+        &mut Many {
+            states: &mut states,
+            params: &params,
+        },
+        alg,
+        T0,
+        &call.request,
+        &mut verdicts,
+    );
+    let reply = Reply {
+        admitted: o.admitted,
+        used_held: o.used_held,
+        stale_held: o.stale_held,
+        granted: o.granted,
+        lifetime: o.lifetime,
+        granted_at: o.granted_at,
+        verdicts: &verdicts,
+    };
+    assert_eq!(book.finish(call, &reply, &plan, T0), Dropped(0));
+    // A sparse lease: 7.5-10 s (jittered), at least 4 units.
+    let life = o.lifetime;
+    assert!((7_500_000..=10_000_000).contains(&life), "{life}");
+    assert!(o.granted >= 4, "{}", o.granted);
+    // One decision a second, from the lease.
+    let mut now = T0;
+    for _ in 0..2 {
+        now += 1_000_000;
+        assert!(matches!(
+            book.begin(&policy, &plan, now, 1, &mut out, &mut ended),
+            Step::Local
+        ));
+    }
+    // Round trips of 10 s: the lead is clamped to half the dense lifetime, so a lease
+    // ending in more than 0.25 + 0.5 s is not renewed yet.
+    let (period, slow) = (250_000, 10_000_000);
+    assert!(book.renew(&plan, now, period, slow).is_none());
+    // Within the sweeper's period plus that lead of its end, it is.
+    let near = T0 + life - 700_000;
+    assert!(book.renew(&plan, near, period, slow).is_some());
+}
