@@ -7,7 +7,7 @@ use std::fmt;
 use parking_lot::Mutex;
 
 use crate::key::KeyId;
-use crate::service::Denial;
+use crate::verification::Denial;
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]

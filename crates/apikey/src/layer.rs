@@ -48,7 +48,8 @@ use tower::{Layer, Service};
 
 use crate::key::{Env, KeyId};
 use crate::record::Scopes;
-use crate::service::{ApiKeys, Denial, Verification, VerifyRequest};
+use crate::service::{ApiKeys, VerifyRequest};
+use crate::verification::{Denial, Verification};
 
 /// The verified caller, put into the request's extensions by [`ApiKeyLayer`]. Holds no
 /// secret: key the rate limiter on [`key_id`](Self::key_id), never on the key's text.
@@ -161,9 +162,38 @@ pub struct ApiKeyService<S> {
     layer: ApiKeyLayer,
 }
 
-fn problem<B: From<String>>(status: StatusCode, kind: &str, detail: &str) -> Response<B> {
+/// RFC 9457 problem type of a denial: the docs.rs anchor of its [`Denial`] variant (rustdoc
+/// names variant anchors `variant.<Name>`). Refusals that are not a `Denial` (no key, store
+/// unavailable) use `about:blank`, whose meaning is the status code alone.
+fn denial_type(d: Denial) -> &'static str {
+    macro_rules! doc {
+        ($v:literal) => {
+            concat!(
+                "https://docs.rs/palisade-apikey/latest/palisade_apikey/enum.Denial.html#variant.",
+                $v
+            )
+        };
+    }
+    match d {
+        Denial::Malformed => doc!("Malformed"),
+        Denial::BadChecksum => doc!("BadChecksum"),
+        Denial::NotFound => doc!("NotFound"),
+        Denial::Revoked => doc!("Revoked"),
+        Denial::Expired => doc!("Expired"),
+        Denial::InsufficientScope => doc!("InsufficientScope"),
+        Denial::IpNotAllowed => doc!("IpNotAllowed"),
+        Denial::OutOfCredits => doc!("OutOfCredits"),
+    }
+}
+
+fn problem<B: From<String>>(
+    status: StatusCode,
+    problem_type: &str,
+    kind: &str,
+    detail: &str,
+) -> Response<B> {
     let body = serde_json::json!({
-        "type": format!("https://docs.rs/palisade-apikey/latest/palisade_apikey/enum.Denial.html#{kind}"),
+        "type": problem_type,
         "title": status.canonical_reason().unwrap_or("error"),
         "status": status.as_u16(),
         "detail": detail,
@@ -202,7 +232,7 @@ fn denied<B: From<String>>(d: Denial) -> Response<B> {
             "the API key has no credits left",
         ),
     };
-    problem(status, d.as_str(), detail)
+    problem(status, denial_type(d), d.as_str(), detail)
 }
 
 fn extract<'a>(header: Option<&HeaderName>, headers: &'a http::HeaderMap) -> Option<&'a str> {
@@ -242,6 +272,7 @@ where
             else {
                 return Ok(problem(
                     StatusCode::UNAUTHORIZED,
+                    "about:blank",
                     "missing",
                     "an API key is required",
                 ));
@@ -259,6 +290,7 @@ where
                 Err(_) => {
                     return Ok(problem(
                         StatusCode::SERVICE_UNAVAILABLE,
+                        "about:blank",
                         "unavailable",
                         "API keys cannot be checked right now",
                     ));

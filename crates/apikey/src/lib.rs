@@ -67,6 +67,7 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod token;
+mod verification;
 
 pub use crate::audit::{AuditEvent, AuditKind, AuditSink, MemoryAuditSink};
 pub use crate::clock::{Clock, FakeClock, SystemClock};
@@ -84,13 +85,13 @@ pub use crate::record::{
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::redis::RedisStore;
 pub use crate::service::{
-    ApiKeys, ApiKeysBuilder, Config, CreatedKey, Denial, FailureMode, KeySpec, Verification,
-    Verified, VerifyRequest,
+    ApiKeys, ApiKeysBuilder, Config, CreatedKey, FailureMode, KeySpec, VerifyRequest,
 };
 pub use crate::store::{RotateOutcome, Store, Usage};
 pub use crate::token::{
     Claims, DEFAULT_LEEWAY, DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LEN, TokenDenial, Tokens,
 };
+pub use crate::verification::{Denial, Verification, Verified};
 
 /// The `deadpool_redis` crate whose pools [`RedisStore`] takes.
 #[cfg(feature = "redis")]

@@ -145,6 +145,23 @@ async fn refusals_are_problem_json_with_the_right_status() {
     assert_eq!(problem(&res)["code"], "out_of_credits");
 }
 
+/// RFC 9457: `type` names the problem. A denial links to its variant's rustdoc anchor
+/// (`#variant.Name`, the anchor docs.rs renders); a refusal that is not a denial (no key) is
+/// `about:blank`, not a link to an anchor that does not exist.
+#[tokio::test]
+async fn problem_types_are_resolvable() {
+    let keys = keys();
+    let layer = ApiKeyLayer::new(keys.clone());
+    let res = call(layer.clone(), get(None)).await;
+    assert_eq!(problem(&res)["type"], "about:blank");
+
+    let res = call(layer, get(Some("Bearer pk_live_nope"))).await;
+    assert_eq!(
+        problem(&res)["type"],
+        "https://docs.rs/palisade-apikey/latest/palisade_apikey/enum.Denial.html#variant.Malformed"
+    );
+}
+
 #[tokio::test]
 async fn a_configured_header_and_never_the_url() {
     let keys = keys();
