@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::validate::Validation;
+use crate::finding::Validation;
 
 /// A boxed error from a backend (PostgreSQL, Redis, a pool, `pg_dump`, the file system),
 /// kept opaque so that the driver's version is not part of this crate's public API.

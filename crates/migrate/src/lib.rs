@@ -78,10 +78,12 @@ mod backup;
 pub mod build;
 mod clock;
 mod error;
+mod finding;
 mod ledger;
 mod memory;
 mod migration;
 mod migrator;
+mod phase;
 mod store;
 mod validate;
 
@@ -98,19 +100,21 @@ pub mod testing;
 pub use backup::{BackupInfo, BackupKey, BackupVault};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use error::{BoxError, Error, Result};
+pub use finding::{Issue, Validation};
 pub use ledger::{
     AppVersion, AuditEntry, Lease, LeaseGrant, LeaseInfo, LeaseState, LedgerRow, RowState,
 };
 pub use memory::MemoryStore;
 pub use migration::{
-    Directives, Migration, MigrationSet, Phase, ScriptKind, checksum, normalize, split_statements,
+    Directives, Migration, MigrationSet, ScriptKind, checksum, normalize, split_statements,
 };
 pub use migrator::{
     BackupMode, Event, FailureMode, MigrationStatus, Migrator, MigratorBuilder, MigratorConfig,
     Plan, PlannedStep, RepairReport, Status, UpReport,
 };
+pub use phase::Phase;
 pub use store::{Backup, BackupScope, ScriptResult, Step, Store};
-pub use validate::{Blocked, Direction, Issue, Validation};
+pub use validate::{Blocked, Direction};
 
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

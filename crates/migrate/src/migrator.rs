@@ -12,10 +12,12 @@ use tracing::Instrument;
 use crate::backup::{BackupInfo, BackupVault};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::finding::{Issue, Validation};
 use crate::ledger::{AppVersion, AuditEntry, Lease, LeaseGrant, LeaseInfo, LedgerRow, RowState};
-use crate::migration::{Migration, MigrationSet, Phase};
+use crate::migration::{Migration, MigrationSet};
+use crate::phase::Phase;
 use crate::store::{Backup, BackupScope, Step, Store};
-use crate::validate::{self, Blocked, Direction, Issue, Validation};
+use crate::validate::{self, Blocked, Direction};
 
 /// What a failing target means for [`Migrator::run_on_startup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

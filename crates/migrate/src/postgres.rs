@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 use crate::ledger::{
     AppVersion, AuditEntry, Lease, LeaseGrant, LeaseInfo, LedgerRow, RowState, micros,
 };
-use crate::migration::{Phase, ScriptKind, split_statements};
+use crate::migration::{ScriptKind, split_statements};
+use crate::phase::Phase;
 use crate::store::{Backup, BackupScope, ScriptResult, Step, Store};
 
 const LOCK_NAME: &str = "migrate";

@@ -15,7 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::ledger::{LeaseGrant, LedgerRow, RowState};
-use crate::migration::{MigrationSet, Phase, ScriptKind};
+use crate::migration::{MigrationSet, ScriptKind};
+use crate::phase::Phase;
 use crate::{Error, Issue, MemoryStore, Migrator, Store};
 
 /// What the suite needs from a target.
