@@ -832,46 +832,52 @@ async fn release_all_gives_everything_back() {
     );
 }
 
+/// The metric lines `run` records, run on a current-thread runtime under a recorder of its
+/// own (so tests running beside it record nothing into it).
+fn recorded<F: std::future::Future<Output = ()>>(run: impl FnOnce() -> F) -> Vec<String> {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run());
+    });
+    palisade_testkit::metric_lines(&snapshotter)
+}
+
 /// Lease calls and units are counted: granted, given back, dropped.
 #[test]
 fn lease_metrics_are_recorded() {
-    use metrics_util::debugging::DebuggingRecorder;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    let lines = recorded(|| async {
+        let clock = FakeClock::new();
+        let inner = MemoryStore::builder().clock(clock.clone()).build();
+        let store = LeasedStore::builder(inner)
+            .config(
+                eager()
+                    .max_lease(Duration::from_secs(1))
+                    .max_sparse_lease(Duration::ZERO),
+            )
+            .clock(clock.clone())
             .build()
             .unwrap();
-        rt.block_on(async {
-            let clock = FakeClock::new();
-            let inner = MemoryStore::builder().clock(clock.clone()).build();
-            let store = LeasedStore::builder(inner)
-                .config(
-                    eager()
-                        .max_lease(Duration::from_secs(1))
-                        .max_sparse_lease(Duration::ZERO),
-                )
-                .clock(clock.clone())
-                .build()
-                .unwrap();
-            let policy =
-                Policy::single("metered", Algorithm::FixedWindow, Quota::per_hour(100)).unwrap();
-            for _ in 0..5 {
-                store.acquire("k", &policy, 1).await.unwrap();
-                clock.advance(Duration::from_millis(1));
-            }
-            clock.advance(Duration::from_secs(2));
+        let policy =
+            Policy::single("metered", Algorithm::FixedWindow, Quota::per_hour(100)).unwrap();
+        for _ in 0..5 {
             store.acquire("k", &policy, 1).await.unwrap();
-            store.release_all().await.unwrap();
-        });
+            clock.advance(Duration::from_millis(1));
+        }
+        clock.advance(Duration::from_secs(2));
+        store.acquire("k", &policy, 1).await.unwrap();
+        store.release_all().await.unwrap();
     });
     // 1: one unit asked (no demand yet), granted; 2 and 3 from it; 4: demand of about one a
     // millisecond asks a second's worth, and gets all 97 left; 5 and 6 from it; 7 (two
     // seconds later) finds the lease ended: one of its units pays, nothing is left to
     // lease, and the 94 it holds are given back at shutdown.
     assert_eq!(
-        palisade_testkit::metric_lines(&snapshotter),
+        lines,
         [
             "palisade_ratelimit_lease_calls_total{outcome=empty,policy=metered} 1",
             "palisade_ratelimit_lease_calls_total{outcome=granted,policy=metered} 2",
@@ -886,49 +892,39 @@ fn lease_metrics_are_recorded() {
 /// counted as `refilled`. A window's unspent units still go back.
 #[test]
 fn an_ended_bucket_lease_the_refill_covers_is_not_given_back() {
-    use metrics_util::debugging::DebuggingRecorder;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    let lines = recorded(|| async {
+        let clock = FakeClock::new();
+        let inner = MemoryStore::builder().clock(clock.clone()).build();
+        let store = LeasedStore::builder(inner)
+            .config(
+                LeaseConfig::default()
+                    .max_lease(Duration::from_secs(1))
+                    .max_sparse_lease(Duration::ZERO)
+                    .prefetch(false),
+            )
+            .clock(clock.clone())
             .build()
             .unwrap();
-        rt.block_on(async {
-            let clock = FakeClock::new();
-            let inner = MemoryStore::builder().clock(clock.clone()).build();
-            let store = LeasedStore::builder(inner)
-                .config(
-                    LeaseConfig::default()
-                        .max_lease(Duration::from_secs(1))
-                        .max_sparse_lease(Duration::ZERO)
-                        .prefetch(false),
-                )
-                .clock(clock.clone())
-                .build()
-                .unwrap();
-            // GCRA: one unit per millisecond, so a 1 s lease's unit is refilled long before
-            // it ends. Fixed window: nothing refills within the hour.
-            let bucket =
-                Policy::single("refill-gcra", Algorithm::Gcra, Quota::per_hour(3_600_000)).unwrap();
-            let window = Policy::single(
-                "refill-window",
-                Algorithm::FixedWindow,
-                Quota::per_hour(100),
-            )
-            .unwrap();
-            for policy in [&bucket, &window] {
-                // A first decision leases one unit beyond its own (no demand seen yet).
-                assert!(store.acquire("k", policy, 1).await.unwrap().allowed);
-                assert_eq!(store.allowance("k", policy), 1);
-            }
-            clock.advance(Duration::from_secs(2));
-            // The sweeper (four visits per `max_lease`, real time) finds both leases ended.
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            store.settled().await;
-        });
+        // GCRA: one unit per millisecond, so a 1 s lease's unit is refilled long before
+        // it ends. Fixed window: nothing refills within the hour.
+        let bucket =
+            Policy::single("refill-gcra", Algorithm::Gcra, Quota::per_hour(3_600_000)).unwrap();
+        let window = Policy::single(
+            "refill-window",
+            Algorithm::FixedWindow,
+            Quota::per_hour(100),
+        )
+        .unwrap();
+        for policy in [&bucket, &window] {
+            // A first decision leases one unit beyond its own (no demand seen yet).
+            assert!(store.acquire("k", policy, 1).await.unwrap().allowed);
+            assert_eq!(store.allowance("k", policy), 1);
+        }
+        clock.advance(Duration::from_secs(2));
+        // The sweeper (four visits per `max_lease`, real time) finds both leases ended.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        store.settled().await;
     });
-    let lines = palisade_testkit::metric_lines(&snapshotter);
     assert!(
         lines.iter().any(
             |l| l == "palisade_ratelimit_lease_units_total{fate=refilled,policy=refill-gcra} 1"

@@ -244,7 +244,9 @@ impl Inner {
         Ok(Some(vector))
     }
 
-    fn contextual_word_vectors(&self, text: &str) -> Result<Vec<(String, Vec<f32>)>> {
+    /// The model's last hidden states for `text` (`[1, seq, dim]`), with its encoding and
+    /// attention mask (`[1, seq]`).
+    fn hidden_states(&self, text: &str) -> Result<(tokenizers::Encoding, Tensor, Tensor)> {
         let encoding = self.tokenizer.encode(text, true).map_err(embedder_error)?;
         let ids = Tensor::new(encoding.get_ids(), &self.device)
             .and_then(|t| t.unsqueeze(0))
@@ -256,7 +258,14 @@ impl Inner {
         let hidden = self
             .model
             .forward(&ids, &type_ids, Some(&mask))
-            .and_then(|h| h.squeeze(0))
+            .map_err(embedder_error)?;
+        Ok((encoding, hidden, mask))
+    }
+
+    fn contextual_word_vectors(&self, text: &str) -> Result<Vec<(String, Vec<f32>)>> {
+        let (encoding, hidden, _) = self.hidden_states(text)?;
+        let hidden = hidden
+            .squeeze(0)
             .and_then(|h| h.to_vec2::<f32>())
             .map_err(embedder_error)?;
         let mut words: Vec<(String, Vec<f32>, usize)> = Vec::new();
@@ -285,18 +294,7 @@ impl Inner {
     }
 
     fn embed(&self, text: &str) -> Result<Vec<f32>> {
-        let encoding = self.tokenizer.encode(text, true).map_err(embedder_error)?;
-        let ids = Tensor::new(encoding.get_ids(), &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(embedder_error)?;
-        let type_ids = ids.zeros_like().map_err(embedder_error)?;
-        let mask = Tensor::new(encoding.get_attention_mask(), &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(embedder_error)?;
-        let hidden = self
-            .model
-            .forward(&ids, &type_ids, Some(&mask))
-            .map_err(embedder_error)?;
+        let (_, hidden, mask) = self.hidden_states(text)?;
         // Mean over the tokens the mask keeps: [1, seq, dim] -> [dim].
         let pooled = (|| {
             let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -543,6 +543,38 @@ fn held_units_count_only_while_valid() {
     }
 }
 
+/// The store's answer to `call` (the exact lease arithmetic on `states`), handed to the
+/// book, which must keep every unit it was granted.
+fn answer_call(
+    book: &mut Book,
+    states: &mut [QuotaState],
+    params: &[Params],
+    alg: Algorithm,
+    plan: &Plan,
+    call: Call,
+    now: u64,
+) -> Outcome {
+    let mut verdicts = [Verdict::NONE];
+    let o = lease(
+        &mut Many { states, params },
+        alg,
+        now,
+        &call.request,
+        &mut verdicts,
+    );
+    let reply = Reply {
+        admitted: o.admitted,
+        used_held: o.used_held,
+        stale_held: o.stale_held,
+        granted: o.granted,
+        lifetime: o.lifetime,
+        granted_at: o.granted_at,
+        verdicts: &verdicts,
+    };
+    assert_eq!(book.finish(call, &reply, plan, now), Dropped(0));
+    o
+}
+
 /// A book holds at most two leases, whatever its demand: renewed in the background only
 /// while it holds fewer. Here each grant (a tenth of what is left) is far below the demand
 /// over a renewal's lead, so every local decision finds the allowance low; answered at
@@ -564,27 +596,7 @@ fn a_book_holds_at_most_two_leases() {
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
     let mut answer = |book: &mut Book, call: Call, now: u64| {
-        let mut verdicts = [Verdict::NONE];
-        let o = lease(
-            &mut Many {
-                states: &mut states,
-                params: &params,
-            },
-            alg,
-            now,
-            &call.request,
-            &mut verdicts,
-        );
-        let reply = Reply {
-            admitted: o.admitted,
-            used_held: o.used_held,
-            stale_held: o.stale_held,
-            granted: o.granted,
-            lifetime: o.lifetime,
-            granted_at: o.granted_at,
-            verdicts: &verdicts,
-        };
-        assert_eq!(book.finish(call, &reply, &plan, now), Dropped(0));
+        answer_call(book, &mut states, &params, alg, &plan, call, now);
     };
     let (mut now, mut most) = (T0, 0);
     for _ in 0..5_000 {
@@ -643,27 +655,7 @@ fn a_slow_round_trip_does_not_renew_a_sparse_lease_early() {
     let Step::Remote(call) = book.begin(&policy, &plan, T0, 1, &mut out, &mut ended) else {
         panic!("a new book asks the store");
     };
-    let mut verdicts = [Verdict::NONE];
-    let o = lease(
-        &mut Many {
-            states: &mut states,
-            params: &params,
-        },
-        alg,
-        T0,
-        &call.request,
-        &mut verdicts,
-    );
-    let reply = Reply {
-        admitted: o.admitted,
-        used_held: o.used_held,
-        stale_held: o.stale_held,
-        granted: o.granted,
-        lifetime: o.lifetime,
-        granted_at: o.granted_at,
-        verdicts: &verdicts,
-    };
-    assert_eq!(book.finish(call, &reply, &plan, T0), Dropped(0));
+    let o = answer_call(&mut book, &mut states, &params, alg, &plan, call, T0);
     // A sparse lease: 7.5-10 s (jittered), at least 4 units.
     let life = o.lifetime;
     assert!((7_500_000..=10_000_000).contains(&life), "{life}");
