@@ -171,3 +171,66 @@ async fn a_late_give_back_is_not_counted_twice_fixed_window() {
 async fn a_late_give_back_is_not_counted_twice_sliding_window_counter() {
     a_late_give_back_is_not_counted_twice(Algorithm::SlidingWindowCounter).await;
 }
+
+/// Issue 19, open defect 1: a renewal that reports the units the owner kept (`kept`, with a
+/// report number) lands after the owner's record was reclaimed — the reclaim gave those
+/// units back already. The ledger must record only what the call granted: before, the
+/// record became `kept` + the grant, and a second reclaim gave `kept` back again.
+async fn a_late_report_does_not_record_reclaimed_units(alg: Algorithm) {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let policy = Policy::single(format!("ledger-report-{alg}"), alg, Quota::per_hour(100)).unwrap();
+    let store = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
+    let first = store
+        .lease("k", &policy, &want(10).report(1))
+        .await
+        .unwrap();
+    assert_eq!(first.granted, 10, "{alg}: the first lease");
+
+    // Owner 7's renewal, sent while it held the 10 units, lands past their record's end:
+    // the call's own reclaim gives the 10 back first.
+    clock.advance(LIFETIME + GRACE + Duration::from_millis(10));
+    let late = want(5).kept(10, first.granted_at).report(2);
+    let renewal = store.lease("k", &policy, &late).await.unwrap();
+    assert_eq!(renewal.granted, 5, "{alg}: the renewal");
+    assert_eq!(remaining(&store, &policy).await, 95, "{alg}");
+
+    // Owner 8 spends 20; owner 7 dies. Its record (the renewal's 5 units) is reclaimed
+    // with owner 8's next request: 100 - 20 - 1 remain, not 10 more.
+    let request = |cost| LeaseRequest::new(cost).owner(8, GRACE);
+    assert!(
+        store
+            .lease("k", &policy, &request(20))
+            .await
+            .unwrap()
+            .decision
+            .allowed
+    );
+    clock.advance(LIFETIME + GRACE + Duration::from_millis(10));
+    assert!(
+        store
+            .lease("k", &policy, &request(1))
+            .await
+            .unwrap()
+            .decision
+            .allowed
+    );
+    assert_eq!(
+        remaining(&store, &policy).await,
+        79,
+        "{alg}: the reclaimed units were recorded again and given back twice"
+    );
+}
+
+#[tokio::test]
+async fn a_late_report_does_not_record_reclaimed_units_fixed_window() {
+    a_late_report_does_not_record_reclaimed_units(Algorithm::FixedWindow).await;
+}
+
+#[tokio::test]
+async fn a_late_report_does_not_record_reclaimed_units_sliding_window_counter() {
+    a_late_report_does_not_record_reclaimed_units(Algorithm::SlidingWindowCounter).await;
+}

@@ -10,7 +10,8 @@
 -- (buckets count held units within the longer of the two lifetimes of held_at; ledger.lua: the records of
 -- owners whose TTL passed are reclaimed first; what the owner holds afterwards, the held
 -- units it kept back and did not offer included, is recorded with a TTL of the lease's
--- lifetime plus the grace).
+-- lifetime plus the grace; an owner without a record, its record reclaimed, is recorded
+-- with this call's grant alone).
 -- Reply: admitted, used_held, stale_held, granted, lifetime_us, granted_at, then per quota
 -- allowed, remaining, reset, retry (-1 for none).
 local b = 4 + 4 * n
@@ -141,7 +142,7 @@ if grant > 0 then
   mine = mine + grant
   ends = now + life + grace
 end
-record(owner, report, mine, delta, at, ends)
+record(owner, report, mine, delta, at, ends, grant)
 out[1] = 1
 out[2] = usable
 out[4] = grant

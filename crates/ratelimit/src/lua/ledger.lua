@@ -92,10 +92,13 @@ end
 -- call, after the call (what it spends meanwhile is not in it). Without one (another call
 -- of the owner's was in flight, or a later report landed first), the record moves by
 -- `delta`: what this call granted less what it took from the owner's units. A record is
--- created only with a grant: an owner reporting units the store has no record of had them
--- reclaimed. Only reclaim removes records, so that a give-back that finds none knows its
--- units were reclaimed.
-local function record(owner, report, snapshot, delta, at, ends_if_granted)
+-- created only with a grant (`granted` units, ending at `ends_if_granted`), and then holds
+-- that grant alone: an owner reporting units the store has no record of had them
+-- reclaimed (a report that lands more than the grace late, after the reclaim gave its
+-- units back, must not record them again, or a second reclaim gives them back twice).
+-- Only reclaim removes records, so that a give-back that finds none knows its units were
+-- reclaimed.
+local function record(owner, report, snapshot, delta, at, ends_if_granted, granted)
   if not ledger or owner == '0' then return end
   local s = look(owner)
   local raw = s.raw
@@ -104,11 +107,14 @@ local function record(owner, report, snapshot, delta, at, ends_if_granted)
   local units, old_at, ends, seq = 0, at, 0, 0
   if raw then units, old_at, ends, seq = split4(raw) end
   if ends_if_granted and ends_if_granted > ends then ends = ends_if_granted end
-  if report > seq then
+  if not raw then
+    units, at = granted, now
+    if report > seq then seq = report end
+  elseif report > seq then
     units, seq = snapshot, report
   else
     units = max0(units + delta)
-    if raw and (at == 0 or (old_at > 0 and old_at < at)) then at = old_at end
+    if at == 0 or (old_at > 0 and old_at < at) then at = old_at end
   end
   local fields = {}
   local value = entry(units, at, ends, seq)
