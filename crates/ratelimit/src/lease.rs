@@ -810,6 +810,11 @@ pub(crate) struct Book {
     mark: u64,
     rate: f64,
     figures: Vec<Figure>,
+    /// Store time of the answer `figures` and `denial` come from: answers to calls in
+    /// flight together may be applied out of order, and an older one must not overwrite
+    /// them (its window may have ended: local decisions then reported the next window's
+    /// units against the ended one's reset).
+    answered_at: u64,
     pub(crate) last_used: u64,
     /// No lease is asked in the background before this (after a failure or an empty grant).
     pub(crate) quiet_until: u64,
@@ -828,6 +833,7 @@ impl Book {
             mark: now,
             rate: 0.0,
             figures: Vec::new(),
+            answered_at: 0,
             last_used: now,
             quiet_until: 0,
             reported: 0,
@@ -1147,6 +1153,11 @@ impl Book {
         now: u64,
     ) -> Dropped {
         self.settle(&call);
+        // Stores that do not lease answer without a time (0): always the newest.
+        let newest = reply.granted_at == 0 || reply.granted_at >= self.answered_at;
+        if newest {
+            self.answered_at = reply.granted_at;
+        }
         let stale = if reply.stale_held {
             call.reserved.iter().map(|h| h.units).sum()
         } else {
@@ -1171,7 +1182,9 @@ impl Book {
             if call.request.cost > 0 {
                 self.spent = self.spent.saturating_add(call.request.cost);
             }
-            self.denial = None;
+            if newest {
+                self.denial = None;
+            }
             if reply.granted > 0 {
                 self.hold([Held {
                     units: reply.granted,
@@ -1197,6 +1210,9 @@ impl Book {
             if !reply.stale_held {
                 self.hold(call.reserved);
             }
+            if !newest {
+                return Dropped(stale);
+            }
             let mut until = call.sent.saturating_add(plan.max_denial);
             for v in reply.verdicts.iter().filter(|v| !v.allowed) {
                 until = match v.retry_after {
@@ -1218,6 +1234,9 @@ impl Book {
                     })
                     .collect(),
             });
+        }
+        if !newest {
+            return Dropped(stale);
         }
         self.figures = reply
             .verdicts

@@ -677,3 +677,83 @@ fn a_slow_round_trip_does_not_renew_a_sparse_lease_early() {
     let near = T0 + life - 700_000;
     assert!(book.renew(&plan, near, period, slow).is_some());
 }
+
+/// Answers to calls in flight together may be applied out of order: an answer from a
+/// window that has ended, applied after one from the next window, must not become the
+/// figures local decisions report. (A CI run of tests/fleet_live.rs saw 199 units of one
+/// second's lease reported against the second before it: `reset` 0, from the older answer.)
+#[test]
+fn an_older_answer_does_not_overwrite_a_newer_ones_figures() {
+    fn reply<'v>(o: &Outcome, verdicts: &'v [Verdict]) -> Reply<'v> {
+        Reply {
+            admitted: o.admitted,
+            used_held: o.used_held,
+            stale_held: o.stale_held,
+            granted: o.granted,
+            lifetime: o.lifetime,
+            granted_at: o.granted_at,
+            verdicts,
+        }
+    }
+    let policy = Policy::single("order", Algorithm::FixedWindow, Quota::per_second(2_000)).unwrap();
+    let params = policy.params().to_vec();
+    let alg = policy.algorithm();
+    let plan = Plan {
+        lifetime: 1_000_000,
+        share_permille: 100,
+        max_denial: 1_000_000,
+        prefetch: true,
+        sparse: 1_000_000,
+        owner: 0,
+        grace: 0,
+    };
+    let mut states = fresh_states(&policy, T0);
+    let mut book = Book::new(T0);
+    let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
+    // Two requests ask the store 10 ms before a window's end; the first call leases.
+    let before = T0 + 990_000;
+    let Step::Remote(leasing) = book.begin(&policy, &plan, before, 1, &mut out, &mut ended) else {
+        panic!("a new book asks the store");
+    };
+    let Step::Remote(plain) = book.begin(&policy, &plan, before, 1, &mut out, &mut ended) else {
+        panic!("nothing is held yet");
+    };
+    // The store decides the plain call in that window, the leasing one (a later batch) 1 ms
+    // into the next.
+    let (early, late) = (before + 2_000, T0 + 1_001_000);
+    let mut answer = |call: &Call, now: u64| {
+        let mut verdicts = [Verdict::NONE];
+        let o = lease(
+            &mut Many {
+                states: &mut states,
+                params: &params,
+            },
+            alg,
+            now,
+            &call.request,
+            &mut verdicts,
+        );
+        (o, verdicts)
+    };
+    let (o_plain, v_plain) = answer(&plain, early);
+    let (o_lease, v_lease) = answer(&leasing, late);
+    assert!(o_lease.granted > 0, "the leasing call leases");
+    // The newer answer is applied first.
+    let now = late + 500;
+    let applied = book.finish(leasing, &reply(&o_lease, &v_lease), &plan, now);
+    assert_eq!(applied, Dropped(0));
+    let applied = book.finish(plain, &reply(&o_plain, &v_plain), &plan, now);
+    assert_eq!(applied, Dropped(0));
+    // A decision from the lease reports the current window's end (up to the round trip
+    // early: figures are timed from when the call was sent), not the ended one's.
+    assert!(matches!(
+        book.begin(&policy, &plan, now, 1, &mut out, &mut ended),
+        Step::Local
+    ));
+    let end = T0 + 2_000_000 - now;
+    let reset = out[0].reset;
+    assert!(
+        (end - (late - before)..=end).contains(&reset),
+        "reset {reset} µs, the window ends in {end}"
+    );
+}
