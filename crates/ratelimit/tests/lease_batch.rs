@@ -470,3 +470,122 @@ async fn a_lease_call_costs_redis_few_commands() {
         );
     }
 }
+
+/// Every key matching `pattern` (a key's windows' counters and its ledger) and what it
+/// holds, in order.
+async fn contents(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<(String, String)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
+        let value = if kind == "hash" {
+            let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(&k)
+                .query_async(conn)
+                .await
+                .unwrap();
+            fields.sort();
+            format!("{fields:?}")
+        } else {
+            redis::cmd("GET").arg(&k).query_async(conn).await.unwrap()
+        };
+        out.push((k, value));
+    }
+    out
+}
+
+/// Issue 19, open defect 3: an item that fails partway (here: its key's second window is
+/// corrupted, a hash where a count belongs, and the item had first reclaimed a dead
+/// owner's record into the first window) must change nothing, and fail alone: the items
+/// before and after it in the same batch are decided. Before, the reclaim's refund of the
+/// first window stayed (and the record too: its units would have gone back twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_batch_item_changes_nothing_and_fails_alone() {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let store = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let policy = Policy::builder("batch-corrupt")
+        .algorithm(Algorithm::FixedWindow)
+        .quota("hour", Quota::per_hour(1_000))
+        .quota("ten", Quota::new(500, Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    let life = Duration::from_secs(1);
+    // Owner 9 leases 10 units of each key and dies.
+    let mut granted_at = 0;
+    for k in ["a", "b", "c"] {
+        let dead = LeaseRequest::new(0).want(10, life).owner(9, life);
+        let lease = store.lease(k, &policy, &dead).await.unwrap();
+        assert_eq!(lease.granted, 10);
+        granted_at = lease.granted_at;
+    }
+    let second = &store.keys_for("b", &policy)[1];
+    let _: () = redis::cmd("DEL")
+        .arg(second)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(second)
+        .arg("corrupt")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Past owner 9's record's end: each key's next call reclaims it first.
+    clock.advance(life + life + Duration::from_millis(10));
+    let pattern = format!("{}*batch-corrupt:b}}*", redis.prefix().as_str());
+    let before = contents(&mut conn, &pattern).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let request = LeaseRequest::new(1).want(5, life).owner(7, life);
+    let calls: Vec<LeaseCall<'_>> = ["a", "b", "c"]
+        .iter()
+        .map(|k| LeaseCall::new(k, &policy, request))
+        .collect();
+    let replies = store.lease_many(&calls).await;
+    assert_eq!(replies.len(), 3);
+    let b = replies[1].as_ref().expect_err("the corrupted key's item");
+    assert!(format!("{b:?}").contains("WRONGTYPE"), "{b:?}");
+    for i in [0, 2] {
+        let l = replies[i]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("item {i} failed: {e}"));
+        assert!(l.decision.allowed, "item {i}: {l:?}");
+        assert_eq!(l.granted, 5, "item {i}: {l:?}");
+    }
+    assert_eq!(
+        contents(&mut conn, &pattern).await,
+        before,
+        "the failed item changed its keys"
+    );
+    // Its own script call too.
+    assert!(store.lease("b", &policy, &request).await.is_err());
+    let give = LeaseReturn::new(3, granted_at).owner(9, 0);
+    assert!(store.release_for("b", &policy, &give).await.is_err());
+    assert_eq!(contents(&mut conn, &pattern).await, before);
+    // The others were reclaimed (10 back) and charged (1 + 5).
+    let peek = store.peek("a", &policy).await.unwrap();
+    assert_eq!(
+        (
+            peek.quota(0).unwrap().remaining,
+            peek.quota(1).unwrap().remaining
+        ),
+        (994, 494)
+    );
+}

@@ -7,8 +7,9 @@
 -- and those arguments; KEYS: every item's keys, one item after another (on Redis Cluster
 -- all in one slot: the caller groups items by slot).
 -- Reply: per item, the operation's reply, or {'error', message} for an item that failed
--- (the other items still ran; each item is atomic, as its own script call would be; an
--- error reply inside the array would fail the whole call in clients).
+-- (the other items still ran; an error reply inside the array would fail the whole call in
+-- clients). An item that fails changed nothing: the operations read every key they write
+-- before writing any (ledger.lua `read_all`), and a key of the wrong type fails that read.
 -- Items whose time is '0' (read Redis' TIME) all get the time the batch began: one TIME
 -- per batch, not one per item (the batch is atomic: no other call runs in between).
 local items = tonumber(ARGV[1])

@@ -22,6 +22,7 @@ local grace, report = num(ARGV[b + 9], 0), num(ARGV[b + 10], 0)
 local held_life = math.max(lifetime, num(ARGV[b + 11], 0))
 local held_reclaim_at = num(ARGV[b + 12], 0)
 
+read_all(owner)
 reclaim(owner)
 local quotas = {}
 for i = 1, n do quotas[i] = quota(i) end

@@ -37,6 +37,20 @@ local function look(owner)
   return seen
 end
 
+-- Read every key the call may write (the ledger, each quota's string state) before it
+-- writes any: a key of the wrong type (a corrupted key) then fails the call before it
+-- changed anything, so that a call, and each item of a batch (batch.lua), is all or
+-- nothing. Before, a lease could reclaim a dead owner's record into the first quota, then
+-- fail on the second's key: the first quota's refund stayed, and so did the record, whose
+-- units a later reclaim gave back again. The reads are cached (`look`, `load_numbers`): a
+-- lease call, which reads them all anyway, sends no extra command.
+local function read_all(owner)
+  if ledger then look(owner) end
+  if windows or buckets then
+    for i = 1, n do load_numbers(quota(i)) end
+  end
+end
+
 -- Give back `units` granted at store time `at` that were never spent: to the windows still
 -- the grant's (units of a past window belong to it); to a bucket less what it refilled
 -- since the grant (the bucket may have been full meanwhile: what it refilled then was

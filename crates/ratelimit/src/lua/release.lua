@@ -13,6 +13,7 @@ local granted_at = tonumber(ARGV[4 + 4 * n + 1])
 local owner = ARGV[4 + 4 * n + 2] or '0'
 local reported = num(ARGV[4 + 4 * n + 3], 0)
 local reclaim_at = num(ARGV[4 + 4 * n + 4], 0)
+read_all(owner)
 reclaim(owner)
 if cost > 0 then
   if owner == '0' or not ledger then
