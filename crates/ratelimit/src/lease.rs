@@ -89,6 +89,14 @@ pub struct LeaseRequest {
     /// How long after a lease's lifetime a ledger waits before it reclaims what the owner
     /// did not give back: the owner's own give-back must land first.
     pub grace: Duration,
+    /// The first and the last `report` of the owner's calls for the key whose answers it
+    /// gave up on since its last answer (a reply timed out or lost, after the store may
+    /// have run the call; 0: none). A ledger whose record of the owner stands on one of
+    /// them gives that call's grant back: nobody holds it. (A call landing after a later
+    /// report grants nothing.)
+    pub lost_from: u64,
+    /// See [`lost_from`](Self::lost_from).
+    pub lost_to: u64,
 }
 
 impl LeaseRequest {
@@ -108,6 +116,8 @@ impl LeaseRequest {
             kept_at: 0,
             report: 0,
             grace: Duration::ZERO,
+            lost_from: 0,
+            lost_to: 0,
         }
     }
 
@@ -163,6 +173,14 @@ impl LeaseRequest {
     pub const fn kept(mut self, units: u64, granted_at: u64) -> Self {
         self.kept = units;
         self.kept_at = granted_at;
+        self
+    }
+
+    /// See [`lost_from`](Self::lost_from).
+    #[must_use]
+    pub const fn lost(mut self, from: u64, to: u64) -> Self {
+        self.lost_from = from;
+        self.lost_to = to;
         self
     }
 
@@ -820,6 +838,10 @@ pub(crate) struct Book {
     pub(crate) quiet_until: u64,
     /// The number of the last report this book sent.
     reported: u64,
+    /// The first and last reports of the calls that failed since the last answer (their
+    /// answers lost: the store may have run them), until a call carrying them is answered
+    /// (0: none).
+    lost: (u64, u64),
 }
 
 impl Book {
@@ -837,6 +859,7 @@ impl Book {
             last_used: now,
             quiet_until: 0,
             reported: 0,
+            lost: (0, 0),
         }
     }
 
@@ -1004,7 +1027,8 @@ impl Book {
                 .held_for(Duration::from_micros(plan.sparse))
                 .max_share_permille(plan.share_permille)
                 .owner(plan.owner, Duration::from_micros(plan.grace))
-                .report(report),
+                .report(report)
+                .lost(self.lost.0, self.lost.1),
             reserved,
             sent: now,
             wanted,
@@ -1087,7 +1111,8 @@ impl Book {
                 .max_share_permille(plan.share_permille)
                 .owner(plan.owner, Duration::from_micros(plan.grace))
                 .kept(kept, kept_at)
-                .report(report),
+                .report(report)
+                .lost(self.lost.0, self.lost.1),
             reserved: Vec::new(),
             sent: now,
             wanted: true,
@@ -1153,6 +1178,10 @@ impl Book {
         now: u64,
     ) -> Dropped {
         self.settle(&call);
+        if call.request.lost_to == self.lost.1 {
+            // The store has settled the lost calls.
+            self.lost = (0, 0);
+        }
         // Stores that do not lease answer without a time (0): always the newest.
         let newest = reply.granted_at == 0 || reply.granted_at >= self.answered_at;
         if newest {
@@ -1250,9 +1279,17 @@ impl Book {
     }
 
     /// The call failed or was abandoned: its reserved units are dropped (the store may have
-    /// counted them towards the request), and background calls wait until `quiet_until`.
+    /// counted them towards the request), background calls wait until `quiet_until`, and
+    /// the next calls name its report as lost (the store gives back what it granted).
     pub(crate) fn cancel(&mut self, call: Call, quiet_until: u64) -> Dropped {
         self.settle(&call);
+        if call.request.report > 0 {
+            // The store may have run it: the next calls say so (`LeaseRequest::lost_from`).
+            if self.lost.0 == 0 {
+                self.lost.0 = call.request.report;
+            }
+            self.lost.1 = call.request.report;
+        }
         self.quiet_until = self.quiet_until.max(quiet_until);
         Dropped(call.reserved.into_iter().map(|h| h.units).sum())
     }

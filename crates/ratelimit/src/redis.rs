@@ -593,7 +593,7 @@ fn decision_of(policy: &Policy, reply: &[i64], at: usize) -> Result<Decision> {
 }
 
 /// The arguments after the common ones of `src/lua/lease.lua`.
-const LEASE_ARGS: usize = 12;
+const LEASE_ARGS: usize = 14;
 /// The arguments after the common ones of `src/lua/release.lua`.
 const RELEASE_ARGS: usize = 4;
 
@@ -610,7 +610,9 @@ fn lease_args(inv: &mut ScriptInvocation<'_>, request: &LeaseRequest) {
         .arg(crate::lease::micros(request.grace).min(max))
         .arg(request.report)
         .arg(crate::lease::micros(request.held_lifetime).min(max))
-        .arg(request.held_reclaim_at.min(max));
+        .arg(request.held_reclaim_at.min(max))
+        .arg(request.lost_from)
+        .arg(request.lost_to);
 }
 
 fn release_args(inv: &mut ScriptInvocation<'_>, give: &LeaseReturn) {

@@ -7,10 +7,13 @@
 //! owner spend them: held units offered towards a request after that time count for nothing.
 #![cfg(feature = "redis")]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use palisade_ratelimit::{
-    Algorithm, FakeClock, Lease, LeaseRequest, LeaseReturn, Policy, Quota, RedisStore, Store,
+    Algorithm, Decision, Error, FakeClock, Lease, LeaseCall, LeaseConfig, LeaseRequest,
+    LeaseReturn, LeasedStore, Policy, Quota, RedisStore, ReleaseCall, Result, Store,
 };
 use palisade_testkit::test_redis;
 
@@ -233,4 +236,169 @@ async fn a_late_report_does_not_record_reclaimed_units_fixed_window() {
 #[tokio::test]
 async fn a_late_report_does_not_record_reclaimed_units_sliding_window_counter() {
     a_late_report_does_not_record_reclaimed_units(Algorithm::SlidingWindowCounter).await;
+}
+
+/// A Redis store whose next lease call's reply is lost after Redis ran it (as when the
+/// client's reply timeout fires, or the connection drops, once the script ran).
+#[derive(Debug)]
+struct LosingReply {
+    inner: RedisStore,
+    lose: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Store for LosingReply {
+    async fn acquire(&self, key: &str, policy: &Policy, cost: u64) -> Result<Decision> {
+        self.inner.acquire(key, policy, cost).await
+    }
+    async fn peek(&self, key: &str, policy: &Policy) -> Result<Decision> {
+        self.inner.peek(key, policy).await
+    }
+    async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()> {
+        self.inner.refund(key, policy, cost).await
+    }
+    async fn reset(&self, key: &str, policy: &Policy) -> Result<()> {
+        self.inner.reset(key, policy).await
+    }
+    fn backend_name(&self) -> &'static str {
+        "losing-reply"
+    }
+    async fn lease(&self, key: &str, policy: &Policy, request: &LeaseRequest) -> Result<Lease> {
+        let lease = self.inner.lease(key, policy, request).await;
+        if self.lose.swap(false, Ordering::SeqCst) {
+            return Err(Error::Timeout(Duration::from_millis(500)));
+        }
+        lease
+    }
+    async fn lease_many(&self, calls: &[LeaseCall<'_>]) -> Vec<Result<Lease>> {
+        let mut leases = self.inner.lease_many(calls).await;
+        if self.lose.swap(false, Ordering::SeqCst) {
+            for l in &mut leases {
+                *l = Err(Error::Timeout(Duration::from_millis(500)));
+            }
+        }
+        leases
+    }
+    async fn release_for(&self, key: &str, policy: &Policy, give: &LeaseReturn) -> Result<()> {
+        self.inner.release_for(key, policy, give).await
+    }
+    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<Result<()>> {
+        self.inner.release_many(gives).await
+    }
+}
+
+/// Issue 19, open defect 2: a lease call that fails after it reached Redis (its reply
+/// lost) granted units nobody holds. They must come back: the owner's next call for the key
+/// says which call it lost, and the ledger gives that call's grant back. Before, the next
+/// call's report replaced the owner's record without them, and they stayed counted until
+/// the window's end. Every unit is accounted for at the end: admitted, the failed
+/// request's own unit (Redis counted it), and the rest back in the quota.
+async fn a_lost_reply_does_not_strand_its_grant(alg: Algorithm) {
+    let redis = test_redis().unwrap();
+    let lose = Arc::new(AtomicBool::new(false));
+    let inner = LosingReply {
+        inner: RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str()),
+        lose: Arc::clone(&lose),
+    };
+    let store = LeasedStore::builder(inner)
+        .config(LeaseConfig::default().prefetch(false))
+        .build()
+        .unwrap();
+    let policy = Policy::single(format!("lost-{alg}"), alg, Quota::per_hour(1_000)).unwrap();
+    let mut admitted = 0;
+    let mut decide = |d: Result<Decision>| match d {
+        Ok(d) => {
+            assert!(d.allowed, "{alg}: {d:?}");
+            admitted += 1;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    decide(store.acquire("k", &policy, 1).await).unwrap();
+    assert!(store.allowance("k", &policy) > 0, "{alg}: the first lease");
+    // The next lease call (when the allowance is spent) loses its reply.
+    lose.store(true, Ordering::SeqCst);
+    let mut failed = 0;
+    for _ in 0..200 {
+        if decide(store.acquire("k", &policy, 1).await).is_err() {
+            failed += 1;
+            break;
+        }
+    }
+    assert_eq!(failed, 1, "{alg}: no lease call failed");
+    assert!(!lose.load(Ordering::SeqCst));
+    for _ in 0..10 {
+        decide(store.acquire("k", &policy, 1).await).unwrap();
+    }
+    store.release_all().await.unwrap();
+    let remaining = store
+        .inner()
+        .peek("k", &policy)
+        .await
+        .unwrap()
+        .quota(0)
+        .unwrap()
+        .remaining;
+    assert_eq!(
+        remaining + admitted + failed,
+        1_000,
+        "{alg}: {admitted} admitted, {failed} failed, {remaining} remaining: the lost \
+         call's grant is stranded"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_reply_does_not_strand_its_grant_fixed_window() {
+    a_lost_reply_does_not_strand_its_grant(Algorithm::FixedWindow).await;
+}
+
+#[tokio::test]
+async fn a_lost_reply_does_not_strand_its_grant_sliding_window_counter() {
+    a_lost_reply_does_not_strand_its_grant(Algorithm::SlidingWindowCounter).await;
+}
+
+/// Lost calls in a row, on the Store API: report 1 ran but its reply was lost, report 2 was
+/// given up on before it reached Redis. Report 3 names both (`lost(1, 2)`): the record
+/// stands on report 1, whose grant goes back. Report 2 then lands at last: its owner gave
+/// up on it, so it grants nothing (a grant would be lost again).
+async fn lost_calls_in_a_row_are_settled(alg: Algorithm) {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let policy = Policy::single(format!("ledger-lost-{alg}"), alg, Quota::per_hour(100)).unwrap();
+    let store = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
+    let first = store
+        .lease("k", &policy, &want(10).report(1))
+        .await
+        .unwrap();
+    assert_eq!(first.granted, 10, "{alg}: report 1");
+    assert_eq!(remaining(&store, &policy).await, 90, "{alg}");
+    let third = store
+        .lease("k", &policy, &want(5).report(3).lost(1, 2))
+        .await
+        .unwrap();
+    assert_eq!(third.granted, 5, "{alg}: report 3");
+    assert_eq!(
+        remaining(&store, &policy).await,
+        95,
+        "{alg}: report 1's grant, held by nobody, was not given back"
+    );
+    let second = store
+        .lease("k", &policy, &want(10).report(2))
+        .await
+        .unwrap();
+    assert_eq!(second.granted, 0, "{alg}: a call given up on leased");
+    assert_eq!(remaining(&store, &policy).await, 95, "{alg}");
+}
+
+#[tokio::test]
+async fn lost_calls_in_a_row_are_settled_fixed_window() {
+    lost_calls_in_a_row_are_settled(Algorithm::FixedWindow).await;
+}
+
+#[tokio::test]
+async fn lost_calls_in_a_row_are_settled_sliding_window_counter() {
+    lost_calls_in_a_row_are_settled(Algorithm::SlidingWindowCounter).await;
 }

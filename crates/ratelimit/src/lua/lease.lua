@@ -6,7 +6,8 @@
 -- lifetime_us, share_permille, owner, kept, kept_at, grace_us, report, held_lifetime_us,
 -- held_reclaim_at (from then on held units may have gone back with the owner's reclaimed
 -- record: they count for nothing, neither towards the cost nor back into the quota, as a
--- late give-back in release.lua)
+-- late give-back in release.lua), lost_from, lost_to (the reports of the owner's calls for
+-- the key it gave up on since its last answer, 0: none; ledger.lua `settle_lost`)
 -- (buckets count held units within the longer of the two lifetimes of held_at; ledger.lua: the records of
 -- owners whose TTL passed are reclaimed first; what the owner holds afterwards, the held
 -- units it kept back and did not offer included, is recorded with a TTL of the lease's
@@ -21,9 +22,11 @@ local owner, kept, kept_at = ARGV[b + 6] or '0', num(ARGV[b + 7], 0), num(ARGV[b
 local grace, report = num(ARGV[b + 9], 0), num(ARGV[b + 10], 0)
 local held_life = math.max(lifetime, num(ARGV[b + 11], 0))
 local held_reclaim_at = num(ARGV[b + 12], 0)
+local lost_from, lost_to = num(ARGV[b + 13], 0), num(ARGV[b + 14], 0)
 
 read_all(owner)
 reclaim(owner)
+if not settle_lost(owner, report, lost_from, lost_to) then want = 0 end
 local quotas = {}
 for i = 1, n do quotas[i] = quota(i) end
 

@@ -1,8 +1,10 @@
 -- ledger (lease.lua, release.lua): the leases each instance holds for this key, so that
 -- what an instance killed with a lease out did not spend comes back after the lease's TTL.
 -- KEYS[n + 1] is a hash: field = the owner (a LeasedStore's id), value
--- 'units:at:ends' (units the owner reported holding, the store time the oldest of them
--- was granted, the store time after which they are reclaimed), plus 'due' = the earliest
+-- 'units:at:ends:seq:granted:granted_at' (units the owner reported holding, the store time
+-- the oldest of them was granted, the store time after which they are reclaimed, the
+-- owner's last report, and what the call of that report granted and when: given back if
+-- the owner says it lost that call's reply, `settle_lost`), plus 'due' = the earliest
 -- 'ends', and 'exp' = the store time (µs) until which the ledger's TTL was last set, so that
 -- the TTL is extended only when it must be. Owner '0' keeps no record (strict mode): nothing
 -- is reclaimed. A call reads the ledger once (`look`: the owner's record, 'due', 'exp') and
@@ -12,18 +14,22 @@ local code = ARGV[2]
 local windows = code == 'fw' or code == 'swc'
 local buckets = code == 'gcra' or code == 'tb'
 
-local function split4(raw)
+-- A record's numbers (records written before the last two were kept have none: 0).
+local function split6(raw)
   local out = {}
   for part in string.gmatch(raw, '[^:]+') do out[#out + 1] = tonumber(part) end
-  return out[1] or 0, out[2] or 0, out[3] or 0, out[4] or 0
+  return out[1] or 0, out[2] or 0, out[3] or 0, out[4] or 0, out[5] or 0, out[6] or 0
 end
 
-local function entry(units, at, ends, seq)
-  return fmt(max0(units)) .. ':' .. fmt(at) .. ':' .. fmt(ends) .. ':' .. fmt(seq)
+local function entry(units, at, ends, seq, granted, granted_at)
+  return fmt(max0(units)) .. ':' .. fmt(at) .. ':' .. fmt(ends) .. ':' .. fmt(seq) .. ':'
+    .. fmt(granted) .. ':' .. fmt(granted_at)
 end
 
-local function put(owner, units, at, ends, seq)
-  redis.call('HSET', ledger, owner, entry(units, at, ends, seq))
+local function put(owner, units, at, ends, seq, granted, granted_at)
+  local value = entry(units, at, ends, seq, granted, granted_at)
+  redis.call('HSET', ledger, owner, value)
+  return value
 end
 
 -- What this call knows of the ledger: the owner's record (false: none), 'due', 'exp' (nil:
@@ -81,7 +87,7 @@ local function reclaim(owner)
   for j = 1, #all, 2 do
     local f = all[j]
     if f ~= 'due' and f ~= 'exp' then
-      local units, at, ends = split4(all[j + 1])
+      local units, at, ends = split6(all[j + 1])
       if ends <= now then
         give(units, at)
         gone[#gone + 1] = f
@@ -101,6 +107,27 @@ local function reclaim(owner)
   end
 end
 
+-- A lease call of `owner`'s that failed after it reached the store (its reply lost, or
+-- given up on: the owner's next calls name the reports it gave up on since its last
+-- answer, `lost_from`..`lost_to`, until one is answered): nobody holds what it granted.
+-- When such a call made the record's last report, that grant goes back now (windows still
+-- the grant's; buckets less what they refilled since) and leaves the record. Before, the
+-- owner's next report replaced the record without those units and they stayed counted,
+-- held by nobody, until the window ended. Returns whether a call of report `report` may
+-- lease: not when the record holds a later report (the owner sends its reporting calls one
+-- at a time, so it gave up on this one: a grant would be lost again).
+local function settle_lost(owner, report, lost_from, lost_to)
+  if not ledger or owner == '0' then return true end
+  local s = look(owner)
+  if not s.raw then return true end
+  local units, at, ends, seq, last, last_at = split6(s.raw)
+  if lost_from > 0 and seq >= lost_from and seq <= lost_to and last > 0 then
+    give(last, last_at)
+    s.raw = put(owner, units - last, at, ends, seq, 0, 0)
+  end
+  return report == 0 or report >= seq
+end
+
 -- Record what `owner` holds after this call. With a report number (newer than the
 -- record's), the record becomes `snapshot`: everything the owner held when it sent the
 -- call, after the call (what it spends meanwhile is not in it). Without one (another call
@@ -118,20 +145,20 @@ local function record(owner, report, snapshot, delta, at, ends_if_granted, grant
   local raw = s.raw
   if not raw and ends_if_granted == nil then return end
   local existed = raw or s.due ~= nil
-  local units, old_at, ends, seq = 0, at, 0, 0
-  if raw then units, old_at, ends, seq = split4(raw) end
+  local units, old_at, ends, seq, last, last_at = 0, at, 0, 0, 0, 0
+  if raw then units, old_at, ends, seq, last, last_at = split6(raw) end
   if ends_if_granted and ends_if_granted > ends then ends = ends_if_granted end
   if not raw then
     units, at = granted, now
-    if report > seq then seq = report end
+    if report > seq then seq, last, last_at = report, granted, now end
   elseif report > seq then
-    units, seq = snapshot, report
+    units, seq, last, last_at = snapshot, report, granted or 0, now
   else
     units = max0(units + delta)
     if at == 0 or (old_at > 0 and old_at < at) then at = old_at end
   end
   local fields = {}
-  local value = entry(units, at, ends, seq)
+  local value = entry(units, at, ends, seq, last, last_at)
   if value ~= raw then
     fields[1], fields[2] = owner, value
     s.raw = value

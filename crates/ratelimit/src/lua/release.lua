@@ -29,8 +29,8 @@ if cost > 0 then
       give(cost, granted_at)
       -- A record written by a report sent after these units left the owner's hands left
       -- them out already.
-      local units, at, ends, seq = split4(raw)
-      if seq <= reported then put(owner, units - cost, at, ends, seq) end
+      local units, at, ends, seq, last, last_at = split6(raw)
+      if seq <= reported then put(owner, units - cost, at, ends, seq, last, last_at) end
     end
   end
 end
