@@ -757,3 +757,53 @@ fn an_older_answer_does_not_overwrite_a_newer_ones_figures() {
         "reset {reset} µs, the window ends in {end}"
     );
 }
+
+/// Issue 19, open defect 2: the reports of the calls a book gave up on (their answers lost:
+/// the store may have run them and granted) go with its next calls until one is answered,
+/// so that the store's ledger can give back what they granted; a call never sent is not
+/// among them, and an answer clears them.
+#[test]
+fn a_book_names_the_calls_it_gave_up_on_until_one_is_answered() {
+    let policy = Policy::single("lost", Algorithm::FixedWindow, Quota::per_hour(20_000)).unwrap();
+    let params = policy.params().to_vec();
+    let alg = policy.algorithm();
+    let plan = Plan {
+        lifetime: 1_000_000,
+        share_permille: 100,
+        max_denial: 1_000_000,
+        prefetch: false,
+        sparse: 1_000_000,
+        owner: 7,
+        grace: 1_000_000,
+    };
+    let mut states = fresh_states(&policy, T0);
+    let mut book = Book::new(T0);
+    let call = |book: &mut Book, now: u64| {
+        let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
+        match book.begin(&policy, &plan, now, 1, &mut out, &mut ended) {
+            Step::Remote(call) => call,
+            _ => panic!("a book holding nothing asks the store"),
+        }
+    };
+    let lost = |c: &Call| (c.request.lost_from, c.request.lost_to);
+    let first = call(&mut book, T0 + 10);
+    let r1 = first.request.report;
+    assert!(r1 > 0 && first.wanted, "{:?}", first.request);
+    assert_eq!(lost(&first), (0, 0));
+    book.cancel(first, 0);
+    let second = call(&mut book, T0 + 20);
+    let r2 = second.request.report;
+    assert_eq!(lost(&second), (r1, r1));
+    book.cancel(second, 0);
+    // Never sent: the store ran nothing, and the range stays as it was.
+    let third = call(&mut book, T0 + 30);
+    assert_eq!(lost(&third), (r1, r2));
+    book.unsend(third);
+    let fourth = call(&mut book, T0 + 40);
+    assert_eq!(lost(&fourth), (r1, r2));
+    let answer = answer_call(&mut book, &mut states, &params, alg, &plan, fourth, T0 + 50);
+    assert!(answer.granted > 0);
+    book.clear();
+    let fifth = call(&mut book, T0 + 60);
+    assert_eq!(lost(&fifth), (0, 0), "answered: nothing is lost any more");
+}
