@@ -790,11 +790,11 @@ fn a_book_names_the_calls_it_gave_up_on_until_one_is_answered() {
     let r1 = first.request.report;
     assert!(r1 > 0 && first.wanted, "{:?}", first.request);
     assert_eq!(lost(&first), (0, 0));
-    book.cancel(first, 0);
+    assert_eq!(book.cancel(first, 0), Dropped(0));
     let second = call(&mut book, T0 + 20);
     let r2 = second.request.report;
     assert_eq!(lost(&second), (r1, r1));
-    book.cancel(second, 0);
+    assert_eq!(book.cancel(second, 0), Dropped(0));
     // Never sent: the store ran nothing, and the range stays as it was.
     let third = call(&mut book, T0 + 30);
     assert_eq!(lost(&third), (r1, r2));
