@@ -399,25 +399,17 @@ async fn retry_after_rounds_up() {
 
 #[test]
 fn metrics_are_recorded() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let app = app(limiter(false));
-            for _ in 0..5 {
-                app.clone()
-                    .oneshot(request("/other", Some("m"), None))
-                    .await
-                    .unwrap();
-            }
-        });
+    let lines = palisade_testkit::record_metrics(|| async move {
+        let app = app(limiter(false));
+        for _ in 0..5 {
+            app.clone()
+                .oneshot(request("/other", Some("m"), None))
+                .await
+                .unwrap();
+        }
     });
     assert_eq!(
-        palisade_testkit::metric_lines(&snapshotter),
+        lines,
         [
             // Five samples.
             "palisade_ratelimit_decision_duration_seconds{backend=memory,source=store} 5",

@@ -832,25 +832,10 @@ async fn release_all_gives_everything_back() {
     );
 }
 
-/// The metric lines `run` records, run on a current-thread runtime under a recorder of its
-/// own (so tests running beside it record nothing into it).
-fn recorded<F: std::future::Future<Output = ()>>(run: impl FnOnce() -> F) -> Vec<String> {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(run());
-    });
-    palisade_testkit::metric_lines(&snapshotter)
-}
-
 /// Lease calls and units are counted: granted, given back, dropped.
 #[test]
 fn lease_metrics_are_recorded() {
-    let lines = recorded(|| async {
+    let lines = palisade_testkit::record_metrics(|| async {
         let clock = FakeClock::new();
         let inner = MemoryStore::builder().clock(clock.clone()).build();
         let store = LeasedStore::builder(inner)
@@ -892,7 +877,7 @@ fn lease_metrics_are_recorded() {
 /// counted as `refilled`. A window's unspent units still go back.
 #[test]
 fn an_ended_bucket_lease_the_refill_covers_is_not_given_back() {
-    let lines = recorded(|| async {
+    let lines = palisade_testkit::record_metrics(|| async {
         let clock = FakeClock::new();
         let inner = MemoryStore::builder().clock(clock.clone()).build();
         let store = LeasedStore::builder(inner)

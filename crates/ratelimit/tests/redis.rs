@@ -386,24 +386,15 @@ fn backend_failures_are_counted() {
     let mut server = RedisServer::start().unwrap();
     let pool = server.pool();
     server.kill();
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let limiter = RateLimiter::new(RedisStore::new(pool));
-            for _ in 0..3 {
-                assert_eq!(
-                    limiter.acquire("k", &fault_policy(), 1).await.source,
-                    DecisionSource::FailOpen
-                );
-            }
-        });
+    let lines = palisade_testkit::record_metrics(|| async move {
+        let limiter = RateLimiter::new(RedisStore::new(pool));
+        for _ in 0..3 {
+            assert_eq!(
+                limiter.acquire("k", &fault_policy(), 1).await.source,
+                DecisionSource::FailOpen
+            );
+        }
     });
-    let lines = palisade_testkit::metric_lines(&snapshotter);
     let errors: Vec<&String> = lines
         .iter()
         .filter(|l| l.starts_with("palisade_ratelimit_backend_errors_total{"))

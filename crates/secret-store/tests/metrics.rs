@@ -3,44 +3,34 @@
 
 use std::time::Duration;
 
-use metrics_util::debugging::DebuggingRecorder;
 use palisade_secret_store::testing::Switch;
 use palisade_secret_store::{FakeClock, MemoryProvider, Secrets};
 
 fn run(labels: bool) -> Vec<String> {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    palisade_testkit::record_metrics(|| async move {
+        let clock = FakeClock::new();
+        let p = std::sync::Arc::new(Switch::new(
+            MemoryProvider::new()
+                .with_secret("db", "password-1")
+                .unwrap(),
+        ));
+        let s = Secrets::builder()
+            .clock(clock.clone())
+            .refresh_jitter(0.0)
+            .stale_while_revalidate(Duration::ZERO)
+            .secret_name_labels(labels)
+            .shared_provider(p.clone())
             .build()
             .unwrap();
-        rt.block_on(async {
-            let clock = FakeClock::new();
-            let p = std::sync::Arc::new(Switch::new(
-                MemoryProvider::new()
-                    .with_secret("db", "password-1")
-                    .unwrap(),
-            ));
-            let s = Secrets::builder()
-                .clock(clock.clone())
-                .refresh_jitter(0.0)
-                .stale_while_revalidate(Duration::ZERO)
-                .secret_name_labels(labels)
-                .shared_provider(p.clone())
-                .build()
-                .unwrap();
-            s.get("db").await.unwrap(); // loaded
-            s.get("db").await.unwrap(); // fresh
-            assert!(s.get("nope").await.is_err()); // not found
-            s.rotate("db", "password-2".into()).await.unwrap();
-            p.fail_transiently();
-            clock.advance(Duration::from_secs(3601));
-            s.get("db").await.unwrap(); // resurrected
-            s.health().await;
-        });
-    });
-    palisade_testkit::metric_lines(&snapshotter)
+        s.get("db").await.unwrap(); // loaded
+        s.get("db").await.unwrap(); // fresh
+        assert!(s.get("nope").await.is_err()); // not found
+        s.rotate("db", "password-2".into()).await.unwrap();
+        p.fail_transiently();
+        clock.advance(Duration::from_secs(3601));
+        s.get("db").await.unwrap(); // resurrected
+        s.health().await;
+    })
 }
 
 #[test]
@@ -80,32 +70,23 @@ fn secret_name_labels_are_opt_in() {
 
 #[test]
 fn a_stale_read_counts_as_stale_only() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    let lines = palisade_testkit::record_metrics(|| async move {
+        let clock = FakeClock::new();
+        let s = Secrets::builder()
+            .clock(clock.clone())
+            .refresh_jitter(0.0)
+            .stale_while_revalidate(Duration::from_secs(60))
+            .provider(
+                MemoryProvider::new()
+                    .with_secret("db", "password-1")
+                    .unwrap(),
+            )
             .build()
             .unwrap();
-        rt.block_on(async {
-            let clock = FakeClock::new();
-            let s = Secrets::builder()
-                .clock(clock.clone())
-                .refresh_jitter(0.0)
-                .stale_while_revalidate(Duration::from_secs(60))
-                .provider(
-                    MemoryProvider::new()
-                        .with_secret("db", "password-1")
-                        .unwrap(),
-                )
-                .build()
-                .unwrap();
-            s.get("db").await.unwrap();
-            clock.advance(Duration::from_secs(3600));
-            s.get("db").await.unwrap();
-        });
+        s.get("db").await.unwrap();
+        clock.advance(Duration::from_secs(3600));
+        s.get("db").await.unwrap();
     });
-    let lines = palisade_testkit::metric_lines(&snapshotter);
     for expected in [
         "palisade_secret_store_reads_total{outcome=fresh} 0",
         "palisade_secret_store_reads_total{outcome=stale} 1",

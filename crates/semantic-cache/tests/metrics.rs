@@ -1,42 +1,33 @@
 //! The documented metric names and labels are the ones emitted, through the per-namespace
 //! handles the cache registers once.
 
-use metrics_util::debugging::DebuggingRecorder;
 use palisade_semantic_cache::names;
 use palisade_semantic_cache::{CacheKey, SemanticCache, Usage};
 
 #[test]
 fn lookups_savings_and_vetoes_are_exported_per_namespace() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let lines = palisade_testkit::record_metrics(|| async move {
+        let cache = SemanticCache::in_memory();
+        let key = |ns: &str, prompt: &str| CacheKey::new("acme", ns, "m", prompt).unwrap();
+        let usage = Usage::new(10, 5, 0.25);
+        cache
+            .insert(&key("support", "Cancel my subscription"), "ok", usage)
+            .await
             .unwrap();
-        rt.block_on(async {
-            let cache = SemanticCache::in_memory();
-            let key = |ns: &str, prompt: &str| CacheKey::new("acme", ns, "m", prompt).unwrap();
-            let usage = Usage::new(10, 5, 0.25);
-            cache
-                .insert(&key("support", "Cancel my subscription"), "ok", usage)
-                .await
-                .unwrap();
-            // Two exact hits, one vetoed near-opposite, one plain miss in another namespace.
-            for _ in 0..2 {
-                let hit = cache
-                    .lookup(&key("support", "cancel my subscription"))
-                    .await;
-                assert!(hit.unwrap().is_hit());
-            }
-            let opposite = key("support", "Don't cancel my subscription");
-            assert!(!cache.lookup(&opposite).await.unwrap().is_hit());
-            let elsewhere = key("billing", "Cancel my subscription");
-            assert!(!cache.lookup(&elsewhere).await.unwrap().is_hit());
-        });
+        // Two exact hits, one vetoed near-opposite, one plain miss in another namespace.
+        for _ in 0..2 {
+            let hit = cache
+                .lookup(&key("support", "cancel my subscription"))
+                .await;
+            assert!(hit.unwrap().is_hit());
+        }
+        let opposite = key("support", "Don't cancel my subscription");
+        assert!(!cache.lookup(&opposite).await.unwrap().is_hit());
+        let elsewhere = key("billing", "Cancel my subscription");
+        assert!(!cache.lookup(&elsewhere).await.unwrap().is_hit());
     });
 
-    let seen = palisade_testkit::metric_lines(&snapshotter);
+    let seen = lines;
     let has = |line: String| assert!(seen.contains(&line), "{line} not in {seen:#?}");
     has(format!(
         "{}{{namespace=support,outcome=exact_hit}} 2",

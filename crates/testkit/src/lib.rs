@@ -45,7 +45,7 @@ pub use error::{Error, Result};
 pub use logs::{CaptureWriter, LogCapture};
 pub use postgres::{PgSchema, database_url};
 pub use prefix::KeyPrefix;
-pub use recorded_metrics::metric_lines;
+pub use recorded_metrics::{metric_lines, record_metrics};
 pub use server::{RedisServer, RedisServerBuilder};
 pub use test_redis::{TestRedis, test_redis};
 

@@ -38,3 +38,26 @@ pub fn metric_lines(snapshotter: &Snapshotter) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// Runs the future `run` makes to completion on a current-thread runtime of its own, with a
+/// recorder of its own, and returns what it recorded as [`metric_lines`]. Metrics recorded
+/// by tests running beside it, or by tasks spawned onto other runtimes, are not captured.
+///
+/// ```
+/// let lines = palisade_testkit::record_metrics(|| async {
+///     metrics::counter!("requests_total", "outcome" => "ok").increment(1);
+/// });
+/// assert_eq!(lines, ["requests_total{outcome=ok} 1"]);
+/// ```
+pub fn record_metrics<F: std::future::Future<Output = ()>>(run: impl FnOnce() -> F) -> Vec<String> {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(run());
+    });
+    metric_lines(&snapshotter)
+}
