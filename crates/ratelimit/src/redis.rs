@@ -69,23 +69,22 @@ static SCRIPTS: LazyLock<[Scripts; 5]> = LazyLock::new(|| {
     ]
 });
 
-/// One algorithm's lease and release scripts as functions of the batch script.
+/// One algorithm's lease and release scripts as functions of the batch script: the prelude,
+/// the algorithm and the ledger defined once, then each operation a function of the item's
+/// KEYS and ARGV (each begins its call with them, as its own script does: `begin`).
 macro_rules! batch_ops {
     ($algorithm:literal, $code:literal) => {
         concat!(
-            "ops['",
-            $code,
-            ":lease'] = function(KEYS, ARGV)\n",
             include_str!("lua/common.lua"),
             include_str!(concat!("lua/", $algorithm, ".lua")),
             include_str!("lua/ledger.lua"),
+            "ops['",
+            $code,
+            ":lease'] = function(KEYS, ARGV)\n",
             include_str!("lua/lease.lua"),
             "\nend\nops['",
             $code,
             ":release'] = function(KEYS, ARGV)\n",
-            include_str!("lua/common.lua"),
-            include_str!(concat!("lua/", $algorithm, ".lua")),
-            include_str!("lua/ledger.lua"),
             include_str!("lua/release.lua"),
             "\nend\n",
         )

@@ -591,3 +591,74 @@ async fn a_failing_batch_item_changes_nothing_and_fails_alone() {
         (994, 494)
     );
 }
+
+/// How many times Redis ran `command` (lower case, e.g. `set`) since the last
+/// `CONFIG RESETSTAT`, inside scripts included.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|l| l.split(',').next().unwrap_or("0").parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A lease call writes each state key once, whatever it does to it: a request paid from the
+/// store and a grant on top (before: one `SET` for the request, one for the grant, more for
+/// stale units given back), for every leased algorithm, on a key's first lease and on a
+/// renewal that spends from the store again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_call_writes_each_state_once() {
+    let server = RedisServer::builder().start_async().await.unwrap();
+    let store = RedisStore::new(server.pool());
+    let mut conn = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let policies: Vec<Policy> = [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowCounter,
+    ]
+    .into_iter()
+    .map(|a| Policy::single(format!("once-{a:?}"), a, Quota::per_hour(1_000_000_000)).unwrap())
+    .collect();
+    let keys: Vec<String> = (0..16).map(|k| format!("k{k}")).collect();
+    let lease = |report: u64| {
+        LeaseRequest::new(1)
+            .want(32, Duration::from_secs(10))
+            .held_for(Duration::from_secs(10))
+            .max_share_permille(100)
+            .owner(7, Duration::from_secs(1))
+            .report(report)
+    };
+    for (round, report) in [1, 2].into_iter().enumerate() {
+        let calls: Vec<LeaseCall<'_>> = policies
+            .iter()
+            .flat_map(|p| keys.iter().map(move |k| (k, p)))
+            .map(|(k, p)| LeaseCall::new(k, p, lease(report)))
+            .collect();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for r in store.lease_many(&calls).await {
+            let l = r.unwrap();
+            assert!(l.decision.allowed && l.granted > 0, "round {round}: {l:?}");
+        }
+        let sets = command_calls(&mut conn, "set").await;
+        assert_eq!(
+            sets,
+            calls.len() as u64,
+            "round {round}: {sets} SETs for {} lease calls",
+            calls.len()
+        );
+    }
+}

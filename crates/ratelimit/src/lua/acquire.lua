@@ -1,5 +1,6 @@
 
 -- acquire: check every quota, consume from all only when all admit.
+begin(KEYS, ARGV)
 local quotas, states, out = {}, {}, { 0 }
 local all = true
 for i = 1, n do

@@ -1,8 +1,10 @@
 -- batch: the lease and release calls of many keys of one algorithm in one script call
 -- (src/redis.rs `lease_many` / `release_many`: one such script per algorithm). `ops` holds
--- the algorithm's two operations as functions, each the whole single-key script (common.lua, the algorithm, ledger.lua, lease.lua or
--- release.lua) with KEYS and ARGV as its parameters, so a batch does for each key exactly
--- what that key's own call would. ARGV[1]: the number of items; then per item its name
+-- the algorithm's two operations as functions of KEYS and ARGV, each the operation of the
+-- single-key script (lease.lua or release.lua) over the prelude, the algorithm and
+-- ledger.lua, which the batch defines once for all its items (each operation begins its
+-- call with its own KEYS and ARGV: common.lua `begin`), so a batch does for each key
+-- exactly what that key's own call would. ARGV[1]: the number of items; then per item its name
 -- ('<algorithm code>:lease' or ':release'), its number of keys, its number of arguments
 -- and those arguments; KEYS: every item's keys, one item after another (on Redis Cluster
 -- all in one slot: the caller groups items by slot).
@@ -19,13 +21,22 @@ local batch_now = nil
 for item = 1, items do
   local name = ARGV[p]
   local nk, na = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-  local keys, args = {}, {}
-  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
-  for i = 1, na do args[i] = ARGV[p + 2 + i] end
+  -- Built whole (one allocation each), not grown one element at a time (unpack's stack
+  -- is bounded: a longer item is copied element by element).
+  local keys, args
+  if nk <= 200 and na <= 200 then
+    keys = { unpack(KEYS, k, k + nk - 1) }
+    args = { unpack(ARGV, p + 3, p + 2 + na) }
+  else
+    keys, args = {}, {}
+    for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+    for i = 1, na do args[i] = ARGV[p + 2 + i] end
+  end
   if args[1] == '0' then
     if batch_now == nil then
       local t = redis.call('TIME')
-      batch_now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+      -- A number, not its text: each item's common.lua takes it as it is (no parse).
+      batch_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
     end
     args[1] = batch_now
   end

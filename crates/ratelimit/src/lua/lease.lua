@@ -15,6 +15,8 @@
 -- with this call's grant alone).
 -- Reply: admitted, used_held, stale_held, granted, lifetime_us, granted_at, then per quota
 -- allowed, remaining, reset, retry (-1 for none).
+begin(KEYS, ARGV)
+begin_ledger()
 local b = 4 + 4 * n
 local held, held_at = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
 local want, lifetime, share = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
@@ -24,6 +26,9 @@ local held_life = math.max(lifetime, num(ARGV[b + 11], 0))
 local held_reclaim_at = num(ARGV[b + 12], 0)
 local lost_from, lost_to = num(ARGV[b + 13], 0), num(ARGV[b + 14], 0)
 
+-- Every state this call writes is written once, before the ledger (common.lua
+-- `hold_saves`), in the order the call first wrote them.
+hold_saves()
 read_all(owner)
 reclaim(owner)
 if not settle_lost(owner, report, lost_from, lost_to) then want = 0 end
@@ -91,6 +96,7 @@ if not all then
     mine = mine + held
     if kept == 0 or held_at < at then at = held_at end
   end
+  flush_saves()
   record(owner, report, mine, delta, at, nil)
   return out
 end
@@ -146,6 +152,7 @@ if grant > 0 then
   mine = mine + grant
   ends = now + life + grace
 end
+flush_saves()
 record(owner, report, mine, delta, at, ends, grant)
 out[1] = 1
 out[2] = usable

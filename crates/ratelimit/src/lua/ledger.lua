@@ -9,10 +9,27 @@
 -- the TTL is extended only when it must be. Owner '0' keeps no record (strict mode): nothing
 -- is reclaimed. A call reads the ledger once (`look`: the owner's record, 'due', 'exp') and
 -- writes it at most once (one HSET), not at all when nothing moved.
-local ledger = KEYS[n + 1]
-local code = ARGV[2]
-local windows = code == 'fw' or code == 'swc'
-local buckets = code == 'gcra' or code == 'tb'
+
+-- Set by `begin_ledger`, after `begin`.
+local ledger, windows, buckets
+
+-- From now on, a state written several times by this call is written to Redis once, with its
+-- last value and TTL, by `flush_saves` (what a reader sees after the call is the same: no
+-- other command runs in between, and this call reads its own writes from `states_seen`).
+local function hold_saves()
+  if held_saves == nil then held_saves, held_order = {}, {} end
+end
+
+-- Write what `hold_saves` kept back; later saves are written at once again.
+local function flush_saves()
+  if held_saves == nil then return end
+  local saves, order = held_saves, held_order
+  held_saves, held_order = nil, nil
+  for _, key in ipairs(order) do
+    local s = saves[key]
+    redis.call('SET', key, s[1], 'PX', s[2])
+  end
+end
 
 -- A record's numbers (records written before the last two were kept have none: 0).
 local function split6(raw)
@@ -34,7 +51,7 @@ end
 
 -- What this call knows of the ledger: the owner's record (false: none), 'due', 'exp' (nil:
 -- absent), read with one HMGET and kept up to date by this call's own writes.
-local seen = nil
+local seen
 local function look(owner)
   if seen == nil then
     local r = redis.call('HMGET', ledger, owner, 'due', 'exp')
@@ -191,4 +208,14 @@ local function record(owner, report, snapshot, delta, at, ends_if_granted, grant
   end
   if #fields > 0 then redis.call('HSET', ledger, unpack(fields)) end
   if extend then redis.call('PEXPIRE', ledger, 2 * keep) end
+end
+
+-- Start a lease or release call's ledger (second line of those operations, after `begin`):
+-- its key, the algorithm's kind, nothing read yet.
+local function begin_ledger()
+  ledger = call_keys[n + 1]
+  local code = call_argv[2]
+  windows = code == 'fw' or code == 'swc'
+  buckets = code == 'gcra' or code == 'tb'
+  seen = nil
 end

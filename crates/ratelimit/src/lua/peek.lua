@@ -1,5 +1,6 @@
 
 -- peek: what a request of cost 1 would get; writes nothing.
+begin(KEYS, ARGV)
 local out = { 1 }
 for i = 1, n do
   local q = quota(i)

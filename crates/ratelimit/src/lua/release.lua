@@ -9,6 +9,8 @@
 -- reclaim gave these units back, and counting them again would admit them twice.
 -- ARGV after the quotas: granted_at, owner, reported (the owner's last report before the
 -- units left its hands), reclaim_at (0: none).
+begin(KEYS, ARGV)
+begin_ledger()
 local granted_at = tonumber(ARGV[4 + 4 * n + 1])
 local owner = ARGV[4 + 4 * n + 2] or '0'
 local reported = num(ARGV[4 + 4 * n + 3], 0)
