@@ -357,7 +357,8 @@ fn minilm(_: &mut Criterion) {}
 /// both prompts, its lexical checks, and the substitution check, which compares the two
 /// differing spans (`for children` / `for adults`) with `Embedder::span_similarity` (two
 /// span embeddings with the hashing embedder, MiniLM's static word-piece vectors with it). `lexical` stops before the spans;
-/// `hashing` and (feature `candle`) `minilm` are the whole decision with that embedder.
+/// `hashing` and (feature `candle`) `minilm` are the whole decision with that embedder;
+/// `lexical_floor` is what the lexical floor adds for a candidate under the threshold.
 /// The exact-hit path runs none of this.
 fn decision(c: &mut Criterion) {
     use palisade::semantic_cache::Embedder;
@@ -374,6 +375,21 @@ fn decision(c: &mut Criterion) {
             let q = PromptFeatures::extract(black_box(query));
             let e = PromptFeatures::extract(black_box(cached));
             black_box((q.veto(&e, &config), q.substitution(&e)))
+        });
+    });
+    // The lexical floor's part (issue 15) for a candidate just under the threshold: the
+    // cached prompt normalised, both prompts' hashing vectors (the query's is made once per
+    // lookup; counted here per candidate, the worst case), their cosine. Added to the
+    // model's row for such a candidate; nothing for one above the threshold.
+    let hashing = HashingEmbedder::default();
+    let floor = palisade::semantic_cache::LexicalFloor::new(0.9, 0.1).unwrap();
+    group.bench_function("lexical_floor", |b| {
+        b.iter(|| {
+            let e =
+                palisade::semantic_cache::normalize_prompt(black_box(cached), usize::MAX).unwrap();
+            let (x, y) = (hashing.embed_sync(black_box(query)), hashing.embed_sync(&e));
+            let lexical: f32 = x.iter().zip(&y).map(|(p, q)| p * q).sum();
+            black_box(floor.admits(0.9, 0.85, lexical))
         });
     });
     #[cfg_attr(not(feature = "candle"), allow(unused_mut))]

@@ -26,13 +26,39 @@ const TUNE: &str = include_str!("../crates/semantic-cache/data/quality/tune.tsv"
 const TEST: &str = include_str!("../crates/semantic-cache/data/quality/test.tsv");
 const THRESHOLD: &str = include_str!("../crates/semantic-cache/data/quality/threshold.tsv");
 
-/// Every setting of one embedder on one part: no guard, and the full guard, per threshold.
+/// Every setting of one embedder on one part: no guard, and the full guard, per threshold,
+/// with the embedder's recommended lexical floor (MiniLM's; the hashing embedder has none);
+/// for an embedder with a floor, the guard's rows again without it.
 fn settings(scored: &[ScoredPair], thresholds: &[f32]) -> Vec<Report> {
     let guard = GuardConfig::default();
+    let without: Vec<ScoredPair> = scored
+        .iter()
+        .cloned()
+        .map(|mut s| {
+            s.lexical_floor = None;
+            s
+        })
+        .collect();
+    let floor = scored.iter().any(|s| s.lexical_floor.is_some());
     let mut reports = Vec::new();
-    for (name, config) in [("no guard", None), ("guard", Some(&guard))] {
+    let mut rows = vec![
+        ("no guard", scored, None),
+        (
+            if floor {
+                "guard + lexical floor"
+            } else {
+                "guard"
+            },
+            scored,
+            Some(&guard),
+        ),
+    ];
+    if floor {
+        rows.push(("guard, no lexical floor", &without[..], Some(&guard)));
+    }
+    for (name, set, config) in rows {
         for t in thresholds {
-            let mut r = evaluate_with(scored, *t, config);
+            let mut r = evaluate_with(set, *t, config);
             r.label = format!("{name}, {t:.2}");
             reports.push(r);
         }
@@ -55,14 +81,20 @@ async fn report(
         println!("{}", summary_table(&reports));
         let at = evaluate_with(&scored, recommended, Some(&GuardConfig::default()));
         println!(
-            "Per category, guard on, {recommended:.2} (the embedder's recommended threshold):\n"
+            "Per category, guard on, {recommended:.2} (the embedder's recommended threshold and lexical floor):\n"
         );
         println!("{}", markdown_table(std::slice::from_ref(&at)));
         println!("{}", source_table(&at));
         for r in &reports {
+            // The rows without the lexical floor are a series of their own in the plot.
+            let series = if r.label.contains("no lexical floor") {
+                format!("{name}-nofloor")
+            } else {
+                name.to_owned()
+            };
             writeln!(
                 csv,
-                "{name},{part},{},{},{:.4},{:.4}",
+                "{series},{part},{},{},{:.4},{:.4}",
                 r.threshold,
                 r.guard,
                 r.hit_rate(),

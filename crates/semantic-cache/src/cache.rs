@@ -12,7 +12,7 @@ use tokio::sync::OnceCell;
 
 use crate::calibration::{Calibrations, FeedbackConfig, Recorded};
 use crate::clock::{Clock, SystemClock};
-use crate::embed::{Embedder, HashingEmbedder, check_vector};
+use crate::embed::{Embedder, HashingEmbedder, LexicalFloor, check_vector};
 use crate::entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
 use crate::error::{BoxError, ComputeError, Error, Result};
 use crate::fallback::Fallback;
@@ -179,6 +179,10 @@ pub struct CacheConfig {
     pub failure_mode: FailureMode,
     /// How [`SemanticCache::feedback`] raises a namespace's threshold.
     pub feedback: FeedbackConfig,
+    /// A second, lexical way to a semantic hit just under the threshold ([`LexicalFloor`];
+    /// `None`: none). The builder sets the embedder's
+    /// [`Embedder::recommended_lexical_floor`] unless it is given explicitly.
+    pub lexical_floor: Option<LexicalFloor>,
 }
 
 impl Default for CacheConfig {
@@ -191,6 +195,7 @@ impl Default for CacheConfig {
             candidates: 4,
             failure_mode: FailureMode::default(),
             feedback: FeedbackConfig::default(),
+            lexical_floor: None,
         }
     }
 }
@@ -204,6 +209,7 @@ impl CacheConfig {
             candidates: usize,
             failure_mode: FailureMode,
             feedback: FeedbackConfig,
+            lexical_floor: Option<LexicalFloor>,
         }
     }
 
@@ -328,6 +334,8 @@ struct Inner {
     stats: Stats,
     flights: Mutex<HashMap<EntryId, Flight>>,
     calibrations: Calibrations,
+    /// The [`LexicalFloor`]'s signal (present when the configuration has a floor).
+    lexical: Option<(LexicalFloor, HashingEmbedder)>,
 }
 
 /// A cache of AI responses keyed by meaning. Cheap to clone (one `Arc`); clones share
@@ -378,6 +386,10 @@ pub struct SemanticCacheBuilder {
     /// [`default_policy`](Self::default_policy), [`config`](Self::config) or
     /// [`threshold`](Self::threshold)); if not, the embedder's recommendation applies.
     explicit_threshold: bool,
+    /// Whether the lexical floor was set by the caller (through [`config`](Self::config)
+    /// or [`lexical_floor`](Self::lexical_floor)); if not, the embedder's recommendation
+    /// applies.
+    explicit_lexical_floor: bool,
 }
 
 impl fmt::Debug for SemanticCacheBuilder {
@@ -430,6 +442,18 @@ impl SemanticCacheBuilder {
     pub fn config(mut self, config: CacheConfig) -> Self {
         self.config = config;
         self.explicit_threshold = true;
+        self.explicit_lexical_floor = true;
+        self
+    }
+
+    /// The second, lexical way to a semantic hit ([`LexicalFloor`]; `None` turns it off).
+    /// Without this (or [`config`](Self::config)), the embedder's
+    /// [`Embedder::recommended_lexical_floor`] applies: none for the built-in hashing
+    /// embedder, `minilm::MINILM_LEXICAL_FLOOR` (0.75 / 0.10) for MiniLM.
+    #[must_use]
+    pub fn lexical_floor(mut self, floor: Option<LexicalFloor>) -> Self {
+        self.config.lexical_floor = floor;
+        self.explicit_lexical_floor = true;
         self
     }
 
@@ -510,6 +534,12 @@ impl SemanticCacheBuilder {
         if !self.explicit_threshold {
             self.config.default_policy.threshold = embedder.recommended_threshold();
         }
+        if !self.explicit_lexical_floor {
+            self.config.lexical_floor = embedder.recommended_lexical_floor();
+        }
+        if let Some(floor) = &self.config.lexical_floor {
+            floor.check()?;
+        }
         self.config.default_policy.check()?;
         for policy in self.config.namespaces.values() {
             policy.check()?;
@@ -532,10 +562,14 @@ impl SemanticCacheBuilder {
                 store,
                 embedder,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
-                config: self.config,
                 stats: Stats::default(),
                 flights: Mutex::new(HashMap::new()),
                 calibrations: Calibrations::default(),
+                lexical: self
+                    .config
+                    .lexical_floor
+                    .map(|floor| (floor, HashingEmbedder::default())),
+                config: self.config,
             }),
         })
     }
@@ -818,6 +852,10 @@ impl SemanticCache {
         }
         let vector = self.embed(&p.normalized).await?;
         let threshold = self.effective_threshold(namespace, p.policy);
+        let lowest = inner
+            .lexical
+            .as_ref()
+            .map_or(threshold, |(floor, _)| threshold - floor.margin);
         let searched = inner
             .store
             .search(SearchQuery {
@@ -826,7 +864,7 @@ impl SemanticCache {
                 embedder: inner.embedder.version(),
                 vector: &vector,
                 limit: inner.config.candidates,
-                min_similarity: threshold,
+                min_similarity: lowest,
                 now_ms: now,
             })
             .await;
@@ -838,7 +876,19 @@ impl SemanticCache {
         let mut vetoes = Vec::new();
         let query_features =
             (p.policy.guard && !found.is_empty()).then(|| PromptFeatures::extract(p.key.prompt()));
+        let mut query_lexical: Option<Vec<f32>> = None;
         for (entry, similarity) in found {
+            if similarity < threshold
+                && !self.lexically_near(
+                    &p.normalized,
+                    &mut query_lexical,
+                    &entry,
+                    threshold,
+                    similarity,
+                )
+            {
+                continue;
+            }
             let veto = match &query_features {
                 Some(features) => {
                     guard::judge(
@@ -886,6 +936,30 @@ impl SemanticCache {
             },
             Some(vector),
         ))
+    }
+
+    /// Whether a candidate under the threshold is in the [`LexicalFloor`]'s window and its
+    /// prompt lexically near the query (the query's hashing vector made once, on demand).
+    fn lexically_near(
+        &self,
+        query: &str,
+        query_lexical: &mut Option<Vec<f32>>,
+        entry: &Entry,
+        threshold: f32,
+        similarity: f32,
+    ) -> bool {
+        let Some((floor, hashing)) = &self.inner.lexical else {
+            return false;
+        };
+        if similarity < threshold - floor.margin {
+            return false;
+        }
+        let Ok(cached) = normalize_prompt(&entry.prompt, usize::MAX) else {
+            return false;
+        };
+        let query = query_lexical.get_or_insert_with(|| hashing.embed_sync(query));
+        let lexical = crate::index::dot(query, &hashing.embed_sync(&cached));
+        floor.admits(threshold, similarity, lexical)
     }
 
     /// A backend error during a lookup: a miss under [`FailureMode::FailOpen`], the error

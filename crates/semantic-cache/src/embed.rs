@@ -8,6 +8,66 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, Result};
 
+/// A second, lexical signal beside the model: a candidate whose model similarity is under
+/// the namespace's threshold by at most [`margin`](Self::margin) is still served when the
+/// two normalised prompts' similarity under the built-in [`HashingEmbedder`] (default
+/// settings: words, word pairs and character n-grams) is at least
+/// [`lexical`](Self::lexical) — a near-repeat (a typo, other punctuation, a word more or
+/// less) that the model happens to place a little further away. The guard judges such a
+/// candidate exactly as any other.
+///
+/// The window moves with the threshold: a namespace with a stricter policy, or whose
+/// threshold [`feedback`](crate::SemanticCache::feedback) raised, looks that much higher.
+/// Cost: one hashing embedding of the query (only when a candidate falls in the window) and
+/// one of each such candidate's prompt, a few microseconds each; nothing on the exact-hit
+/// path.
+///
+/// ```
+/// use palisade_semantic_cache::LexicalFloor;
+/// let floor = LexicalFloor::new(0.90, 0.10)?;
+/// assert_eq!((floor.lexical, floor.margin), (0.90, 0.10));
+/// assert!(LexicalFloor::new(f32::NAN, 0.10).is_err());
+/// # Ok::<(), palisade_semantic_cache::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LexicalFloor {
+    /// Lowest hashing-embedder cosine of the two normalised prompts.
+    pub lexical: f32,
+    /// How far under the threshold the model's similarity may be.
+    pub margin: f32,
+}
+
+impl LexicalFloor {
+    /// A floor; see the type's docs.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] unless `lexical` is within `0..=1` and `margin` within
+    /// `0..=2`.
+    pub fn new(lexical: f32, margin: f32) -> Result<Self> {
+        let floor = Self { lexical, margin };
+        floor.check()?;
+        Ok(floor)
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if (0.0..=1.0).contains(&self.lexical) && (0.0..=2.0).contains(&self.margin) {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(
+                "a lexical floor needs lexical within 0..=1 and margin within 0..=2".into(),
+            ))
+        }
+    }
+
+    /// Whether a candidate of model similarity `similarity` and lexical similarity
+    /// `lexical`, under `threshold`, is served (the guard aside).
+    pub fn admits(&self, threshold: f32, similarity: f32, lexical: f32) -> bool {
+        similarity >= threshold - self.margin && lexical >= self.lexical
+    }
+}
+
 /// Turns texts into vectors of one fixed dimension, normalised to unit length, so that a
 /// dot product is the cosine similarity.
 ///
@@ -45,6 +105,15 @@ pub trait Embedder: Send + Sync + fmt::Debug {
     /// synonyms apart.
     fn recommended_span_similarity(&self) -> f32 {
         1.0
+    }
+
+    /// The second, lexical way to a semantic hit this embedder should be used with (see
+    /// [`LexicalFloor`]); the cache builder applies it unless
+    /// [`lexical_floor`](crate::SemanticCacheBuilder::lexical_floor) is set explicitly. The
+    /// provided value is `None`: no second signal (right for the built-in
+    /// [`HashingEmbedder`], which is that signal already).
+    fn recommended_lexical_floor(&self) -> Option<LexicalFloor> {
+        None
     }
 
     /// Cosine similarity of two short spans: the words two prompts do not share (`adults` /

@@ -116,7 +116,7 @@ pub use cache::{
 };
 pub use calibration::FeedbackConfig;
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use embed::{Embedder, HashingConfig, HashingEmbedder, check_vector, normalize};
+pub use embed::{Embedder, HashingConfig, HashingEmbedder, LexicalFloor, check_vector, normalize};
 pub use entry::{Entry, Hit, HitKind, Lookup, MissReason, Usage};
 pub use error::{BoxError, ComputeError, Error, Result};
 #[allow(deprecated)]

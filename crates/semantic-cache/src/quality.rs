@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::embed::Embedder;
+use crate::embed::{Embedder, HashingEmbedder, LexicalFloor};
 use crate::error::{Error, Result};
 use crate::guard::{self, GuardConfig, PromptFeatures, VetoReason};
 use crate::index::dot;
@@ -153,6 +153,11 @@ pub struct ScoredPair {
     pub span_similarity: Option<f32>,
     /// The embedder's [`Embedder::recommended_span_similarity`].
     pub span_floor: f32,
+    /// Cosine of the normalised prompts under the default [`HashingEmbedder`] (the
+    /// [`LexicalFloor`]'s signal).
+    pub lexical_similarity: f32,
+    /// The embedder's [`Embedder::recommended_lexical_floor`].
+    pub lexical_floor: Option<LexicalFloor>,
 }
 
 /// Embed and guard-check every pair (each distinct text is embedded once).
@@ -191,10 +196,13 @@ pub async fn score(
         }
     }
     let span_floor = embedder.recommended_span_similarity();
+    let lexical_floor = embedder.recommended_lexical_floor();
+    let hashing = HashingEmbedder::default();
     let mut span_scores: HashMap<(String, String), f32> = HashMap::new();
     let mut scored = Vec::with_capacity(pairs.len());
     for ((pair, (a, b, query, cached)), span) in pairs.iter().zip(normalized).zip(spans) {
         let similarity = dot(&vectors[&a], &vectors[&b]);
+        let lexical_similarity = dot(&hashing.embed_sync(&a), &hashing.embed_sync(&b));
         let span_similarity = match span {
             Some(key) => Some(match span_scores.get(&key) {
                 Some(s) => *s,
@@ -216,6 +224,8 @@ pub async fn score(
             cached,
             span_similarity,
             span_floor,
+            lexical_similarity,
+            lexical_floor,
         };
         s.vetoed = s.veto(guard_config).is_some();
         scored.push(s);
@@ -241,11 +251,14 @@ impl ScoredPair {
     }
 
     /// Whether the cache serves the cached answer at `threshold` with this guard (`None`:
-    /// guard off).
+    /// guard off) and the pair's [`lexical_floor`](Self::lexical_floor).
     pub fn served(&self, threshold: f32, guard_config: Option<&GuardConfig>) -> bool {
         self.exact
             || (threshold < 1.0
-                && self.similarity >= threshold
+                && (self.similarity >= threshold
+                    || self.lexical_floor.is_some_and(|f| {
+                        f.admits(threshold, self.similarity, self.lexical_similarity)
+                    }))
                 && guard_config.is_none_or(|g| self.veto(g).is_none()))
     }
 }

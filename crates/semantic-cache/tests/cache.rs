@@ -482,3 +482,73 @@ fn config_reads_humantime_durations_and_refuses_unknown_fields() {
     assert!(serde_json::from_str::<CacheConfig>(r#"{"candidate": 4}"#).is_err());
     assert!(serde_json::from_str::<CacheConfig>(r#"{"default_policy": {"tll": "1h"}}"#).is_err());
 }
+
+/// The lexical floor (issue 15): a candidate under the threshold by at most the margin is
+/// served when the prompts are lexically near (default hashing embedder), the guard still
+/// judging it; the window moves with a namespace's threshold. The hashing embedder stands in
+/// for the model here (its similarity is then both signals); `tests/minilm.rs` checks MiniLM.
+#[tokio::test]
+async fn a_lexical_floor_serves_near_repeats_just_under_the_threshold() {
+    use palisade_semantic_cache::{
+        HashingEmbedder, LexicalFloor, Lookup, MissReason, NamespacePolicy,
+    };
+    let cached = "How do I reset my password on the web app?";
+    let near = "how do i reset my pasword on the web app";
+    let trap = "How do I not reset my password on the web app?";
+    let h = HashingEmbedder::default();
+    let sim = |a: &str, b: &str| -> f32 {
+        let (x, y) = (h.embed_sync(a), h.embed_sync(b));
+        x.iter().zip(&y).map(|(p, q)| p * q).sum()
+    };
+    // normalize_prompt lowercases and trims: the near-repeat still differs in a word.
+    let s = sim(&cached.to_lowercase(), near);
+    assert!(s < 0.99, "{s}");
+    let threshold = s + 0.05;
+    let floor = LexicalFloor::new(s - 0.01, 0.10).unwrap();
+    let build = |floor: Option<LexicalFloor>| {
+        SemanticCache::builder()
+            .threshold(threshold)
+            .namespace("strict", NamespacePolicy::default().threshold(s + 0.15))
+            .lexical_floor(floor)
+            .build()
+            .unwrap()
+    };
+    let key = |ns: &str, p: &str| CacheKey::new("t1", ns, "m", p).unwrap();
+    for (cache, served) in [(build(None), false), (build(Some(floor)), true)] {
+        for ns in ["faq", "strict"] {
+            cache
+                .insert(&key(ns, cached), "Settings > Security.", Usage::default())
+                .await
+                .unwrap();
+        }
+        let found = cache.lookup(&key("faq", near)).await.unwrap();
+        assert_eq!(found.is_hit(), served, "{found:?}");
+        if let Some(hit) = found.hit() {
+            assert!(
+                (hit.similarity - s).abs() < 1e-3,
+                "the model's similarity is reported"
+            );
+        }
+        // Under a stricter namespace's threshold by more than the margin: no hit.
+        assert!(!cache.lookup(&key("strict", near)).await.unwrap().is_hit());
+        // A trap in the window is judged by the guard as any candidate.
+        if served {
+            let t = sim(&cached.to_lowercase(), &trap.to_lowercase());
+            assert!(t >= threshold - 0.10, "the trap is in the window: {t}");
+            let missed = cache.lookup(&key("faq", trap)).await.unwrap();
+            assert!(
+                matches!(
+                    missed,
+                    Lookup::Miss {
+                        reason: MissReason::Vetoed,
+                        ..
+                    }
+                ),
+                "{missed:?}"
+            );
+        }
+    }
+    // The built-in hashing embedder recommends no floor; a bad floor is refused.
+    assert_eq!(SemanticCache::in_memory().config().lexical_floor, None);
+    assert!(LexicalFloor::new(1.5, 0.1).is_err() && LexicalFloor::new(0.9, -0.1).is_err());
+}
