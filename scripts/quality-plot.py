@@ -51,7 +51,7 @@ FONT = {
 
 SERIES = [  # (embedder, guard, colour, label)
     ("minilm", True, (200, 40, 40), "MINILM+GUARD"),
-    ("minilm-nofloor", True, (230, 140, 30), "  NO LEX. FLOOR"),
+    ("minilm-nofloor", True, (230, 140, 30), "MINILM+GRD NO FLR"),
     ("minilm", False, (240, 150, 150), "MINILM NO GUARD"),
     ("hashing", True, (30, 80, 200), "HASHING+GUARD"),
     ("hashing", False, (140, 175, 240), "HASHING NO GRD"),

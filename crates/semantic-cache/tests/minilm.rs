@@ -76,14 +76,15 @@ async fn span_similarity_uses_static_word_pieces() {
 
 const TEST: &str = include_str!("../data/quality/test.tsv");
 
-/// The test part at the threshold MiniLM recommends (which the builder applies by itself).
+/// The test part at the threshold and lexical floor MiniLM recommends (which the builder
+/// applies by itself).
 ///
 /// Issue 15's goal is at most 2 % of traps served with at least half of the should-hit
-/// pairs. It is NOT met at the recommended threshold: with the decision frozen (guard levers
-/// chosen on the tuning part, the threshold, 0.90, on the threshold part by its stated rule)
-/// the test part gave 49.3 % true hits and 1.3 % false hits (docs/semantic-cache.md; at
-/// 0.80 before: 52.3 % / 2.5 %). The bounds below hold the crate to that measurement (with
-/// a small margin), so a regression fails here.
+/// pairs. With the decision frozen (guard levers and the lexical floor's range chosen on the
+/// tuning part, the threshold, 0.90, and the floor's lexical value, 0.75, on the threshold
+/// part by stated rules) the test part gave **53.7 % true hits and 1.3 % false hits**: met
+/// (without the floor 49.3 % / 1.3 %, not met; docs/semantic-cache.md). The bounds below
+/// hold the crate to that measurement (with a small margin), so a regression fails here.
 #[tokio::test]
 async fn minilm_quality_on_the_test_part() {
     let minilm = embedder();
@@ -165,7 +166,7 @@ async fn minilm_quality_on_the_test_part() {
         }
     );
     assert!(
-        recommended.false_hit_rate() <= 0.02 && recommended.hit_rate() >= 0.48,
+        recommended.false_hit_rate() <= 0.02 && recommended.hit_rate() >= 0.52,
         "at {MINILM_THRESHOLD}: {:.3} true hits, {:.3} false hits",
         recommended.hit_rate(),
         recommended.false_hit_rate()

@@ -122,6 +122,17 @@ async fn hashing_embedder_on_the_test_part() {
         reports.push(r);
     }
     println!("{}", summary_table(&reports));
+    // The rows of scripts/quality-plot.py's CSV (the example writes the same with QUALITY_CSV).
+    for guard in [false, true] {
+        for t in [0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95] {
+            let r = evaluate(&scored, t, guard);
+            println!(
+                "hashing,test,{t},{guard},{:.4},{:.4}",
+                r.hit_rate(),
+                r.false_hit_rate()
+            );
+        }
+    }
     let default = evaluate(&scored, DEFAULT_THRESHOLD, true);
     println!("{}", source_table(&default));
     assert!(
