@@ -665,17 +665,23 @@ async fn live(alg: Algorithm) {
     // counter's window weighed down by the previous one), so the local share follows how
     // fast each instance spends against the round trip (quiet runs: a tenth or more; a
     // loaded CI run saw 9.98 % for GCRA, under the twentieth this test used to require
-    // on a busier machine). A fixed window's start frees the whole limit, most is local.
+    // on a busier machine). A fixed window's start frees the whole limit, so there most is
+    // local on a quiet machine, but the share is still the machine's speed (it used to be
+    // required, `local * 2 > admitted`); what holds whatever the load is that a window
+    // algorithm's unspent units go back to Redis or are dropped, never left to a refill.
     assert!(local > 0, "{case}: nothing decided from leases");
     assert!(
         local + returned + dropped + refilled <= granted_units,
         "{case}: {local} local decisions, {returned} given back, {dropped} dropped and \
          {refilled} refilled out of {granted_units} units granted"
     );
-    if alg == Algorithm::FixedWindow {
-        assert!(
-            local * 2 > admitted,
-            "{case}: only {local} of {admitted} from leases"
+    if matches!(
+        alg,
+        Algorithm::FixedWindow | Algorithm::SlidingWindowCounter
+    ) {
+        assert_eq!(
+            refilled, 0,
+            "{case}: a window algorithm's units left to a refill"
         );
     }
     assert!(granted >= 4 * 3, "{case}: only {granted} leases granted");

@@ -15,6 +15,10 @@ use palisade_ratelimit::{
 };
 use palisade_testkit::{RedisServer, test_redis};
 
+#[path = "support/counting.rs"]
+mod counting;
+use counting::Counting;
+
 fn next(seed: &mut u64, n: u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -292,11 +296,7 @@ async fn a_failed_batch_gives_every_key_the_failure_mode() {
 #[tokio::test(flavor = "current_thread")]
 async fn first_decisions_of_many_keys_are_batched() {
     let redis = test_redis().unwrap();
-    let inner = Counting {
-        inner: RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str()),
-        batches: Default::default(),
-        calls: Default::default(),
-    };
+    let inner = Counting::new(RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str()));
     let batches = Arc::clone(&inner.batches);
     let calls = Arc::clone(&inner.calls);
     let store = LeasedStore::builder(inner)
@@ -344,60 +344,6 @@ async fn first_decisions_of_many_keys_are_batched() {
     );
     assert!(c >= 100, "{c} lease calls");
     assert!(b < c, "{b} batches for {c} lease calls: none was batched");
-}
-
-/// A store that counts the batches and calls it is given.
-#[derive(Debug)]
-struct Counting {
-    inner: RedisStore,
-    batches: Arc<std::sync::atomic::AtomicU64>,
-    calls: Arc<std::sync::atomic::AtomicU64>,
-}
-
-#[async_trait::async_trait]
-impl Store for Counting {
-    async fn acquire(
-        &self,
-        key: &str,
-        policy: &Policy,
-        cost: u64,
-    ) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
-        self.inner.acquire(key, policy, cost).await
-    }
-    async fn peek(
-        &self,
-        key: &str,
-        policy: &Policy,
-    ) -> palisade_ratelimit::Result<palisade_ratelimit::Decision> {
-        self.inner.peek(key, policy).await
-    }
-    async fn refund(
-        &self,
-        key: &str,
-        policy: &Policy,
-        cost: u64,
-    ) -> palisade_ratelimit::Result<()> {
-        self.inner.refund(key, policy, cost).await
-    }
-    async fn reset(&self, key: &str, policy: &Policy) -> palisade_ratelimit::Result<()> {
-        self.inner.reset(key, policy).await
-    }
-    fn backend_name(&self) -> &'static str {
-        "counting"
-    }
-    async fn lease_many(
-        &self,
-        calls: &[LeaseCall<'_>],
-    ) -> Vec<palisade_ratelimit::Result<palisade_ratelimit::Lease>> {
-        self.batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.calls
-            .fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.inner.lease_many(calls).await
-    }
-    async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<palisade_ratelimit::Result<()>> {
-        self.inner.release_many(gives).await
-    }
 }
 
 /// Commands Redis ran since the last `CONFIG RESETSTAT`, those the test sends itself left
