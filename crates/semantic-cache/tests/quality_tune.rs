@@ -7,6 +7,11 @@
 //! ```sh
 //! cargo test -p palisade-semantic-cache --test quality_tune -- --ignored --nocapture
 //! cargo test -p palisade-semantic-cache --features candle --test quality_tune -- --ignored --nocapture
+//! # the lexical floor: the tuning part's grid (LEXICAL=threshold,margin,lexical lists the
+//! # pairs one floor adds), the threshold part's choice, the evaluation against the cache:
+//! cargo test ... --features candle --test quality_tune -- --ignored tune_lexical_floor
+//! cargo test ... --features candle --test quality_tune -- --ignored threshold_lexical_floor
+//! cargo test ... --features candle --test quality_tune -- --ignored minilm_evaluation_agrees
 //! # wider WordNet synonym tables for the span-judge comparison (scripts/wordnet-synonyms.py
 //! # with SYNONYM_SENSES=N SYNONYMS_OUT=file):
 //! WIDE_SYNONYMS=file[,file] cargo test ... --features candle --test quality_tune -- --ignored tune_minilm
