@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use palisade_ratelimit::{LeaseCall, Policy, RedisStore, ReleaseCall, Store};
 
 /// A store that counts the lease batches (`lease_many` calls) and the lease calls in them
-/// that it is given, before Redis answers them.
+/// that it is given, before Redis answers them, and the give-back batches (`release_many`
+/// calls) and give-backs in them.
 #[derive(Debug)]
 pub(crate) struct Counting {
     inner: RedisStore,
     pub(crate) batches: Arc<AtomicU64>,
     pub(crate) calls: Arc<AtomicU64>,
+    pub(crate) releases: Arc<AtomicU64>,
+    pub(crate) gives: Arc<AtomicU64>,
 }
 
 impl Counting {
@@ -21,6 +24,8 @@ impl Counting {
             inner,
             batches: Arc::default(),
             calls: Arc::default(),
+            releases: Arc::default(),
+            gives: Arc::default(),
         }
     }
 }
@@ -65,6 +70,8 @@ impl Store for Counting {
         self.inner.lease_many(calls).await
     }
     async fn release_many(&self, gives: &[ReleaseCall<'_>]) -> Vec<palisade_ratelimit::Result<()>> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        self.gives.fetch_add(gives.len() as u64, Ordering::SeqCst);
         self.inner.release_many(gives).await
     }
 }
