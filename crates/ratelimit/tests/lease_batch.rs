@@ -13,7 +13,7 @@ use palisade_ratelimit::{
     Algorithm, DecisionSource, FailureMode, FakeClock, LeaseCall, LeaseConfig, LeaseRequest,
     LeaseReturn, LeasedStore, Policy, Quota, RateLimiter, RedisStore, ReleaseCall, Store,
 };
-use palisade_testkit::{RedisServer, test_redis};
+use palisade_testkit::{CommandCalls, RedisServer, test_redis};
 
 #[path = "support/counting.rs"]
 mod counting;
@@ -348,25 +348,14 @@ async fn first_decisions_of_many_keys_are_batched() {
 
 /// Commands Redis ran since the last `CONFIG RESETSTAT`, those the test sends itself left
 /// out: what the scripts called (`INFO commandstats` counts commands run inside scripts).
-async fn script_commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter(|l| {
-            ![
-                "evalsha", "eval", "script", "info", "config", "ping", "hello", "client",
-            ]
-            .iter()
-            .any(|skip| l.starts_with(&format!("{skip}:")))
-        })
-        .map(|l| {
-            let calls = l.split(['=', ',']).nth(1).unwrap_or("0");
-            calls.parse::<u64>().unwrap()
-        })
+fn script_commands(calls: &CommandCalls) -> u64 {
+    const OWN: [&str; 8] = [
+        "evalsha", "eval", "script", "info", "config", "ping", "hello", "client",
+    ];
+    calls
+        .iter()
+        .filter(|(command, _)| !OWN.contains(command))
+        .map(|(_, n)| n)
         .sum()
 }
 
@@ -411,7 +400,8 @@ async fn a_lease_call_costs_redis_few_commands() {
             let l = r.unwrap();
             assert!(l.granted > 0, "round {round}: {l:?}");
         }
-        let per_key = script_commands(&mut conn).await as f64 / keys.len() as f64;
+        let per_key = script_commands(&CommandCalls::read(&mut conn).await.unwrap()) as f64
+            / keys.len() as f64;
         assert!(
             per_key <= most as f64 + 0.1,
             "round {round}: {per_key} commands per key, at most {most} expected"

@@ -17,7 +17,7 @@ use palisade_ratelimit::{
     Algorithm, DecisionSource, FailureMode, LeaseConfig, LeasedStore, Policy, Quota, RateLimiter,
     RedisConnection, RedisStore, Store,
 };
-use palisade_testkit::RedisServer;
+use palisade_testkit::{CommandCalls, RedisServer};
 
 #[path = "support/counting.rs"]
 mod counting;
@@ -43,23 +43,6 @@ const WAVES: usize = 6;
 const HANG_GUARD: Duration = Duration::from_secs(60);
 /// Redis goes on by itself after this at worst (longer than any guard: the test resumes it).
 const PAUSE: Duration = Duration::from_secs(600);
-
-/// `calls` of `INFO commandstats` for `command`.
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .map_or(0, |rest| {
-            rest.split(',')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        })
-}
 
 /// Before, nothing tested that the cap holds or that a hang's queued calls are dropped
 /// (the batcher's doc and the changelog stated it).
@@ -204,8 +187,10 @@ async fn a_hung_redis_holds_at_most_32_batches_and_drops_the_calls_given_up_on()
     tokio::time::timeout(HANG_GUARD, store.settled())
         .await
         .expect("every call in flight or queued is settled once Redis answers");
-    let evalsha =
-        command_calls(&mut conn, "evalsha").await + command_calls(&mut conn, "eval").await;
+    let evalsha = CommandCalls::read(&mut conn)
+        .await
+        .unwrap()
+        .total_of(["evalsha", "eval"]);
     assert_eq!(
         sent(),
         (before.0 + hung_batches, before.1 + hung_calls),

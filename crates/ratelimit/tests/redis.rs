@@ -11,7 +11,7 @@ use palisade_ratelimit::{
     Algorithm, DecisionSource, FailureMode, FakeClock, MemoryStore, Policy, Quota, RateLimiter,
     RedisConnection, RedisStore, Store,
 };
-use palisade_testkit::{RedisCluster, RedisServer, redis, test_redis};
+use palisade_testkit::{CommandCalls, RedisCluster, RedisServer, redis, test_redis};
 
 /// The public conformance suite on one server, one test per case (each under a key prefix
 /// of its own).
@@ -409,36 +409,14 @@ fn backend_failures_are_counted() {
     );
 }
 
-/// Calls of the read commands a sliding-window-log script may issue, from `INFO
-/// commandstats` (commands run inside a script are counted there too).
-async fn log_reads(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| {
-            [
-                "zrange",
-                "zrangebyscore",
-                "zrevrangebyscore",
-                "zcount",
-                "zcard",
-            ]
-            .iter()
-            .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
+/// The read commands a sliding-window-log script may issue.
+const LOG_READS: [&str; 5] = [
+    "zrange",
+    "zrangebyscore",
+    "zrevrangebyscore",
+    "zcount",
+    "zcard",
+];
 
 /// Review finding: a sliding-window-log denial read the log 64 entries at a time from a
 /// growing offset (quadratic in the cost: a denied cost-100k request held Redis ~0.6 s, past
@@ -481,9 +459,16 @@ async fn a_denied_log_request_does_logarithmic_work() {
         .await
         .unwrap();
     for cost in [N, N / 2, 3 * N / 4 + 1, 1] {
-        let before = log_reads(&mut conn).await;
+        let before = CommandCalls::read(&mut conn)
+            .await
+            .unwrap()
+            .total_of(LOG_READS);
         let d = remote.acquire("k", &policy, cost).await.unwrap();
-        let reads = log_reads(&mut conn).await - before;
+        let reads = CommandCalls::read(&mut conn)
+            .await
+            .unwrap()
+            .total_of(LOG_READS)
+            - before;
         assert!(!d.allowed);
         assert_eq!(
             d,

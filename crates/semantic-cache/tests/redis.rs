@@ -14,7 +14,7 @@ use palisade_semantic_cache::{
     Store, Tag, Tenant, Usage,
 };
 use palisade_semantic_cache::{RedisConfig, RedisStore};
-use palisade_testkit::{RedisServer, TestRedis, test_redis};
+use palisade_testkit::{CommandCalls, RedisServer, TestRedis, test_redis};
 
 fn config(redis: &TestRedis) -> RedisConfig {
     RedisConfig::default()
@@ -397,22 +397,6 @@ async fn tracked_members(conn: &mut redis::aio::MultiplexedConnection, prefix: &
     total
 }
 
-async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    ["cmdstat_evalsha:", "cmdstat_eval:"]
-        .iter()
-        .filter_map(|name| {
-            let line = info.lines().find(|l| l.starts_with(name))?;
-            let calls = line.split("calls=").nth(1)?.split(',').next()?;
-            calls.parse::<u64>().ok()
-        })
-        .sum()
-}
-
 /// Review finding: the namespace, namespace-list and tag sets only ever grew (SADD, never
 /// SREM) and invalidation read them whole inside one script. Now they forget expired ids as
 /// inserts go, and an invalidation works through them in bounded batches.
@@ -467,7 +451,10 @@ async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() 
         let key = conformance::key("t2", "chat", &format!("question {i}"));
         cache.insert(&key, "x", Usage::default()).await.unwrap();
     }
-    let before = script_calls(&mut conn).await;
+    let before = CommandCalls::read(&mut conn)
+        .await
+        .unwrap()
+        .total_of(["evalsha", "eval"]);
     let removed = cache
         .invalidate(palisade_semantic_cache::Invalidation::Namespace(
             palisade_semantic_cache::Partition::new("t2", "chat").unwrap(),
@@ -475,7 +462,11 @@ async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() 
         .await
         .unwrap();
     assert_eq!(removed, 2_500);
-    let calls = script_calls(&mut conn).await - before;
+    let calls = CommandCalls::read(&mut conn)
+        .await
+        .unwrap()
+        .total_of(["evalsha", "eval"])
+        - before;
     assert!(
         calls >= 3,
         "one script call went through all 2,500 ids ({calls} calls)"

@@ -29,6 +29,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cluster;
+mod command_calls;
 mod error;
 mod logs;
 pub mod pgbouncer;
@@ -41,6 +42,7 @@ mod test_redis;
 mod tls;
 
 pub use cluster::RedisCluster;
+pub use command_calls::CommandCalls;
 pub use error::{Error, Result};
 pub use logs::{CaptureWriter, LogCapture};
 pub use postgres::{PgSchema, database_url};
