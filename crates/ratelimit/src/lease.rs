@@ -811,6 +811,34 @@ struct Denial {
     verdicts: Vec<Verdict>,
 }
 
+impl Denial {
+    /// The store's denial of `call`, repeated for requests of the same cost until the
+    /// earliest of its quotas' `retry_after` (at most `plan.max_denial`).
+    fn of(call: &Call, reply: &Reply<'_>, plan: &Plan) -> Self {
+        let mut until = call.sent.saturating_add(plan.max_denial);
+        for v in reply.verdicts.iter().filter(|v| !v.allowed) {
+            until = match v.retry_after {
+                Some(r) => until.min(call.sent.saturating_add(r)),
+                None => until,
+            };
+        }
+        Self {
+            cost: call.request.cost,
+            until,
+            verdicts: reply
+                .verdicts
+                .iter()
+                .map(|v| Verdict {
+                    allowed: v.allowed,
+                    remaining: v.remaining,
+                    reset: call.sent.saturating_add(v.reset),
+                    retry_after: v.retry_after.map(|r| call.sent.saturating_add(r)),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The allowance one instance holds for one key under one policy, and what it knows of the
 /// key: the whole decision logic of [`LeasedStore`](crate::LeasedStore), with time passed in
 /// (local µs: only durations of the local clock are used, never its reading against the
@@ -1236,45 +1264,23 @@ impl Book {
                 self.quiet_until = now.saturating_add(plan.lifetime / 4);
             }
         } else {
+            if newest {
+                self.denial = Some(Denial::of(&call, reply, plan));
+            }
             if !reply.stale_held {
                 self.hold(call.reserved);
             }
-            if !newest {
-                return Dropped(stale);
-            }
-            let mut until = call.sent.saturating_add(plan.max_denial);
-            for v in reply.verdicts.iter().filter(|v| !v.allowed) {
-                until = match v.retry_after {
-                    Some(r) => until.min(call.sent.saturating_add(r)),
-                    None => until,
-                };
-            }
-            self.denial = Some(Denial {
-                cost: call.request.cost,
-                until,
-                verdicts: reply
-                    .verdicts
-                    .iter()
-                    .map(|v| Verdict {
-                        allowed: v.allowed,
-                        remaining: v.remaining,
-                        reset: call.sent.saturating_add(v.reset),
-                        retry_after: v.retry_after.map(|r| call.sent.saturating_add(r)),
-                    })
-                    .collect(),
-            });
         }
-        if !newest {
-            return Dropped(stale);
+        if newest {
+            self.figures = reply
+                .verdicts
+                .iter()
+                .map(|v| Figure {
+                    remaining: v.remaining,
+                    reset_at: call.sent.saturating_add(v.reset),
+                })
+                .collect();
         }
-        self.figures = reply
-            .verdicts
-            .iter()
-            .map(|v| Figure {
-                remaining: v.remaining,
-                reset_at: call.sent.saturating_add(v.reset),
-            })
-            .collect();
         Dropped(stale)
     }
 

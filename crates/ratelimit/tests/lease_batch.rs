@@ -359,6 +359,19 @@ fn script_commands(calls: &CommandCalls) -> u64 {
         .sum()
 }
 
+/// A Redis server of its own (nothing else runs commands while they are counted), a store
+/// on it, and a connection to read and reset its command counts.
+async fn counted_server() -> (RedisServer, RedisStore, redis::aio::MultiplexedConnection) {
+    let server = RedisServer::builder().start_async().await.unwrap();
+    let store = RedisStore::new(server.pool());
+    let conn = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (server, store, conn)
+}
+
 /// What one key's lease call costs Redis, in commands run by the batch script, for a GCRA
 /// key with an owner's ledger record: a key's first lease, a request paid from the store
 /// with a renewal (the record exists) and a background renewal (cost 0). The lease script
@@ -367,13 +380,7 @@ fn script_commands(calls: &CommandCalls) -> u64 {
 /// ledger once, writes it once, reads each state once, and reads TIME once per batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_call_costs_redis_few_commands() {
-    let server = RedisServer::builder().start_async().await.unwrap();
-    let store = RedisStore::new(server.pool());
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (_server, store, mut conn) = counted_server().await;
     let policy = Policy::single("cost", Algorithm::Gcra, Quota::per_hour(1_000_000_000)).unwrap();
     let keys: Vec<String> = (0..64).map(|k| format!("k{k}")).collect();
     let lease = |cost: u64, report: u64| {
@@ -528,34 +535,13 @@ async fn a_failing_batch_item_changes_nothing_and_fails_alone() {
     );
 }
 
-/// How many times Redis ran `command` (lower case, e.g. `set`) since the last
-/// `CONFIG RESETSTAT`, inside scripts included.
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .map(|l| l.split(',').next().unwrap_or("0").parse::<u64>().unwrap())
-        .sum()
-}
-
 /// A lease call writes each state key once, whatever it does to it: a request paid from the
 /// store and a grant on top (before: one `SET` for the request, one for the grant, more for
 /// stale units given back), for every leased algorithm, on a key's first lease and on a
 /// renewal that spends from the store again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_call_writes_each_state_once() {
-    let server = RedisServer::builder().start_async().await.unwrap();
-    let store = RedisStore::new(server.pool());
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (_server, store, mut conn) = counted_server().await;
     let policies: Vec<Policy> = [
         Algorithm::Gcra,
         Algorithm::TokenBucket,
@@ -589,7 +575,7 @@ async fn a_lease_call_writes_each_state_once() {
             let l = r.unwrap();
             assert!(l.decision.allowed && l.granted > 0, "round {round}: {l:?}");
         }
-        let sets = command_calls(&mut conn, "set").await;
+        let sets = CommandCalls::read(&mut conn).await.unwrap().of("set");
         assert_eq!(
             sets,
             calls.len() as u64,

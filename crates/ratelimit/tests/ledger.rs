@@ -43,6 +43,27 @@ async fn remaining(store: &RedisStore, policy: &Policy) -> u64 {
         .remaining
 }
 
+/// A Redis store on a throwaway server, on a fake clock, and a policy of 100 units an
+/// hour named after `name` and `alg` (the fake clock moves a few seconds and stays in one
+/// window). The server lives as long as the returned `TestRedis`.
+fn ledger_store(
+    alg: Algorithm,
+    name: &str,
+) -> (palisade_testkit::TestRedis, FakeClock, Policy, RedisStore) {
+    let redis = test_redis().unwrap();
+    let clock = FakeClock::new();
+    let policy = Policy::single(format!("{name}-{alg}"), alg, Quota::per_hour(100)).unwrap();
+    let store = RedisStore::new(redis.pool())
+        .with_prefix(redis.prefix().as_str())
+        .with_clock(clock.clone());
+    (redis, clock, policy, store)
+}
+
+/// Owner 7's request for a lease of `units` (cost 0), as a `LeasedStore` asks.
+fn want(units: u64) -> LeaseRequest {
+    LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE)
+}
+
 /// Owner 7 after its record was reclaimed: it leased 10 units and went quiet past the
 /// record's TTL, owner 8's call reclaimed them, and owner 7 leased 5 more (a new record).
 struct LateOwner {
@@ -54,14 +75,7 @@ struct LateOwner {
 }
 
 async fn late_owner(alg: Algorithm, name: &str) -> LateOwner {
-    let redis = test_redis().unwrap();
-    let clock = FakeClock::new();
-    // Hours: the fake clock moves a few seconds and stays in one window.
-    let policy = Policy::single(format!("{name}-{alg}"), alg, Quota::per_hour(100)).unwrap();
-    let store = RedisStore::new(redis.pool())
-        .with_prefix(redis.prefix().as_str())
-        .with_clock(clock.clone());
-    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
+    let (redis, clock, policy, store) = ledger_store(alg, name);
 
     let first = store.lease("k", &policy, &want(10)).await.unwrap();
     assert_eq!(first.granted, 10, "{alg}: the first lease");
@@ -180,13 +194,7 @@ async fn a_late_give_back_is_not_counted_twice_sliding_window_counter() {
 /// units back already. The ledger must record only what the call granted: before, the
 /// record became `kept` + the grant, and a second reclaim gave `kept` back again.
 async fn a_late_report_does_not_record_reclaimed_units(alg: Algorithm) {
-    let redis = test_redis().unwrap();
-    let clock = FakeClock::new();
-    let policy = Policy::single(format!("ledger-report-{alg}"), alg, Quota::per_hour(100)).unwrap();
-    let store = RedisStore::new(redis.pool())
-        .with_prefix(redis.prefix().as_str())
-        .with_clock(clock.clone());
-    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
+    let (_redis, clock, policy, store) = ledger_store(alg, "ledger-report");
     let first = store
         .lease("k", &policy, &want(10).report(1))
         .await
@@ -362,13 +370,7 @@ async fn a_lost_reply_does_not_strand_its_grant_sliding_window_counter() {
 /// stands on report 1, whose grant goes back. Report 2 then lands at last: its owner gave
 /// up on it, so it grants nothing (a grant would be lost again).
 async fn lost_calls_in_a_row_are_settled(alg: Algorithm) {
-    let redis = test_redis().unwrap();
-    let clock = FakeClock::new();
-    let policy = Policy::single(format!("ledger-lost-{alg}"), alg, Quota::per_hour(100)).unwrap();
-    let store = RedisStore::new(redis.pool())
-        .with_prefix(redis.prefix().as_str())
-        .with_clock(clock.clone());
-    let want = |units| LeaseRequest::new(0).want(units, LIFETIME).owner(7, GRACE);
+    let (_redis, _clock, policy, store) = ledger_store(alg, "ledger-lost");
     let first = store
         .lease("k", &policy, &want(10).report(1))
         .await

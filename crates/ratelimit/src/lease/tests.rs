@@ -543,8 +543,40 @@ fn held_units_count_only_while_valid() {
     }
 }
 
-/// The store's answer to `call` (the exact lease arithmetic on `states`), handed to the
-/// book, which must keep every unit it was granted.
+/// The store's answer to `call` at store time `now`: the exact lease arithmetic on `states`.
+fn store_answer(
+    states: &mut [QuotaState],
+    params: &[Params],
+    alg: Algorithm,
+    call: &Call,
+    now: u64,
+) -> (Outcome, [Verdict; 1]) {
+    let mut verdicts = [Verdict::NONE];
+    let o = lease(
+        &mut Many { states, params },
+        alg,
+        now,
+        &call.request,
+        &mut verdicts,
+    );
+    (o, verdicts)
+}
+
+/// `o` as the book receives it.
+fn reply<'v>(o: &Outcome, verdicts: &'v [Verdict]) -> Reply<'v> {
+    Reply {
+        admitted: o.admitted,
+        used_held: o.used_held,
+        stale_held: o.stale_held,
+        granted: o.granted,
+        lifetime: o.lifetime,
+        granted_at: o.granted_at,
+        verdicts,
+    }
+}
+
+/// The store's answer to `call`, handed to the book, which must keep every unit it was
+/// granted.
 fn answer_call(
     book: &mut Book,
     states: &mut [QuotaState],
@@ -554,25 +586,26 @@ fn answer_call(
     call: Call,
     now: u64,
 ) -> Outcome {
-    let mut verdicts = [Verdict::NONE];
-    let o = lease(
-        &mut Many { states, params },
-        alg,
-        now,
-        &call.request,
-        &mut verdicts,
+    let (o, verdicts) = store_answer(states, params, alg, &call, now);
+    assert_eq!(
+        book.finish(call, &reply(&o, &verdicts), plan, now),
+        Dropped(0)
     );
-    let reply = Reply {
-        admitted: o.admitted,
-        used_held: o.used_held,
-        stale_held: o.stale_held,
-        granted: o.granted,
-        lifetime: o.lifetime,
-        granted_at: o.granted_at,
-        verdicts: &verdicts,
-    };
-    assert_eq!(book.finish(call, &reply, plan, now), Dropped(0));
     o
+}
+
+/// The plan the single-book tests start from: one-second leases of a tenth of what is
+/// left, renewed ahead of need, no ledger.
+fn plan() -> Plan {
+    Plan {
+        lifetime: 1_000_000,
+        share_permille: 100,
+        max_denial: 1_000_000,
+        prefetch: true,
+        sparse: 1_000_000,
+        owner: 0,
+        grace: 0,
+    }
 }
 
 /// A book holds at most two leases, whatever its demand: renewed in the background only
@@ -584,15 +617,7 @@ fn a_book_holds_at_most_two_leases() {
     let policy = Policy::single("cap", Algorithm::FixedWindow, Quota::per_hour(20_000)).unwrap();
     let params = policy.params().to_vec();
     let alg = policy.algorithm();
-    let plan = Plan {
-        lifetime: 1_000_000,
-        share_permille: 100,
-        max_denial: 1_000_000,
-        prefetch: true,
-        sparse: 1_000_000,
-        owner: 0,
-        grace: 0,
-    };
+    let plan = plan();
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
     let mut answer = |book: &mut Book, call: Call, now: u64| {
@@ -640,13 +665,8 @@ fn a_slow_round_trip_does_not_renew_a_sparse_lease_early() {
     let params = policy.params().to_vec();
     let alg = policy.algorithm();
     let plan = Plan {
-        lifetime: 1_000_000,
-        share_permille: 100,
-        max_denial: 1_000_000,
-        prefetch: true,
         sparse: 10_000_000,
-        owner: 0,
-        grace: 0,
+        ..plan()
     };
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
@@ -684,29 +704,10 @@ fn a_slow_round_trip_does_not_renew_a_sparse_lease_early() {
 /// second's lease reported against the second before it: `reset` 0, from the older answer.)
 #[test]
 fn an_older_answer_does_not_overwrite_a_newer_ones_figures() {
-    fn reply<'v>(o: &Outcome, verdicts: &'v [Verdict]) -> Reply<'v> {
-        Reply {
-            admitted: o.admitted,
-            used_held: o.used_held,
-            stale_held: o.stale_held,
-            granted: o.granted,
-            lifetime: o.lifetime,
-            granted_at: o.granted_at,
-            verdicts,
-        }
-    }
     let policy = Policy::single("order", Algorithm::FixedWindow, Quota::per_second(2_000)).unwrap();
     let params = policy.params().to_vec();
     let alg = policy.algorithm();
-    let plan = Plan {
-        lifetime: 1_000_000,
-        share_permille: 100,
-        max_denial: 1_000_000,
-        prefetch: true,
-        sparse: 1_000_000,
-        owner: 0,
-        grace: 0,
-    };
+    let plan = plan();
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
     let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
@@ -721,22 +722,8 @@ fn an_older_answer_does_not_overwrite_a_newer_ones_figures() {
     // The store decides the plain call in that window, the leasing one (a later batch) 1 ms
     // into the next.
     let (early, late) = (before + 2_000, T0 + 1_001_000);
-    let mut answer = |call: &Call, now: u64| {
-        let mut verdicts = [Verdict::NONE];
-        let o = lease(
-            &mut Many {
-                states: &mut states,
-                params: &params,
-            },
-            alg,
-            now,
-            &call.request,
-            &mut verdicts,
-        );
-        (o, verdicts)
-    };
-    let (o_plain, v_plain) = answer(&plain, early);
-    let (o_lease, v_lease) = answer(&leasing, late);
+    let (o_plain, v_plain) = store_answer(&mut states, &params, alg, &plain, early);
+    let (o_lease, v_lease) = store_answer(&mut states, &params, alg, &leasing, late);
     assert!(o_lease.granted > 0, "the leasing call leases");
     // The newer answer is applied first.
     let now = late + 500;
@@ -768,13 +755,10 @@ fn a_book_names_the_calls_it_gave_up_on_until_one_is_answered() {
     let params = policy.params().to_vec();
     let alg = policy.algorithm();
     let plan = Plan {
-        lifetime: 1_000_000,
-        share_permille: 100,
-        max_denial: 1_000_000,
         prefetch: false,
-        sparse: 1_000_000,
         owner: 7,
         grace: 1_000_000,
+        ..plan()
     };
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
