@@ -16,6 +16,13 @@ use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 use crate::quota::{Algorithm, Policy};
 
+#[cfg(test)]
+mod item_format_tests;
+#[cfg(test)]
+mod lua_parse_tests;
+mod pack;
+use pack::{Args, ITEM_FORMAT, Pack};
+
 /// One algorithm's scripts: the shared prelude, the algorithm's file, one operation.
 struct Scripts {
     acquire: Script,
@@ -349,55 +356,54 @@ impl RedisStore {
     }
 
     /// The arguments every script starts with (`src/lua/common.lua`): 4 + 4 per quota.
-    fn common_args(&self, inv: &mut ScriptInvocation<'_>, policy: &Policy, cost: u64) {
+    fn common_args(&self, args: &mut impl Args, policy: &Policy, cost: u64) {
         let now = self
             .clock
             .as_ref()
             .map_or(0, |c| c.now_micros().clamp(1, crate::algorithm::MAX_MICROS));
-        inv.arg(now)
-            .arg(policy.algorithm().code())
-            .arg(cost)
-            .arg(policy.quotas().len());
+        args.number(now)
+            .text(policy.algorithm().code())
+            .number(cost)
+            .number(policy.quotas().len() as u64);
         for q in policy.quotas() {
-            inv.arg(q.quota.limit())
-                .arg(q.quota.burst())
-                .arg(q.quota.period_micros())
-                .arg(q.quota.interval_micros());
+            args.number(q.quota.limit())
+                .number(q.quota.burst())
+                .number(q.quota.period_micros())
+                .number(q.quota.interval_micros());
         }
     }
 
-    /// Append one item to a batch invocation (`src/lua/batch.lua`): its name, key and
-    /// argument counts, then what its own script call would send.
+    /// Append one item to a batch invocation (`src/lua/batch.lua`): its keys (what its own
+    /// script call would send: the quotas' state keys, then the ledger), and one argument,
+    /// packed ([`pack`]): the item format, its name, then an array of what its own script
+    /// call's arguments would be.
     fn batch_item(&self, inv: &mut ScriptInvocation<'_>, item: &Item<'_>) {
         let (key, policy) = item.subject();
         let n = policy.quotas().len();
         let code = policy.algorithm().code();
-        match item {
-            Item::Lease(_) => {
-                inv.arg(format!("{code}:lease"))
-                    .arg(n + 1)
-                    .arg(4 + 4 * n + LEASE_ARGS);
-            }
-            Item::Release(_) => {
-                inv.arg(format!("{code}:release"))
-                    .arg(n + 1)
-                    .arg(4 + 4 * n + RELEASE_ARGS);
-            }
-        }
         for k in self.keys_for(key, policy) {
             inv.key(k);
         }
         inv.key(self.ledger_key(key, policy));
+        let mut packed = Pack::with_capacity(64 + 24 * n);
+        packed.text(ITEM_FORMAT);
         match item {
             Item::Lease(c) => {
-                self.common_args(inv, policy, c.request.cost);
-                lease_args(inv, &c.request);
+                packed
+                    .text(&format!("{code}:lease"))
+                    .array(4 + 4 * n + LEASE_ARGS);
+                self.common_args(&mut packed, policy, c.request.cost);
+                lease_args(&mut packed, &c.request);
             }
             Item::Release(g) => {
-                self.common_args(inv, policy, g.give.units);
-                release_args(inv, &g.give);
+                packed
+                    .text(&format!("{code}:release"))
+                    .array(4 + 4 * n + RELEASE_ARGS);
+                self.common_args(&mut packed, policy, g.give.units);
+                release_args(&mut packed, &g.give);
             }
         }
+        inv.arg(packed.into_bytes());
     }
 
     /// Send `items` in batch script calls: one per algorithm and Redis Cluster slot (on a
@@ -596,29 +602,29 @@ const LEASE_ARGS: usize = 14;
 /// The arguments after the common ones of `src/lua/release.lua`.
 const RELEASE_ARGS: usize = 4;
 
-fn lease_args(inv: &mut ScriptInvocation<'_>, request: &LeaseRequest) {
+fn lease_args(args: &mut impl Args, request: &LeaseRequest) {
     let max = crate::algorithm::MAX_MICROS;
-    inv.arg(request.held)
-        .arg(request.held_at.min(max))
-        .arg(request.want.min(crate::quota::MAX_LIMIT))
-        .arg(crate::lease::micros(request.lifetime).min(max))
-        .arg(request.max_share_permille.min(1000))
-        .arg(request.owner)
-        .arg(request.kept.min(crate::quota::MAX_LIMIT))
-        .arg(request.kept_at.min(max))
-        .arg(crate::lease::micros(request.grace).min(max))
-        .arg(request.report)
-        .arg(crate::lease::micros(request.held_lifetime).min(max))
-        .arg(request.held_reclaim_at.min(max))
-        .arg(request.lost_from)
-        .arg(request.lost_to);
+    args.number(request.held)
+        .number(request.held_at.min(max))
+        .number(request.want.min(crate::quota::MAX_LIMIT))
+        .number(crate::lease::micros(request.lifetime).min(max))
+        .number(u64::from(request.max_share_permille.min(1000)))
+        .decimal(request.owner)
+        .number(request.kept.min(crate::quota::MAX_LIMIT))
+        .number(request.kept_at.min(max))
+        .number(crate::lease::micros(request.grace).min(max))
+        .number(request.report)
+        .number(crate::lease::micros(request.held_lifetime).min(max))
+        .number(request.held_reclaim_at.min(max))
+        .number(request.lost_from)
+        .number(request.lost_to);
 }
 
-fn release_args(inv: &mut ScriptInvocation<'_>, give: &LeaseReturn) {
-    inv.arg(give.granted_at.min(crate::algorithm::MAX_MICROS))
-        .arg(give.owner)
-        .arg(give.reported)
-        .arg(give.reclaim_at.min(crate::algorithm::MAX_MICROS));
+fn release_args(args: &mut impl Args, give: &LeaseReturn) {
+    args.number(give.granted_at.min(crate::algorithm::MAX_MICROS))
+        .decimal(give.owner)
+        .number(give.reported)
+        .number(give.reclaim_at.min(crate::algorithm::MAX_MICROS));
 }
 
 /// Whether a give-back changes anything in the store: units of a leased algorithm, and for

@@ -4,48 +4,69 @@
 -- single-key script (lease.lua or release.lua) over the prelude, the algorithm and
 -- ledger.lua, which the batch defines once for all its items (each operation begins its
 -- call with its own KEYS and ARGV: common.lua `begin`), so a batch does for each key
--- exactly what that key's own call would. ARGV[1]: the number of items; then per item its name
--- ('<algorithm code>:lease' or ':release'), its number of keys, its number of arguments
--- and those arguments; KEYS: every item's keys, one item after another (on Redis Cluster
--- all in one slot: the caller groups items by slot).
+-- exactly what that key's own call would.
+-- ARGV[1]: the number of items; then one string per item, MessagePack (src/redis.rs
+-- `batch_item`): the item format 'pb2', the item's name ('<algorithm code>:lease' or
+-- ':release') and an array of what its own script call's ARGV would hold, numbers as
+-- integers and the algorithm code and owner as strings. Redis makes one string per argument
+-- and the single-key scripts parse each number with `tonumber` (glibc `strtod`): one packed
+-- string per item, unpacked by cmsgpack into numbers, costs Redis less than the 25
+-- arguments (one quota) an item was before.
+-- KEYS: every item's keys (its quotas' state keys, then its ledger: quota count + 1), one
+-- item after another (on Redis Cluster all in one slot: the caller groups items by slot).
 -- Reply: per item, the operation's reply, or {'error', message} for an item that failed
 -- (the other items still ran; an error reply inside the array would fail the whole call in
 -- clients). An item that fails changed nothing: the operations read every key they write
 -- before writing any (ledger.lua `read_all`), and a key of the wrong type fails that read.
--- Items whose time is '0' (read Redis' TIME) all get the time the batch began: one TIME
+-- An item that is not of this format (a process of an older version, which sent each
+-- number as an argument) fails with an error saying so, and so does every item after it:
+-- where their keys start is unknown then, and guessing would run an item on another's keys.
+-- Items whose time is 0 (read Redis' TIME) all get the time the batch began: one TIME
 -- per batch, not one per item (the batch is atomic: no other call runs in between).
 local items = tonumber(ARGV[1])
-local p, k = 2, 1
+local k = 1
 local replies = {}
 local batch_now = nil
+local unreadable = nil
+local key_count = #KEYS
 for item = 1, items do
-  local name = ARGV[p]
-  local nk, na = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-  -- Built whole (one allocation each), not grown one element at a time (unpack's stack
-  -- is bounded: a longer item is copied element by element).
-  local keys, args
-  if nk <= 200 and na <= 200 then
-    keys = { unpack(KEYS, k, k + nk - 1) }
-    args = { unpack(ARGV, p + 3, p + 2 + na) }
-  else
-    keys, args = {}, {}
-    for i = 1, nk do keys[i] = KEYS[k + i - 1] end
-    for i = 1, na do args[i] = ARGV[p + 2 + i] end
-  end
-  if args[1] == '0' then
-    if batch_now == nil then
-      local t = redis.call('TIME')
-      -- A number, not its text: each item's common.lua takes it as it is (no parse).
-      batch_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local blob = ARGV[item + 1]
+  local keys, args, op = nil, nil, nil
+  if unreadable == nil then
+    local ok, format, name, a = pcall(cmsgpack.unpack, blob or '')
+    -- The item's quota count: its keys are that many states and a ledger.
+    local nq = ok and format == 'pb2' and type(a) == 'table' and a[4]
+    if type(nq) ~= 'number' or nq < 0 or nq ~= math.floor(nq) or k + nq > key_count then
+      unreadable = 'batch item ' .. item .. ' is not of item format pb2 (a client of another'
+        .. ' palisade-ratelimit version?): it and the items after it were not run'
+    else
+      args = a
+      local nk = nq + 1
+      -- Built whole (one allocation), not grown one key at a time (unpack's stack is
+      -- bounded: a longer item is copied key by key).
+      if nk <= 200 then
+        keys = { unpack(KEYS, k, k + nk - 1) }
+      else
+        keys = {}
+        for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+      end
+      k = k + nk
+      op = ops[name]
+      if op == nil then
+        replies[item] = { 'error', 'unknown batch operation ' .. tostring(name) }
+      end
     end
-    args[1] = batch_now
   end
-  p = p + 3 + na
-  k = k + nk
-  local op = ops[name]
-  if op == nil then
-    replies[item] = { 'error', 'unknown batch operation ' .. tostring(name) }
-  else
+  if unreadable then
+    replies[item] = { 'error', unreadable }
+  elseif op then
+    if args[1] == 0 then
+      if batch_now == nil then
+        local t = redis.call('TIME')
+        batch_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      end
+      args[1] = batch_now
+    end
     local ok, reply = pcall(op, keys, args)
     if ok then
       replies[item] = reply

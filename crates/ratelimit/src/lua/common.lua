@@ -5,11 +5,15 @@
 -- ARGV: now_us ('0' = ask Redis TIME), algorithm code, cost, quota count,
 --       then per quota: limit, burst, period_us, interval_us.
 -- KEYS: one state key per quota.
+-- (A script call's ARGV are strings; a batch item's (batch.lua) are numbers, the code and
+-- an owner strings: every number is read through `tonumber` or `num`, which take both.)
 -- The prelude and the algorithm (and ledger.lua) only define functions and the locals they
 -- share; each operation starts with `begin(KEYS, ARGV)`. A batch (batch.lua) defines them
 -- once for all its items, each item's operation a function of its own that begins with its
 -- own KEYS and ARGV, instead of making two dozen closures per item.
 local call_keys, call_argv, now, cost, n
+-- A local, not a global looked up by name at each of the dozens of calls a lease makes.
+local tonumber = tonumber
 
 -- An integer as Redis stores it. '%d' (a C long) is exact for the integers below 2^53 that
 -- every state holds and costs half of '%.0f' (a float conversion); anything else takes '%.0f'.
@@ -53,6 +57,28 @@ end
 -- `flush_saves` wrote what `hold_saves` kept back) until the call ends.
 local states_seen
 
+-- The numbers of a state 'a:b:c': each non-empty part between ':' that `tonumber` reads,
+-- in order. One number (GCRA), two or three are read without `gmatch` (an iterator, a
+-- closure and a table per state: ~3k instructions); anything else as `gmatch` reads it.
+local function numbers_of(raw)
+  if not string.find(raw, ':', 1, true) then return { tonumber(raw) } end
+  local a, b = string.match(raw, '^([^:]+):([^:]+)$')
+  if a then
+    a, b = tonumber(a), tonumber(b)
+    if a and b then return { a, b } end
+  else
+    local c
+    a, b, c = string.match(raw, '^([^:]+):([^:]+):([^:]+)$')
+    if a then
+      a, b, c = tonumber(a), tonumber(b), tonumber(c)
+      if a and b and c then return { a, b, c } end
+    end
+  end
+  local out = {}
+  for part in string.gmatch(raw, '[^:]+') do out[#out + 1] = tonumber(part) end
+  return out
+end
+
 -- A string key's numbers 'a:b:c', or none when absent.
 local function load_numbers(q)
   local raw = states_seen[q.key]
@@ -60,9 +86,8 @@ local function load_numbers(q)
     raw = redis.call('GET', q.key)
     states_seen[q.key] = raw
   end
-  local out = {}
-  if raw then for part in string.gmatch(raw, '[^:]+') do out[#out + 1] = tonumber(part) end end
-  return out
+  if not raw then return {} end
+  return numbers_of(raw)
 end
 
 -- Writes kept back by `hold_saves` until `flush_saves`: per key its last value and TTL, in
