@@ -584,3 +584,65 @@ async fn a_lease_call_writes_each_state_once() {
         );
     }
 }
+
+/// A request's lease call does not queue behind renewals. 2,000 keys each spend their
+/// first lease, so that every book queues a renewal ahead of need at once (as 10,000 keys
+/// starting together do), over a store that runs lease batches one at a time, each 20 ms
+/// longer than Redis takes (a Redis saturated by those renewals). Then a request on a new
+/// key must lease: its call goes ahead of the queued renewals, behind at most the two
+/// background batches already in the store. Before, renewals left in up to 32 batches at
+/// once, and the request's call waited behind all of them (31 batches ahead, ~650 ms:
+/// ten times the limiter's default timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_does_not_queue_behind_renewals() {
+    let redis = test_redis().unwrap();
+    let inner = Counting::busy(
+        RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str()),
+        Duration::from_millis(20),
+    );
+    let ahead = Arc::clone(&inner.ahead_of_requests);
+    let store = LeasedStore::new(inner);
+    let policy = Policy::single(
+        "behind-renewals",
+        Algorithm::Gcra,
+        Quota::per_hour(1_000_000_000),
+    )
+    .unwrap();
+    let keys: Vec<String> = (0..2_000).map(|k| format!("k{k}")).collect();
+    // Every key's first lease (requests wait on these calls).
+    let firsts: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (store, policy, k) = (store.clone(), policy.clone(), k.clone());
+            tokio::spawn(async move { store.acquire(&k, &policy, 1).await })
+        })
+        .collect();
+    for f in firsts {
+        assert!(f.await.unwrap().unwrap().allowed);
+    }
+    ahead.lock().clear();
+    // Spend each first lease (a sparse key's few units): every book renews in the background.
+    for k in &keys {
+        for _ in 0..4 {
+            let d = store.acquire(k, &policy, 1).await.unwrap();
+            assert_eq!(d.source, DecisionSource::Lease, "{k}: {d:?}");
+        }
+    }
+    let began = std::time::Instant::now();
+    let d = store.acquire("new-key", &policy, 1).await.unwrap();
+    let took = began.elapsed();
+    assert!(d.allowed);
+    let ahead = ahead.lock().clone();
+    assert_eq!(
+        ahead.len(),
+        1,
+        "one batch carried the request's call: {ahead:?}"
+    );
+    assert!(
+        ahead[0] <= 2,
+        "{} lease batches were in the store ahead of the request's call (at most the 2 \
+         background batches in flight expected); it took {took:?}",
+        ahead[0]
+    );
+    store.settled().await;
+}

@@ -3,16 +3,18 @@
 //! as one [`Store::lease_many`] and one [`Store::release_many`] (on Redis one script call
 //! per Redis Cluster slot, the slots' calls at once).
 //!
-//! When to send: at once when no batch of this store is in flight (a lone call waits for
-//! nothing), or while fewer than four are when a request waits on a queued call (a key's
-//! decision that found no allowance: it takes the background calls queued so far with it);
-//! otherwise when
-//! [`MAX_ITEMS`] calls are queued, when the batch in flight comes back, or [`LINGER`] after
-//! the first queued call, whichever is first. Under load a batch carries what queued during
-//! the previous one's round trip, and no request waits for another batch than its own.
-//! At most [`MAX_IN_FLIGHT`] batches are in flight (a hung store): calls then queue, and a
-//! call whose request gave up (its limiter's timeout) is dropped unsent, so a hang holds a
-//! bounded number of tasks and calls.
+//! When to send: calls a request waits on (a key's decision that found no allowance) leave
+//! at once, in a batch of their own, while fewer than [`URGENT_IN_FLIGHT`] such batches are
+//! in flight (else together when one comes back). Background calls (renewals ahead of need, give-backs) leave in batches of at most
+//! [`MAX_ITEMS`], at most [`BACKGROUND_IN_FLIGHT`] at once: at once when no batch of this
+//! store is in flight (a lone call waits for nothing), otherwise when `MAX_ITEMS` are queued,
+//! when a batch comes back, or [`LINGER`] after the oldest was queued. Under load a batch
+//! carries what queued during the previous one's round trip, and a request's call queues in
+//! the store behind at most two of this instance's background batches (before, up to 32
+//! batches of renewals could be ahead of it: 10,000 keys starting at once kept requests
+//! waiting past their limiter's 50 ms timeout). So at most six batches are in flight (a
+//! hung store): calls then queue, and a call whose request gave up (its limiter's timeout)
+//! is dropped unsent, so a hang holds a bounded number of tasks and calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,16 +29,19 @@ use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 use crate::quota::Policy;
 use crate::store::Store;
 
-/// A batch is sent once this many calls are queued.
+/// A background batch is sent once this many calls are queued, and carries at most this many.
 pub(super) const MAX_ITEMS: usize = 64;
 /// A queued call waits at most this long for a batch in flight to come back.
 pub(super) const LINGER: Duration = Duration::from_millis(1);
-/// A call a request waits on leaves at once while fewer batches than this are in flight.
+/// Background calls (renewals ahead of need, give-backs) leave in at most this many batches
+/// at once, so that a store they slow down (many keys leasing at once) keeps no queue in
+/// front of the calls requests wait on.
+const BACKGROUND_IN_FLIGHT: usize = 2;
+/// Calls requests wait on leave in at most this many batches at once; more queue and leave
+/// together when one comes back. With [`BACKGROUND_IN_FLIGHT`] this bounds what a hung
+/// store holds: at most six batches, while the queued calls whose request gave up are
+/// dropped.
 const URGENT_IN_FLIGHT: usize = 4;
-/// No batch leaves while this many are in flight (a hung store): calls queue, and those
-/// whose request gave up are dropped from the queue, so a hang holds a bounded number of
-/// calls and tasks.
-const MAX_IN_FLIGHT: usize = 32;
 
 /// What to do with a call's answer. Dropped unanswered (its batcher's runtime went away),
 /// it is answered with an error, so that a book never waits for it forever.
@@ -151,9 +156,15 @@ pub(super) enum Job {
 }
 
 impl Job {
-    /// A request waits on this call: it leaves with the next batch at once.
+    /// A request waits on this call: it leaves at once, in a batch of such calls.
     fn urgent(&self) -> bool {
-        matches!(self, Self::Lease(j) if j.request.cost > 0)
+        matches!(
+            self,
+            Self::Lease(LeaseJob {
+                done: Reply::Caller(_),
+                ..
+            })
+        )
     }
 
     fn abandoned(&self) -> bool {
@@ -184,8 +195,10 @@ fn drop_abandoned(queued: &mut Vec<Job>) {
 
 enum Msg {
     Job(Job),
-    /// A batch came back.
-    Flushed,
+    /// A batch came back (`urgent`: one of calls requests waited on).
+    Flushed {
+        urgent: bool,
+    },
 }
 
 /// The queue of a store's calls and the task that sends them.
@@ -234,27 +247,121 @@ impl Batcher {
     }
 }
 
+/// The calls waiting to leave, in two lanes, and the batches of each lane in flight.
+struct Lanes {
+    /// Calls a request waits on.
+    urgent: Vec<Job>,
+    /// Renewals ahead of need and give-backs.
+    background: Vec<Job>,
+    urgent_in_flight: usize,
+    background_in_flight: usize,
+    /// When the oldest background call has waited [`LINGER`].
+    deadline: Instant,
+}
+
+impl Lanes {
+    fn new() -> Self {
+        Self {
+            urgent: Vec::new(),
+            background: Vec::new(),
+            urgent_in_flight: 0,
+            background_in_flight: 0,
+            deadline: Instant::now(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.background.is_empty()
+    }
+
+    fn queued(&self) -> usize {
+        self.urgent.len() + self.background.len()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.urgent_in_flight + self.background_in_flight
+    }
+
+    fn push(&mut self, job: Job) {
+        if job.urgent() {
+            self.urgent.push(job);
+        } else {
+            if self.background.is_empty() {
+                self.deadline = Instant::now() + LINGER;
+            }
+            self.background.push(job);
+        }
+    }
+
+    fn came_back(&mut self, urgent: bool) {
+        if urgent {
+            self.urgent_in_flight = self.urgent_in_flight.saturating_sub(1);
+        } else {
+            self.background_in_flight = self.background_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Send what may leave now. Urgent calls leave at once, all together, while fewer
+    /// than [`URGENT_IN_FLIGHT`] urgent batches are in flight. Background calls leave at
+    /// most [`MAX_ITEMS`] at a time and [`BACKGROUND_IN_FLIGHT`] batches at once: at once
+    /// when nothing is in flight (a lone call waits for nothing), else when `MAX_ITEMS` are
+    /// queued, or the oldest has waited [`LINGER`] or a batch came back (`lingered`). So a
+    /// store slowed by renewals (many keys starting at once) queues them here, not in front
+    /// of the calls requests wait on.
+    fn send(
+        &mut self,
+        inner: &Arc<dyn Store>,
+        tx: &mpsc::WeakUnboundedSender<Msg>,
+        lingered: bool,
+    ) {
+        let idle = self.in_flight() == 0;
+        if !self.urgent.is_empty() {
+            if self.urgent_in_flight < URGENT_IN_FLIGHT {
+                flush(inner, std::mem::take(&mut self.urgent), true, tx);
+                self.urgent_in_flight += 1;
+            } else if lingered {
+                // A hung store: the requests that gave up meanwhile take their calls back.
+                drop_abandoned(&mut self.urgent);
+            }
+        }
+        while !self.background.is_empty()
+            && self.background_in_flight < BACKGROUND_IN_FLIGHT
+            && (idle || lingered || self.background.len() >= MAX_ITEMS)
+        {
+            let rest = self
+                .background
+                .split_off(self.background.len().min(MAX_ITEMS));
+            flush(
+                inner,
+                std::mem::replace(&mut self.background, rest),
+                false,
+                tx,
+            );
+            self.background_in_flight += 1;
+            self.deadline = Instant::now() + LINGER;
+        }
+    }
+}
+
 /// The batcher's task: ends when the store (its sender) is gone and the queue is empty.
 async fn run(
     inner: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::WeakUnboundedSender<Msg>,
 ) {
-    let mut queued: Vec<Job> = Vec::new();
-    let mut deadline = Instant::now();
-    let mut in_flight = 0usize;
+    let mut lanes = Lanes::new();
     loop {
-        let msg = if queued.is_empty() {
+        let msg = if lanes.is_empty() {
             rx.recv().await
         } else {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            match tokio::time::timeout_at(lanes.deadline, rx.recv()).await {
                 Ok(msg) => msg,
                 Err(_) => {
-                    if in_flight < MAX_IN_FLIGHT {
-                        in_flight += flush(&inner, &mut queued, &tx);
-                    } else {
-                        drop_abandoned(&mut queued);
-                        deadline = Instant::now() + LINGER;
+                    lanes.send(&inner, &tx, true);
+                    // Blocked (a lane at its limit): look again in a while, dropping the
+                    // calls whose request gave up meanwhile.
+                    if !lanes.is_empty() && Instant::now() >= lanes.deadline {
+                        lanes.deadline = Instant::now() + LINGER;
                     }
                     continue;
                 }
@@ -262,58 +369,51 @@ async fn run(
         };
         match msg {
             None => {
-                flush(&inner, &mut queued, &tx);
+                let (urgent, background) = (
+                    std::mem::take(&mut lanes.urgent),
+                    std::mem::take(&mut lanes.background),
+                );
+                flush(&inner, urgent, true, &tx);
+                flush(&inner, background, false, &tx);
                 return;
             }
-            Some(Msg::Flushed) => {
-                in_flight = in_flight.saturating_sub(1);
-                in_flight += flush(&inner, &mut queued, &tx);
+            Some(Msg::Flushed { urgent }) => {
+                // What queued during the round trip leaves with the next one.
+                lanes.came_back(urgent);
+                lanes.send(&inner, &tx, true);
             }
             Some(Msg::Job(job)) => {
-                if queued.is_empty() {
-                    deadline = Instant::now() + LINGER;
-                }
-                let mut urgent = job.urgent();
-                queued.push(job);
-                while queued.len() < MAX_ITEMS {
+                lanes.push(job);
+                while lanes.queued() < MAX_ITEMS {
                     match rx.try_recv() {
-                        Ok(Msg::Job(job)) => {
-                            urgent |= job.urgent();
-                            queued.push(job);
-                        }
-                        Ok(Msg::Flushed) => in_flight = in_flight.saturating_sub(1),
+                        Ok(Msg::Job(job)) => lanes.push(job),
+                        Ok(Msg::Flushed { urgent }) => lanes.came_back(urgent),
                         Err(_) => break,
                     }
                 }
-                if in_flight == 0
-                    || (urgent && in_flight < URGENT_IN_FLIGHT)
-                    || (queued.len() >= MAX_ITEMS && in_flight < MAX_IN_FLIGHT)
-                {
-                    in_flight += flush(&inner, &mut queued, &tx);
-                }
+                lanes.send(&inner, &tx, false);
             }
         }
     }
 }
 
-/// Send what is queued as one batch, in a task of its own; the number of batches sent.
+/// Send `jobs` as one batch, in a task of its own.
 fn flush(
     inner: &Arc<dyn Store>,
-    queued: &mut Vec<Job>,
+    jobs: Vec<Job>,
+    urgent: bool,
     tx: &mpsc::WeakUnboundedSender<Msg>,
-) -> usize {
-    if queued.is_empty() {
-        return 0;
+) {
+    if jobs.is_empty() {
+        return;
     }
-    let jobs = std::mem::take(queued);
     let (inner, tx) = (Arc::clone(inner), tx.upgrade());
     tokio::spawn(async move {
         send(&*inner, jobs).await;
         if let Some(tx) = tx {
-            let _ = tx.send(Msg::Flushed);
+            let _ = tx.send(Msg::Flushed { urgent });
         }
     });
-    1
 }
 
 /// One batch: the leases and the give-backs at once, then every call's answer.
