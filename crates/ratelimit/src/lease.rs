@@ -681,6 +681,11 @@ pub(crate) struct Held {
     pub(crate) reported: u64,
 }
 
+/// Leases of one book: at most [`MAX_HELD_LEASES`] held, one more while a call's units come
+/// back, kept inline (a decision reads them, and a pointer to elsewhere was a cache miss on
+/// every decision over many keys).
+pub(crate) type Leases = smallvec::SmallVec<[Held; MAX_HELD_LEASES + 1]>;
+
 impl Held {
     /// Take `other`'s units; of each time the earlier one.
     fn join(&mut self, other: Held) {
@@ -845,7 +850,7 @@ impl Denial {
 /// store's).
 #[derive(Debug)]
 pub(crate) struct Book {
-    held: Vec<Held>,
+    held: Leases,
     /// A call asking for a lease is in flight.
     pub(crate) leasing: bool,
     /// Calls in flight.
@@ -855,7 +860,8 @@ pub(crate) struct Book {
     spent: u64,
     mark: u64,
     rate: f64,
-    figures: Vec<Figure>,
+    /// Inline for up to two quotas (read by every local decision).
+    figures: smallvec::SmallVec<[Figure; 2]>,
     /// Store time of the answer `figures` and `denial` come from: answers to calls in
     /// flight together may be applied out of order, and an older one must not overwrite
     /// them (its window may have ended: local decisions then reported the next window's
@@ -875,14 +881,14 @@ pub(crate) struct Book {
 impl Book {
     pub(crate) fn new(now: u64) -> Self {
         Self {
-            held: Vec::new(),
+            held: Leases::new(),
             leasing: false,
             in_flight: 0,
             denial: None,
             spent: 0,
             mark: now,
             rate: 0.0,
-            figures: Vec::new(),
+            figures: smallvec::SmallVec::new(),
             answered_at: 0,
             last_used: now,
             quiet_until: 0,
@@ -958,7 +964,7 @@ impl Book {
         now: u64,
         cost: u64,
         out: &mut [Verdict],
-        ended: &mut Vec<Held>,
+        ended: &mut Leases,
     ) -> Step {
         match self.decide_here(policy, now, cost, out, ended) {
             Some(true) => Step::Local,
@@ -976,7 +982,7 @@ impl Book {
         now: u64,
         cost: u64,
         out: &mut [Verdict],
-        ended: &mut Vec<Held>,
+        ended: &mut Leases,
     ) -> Option<bool> {
         self.last_used = now;
         self.expire(now, |h| ended.push(h));
@@ -1003,7 +1009,7 @@ impl Book {
 
     /// Put back leases [`decide_here`](Self::decide_here) found ended (the caller will not
     /// send a call now: the next one carries them).
-    pub(crate) fn keep(&mut self, ended: Vec<Held>) {
+    pub(crate) fn keep(&mut self, ended: Leases) {
         self.hold(ended);
     }
 
@@ -1027,14 +1033,14 @@ impl Book {
     /// The call the store must decide a request of `cost` with, carrying every unit held
     /// and those of leases that just `ended` (the store counts them towards the cost while
     /// it finds them valid; that is better than giving them back and asking again).
-    pub(crate) fn call(&mut self, plan: &Plan, now: u64, cost: u64, ended: Vec<Held>) -> Call {
+    pub(crate) fn call(&mut self, plan: &Plan, now: u64, cost: u64, ended: Leases) -> Call {
         let wanted = !self.leasing;
         let (want, life) = if wanted {
             self.terms(now, plan, cost)
         } else {
             (0, plan.lifetime)
         };
-        let mut reserved = std::mem::take(&mut self.held);
+        let mut reserved = std::mem::take(&mut self.held).into_vec();
         reserved.extend(ended);
         let held: u64 = reserved.iter().map(|h| h.units).sum();
         let held_at = reserved.iter().map(|h| h.granted_at).min().unwrap_or(0);
@@ -1331,7 +1337,7 @@ impl Book {
     /// since the last call is forgotten too, so that the sweeper does not lease again for a
     /// key nobody decided since (it renewed such a key once: a lease taken after the
     /// give-back, held by an instance about to stop).
-    pub(crate) fn take_all(&mut self) -> Vec<Held> {
+    pub(crate) fn take_all(&mut self) -> Leases {
         self.spent = 0;
         let reported = self.reported;
         let mut all = std::mem::take(&mut self.held);

@@ -16,8 +16,9 @@ use crate::algorithm::Verdict;
 use crate::clock::{Clock, SystemClock, TimeSource};
 use crate::decision::{Decision, DecisionSource};
 use crate::error::{Error, Result};
+use crate::key::{KeyBuf, Probe, StoredKey};
 use crate::lease::{
-    Book, Call, Dropped, Held, Lease, LeaseCall, LeaseRequest, LeaseReturn, Plan, ReleaseCall,
+    Book, Call, Dropped, Lease, LeaseCall, LeaseRequest, LeaseReturn, Leases, Plan, ReleaseCall,
     Reply, bucket_lifetime, micros,
 };
 use crate::quota::{Algorithm, MAX_QUOTAS, Policy};
@@ -470,21 +471,23 @@ struct Shard {
 #[derive(Debug)]
 struct Entry {
     hash: u64,
-    key: Box<str>,
+    key: KeyBuf,
     policy: Policy,
+    /// How the policy is leased (worked out once: every local decision reads it).
+    plan: Plan,
     epoch: u64,
     book: Book,
 }
 
 impl Entry {
     #[inline]
-    fn is(&self, key: &str, policy: &Policy) -> bool {
-        *self.key == *key && (self.policy.same(policy) || self.policy == *policy)
+    fn is(&self, key: Probe<'_>, policy: &Policy) -> bool {
+        self.key.matches(key) && (self.policy.same(policy) || self.policy == *policy)
     }
 }
 
 /// Leases that ended, with units to give back.
-type Ended = Vec<Held>;
+type Ended = Leases;
 
 /// What `acquire` does once the book has looked at a request.
 enum Step {
@@ -529,11 +532,11 @@ impl LeasedStore {
     pub fn allowance(&self, key: &str, policy: &Policy) -> u64 {
         let shared = &self.shared;
         let now = shared.clock.now();
-        let h = shared.hash(policy, key);
+        let (h, probe) = shared.locate(policy, key);
         let shard = shared.shards[shared.shard_of(h)].lock();
         shard
             .table
-            .find(h, |e| e.is(key, policy))
+            .find(h, |e| e.is(probe, policy))
             .map_or(0, |e| e.book.allowance_at(now))
     }
 
@@ -561,7 +564,7 @@ impl LeasedStore {
             for e in &mut shard.table {
                 let held = e.book.take_all();
                 if !held.is_empty() {
-                    all.push((e.key.clone(), e.policy.clone(), held));
+                    all.push((Box::from(e.key.text()), e.policy.clone(), held));
                 }
             }
         }
@@ -570,12 +573,14 @@ impl LeasedStore {
 }
 
 impl Shared {
+    /// The key as its book's table compares it (inline when short), and its hash.
     #[inline]
-    fn hash(&self, policy: &Policy, key: &str) -> u64 {
+    fn locate<'k>(&self, policy: &Policy, key: &'k str) -> (u64, Probe<'k>) {
+        let probe = Probe::new(key.as_bytes());
         let mut h = self.hasher.build_hasher();
         h.write_u64(policy.name_hash());
-        h.write(key.as_bytes());
-        h.finish()
+        KeyBuf::write(probe, &mut h);
+        (h.finish(), probe)
     }
 
     #[inline]
@@ -611,23 +616,22 @@ impl Shared {
 
     /// Decide from the book alone, when it can: `None` sends the request to the store.
     fn try_here(self: &Arc<Self>, key: &str, policy: &Policy, cost: u64) -> Option<Decision> {
-        let plan = self.plan(policy)?;
         let now = self.clock.now();
-        let h = self.hash(policy, key);
+        let (h, probe) = self.locate(policy, key);
         let n = policy.params().len().min(MAX_QUOTAS);
         let mut out = [Verdict::NONE; MAX_QUOTAS];
         let mut ended = Ended::new();
         let (answer, refresh) = {
             let mut shard = self.shards[self.shard_of(h)].lock();
-            let e = shard.table.find_mut(h, |e| e.is(key, policy))?;
+            let e = shard.table.find_mut(h, |e| e.is(probe, policy))?;
             let answer = e
                 .book
                 .decide_here(policy, now, cost, &mut out[..n], &mut ended);
             let refresh = match answer {
                 Some(true) => e
                     .book
-                    .refresh(&plan, now, self.lead())
-                    .map(|call| (call, e.epoch)),
+                    .refresh(&e.plan, now, self.lead())
+                    .map(|call| (call, e.epoch, e.plan)),
                 Some(false) => None,
                 None => {
                     // The call `acquire` is about to send carries them.
@@ -638,7 +642,7 @@ impl Shared {
             (answer, refresh)
         };
         self.give_back_later(key, policy, ended);
-        if let Some((call, epoch)) = refresh {
+        if let Some((call, epoch, plan)) = refresh {
             self.lease_in_background(key, policy, plan, call, epoch);
         }
         let allowed = answer?;
@@ -654,13 +658,13 @@ impl Shared {
             return self.inner.acquire(key, policy, cost).await;
         };
         let now = self.clock.now();
-        let h = self.hash(policy, key);
+        let (h, probe) = self.locate(policy, key);
         let mut ended = Ended::new();
         let step = {
             let mut shard = self.shards[self.shard_of(h)].lock();
-            let entry = match shard.table.find_mut(h, |e| e.is(key, policy)) {
+            let entry = match shard.table.find_mut(h, |e| e.is(probe, policy)) {
                 Some(e) => Some(e),
-                None => self.insert(&mut shard, h, key, policy, now),
+                None => self.insert(&mut shard, h, probe, policy, plan, now),
             };
             match entry {
                 None => Step::Untracked,
@@ -709,8 +713,9 @@ impl Shared {
         self: &Arc<Self>,
         shard: &'s mut Shard,
         h: u64,
-        key: &str,
+        key: Probe<'_>,
         policy: &Policy,
+        plan: Plan,
         now: u64,
     ) -> Option<&'s mut Entry> {
         if shard.table.len() >= self.per_shard {
@@ -725,8 +730,9 @@ impl Shared {
         self.start_sweeper();
         let entry = Entry {
             hash: h,
-            key: Box::from(key),
+            key: KeyBuf::stored(key),
             policy: policy.clone(),
+            plan,
             epoch: self.epoch.fetch_add(1, Ordering::Relaxed),
             book: Book::new(now),
         };
@@ -753,11 +759,11 @@ impl Shared {
         epoch: u64,
         f: impl FnOnce(&mut Book) -> R,
     ) -> Option<R> {
-        let h = self.hash(policy, key);
+        let (h, probe) = self.locate(policy, key);
         let mut shard = self.shards[self.shard_of(h)].lock();
         shard
             .table
-            .find_mut(h, |e| e.is(key, policy) && e.epoch == epoch)
+            .find_mut(h, |e| e.is(probe, policy) && e.epoch == epoch)
             .map(|e| f(&mut e.book))
     }
 
@@ -1046,7 +1052,7 @@ impl Shared {
 
     /// Give units back and wait (bucket units are dropped without a ledger record), in one
     /// [`Store::release_many`] call.
-    async fn give_back(&self, all: Vec<(Box<str>, Policy, Vec<Held>)>) -> Result<()> {
+    async fn give_back(&self, all: Vec<(Box<str>, Policy, Leases)>) -> Result<()> {
         let mut calls = Vec::new();
         for (key, policy, held) in &all {
             if !self.gives_back(policy) {
@@ -1138,12 +1144,17 @@ impl Shared {
                 let mut mine = Ended::new();
                 e.book.expire(now, |h| mine.push(h));
                 if !mine.is_empty() {
-                    ended.push((e.key.clone(), e.policy.clone(), mine));
+                    ended.push((Box::from(e.key.text()), e.policy.clone(), mine));
                 }
-                if let Some(plan) = self.plan(&e.policy)
-                    && let Some(call) = e.book.renew(&plan, now, period, lead)
-                {
-                    renewals.push((e.key.clone(), e.policy.clone(), plan, call, e.epoch));
+                let plan = e.plan;
+                if let Some(call) = e.book.renew(&plan, now, period, lead) {
+                    renewals.push((
+                        Box::from(e.key.text()),
+                        e.policy.clone(),
+                        plan,
+                        call,
+                        e.epoch,
+                    ));
                 }
             }
             shard
@@ -1165,9 +1176,9 @@ impl Shared {
     }
 
     fn forget(&self, key: &str, policy: &Policy) {
-        let h = self.hash(policy, key);
+        let (h, probe) = self.locate(policy, key);
         let mut shard = self.shards[self.shard_of(h)].lock();
-        if let Ok(e) = shard.table.find_entry(h, |e| e.is(key, policy)) {
+        if let Ok(e) = shard.table.find_entry(h, |e| e.is(probe, policy)) {
             let (mut e, _) = e.remove();
             count_units(policy, "dropped", e.book.clear());
         }
@@ -1273,9 +1284,9 @@ impl Store for LeasedStore {
     /// Given back to the shared store (this instance forgets the store's last denial).
     async fn refund(&self, key: &str, policy: &Policy, cost: u64) -> Result<()> {
         self.shared.inner.refund(key, policy, cost).await?;
-        let h = self.shared.hash(policy, key);
+        let (h, probe) = self.shared.locate(policy, key);
         let mut shard = self.shared.shards[self.shared.shard_of(h)].lock();
-        if let Some(e) = shard.table.find_mut(h, |e| e.is(key, policy)) {
+        if let Some(e) = shard.table.find_mut(h, |e| e.is(probe, policy)) {
             e.book.forget_denial();
         }
         Ok(())

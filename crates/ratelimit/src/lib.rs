@@ -47,6 +47,7 @@ mod clock;
 mod decision;
 mod error;
 pub mod headers;
+mod key;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;

@@ -404,6 +404,10 @@ pub fn hostile_keys() -> Vec<String> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    // Around the length kept inline (15 bytes) and the word boundaries it is compared by.
+    for n in [7, 8, 9, 14, 15, 16, 17] {
+        keys.push("x".repeat(n));
+    }
     keys.push("x".repeat(10 * 1024));
     keys.push("x".repeat(10 * 1024 - 1));
     keys.push(format!("{{{}}}", "y".repeat(5000)));

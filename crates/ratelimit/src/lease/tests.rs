@@ -109,7 +109,7 @@ impl Sim {
         self.push(now + to, Msg::Call { who, call, back });
     }
 
-    fn ended(&mut self, ended: Vec<Held>, now: u64) {
+    fn ended(&mut self, ended: Leases, now: u64) {
         for h in ended {
             if self.policy.algorithm().counts_windows() {
                 let (to, _) = self.delay();
@@ -199,7 +199,7 @@ impl Sim {
 
     fn act(&mut self, who: usize, act: Act, now: u64) {
         let local = now + self.offsets[who];
-        let mut ended = Vec::new();
+        let mut ended = Leases::new();
         match act {
             Act::Request(cost) => {
                 let mut out = vec![Verdict::NONE; self.policy.params().len()];
@@ -379,7 +379,7 @@ proptest! {
         let mut now = T0;
         for (dt, cost) in steps {
             now += dt;
-            let mut ended = Vec::new();
+            let mut ended = Leases::new();
             let mut out = vec![Verdict::NONE; params.len()];
             let got = match book.begin(&policy, &plan, now, cost, &mut out, &mut ended) {
                 Step::Local => true,
@@ -627,7 +627,7 @@ fn a_book_holds_at_most_two_leases() {
     for _ in 0..5_000 {
         // 100,000 requests a second.
         now += 10;
-        let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
+        let (mut out, mut ended) = ([Verdict::NONE], Leases::new());
         match book.begin(&policy, &plan, now, 1, &mut out, &mut ended) {
             Step::Local => {
                 if let Some(call) = book.refresh(&plan, now, 0) {
@@ -671,7 +671,7 @@ fn a_slow_round_trip_does_not_renew_a_sparse_lease_early() {
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
     let mut out = [Verdict::NONE];
-    let mut ended = Vec::new();
+    let mut ended = Leases::new();
     let Step::Remote(call) = book.begin(&policy, &plan, T0, 1, &mut out, &mut ended) else {
         panic!("a new book asks the store");
     };
@@ -710,7 +710,7 @@ fn an_older_answer_does_not_overwrite_a_newer_ones_figures() {
     let plan = plan();
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
-    let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
+    let (mut out, mut ended) = ([Verdict::NONE], Leases::new());
     // Two requests ask the store 10 ms before a window's end; the first call leases.
     let before = T0 + 990_000;
     let Step::Remote(leasing) = book.begin(&policy, &plan, before, 1, &mut out, &mut ended) else {
@@ -763,7 +763,7 @@ fn a_book_names_the_calls_it_gave_up_on_until_one_is_answered() {
     let mut states = fresh_states(&policy, T0);
     let mut book = Book::new(T0);
     let call = |book: &mut Book, now: u64| {
-        let (mut out, mut ended) = ([Verdict::NONE], Vec::new());
+        let (mut out, mut ended) = ([Verdict::NONE], Leases::new());
         match book.begin(&policy, &plan, now, 1, &mut out, &mut ended) {
             Step::Remote(call) => call,
             _ => panic!("a book holding nothing asks the store"),

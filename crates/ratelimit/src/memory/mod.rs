@@ -18,10 +18,9 @@ use crate::lease::{LeaseOp, ReleaseOp};
 use crate::quota::{Algorithm, Policy};
 
 mod eviction;
-mod key;
 mod table;
 
-use key::{KeyBuf, Probe, StoredKey};
+use crate::key::{KeyBuf, Probe, StoredKey};
 use table::{Call, Form, KeyKind, List, Log, Shard, Word};
 
 /// Default bound on the number of keys a [`MemoryStore`] keeps.

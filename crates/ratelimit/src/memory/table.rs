@@ -7,8 +7,8 @@ use std::marker::PhantomData;
 
 use hashbrown::HashTable;
 
-use super::key::{KeyBuf, StoredKey};
 use crate::algorithm::{self, LogEnds, Machine, OneWord, Op, QuotaState, SlidingLog, WordLayout};
+use crate::key::{KeyBuf, StoredKey};
 use crate::quota::{Params, Policy};
 
 /// The one quota of a single-quota group's policy.
@@ -436,9 +436,9 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
-    use super::super::key::Probe;
     use super::*;
     use crate::algorithm::{Admit, FixedWindow, Peek};
+    use crate::key::Probe;
     use crate::quota::{Algorithm, Quota};
 
     /// Forced hash collisions: entries stay apart, and removal and expiry keep the others

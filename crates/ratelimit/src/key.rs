@@ -1,5 +1,5 @@
-//! How the memory store keeps a key: short text keys inline in two words, long ones on the
-//! heap, integer ids as they are.
+//! How a store keeps a key (the memory store's tables, the leased store's books): short text
+//! keys inline in two words, long ones on the heap, integer ids as they are.
 
 use std::hash::Hasher;
 
@@ -10,9 +10,25 @@ const INLINE_KEY: usize = 15;
 /// comparing it touches no other cache line. Keys are UTF-8, which never contains 0xFF, so an
 /// inline key is padded with 0xFF and compared as a whole.
 #[derive(Debug)]
-pub(super) enum KeyBuf {
+pub(crate) enum KeyBuf {
     Inline([u8; INLINE_KEY]),
     Heap(Box<Box<[u8]>>),
+}
+
+impl KeyBuf {
+    /// The key's bytes (an inline key without its padding).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline(b) => &b[..b.iter().position(|&c| c == 0xff).unwrap_or(INLINE_KEY)],
+            Self::Heap(b) => b,
+        }
+    }
+
+    /// The key as text: keys are made from `&str` (an invalid byte, which cannot occur, would
+    /// read as U+FFFD rather than panic).
+    pub(crate) fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
+    }
 }
 
 /// A short key padded with 0xFF to 15 bytes, as two little-endian words: bytes 0..8 and 7..15
@@ -20,7 +36,7 @@ pub(super) enum KeyBuf {
 /// the key into a buffer first: a buffer written byte by byte and read back as words stalls
 /// the CPU's store forwarding, which cost more than the rest of the lookup of a known key.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct ShortKey(u64, u64);
+pub(crate) struct ShortKey(u64, u64);
 
 impl ShortKey {
     #[inline]
@@ -64,14 +80,14 @@ fn le_padded(bytes: &[u8]) -> u64 {
 
 /// A text key as it is looked up and compared: in inline form (made once per call) when short.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Probe<'a> {
+pub(crate) enum Probe<'a> {
     Short(ShortKey),
     Long(&'a [u8]),
 }
 
 impl<'a> Probe<'a> {
     #[inline]
-    pub(super) fn new(key: &'a [u8]) -> Self {
+    pub(crate) fn new(key: &'a [u8]) -> Self {
         if key.len() <= INLINE_KEY {
             Self::Short(ShortKey::new(key))
         } else {
@@ -81,7 +97,7 @@ impl<'a> Probe<'a> {
 }
 
 /// A key as a table stores it: a text key ([`KeyBuf`]) or an id (`u64`).
-pub(super) trait StoredKey: Sized + std::fmt::Debug {
+pub(crate) trait StoredKey: Sized + std::fmt::Debug {
     /// The looked-up form.
     type Probe<'a>: Copy;
     fn stored(probe: Self::Probe<'_>) -> Self;
@@ -173,11 +189,7 @@ mod tests {
             }
             for other in [&a, &b, &near] {
                 let stored = KeyBuf::stored(Probe::new(other));
-                let bytes: &[u8] = match &stored {
-                    KeyBuf::Inline(b) => &b[..b.iter().position(|&c| c == 0xff).unwrap_or(15)],
-                    KeyBuf::Heap(s) => s,
-                };
-                proptest::prop_assert_eq!(bytes, other.as_slice());
+                proptest::prop_assert_eq!(stored.bytes(), other.as_slice());
                 proptest::prop_assert_eq!(stored.probe() == Probe::new(&a), *other == a);
             }
         }
