@@ -681,10 +681,10 @@ pub(crate) struct Held {
     pub(crate) reported: u64,
 }
 
-/// Leases of one book: at most [`MAX_HELD_LEASES`] held, one more while a call's units come
-/// back, kept inline (a decision reads them, and a pointer to elsewhere was a cache miss on
+/// Leases of one book: at most [`MAX_HELD_LEASES`] held (one more, on the heap, while a
+/// call's units come back), kept inline (a decision reads them, and a pointer to elsewhere was a cache miss on
 /// every decision over many keys).
-pub(crate) type Leases = smallvec::SmallVec<[Held; MAX_HELD_LEASES + 1]>;
+pub(crate) type Leases = smallvec::SmallVec<[Held; MAX_HELD_LEASES]>;
 
 impl Held {
     /// Take `other`'s units; of each time the earlier one.
@@ -855,13 +855,15 @@ pub(crate) struct Book {
     pub(crate) leasing: bool,
     /// Calls in flight.
     pub(crate) in_flight: u32,
-    denial: Option<Denial>,
+    /// Boxed: rare, and a book is read by every local decision (the smaller, the fewer
+    /// cache lines).
+    denial: Option<Box<Denial>>,
     /// Units admitted since `mark`, and the demand estimate (units per µs).
     spent: u64,
     mark: u64,
     rate: f64,
-    /// Inline for up to two quotas (read by every local decision).
-    figures: smallvec::SmallVec<[Figure; 2]>,
+    /// Inline for one quota (read by every local decision).
+    figures: smallvec::SmallVec<[Figure; 1]>,
     /// Store time of the answer `figures` and `denial` come from: answers to calls in
     /// flight together may be applied out of order, and an older one must not overwrite
     /// them (its window may have ended: local decisions then reported the next window's
@@ -1271,7 +1273,7 @@ impl Book {
             }
         } else {
             if newest {
-                self.denial = Some(Denial::of(&call, reply, plan));
+                self.denial = Some(Box::new(Denial::of(&call, reply, plan)));
             }
             if !reply.stale_held {
                 self.hold(call.reserved);

@@ -473,8 +473,10 @@ struct Entry {
     hash: u64,
     key: KeyBuf,
     policy: Policy,
-    /// How the policy is leased (worked out once: every local decision reads it).
-    plan: Plan,
+    /// The policy's lease lifetimes, dense and sparse (worked out once: every local decision
+    /// needs them, see [`Shared::plan_for`]).
+    lifetime: u64,
+    sparse: u64,
     epoch: u64,
     book: Book,
 }
@@ -591,19 +593,27 @@ impl Shared {
 
     fn plan(&self, policy: &Policy) -> Option<Plan> {
         let lifetime = self.config.lifetime_micros(policy)?;
-        Some(Plan {
+        let sparse = self
+            .config
+            .sparse_micros(policy)
+            .unwrap_or(lifetime)
+            .max(lifetime);
+        Some(self.plan_for(lifetime, sparse))
+    }
+
+    /// The plan of a policy whose leases live `lifetime` (dense) and `sparse` µs: the rest is
+    /// the store's configuration.
+    #[inline]
+    fn plan_for(&self, lifetime: u64, sparse: u64) -> Plan {
+        Plan {
             lifetime,
             share_permille: self.share_permille,
             max_denial: micros(self.config.max_lease),
             prefetch: self.config.prefetch,
-            sparse: self
-                .config
-                .sparse_micros(policy)
-                .unwrap_or(lifetime)
-                .max(lifetime),
+            sparse,
             owner: self.owner,
             grace: micros(self.config.max_lease),
-        })
+        }
     }
 
     fn lead(&self) -> u64 {
@@ -630,8 +640,8 @@ impl Shared {
             let refresh = match answer {
                 Some(true) => e
                     .book
-                    .refresh(&e.plan, now, self.lead())
-                    .map(|call| (call, e.epoch, e.plan)),
+                    .refresh(&self.plan_for(e.lifetime, e.sparse), now, self.lead())
+                    .map(|call| (call, e.epoch, self.plan_for(e.lifetime, e.sparse))),
                 Some(false) => None,
                 None => {
                     // The call `acquire` is about to send carries them.
@@ -732,7 +742,8 @@ impl Shared {
             hash: h,
             key: KeyBuf::stored(key),
             policy: policy.clone(),
-            plan,
+            lifetime: plan.lifetime,
+            sparse: plan.sparse,
             epoch: self.epoch.fetch_add(1, Ordering::Relaxed),
             book: Book::new(now),
         };
@@ -1146,7 +1157,7 @@ impl Shared {
                 if !mine.is_empty() {
                     ended.push((Box::from(e.key.text()), e.policy.clone(), mine));
                 }
-                let plan = e.plan;
+                let plan = self.plan_for(e.lifetime, e.sparse);
                 if let Some(call) = e.book.renew(&plan, now, period, lead) {
                     renewals.push((
                         Box::from(e.key.text()),
