@@ -5,16 +5,17 @@
 //!
 //! When to send: calls a request waits on (a key's decision that found no allowance) leave
 //! at once, in a batch of their own, while fewer than [`URGENT_IN_FLIGHT`] such batches are
-//! in flight (else together when one comes back). Background calls (renewals ahead of need, give-backs) leave in batches of at most
-//! [`MAX_ITEMS`], at most [`BACKGROUND_IN_FLIGHT`] at once: at once when no batch of this
-//! store is in flight (a lone call waits for nothing), otherwise when `MAX_ITEMS` are queued,
-//! when a batch comes back, or [`LINGER`] after the oldest was queued. Under load a batch
-//! carries what queued during the previous one's round trip, and a request's call queues in
-//! the store behind at most two of this instance's background batches (before, up to 32
-//! batches of renewals could be ahead of it: 10,000 keys starting at once kept requests
-//! waiting past their limiter's 50 ms timeout). So at most six batches are in flight (a
-//! hung store): calls then queue, and a call whose request gave up (its limiter's timeout)
-//! is dropped unsent, so a hang holds a bounded number of tasks and calls.
+//! in flight (else together when one comes back). Background calls (renewals ahead of need,
+//! give-backs) leave in batches of at most [`BACKGROUND_ITEMS`], at most
+//! [`BACKGROUND_IN_FLIGHT`] at once: at once when no batch of this store is in flight (a
+//! lone call waits for nothing), otherwise when `BACKGROUND_ITEMS` are queued, when a batch
+//! comes back, or [`LINGER`] after the oldest was queued. Under load a batch carries what
+//! queued during the previous one's round trip, and a request's call queues in the store
+//! behind at most two of this instance's background batches (before, up to 32 batches of
+//! renewals could be ahead of it: 10,000 keys starting at once kept requests waiting past
+//! their limiter's 50 ms timeout). So at most six batches are in flight (a hung store):
+//! calls then queue, and a call whose request gave up (its limiter's timeout) is dropped
+//! unsent, so a hang holds a bounded number of tasks and calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,15 @@ use crate::lease::{Lease, LeaseCall, LeaseRequest, LeaseReturn, ReleaseCall};
 use crate::quota::Policy;
 use crate::store::Store;
 
-/// A background batch is sent once this many calls are queued, and carries at most this many.
+/// The batcher takes up to this many queued calls at a time.
 pub(super) const MAX_ITEMS: usize = 64;
+/// A background batch is sent once this many calls are queued, and carries at most this
+/// many: Redis runs a batch's script whole, so a request's call that reaches it behind
+/// background batches (of this instance and of the others) waits for their items. On the
+/// fleet bench (4 instances, 10,000 keys, one saturated Redis) batches of 64 let ~0.05 % of
+/// decisions wait past the limiter's 50 ms timeout; 16 renewed too slowly for keys starting
+/// together (2.8 % of decisions waited on Redis); 32 kept both low (docs/benchmarks.md).
+const BACKGROUND_ITEMS: usize = 32;
 /// A queued call waits at most this long for a batch in flight to come back.
 pub(super) const LINGER: Duration = Duration::from_millis(1);
 /// Background calls (renewals ahead of need, give-backs) leave in at most this many batches
@@ -303,8 +311,8 @@ impl Lanes {
 
     /// Send what may leave now. Urgent calls leave at once, all together, while fewer
     /// than [`URGENT_IN_FLIGHT`] urgent batches are in flight. Background calls leave at
-    /// most [`MAX_ITEMS`] at a time and [`BACKGROUND_IN_FLIGHT`] batches at once: at once
-    /// when nothing is in flight (a lone call waits for nothing), else when `MAX_ITEMS` are
+    /// most [`BACKGROUND_ITEMS`] at a time and [`BACKGROUND_IN_FLIGHT`] batches at once: at once
+    /// when nothing is in flight (a lone call waits for nothing), else when `BACKGROUND_ITEMS` are
     /// queued, or the oldest has waited [`LINGER`] or a batch came back (`lingered`). So a
     /// store slowed by renewals (many keys starting at once) queues them here, not in front
     /// of the calls requests wait on.
@@ -326,11 +334,11 @@ impl Lanes {
         }
         while !self.background.is_empty()
             && self.background_in_flight < BACKGROUND_IN_FLIGHT
-            && (idle || lingered || self.background.len() >= MAX_ITEMS)
+            && (idle || lingered || self.background.len() >= BACKGROUND_ITEMS)
         {
             let rest = self
                 .background
-                .split_off(self.background.len().min(MAX_ITEMS));
+                .split_off(self.background.len().min(BACKGROUND_ITEMS));
             flush(
                 inner,
                 std::mem::replace(&mut self.background, rest),
