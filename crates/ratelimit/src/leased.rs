@@ -638,10 +638,12 @@ impl Shared {
                 .book
                 .decide_here(policy, now, cost, &mut out[..n], &mut ended);
             let refresh = match answer {
-                Some(true) => e
-                    .book
-                    .refresh(&self.plan_for(e.lifetime, e.sparse), now, self.lead())
-                    .map(|call| (call, e.epoch, self.plan_for(e.lifetime, e.sparse))),
+                Some(true) => {
+                    let plan = self.plan_for(e.lifetime, e.sparse);
+                    e.book
+                        .refresh(&plan, now, self.lead())
+                        .map(|call| (call, e.epoch, plan))
+                }
                 Some(false) => None,
                 None => {
                     // The call `acquire` is about to send carries them.
