@@ -557,11 +557,7 @@ async fn a_call_dropped_while_leasing_gives_back_its_lease_and_probe() {
     let (a, b) = half_open_pair(&server, "drop-leasing").await;
     // Scripts wait while Redis answers everything else: the lease request is sent and held,
     // and Redis grants it once the pause ends, to a caller that is gone by then.
-    let mut admin = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut admin = server.async_connection().await.unwrap();
     let _: () = palisade_testkit::redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(3000)

@@ -94,13 +94,7 @@ async fn redis_store_uses_server_time_by_default() {
     let deadline: u64 = palisade_testkit::redis::cmd("HGET")
         .arg(store.keys("server-time")[0].as_str())
         .arg("dl")
-        .query_async(
-            &mut redis
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap(),
-        )
+        .query_async(&mut redis.async_connection().await.unwrap())
         .await
         .unwrap();
     let wall = std::time::SystemTime::now()

@@ -34,11 +34,7 @@ async fn command_and_lua_migrations_run_and_the_ledger_is_a_hash() {
             .applied,
         [1, 2]
     );
-    let mut c = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.async_connection().await.unwrap();
     let tier: String = c.hget(format!("{p}user:2"), "tier").await.unwrap();
     assert_eq!(tier, "pro");
     let name: String = c.hget(format!("{p}user:1"), "name").await.unwrap();
@@ -59,11 +55,7 @@ async fn a_migration_failing_half_way_restores_the_declared_keys() {
     let redis = palisade_testkit::test_redis().unwrap();
     let p = redis.key("");
     let store = RedisStore::new(redis.pool()).with_prefix(format!("{p}m"));
-    let mut c = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.async_connection().await.unwrap();
     let _: () = c.set_ex(format!("{p}counter"), "41", 3600).await.unwrap();
     let _: () = c.hset(format!("{p}cfg"), "mode", "old").await.unwrap();
     // Two commands succeed, the third fails: Redis keeps the first two unless restored.

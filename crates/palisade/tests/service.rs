@@ -231,11 +231,7 @@ async fn on_redis_shared_then_killed_then_restarted() {
     assert_eq!(one.health().await["status"], "ok");
 
     // Keys are where the guides say: redis-cli --scan --pattern 'palisade:rl:*'.
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     let keys: Vec<String> = palisade::redis::cmd("KEYS")
         .arg("palisade:rl:*")
         .query_async(&mut conn)

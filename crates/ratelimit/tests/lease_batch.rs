@@ -364,11 +364,7 @@ fn script_commands(calls: &CommandCalls) -> u64 {
 async fn counted_server() -> (RedisServer, RedisStore, redis::aio::MultiplexedConnection) {
     let server = RedisServer::builder().start_async().await.unwrap();
     let store = RedisStore::new(server.pool());
-    let conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let conn = server.async_connection().await.unwrap();
     (server, store, conn)
 }
 
@@ -459,11 +455,7 @@ async fn a_failing_batch_item_changes_nothing_and_fails_alone() {
     let store = RedisStore::new(redis.pool())
         .with_prefix(redis.prefix().as_str())
         .with_clock(clock.clone());
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     let policy = Policy::builder("batch-corrupt")
         .algorithm(Algorithm::FixedWindow)
         .quota("hour", Quota::per_hour(1_000))

@@ -83,11 +83,7 @@ async fn a_hung_redis_holds_at_most_6_batches_and_drops_the_calls_given_up_on() 
     // Connected and the batch script loaded before the hang: a batch is then one EVALSHA.
     assert!(store.acquire("warm", &policy, 1).await.unwrap().allowed);
     store.settled().await;
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.async_connection().await.unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut conn)

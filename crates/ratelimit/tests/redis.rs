@@ -174,11 +174,7 @@ async fn concurrency_is_exact_through_redis() {
 
     // A frozen fake clock for the bucket algorithms (no refill between requests), over one
     // multiplexed connection.
-    let conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let conn = redis.async_connection().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(
         RedisStore::from_connection(RedisConnection::Multiplexed(conn))
             .with_prefix(redis.prefix().as_str())
@@ -217,11 +213,7 @@ async fn keys_are_tagged_encoded_and_expire() {
         }
         store.acquire(&key, &policy, 1).await.unwrap();
     }
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     // The prefix is written as given: what an operator types in `redis-cli --scan`.
     let pattern = format!("{}*", redis.prefix().as_str());
     let found: Vec<String> = redis::cmd("KEYS")
@@ -453,11 +445,7 @@ async fn a_denied_log_request_does_logarithmic_work() {
             clock.advance(Duration::from_secs(1));
         }
     }
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.async_connection().await.unwrap();
     for cost in [N, N / 2, 3 * N / 4 + 1, 1] {
         let before = CommandCalls::read(&mut conn)
             .await

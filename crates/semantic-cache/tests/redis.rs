@@ -148,11 +148,7 @@ async fn entries_carry_their_ttl_in_redis() {
         )
         .await
         .unwrap();
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     let key = format!("{}:{{t1}}:e:{}", config(&redis).prefix, entry.id.to_hex());
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
@@ -355,11 +351,7 @@ async fn an_invalidation_during_an_outage_is_surfaced_and_replayed() {
         "the invalidated answer came back from Redis"
     );
     // The replayed invalidation really removed it from Redis.
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*:e:*")
         .query_async(&mut conn)
@@ -435,11 +427,7 @@ async fn tracking_structures_forget_expired_ids_and_invalidations_are_batched() 
             .await
             .unwrap();
     }
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.async_connection().await.unwrap();
     let members = tracked_members(&mut conn, "psc:{t1}").await;
     assert!(
         members <= 9,

@@ -95,11 +95,7 @@ async fn redis_memory_tracking_and_local_index_stay_flat() {
         .default_policy(NamespacePolicy::with_ttl(Duration::from_secs(2)))
         .build()
         .unwrap();
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.async_connection().await.unwrap();
 
     let started = Instant::now();
     let writer = {

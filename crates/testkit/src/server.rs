@@ -201,6 +201,15 @@ impl RedisServer {
         }
     }
 
+    /// An async multiplexed connection to this server (trusting the test CA for a TLS
+    /// server): what a test uses to look at or change the keys a backend wrote.
+    ///
+    /// # Errors
+    /// When the server cannot be reached (killed, paused past the client's timeouts).
+    pub async fn async_connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        Ok(self.client().get_multiplexed_async_connection().await?)
+    }
+
     /// A `deadpool_redis::Pool` for this server (the handle Palisade's Redis backends take),
     /// trusting the test CA for a TLS server.
     pub fn pool(&self) -> deadpool_redis::Pool {

@@ -65,6 +65,18 @@ impl TestRedis {
             .unwrap_or_else(|e| panic!("REDIS_URL {:?} is not a Redis URL: {e}", self.url))
     }
 
+    /// An async multiplexed connection to the server: what a test uses to look at or change
+    /// the keys a backend wrote.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    ///
+    /// # Panics
+    /// When `REDIS_URL` is not a valid Redis URL.
+    pub async fn async_connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        Ok(self.client().get_multiplexed_async_connection().await?)
+    }
+
     /// A `deadpool_redis::Pool` for the server.
     ///
     /// # Panics

@@ -24,11 +24,7 @@ const ECHO: &str = "local format, name, a = cmsgpack.unpack(ARGV[1]) \
 #[tokio::test]
 async fn redis_unpacks_every_value_as_packed() {
     let redis = test_redis().unwrap();
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     let numbers: [u64; 11] = [
         0,
         127,
@@ -97,11 +93,7 @@ fn unpacked_lease_item(inv: &mut ScriptInvocation<'_>, keys: &[String], ledger: 
 #[tokio::test]
 async fn an_item_of_another_format_fails_clearly_and_writes_nothing() {
     let redis = test_redis().unwrap();
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     let store = RedisStore::new(redis.pool()).with_prefix(redis.prefix().as_str());
     let policy = Policy::single(
         "format",

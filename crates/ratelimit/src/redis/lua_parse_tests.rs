@@ -51,11 +51,7 @@ fn next(seed: &mut u64) -> u64 {
 #[tokio::test]
 async fn stored_numbers_read_as_gmatch_read_them() {
     let redis = test_redis().unwrap();
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.async_connection().await.unwrap();
     let mut inputs: Vec<String> = [
         "",
         "5",
