@@ -11,7 +11,9 @@ the way `src/redis.rs` builds them, and prints the instructions per item of:
 * a key's first lease in batches of 14 items, a renewal by the same owner (5 of 16 units
   held, a ledger record), another owner's first lease on those keys (leases of 10 minutes:
   no record is reclaimed and no held unit goes stale during a run, however slow);
-* a key's first lease alone in a batch.
+* a key's first lease alone in a batch;
+* a first lease and a renewal without a ledger (owner 0: strict mode, `reclaim(false)`),
+  what the ledger's reads and writes cost an item.
 
 The count does not depend on the machine's load, so two checkouts can be compared on a
 loaded machine:
@@ -214,6 +216,16 @@ def main():
             print("%-52s %8.0f instructions/item" % ("first lease of a 2nd owner, key with a record (14)", ir))
             ir, _ = measure([batch_call(sha, [lease_item("q%d" % i, fmt)]) for i in range(B * N)], 1)
             print("%-52s %8.0f instructions/item" % ("lease, first on a fresh key (batch of 1)", ir))
+            # Without a ledger (owner 0: `LeaseConfig::strict()`, `reclaim(false)`): what the
+            # ledger's reads and writes cost a lease item.
+            keys = [["n%d" % (i * B + j) for j in range(B)] for i in range(N)]
+            ir, replies = measure([batch_call(sha, [lease_item(k, fmt, owner=0, report=0) for k in ks]) for ks in keys], B)
+            print("%-52s %8.0f instructions/item" % ("lease, first on a fresh key, no ledger (14)", ir))
+            granted_at = [item[5] for reply in replies for item in reply]
+            ir, _ = measure([batch_call(sha, [
+                lease_item(k, fmt, held=5, held_at=granted_at[i * B + j], owner=0, report=0, held_life=LIFETIME)
+                for j, k in enumerate(ks)]) for i, ks in enumerate(keys)], B)
+            print("%-52s %8.0f instructions/item" % ("renewal, no ledger (batch of 14)", ir))
     finally:
         server.terminate()
         server.wait()
